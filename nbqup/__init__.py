@@ -1,0 +1,47 @@
+"""nbqup: durable background jobs for Jupyter notebooks.
+
+Submit work from a notebook and keep working; every job is recorded on disk, run by a
+worker pool beside the kernel, and resumed after a kernel restart or a reboot -- even
+jobs whose function was defined in the notebook.
+
+>>> import nbqup
+>>> with nbqup.JobQueue(path=None, workers=1) as jq:
+...     jq.submit(sum, [1, 2, 3]).result(timeout=10)
+6
+"""
+
+from __future__ import annotations
+
+from .context import checkpoint, current_job, progress, restore, track
+from .errors import (
+    JobCancelled,
+    JobFailed,
+    JobTimedOut,
+    NbqupError,
+    SerializationError,
+    StoreCorrupt,
+    StoreLocked,
+)
+from .handle import Job
+from .job import Status
+from .queue import JobQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobQueue",
+    "JobTimedOut",
+    "NbqupError",
+    "SerializationError",
+    "Status",
+    "StoreCorrupt",
+    "StoreLocked",
+    "checkpoint",
+    "current_job",
+    "progress",
+    "restore",
+    "track",
+]

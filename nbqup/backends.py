@@ -1,0 +1,358 @@
+"""Storage backends: named tables of ``str -> bytes`` with atomic multi-table writes.
+
+:class:`LMDBBackend` is the durable one; :class:`MemoryBackend` its in-memory twin.  Both
+pass the same contract tests (``tests/test_backends.py``).  :class:`LMDBTable` is the
+zict-style leaf mapping over one table, on which :mod:`nbqup.store` composes ``zict.Func``.
+Why LMDB is the leaf is written in :mod:`nbqup.store`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zict.common import ZictBase
+
+from .errors import NbqupError
+
+__all__ = ["DURABILITIES", "TABLES", "Backend", "LMDBBackend", "LMDBTable", "MemoryBackend", "Txn"]
+
+T = TypeVar("T")
+
+TABLES = (
+    "meta", "pending", "fn", "args", "result", "ckpt", "logs",
+    "keys", "sched", "requests", "corrupt", "info",
+)  # fmt: skip
+DURABILITIES = ("process", "fsync")
+
+
+class Txn(ABC):
+    """What a :meth:`Backend.transact` callback may do, atomically."""
+
+    @abstractmethod
+    def get(self, table: str, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def put(self, table: str, key: str, value: bytes) -> None: ...
+
+    @abstractmethod
+    def delete(self, table: str, key: str) -> None: ...
+
+
+class Backend(ABC):
+    """Named tables of ``str -> bytes`` with atomic multi-table writes.
+
+    Every method is thread-safe.  Reads return copies, never live cursors.
+    """
+
+    @abstractmethod
+    def get(self, table: str, key: str) -> bytes | None:
+        """The value, or ``None`` when absent.  Raises ``KeyError`` for an unknown table."""
+
+    @abstractmethod
+    def items(
+        self, table: str, start: str = "", limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """A snapshot of ``(key, value)`` pairs in key order, from ``start`` on."""
+
+    @abstractmethod
+    def keys(self, table: str) -> list[str]:
+        """A snapshot of the keys in key order."""
+
+    @abstractmethod
+    def count(self, table: str) -> int:
+        """How many keys the table holds."""
+
+    @abstractmethod
+    def write(
+        self,
+        puts: Iterable[tuple[str, str, bytes]] = (),
+        deletes: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Apply all ``(table, key, value)`` puts and ``(table, key)`` deletes atomically.
+
+        Durable (per the backend's durability) when it returns.  Raises
+        :class:`~nbqup.NbqupError` when the disk is full; then nothing was written.
+        """
+
+    @abstractmethod
+    def transact(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn`` inside one exclusive write transaction (exclusive across processes)."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release the backend's resources; further calls fail."""
+
+
+class MemoryBackend(Backend):
+    """The in-memory twin of :class:`LMDBBackend`, for tests and ``JobQueue(path=None)``."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, bytes]] = {t: {} for t in TABLES}
+        self._lock = threading.RLock()
+
+    def get(self, table: str, key: str) -> bytes | None:
+        with self._lock:
+            return self._tables[table].get(key)
+
+    def items(
+        self, table: str, start: str = "", limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        with self._lock:
+            out = sorted(kv for kv in self._tables[table].items() if kv[0] >= start)
+        return out if limit is None else out[:limit]
+
+    def keys(self, table: str) -> list[str]:
+        with self._lock:
+            return sorted(self._tables[table])
+
+    def count(self, table: str) -> int:
+        with self._lock:
+            return len(self._tables[table])
+
+    def write(
+        self,
+        puts: Iterable[tuple[str, str, bytes]] = (),
+        deletes: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        puts, deletes = list(puts), list(deletes)
+        for table, _key, value in puts:
+            self._tables[table]  # unknown table: KeyError before anything is written
+            if not isinstance(value, bytes):
+                raise TypeError(f"values must be bytes, got {type(value).__name__}")
+        with self._lock:
+            for table, key, value in puts:
+                self._tables[table][key] = value
+            for table, key in deletes:
+                self._tables[table].pop(key, None)
+
+    def transact(self, fn: Callable[[Txn], T]) -> T:
+        with self._lock:
+            txn = _MemoryTxn(self._tables)
+            result = fn(txn)
+            txn.apply()
+            return result
+
+
+class _MemoryTxn(Txn):
+    def __init__(self, tables: dict[str, dict[str, bytes]]) -> None:
+        self._tables = tables
+        self._ops: list[tuple[str, str, bytes | None]] = []
+        self._view: dict[tuple[str, str], bytes | None] = {}
+
+    def get(self, table: str, key: str) -> bytes | None:
+        if (table, key) in self._view:
+            return self._view[table, key]
+        return self._tables[table].get(key)
+
+    def put(self, table: str, key: str, value: bytes) -> None:
+        self._tables[table]
+        self._ops.append((table, key, value))
+        self._view[table, key] = value
+
+    def delete(self, table: str, key: str) -> None:
+        self._ops.append((table, key, None))
+        self._view[table, key] = None
+
+    def apply(self) -> None:
+        for table, key, value in self._ops:
+            if value is None:
+                self._tables[table].pop(key, None)
+            else:
+                self._tables[table][key] = value
+
+
+class LMDBBackend(Backend):
+    """Tables in one LMDB environment under ``path``.
+
+    ``durability="process"``: a returned write survives a SIGKILL of this process.
+    ``durability="fsync"``: it survives power loss too (each commit is fsynced).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "process") -> None:
+        import lmdb
+
+        if durability not in DURABILITIES:
+            raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
+        self._lmdb = lmdb
+        self.path = Path(path)
+        fsync = durability == "fsync"
+        self._lock = threading.RLock()
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                subdir=True,
+                create=True,
+                mode=0o600,
+                max_dbs=len(TABLES) + 4,
+                map_size=min(2**40, sys.maxsize // 4),
+                sync=fsync,
+                metasync=fsync,
+                writemap=False,
+                readahead=False,
+                max_readers=256,
+            )
+        except lmdb.Error as exc:
+            raise NbqupError(f"cannot open store {self.path}: {exc}") from exc
+        self.env.reader_check()  # clear reader slots left behind by killed processes
+        self._dbs = {t: self.env.open_db(t.encode()) for t in TABLES}
+
+    def _db(self, table: str) -> Any:
+        try:
+            return self._dbs[table]
+        except KeyError:
+            raise KeyError(f"unknown table {table!r}") from None
+
+    def get(self, table: str, key: str) -> bytes | None:
+        db = self._db(table)
+        with self._lock, self.env.begin(db=db, buffers=False) as txn:
+            value = txn.get(key.encode())
+        return value if value is None else bytes(value)
+
+    def items(
+        self, table: str, start: str = "", limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        db = self._db(table)
+        out: list[tuple[str, bytes]] = []
+        with self._lock, self.env.begin(db=db) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(start.encode()):
+                return out
+            for k, v in cursor.iternext(keys=True, values=True):
+                out.append((k.decode(), v))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def keys(self, table: str) -> list[str]:
+        db = self._db(table)
+        with self._lock, self.env.begin(db=db) as txn:
+            return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def count(self, table: str) -> int:
+        db = self._db(table)
+        with self._lock, self.env.begin(db=db) as txn:
+            return int(txn.stat(db)["entries"])
+
+    def write(
+        self,
+        puts: Iterable[tuple[str, str, bytes]] = (),
+        deletes: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        puts, deletes = list(puts), list(deletes)
+        ops = [(self._db(t), k.encode(), v) for t, k, v in puts]
+        dels = [(self._db(t), k.encode()) for t, k in deletes]
+        for _db, _key, value in ops:
+            if not isinstance(value, bytes):
+                raise TypeError(f"values must be bytes, got {type(value).__name__}")
+
+        def apply(txn: Any) -> None:
+            for db, key, value in ops:
+                txn.put(key, value, db=db)
+            for db, key in dels:
+                txn.delete(key, db=db)
+
+        self._write_txn(apply)
+
+    def transact(self, fn: Callable[[Txn], T]) -> T:
+        box: list[T] = []
+        self._write_txn(lambda txn: box.append(fn(_LMDBTxn(txn, self._db))))
+        return box[0]
+
+    def _write_txn(self, apply: Callable[[Any], None]) -> None:
+        lmdb = self._lmdb
+        with self._lock:
+            for _ in range(2):
+                try:
+                    with self.env.begin(write=True) as txn:
+                        apply(txn)
+                    return
+                except lmdb.MapFullError:  # pragma: no cover - needs a 1 TiB store
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                except lmdb.DiskError as exc:
+                    raise NbqupError(f"cannot write to store {self.path}: {exc}") from exc
+                except lmdb.Error as exc:
+                    if "No space left" in str(exc) or "MDB_MAP_FULL" in str(exc):
+                        raise NbqupError(f"disk full: cannot write to store {self.path}") from exc
+                    raise
+
+    def close(self) -> None:
+        with self._lock:
+            self.env.close()
+
+
+class _LMDBTxn(Txn):
+    def __init__(self, txn: Any, db: Callable[[str], Any]) -> None:
+        self._txn, self._db = txn, db
+
+    def get(self, table: str, key: str) -> bytes | None:
+        value = self._txn.get(key.encode(), db=self._db(table))
+        return value if value is None else bytes(value)
+
+    def put(self, table: str, key: str, value: bytes) -> None:
+        self._txn.put(key.encode(), value, db=self._db(table))
+
+    def delete(self, table: str, key: str) -> None:
+        self._txn.delete(key.encode(), db=self._db(table))
+
+
+# ------------------------------------------------------------------------ zict leaf
+
+
+class LMDBTable(ZictBase[str, bytes]):
+    """A zict mapping over one table of a :class:`Backend` (the leaf of our zict stack).
+
+    Unlike ``zict.LMDB`` it shares one environment between tables, is thread-safe, and
+    iterates over a snapshot, so iterating while another thread writes is fine.
+    """
+
+    def __init__(self, backend: Backend, table: str) -> None:
+        super().__init__()
+        if table not in TABLES:
+            raise KeyError(f"unknown table {table!r}")
+        self.backend = backend
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        if not isinstance(key, str):
+            raise KeyError(key)
+        value = self.backend.get(self.table, key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be str, got {type(key).__name__}")
+        self.backend.write([(self.table, key, value)])
+
+    def __delitem__(self, key: str) -> None:
+        def delete(txn: Txn) -> bool:
+            if txn.get(self.table, key) is None:
+                return False
+            txn.delete(self.table, key)
+            return True
+
+        if not isinstance(key, str) or not self.backend.transact(delete):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.backend.get(self.table, key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.backend.keys(self.table))
+
+    def __len__(self) -> int:
+        return self.backend.count(self.table)
+
+    def _do_update(self, items: Iterable[tuple[str, bytes]]) -> None:
+        puts = []
+        for key, value in items:
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, got {type(key).__name__}")
+            puts.append((self.table, key, value))
+        self.backend.write(puts)

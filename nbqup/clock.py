@@ -1,0 +1,75 @@
+"""The one clock nbqup reads time from, replaceable in tests.
+
+Everything that decides *when* (due times, retry delays, timestamps) calls ``clock.now()``;
+the scheduler waits with ``clock.wait(condition, seconds)``.  :class:`ManualClock` only
+moves when a test calls ``advance``, and wakes every waiter when it does, so tests never
+sleep for a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+__all__ = ["Clock", "ManualClock", "SystemClock"]
+
+
+class Clock:
+    """Wall-clock time in epoch seconds, and a way to wait for it."""
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def wait(self, cond: threading.Condition, seconds: float | None) -> None:
+        """Wait on ``cond`` (held by the caller) for at most ``seconds`` of this clock."""
+        raise NotImplementedError
+
+
+class SystemClock(Clock):
+    """The real clock: ``time.time()``."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def wait(self, cond: threading.Condition, seconds: float | None) -> None:
+        cond.wait(None if seconds is None else max(0.0, seconds))
+
+
+class ManualClock(Clock):
+    """A clock that moves only when told to; for tests.
+
+    >>> clock = ManualClock(1000.0)
+    >>> clock.advance(90)
+    >>> clock.now()
+    1090.0
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self._conds: set[threading.Condition] = set()
+
+    def now(self) -> float:
+        return self._now
+
+    def wait(self, cond: threading.Condition, seconds: float | None) -> None:
+        # Real time is irrelevant here: sleep until someone notifies (new work, advance, stop).
+        # A bounded real wait keeps a forgotten notify from hanging a test forever.
+        with self._lock:
+            self._conds.add(cond)
+        cond.wait(0.05 if seconds is not None and seconds <= 0 else 1.0)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake everything waiting on this clock."""
+        if seconds < 0:
+            raise ValueError(f"a clock only moves forward, got {seconds}")
+        with self._lock:
+            self._now += seconds
+            conds = list(self._conds)
+        for cond in conds:
+            with cond:
+                cond.notify_all()
+
+    def set(self, when: float) -> None:
+        """Jump to ``when`` (not before the current time)."""
+        self.advance(when - self._now)

@@ -1,0 +1,167 @@
+"""The :class:`Job` handle users hold: a job id plus the queue that knows about it.
+
+A handle keeps no state of its own; every attribute reads the job's current record, from
+memory while the job is live in this process and from the store otherwise, so a handle
+from before a kernel restart (``jq.get(id)``) is as good as a fresh one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .errors import JobCancelled, JobFailed
+from .job import JobRecord, Status, as_datetime
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = ["Job"]
+
+
+class Job:
+    """One job in a :class:`~nbqup.JobQueue`; like a ``concurrent.futures.Future`` that
+    survives the process.
+
+    >>> import nbqup
+    >>> with nbqup.JobQueue(path=None, workers=1) as jq:
+    ...     job = jq.submit(pow, 2, 10)
+    ...     job.result(timeout=10)
+    1024
+    """
+
+    __slots__ = ("_queue", "id")
+
+    def __init__(self, queue: JobQueue, job_id: str) -> None:
+        self._queue = queue
+        self.id = job_id
+
+    # -- the record --------------------------------------------------------------------
+
+    @property
+    def record(self) -> JobRecord:
+        """A snapshot of the job's stored record."""
+        return self._queue._record(self.id)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def status(self) -> Status:
+        return self.record.status
+
+    @property
+    def attempts(self) -> int:
+        """Runs started: 1 during the first run, 3 after two retries."""
+        return self.record.attempts
+
+    @property
+    def progress(self) -> float | None:
+        """Last reported progress in [0, 1], or None."""
+        return self.record.progress
+
+    @property
+    def message(self) -> str | None:
+        return self.record.message
+
+    @property
+    def error(self) -> str | None:
+        """The last error's full text (a traceback), or None."""
+        return self.record.error
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.record.tags
+
+    @property
+    def key(self) -> str | None:
+        return self.record.key
+
+    @property
+    def created(self) -> datetime:
+        created = as_datetime(self.record.created)
+        assert created is not None
+        return created
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        return as_datetime(self.record.scheduled_for)
+
+    @property
+    def started(self) -> datetime | None:
+        return as_datetime(self.record.started)
+
+    @property
+    def finished(self) -> datetime | None:
+        return as_datetime(self.record.finished)
+
+    @property
+    def duration(self) -> timedelta | None:
+        rec = self.record
+        if rec.started is None or rec.finished is None:
+            return None
+        return timedelta(seconds=rec.finished - rec.started)
+
+    @property
+    def logs(self) -> str:
+        """What the job printed (stdout, stderr and logging), tail-capped."""
+        return self._queue._logs(self.id)
+
+    @property
+    def checkpoint(self) -> Any:
+        """The last state the job saved with ``nbqup.checkpoint``, or None."""
+        return self._queue._checkpoint(self.id)
+
+    # -- futures-like ------------------------------------------------------------------
+
+    def done(self) -> bool:
+        """True once the job is succeeded, failed, cancelled or skipped."""
+        return self.record.status.final
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done; False if ``timeout`` seconds passed first.  Never raises for that."""
+        return self._queue._wait_job(self.id, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The return value; raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"job {self.id} was not done after {timeout}s")
+        rec = self.record
+        if rec.status is Status.SUCCEEDED:
+            return self._queue._result(self.id)
+        if rec.status is Status.FAILED:
+            raise JobFailed(self.id, rec.error, rec.name)
+        raise JobCancelled(self.id, rec.message)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error the job ended with (:class:`JobFailed`/:class:`JobCancelled`), or None."""
+        try:
+            self.result(timeout)
+        except (JobFailed, JobCancelled) as exc:
+            return exc
+        return None
+
+    def cancel(self) -> bool:
+        """Cancel the job.  True if it was unfinished: a queued job never runs, a running
+        one is asked to stop at its next ``progress``/``checkpoint`` call.  False if it had
+        already finished."""
+        return self._queue._cancel(self.id)
+
+    def retry(self) -> Job:
+        """Queue a failed or cancelled job again (same id); returns this handle."""
+        self._queue._retry(self.id)
+        return self
+
+    # -- display -----------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        rec = self.record
+        extra = f" progress={rec.progress:.0%}" if rec.progress is not None else ""
+        return f"<Job {self.id} {rec.name!r} {rec.status}{extra} attempts={rec.attempts}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other._queue is self._queue
+
+    def __hash__(self) -> int:
+        return hash(self.id)

@@ -1,0 +1,161 @@
+"""Turning calls into bytes and back: functions by value, arguments, results.
+
+Functions are pickled with cloudpickle, so a function defined in a notebook (``__main__``),
+a lambda or a closure is stored by value and runs after a kernel restart before its cell
+is run again.  A function's pickle is stored once, under the hash of its bytes, and is
+cached per function object: pickling a notebook function by value costs far more than
+the rest of a submit.  The cache is keyed on the objects the function reads from its
+globals, so rebinding a global (``lr = 0.2``) is seen; mutating one in place (appending to
+a global list) after the first submit is not -- pass such values as arguments.
+
+A pickle is only safe to load under the Python and cloudpickle versions that wrote it, so
+both are recorded with every job (:data:`PYTHON`, :data:`PICKLER`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+import reprlib
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError
+
+__all__ = [
+    "PICKLER",
+    "PYTHON",
+    "compatible",
+    "dumps_args",
+    "dumps_fn",
+    "dumps_result",
+    "kwargs_summary",
+    "loads",
+    "short_repr",
+]
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+PICKLER = f"cloudpickle {cloudpickle.__version__}"
+
+_fn_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str, bytes]] = (
+    weakref.WeakKeyDictionary()
+)
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 5
+
+
+def _fingerprint(fn: Any) -> tuple[int, ...] | None:
+    """Identity of what a plain function's pickle depends on; None: do not cache."""
+    code = getattr(fn, "__code__", None)
+    glob = getattr(fn, "__globals__", None)
+    if code is None or glob is None:
+        return None
+    ids = [id(code), id(fn.__defaults__), id(fn.__kwdefaults__)]
+    ids.extend(id(glob.get(name)) for name in code.co_names)
+    for cell in fn.__closure__ or ():
+        try:
+            ids.append(id(cell.cell_contents))
+        except ValueError:  # an empty cell
+            ids.append(0)
+    return tuple(ids)
+
+
+def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
+    """``(content hash, pickle)`` of a callable; raises :class:`SerializationError`."""
+    fp = _fingerprint(fn)
+    if fp is not None:
+        try:
+            cached = _fn_cache.get(fn)
+        except TypeError:  # not weak-referenceable
+            cached = None
+        if cached is not None and cached[0] == fp:
+            return cached[1], cached[2]
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    try:
+        blob = cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"function {name}", exc) from exc
+    digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+    if fp is not None:
+        with contextlib.suppress(TypeError):
+            _fn_cache[fn] = (fp, digest, blob)
+    return digest, blob
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | None:
+    """Pickle of ``(args, kwargs)``, ``None`` when there are none.
+
+    On failure the :class:`SerializationError` names the first argument at fault.
+    """
+    if not args and not kwargs:
+        return None
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as exc:
+        for i, value in enumerate(args):
+            _check_one(f"argument {i} ({type(value).__name__})", value)
+        for key, value in kwargs.items():
+            _check_one(f"argument {key!r} ({type(value).__name__})", value)
+        raise SerializationError("the arguments", exc) from exc
+
+
+def _check_one(what: str, value: Any) -> None:
+    try:
+        cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise SerializationError(what, exc) from exc
+
+
+def dumps_result(value: Any) -> bytes:
+    """Pickle of a job's return value; raises :class:`SerializationError`."""
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"the result ({type(value).__name__})", exc) from exc
+
+
+def loads(blob: bytes) -> Any:
+    """Unpickle a payload (runs code, like any ``pickle.loads``)."""
+    return pickle.loads(blob)
+
+
+def compatible(python: str, pickler: str) -> str | None:
+    """Why a payload pickled under ``python``/``pickler`` is unsafe here, or None if safe."""
+    if python and python != PYTHON:
+        return f"pickled under Python {python}, this is Python {PYTHON}"
+    if pickler and pickler.split(".")[:2] != PICKLER.split(".")[:2]:
+        return f"pickled with {pickler}, this is {PICKLER}"
+    return None
+
+
+def short_repr(value: Any) -> str:
+    """A one-line repr of at most about 80 characters.
+
+    >>> short_repr(list(range(100)))
+    '[0, 1, 2, 3, 4, ...]'
+    """
+    try:
+        return _repr.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def kwargs_summary(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for display: plain values kept, others as a short repr."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if isinstance(value, _PLAIN) and not (isinstance(value, str) and len(value) > 80):
+            out[key] = value
+        else:
+            out[key] = short_repr(value)
+    return out

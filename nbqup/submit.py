@@ -1,0 +1,253 @@
+"""The submission builders: ``jq.options(...)``, ``jq.after(...)``, ``@jq.task``.
+
+A :class:`Submitter` is an immutable bag of validated options bound to a queue; every
+builder method returns a new one, so ``jq.after("5m").options(retries=2)`` and
+``jq.options(retries=2).after("5m")`` are the same thing and a builder can be kept and
+reused.  Options are checked when given, so a typo fails at ``options(...)``, before
+anything is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .schedule import to_seconds, to_timestamp
+
+if TYPE_CHECKING:
+    from .handle import Job
+    from .queue import JobQueue
+
+__all__ = ["OPTION_NAMES", "Submitter", "Task", "validate_options"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Duration = float | int | timedelta | str
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"name must be a non-empty str, got {value!r}")
+    return value
+
+
+def _key(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"key must be a non-empty str, got {value!r}")
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable) or not all(isinstance(t, str) for t in value):
+        raise TypeError(f"tags must be a list of str, got {value!r}")
+    return tuple(value)
+
+
+def _int(name: str, low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+        return value
+
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _bool(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+        return value
+
+    return check
+
+
+def _float(name: str, low: float, high: float | None = None) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not (value >= low and (high is None or value <= high)):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be {bounds}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _depends_on(value: Any) -> tuple[str, ...]:
+    from .handle import Job
+
+    items = [value] if isinstance(value, Job | str) else value
+    if not isinstance(items, Iterable):
+        raise TypeError(f"depends_on must be a list of jobs or job ids, got {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, Job):
+            out.append(item.id)
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise TypeError(f"depends_on takes jobs or job ids, got {item!r}")
+    return tuple(out)
+
+
+def _missed(value: Any) -> str:
+    from .schedule import MISSED_POLICIES
+
+    if value not in MISSED_POLICIES:
+        raise ValueError(f"missed must be one of {MISSED_POLICIES}, got {value!r}")
+    return str(value)
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "key": _key,
+    "unique": _bool("unique"),
+    "tags": _tags,
+    "priority": _int("priority", -(2**31)),
+    "retries": _int("retries", 0),
+    "retry_delay": lambda v: to_seconds(v, what="retry_delay"),
+    "retry_backoff": _float("retry_backoff", 1.0),
+    "retry_jitter": _float("retry_jitter", 0.0, 1.0),
+    "timeout": _optional(lambda v: to_seconds(v, what="timeout", allow_zero=False)),
+    "max_crashes": _optional(_int("max_crashes", 1)),
+    "depends_on": _depends_on,
+    "missed": _missed,
+}
+#: Every option ``jq.options(...)`` accepts.
+OPTION_NAMES = tuple(_CHECKS)
+
+
+def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise options; unknown names raise TypeError listing the known ones."""
+    out = {}
+    for name, value in options.items():
+        check = _CHECKS.get(name)
+        if check is None:
+            raise TypeError(f"unknown option {name!r}; known options: {', '.join(OPTION_NAMES)}")
+        out[name] = check(value)
+    return out
+
+
+class Submitter:
+    """Options and timing for the next submit; every method returns a new builder."""
+
+    __slots__ = ("_delay", "_options", "_queue", "_when")
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        options: Mapping[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        when: float | None = None,
+    ) -> None:
+        self._queue = queue
+        self._options = dict(options or {})
+        self._delay = delay
+        self._when = when
+
+    def _with(self, **changes: Any) -> Submitter:
+        fields = {"options": self._options, "delay": self._delay, "when": self._when}
+        fields.update(changes)
+        return Submitter(self._queue, **fields)
+
+    def options(self, **options: Any) -> Submitter:
+        """More options (see ``JobQueue.options``); later values win."""
+        return self._with(options={**self._options, **validate_options(options)})
+
+    def after(self, delay: Duration) -> Submitter:
+        """Run no sooner than ``delay`` from submit time (``"90s"``, ``"5m"``, seconds...)."""
+        return self._with(delay=to_seconds(delay, what="delay"), when=None)
+
+    def at(self, when: datetime | float) -> Submitter:
+        """Run no sooner than ``when`` (an aware or local datetime, or epoch seconds)."""
+        return self._with(when=to_timestamp(when, what="at"), delay=None)
+
+    def submit(self, fn: Callable[..., Any] | object, /, *args: Any, **kwargs: Any) -> Job:
+        """Record a job durably and return its handle (see ``JobQueue.submit``)."""
+        due = self._when
+        if self._delay is not None:
+            due = self._queue._clock.now() + self._delay
+        return self._queue._submit(fn, args, kwargs, self._options, due)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
+        """One job per item: a dict item is keyword arguments, a tuple positional ones,
+        anything else the single argument."""
+        jobs = []
+        for item in items:
+            if isinstance(item, Mapping):
+                jobs.append(self.submit(fn, **item))
+            elif isinstance(item, tuple):
+                jobs.append(self.submit(fn, *item))
+            else:
+                jobs.append(self.submit(fn, item))
+        return jobs
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@jq.task``: call it plainly, or ``.submit`` it.
+
+    Registered tasks can also be run by name when a stored pickle cannot be loaded (a
+    different Python or cloudpickle version).
+    """
+
+    def __init__(self, queue: JobQueue, fn: Callable[P, R], options: Mapping[str, Any]) -> None:
+        self.fn = fn
+        self.name: str = getattr(fn, "__qualname__", repr(fn))
+        self._submitter = Submitter(queue, {"name": self.name, **validate_options(options)})
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return self._submitter.submit(self.fn, *args, **kwargs)
+
+    def map(self, items: Iterable[Any]) -> list[Job]:
+        return self._submitter.map(self.fn, items)
+
+    def options(self, **options: Any) -> Submitter:
+        return _Bound(self.fn, self._submitter.options(**options))
+
+    def after(self, delay: Duration) -> Submitter:
+        return _Bound(self.fn, self._submitter.after(delay))
+
+    def at(self, when: datetime | float) -> Submitter:
+        return _Bound(self.fn, self._submitter.at(when))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+class _Bound(Submitter):
+    """A builder for one task: ``submit(*args)`` without repeating the function."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[..., Any], base: Submitter) -> None:
+        super().__init__(base._queue, base._options, delay=base._delay, when=base._when)
+        self._fn = fn
+
+    def _with(self, **changes: Any) -> Submitter:
+        return _Bound(self._fn, Submitter._with(self, **changes))
+
+    def submit(self, *args: Any, **kwargs: Any) -> Job:  # type: ignore[override]
+        return Submitter(self._queue, self._options, delay=self._delay, when=self._when).submit(
+            self._fn, *args, **kwargs
+        )
+
+    def map(self, items: Iterable[Any]) -> list[Job]:  # type: ignore[override]
+        return Submitter(self._queue, self._options, delay=self._delay, when=self._when).map(
+            self._fn, items
+        )
