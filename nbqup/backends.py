@@ -180,26 +180,16 @@ class LMDBBackend(Backend):
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         self._lmdb = lmdb
         self.path = Path(path)
-        fsync = durability == "fsync"
-        self._lock = threading.RLock()
-        try:
-            self.env = lmdb.open(
-                str(self.path),
-                subdir=True,
-                create=True,
-                mode=0o600,
-                max_dbs=len(TABLES) + 4,
-                map_size=min(2**40, sys.maxsize // 4),
-                sync=fsync,
-                metasync=fsync,
-                writemap=False,
-                readahead=False,
-                max_readers=256,
-            )
-        except lmdb.Error as exc:
-            raise NbqupError(f"cannot open store {self.path}: {exc}") from exc
-        self.env.reader_check()  # clear reader slots left behind by killed processes
-        self._dbs = {t: self.env.open_db(t.encode()) for t in TABLES}
+        self._fsync = durability == "fsync"
+        self._key = os.path.realpath(self.path)
+        self._closed = False
+        # LMDB forbids opening one environment twice in a process: share it, refcounted.
+        with _envs_lock:
+            shared = _envs.get(self._key)
+            if shared is None:
+                shared = _envs[self._key] = _open_env(lmdb, self.path)
+            shared.users += 1
+        self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
 
     def _db(self, table: str) -> Any:
         try:
@@ -270,6 +260,8 @@ class LMDBBackend(Backend):
                 try:
                     with self.env.begin(write=True) as txn:
                         apply(txn)
+                    if self._fsync:
+                        self.env.sync(True)
                     return
                 except lmdb.MapFullError:  # pragma: no cover - needs a 1 TiB store
                     self.env.set_mapsize(self.env.info()["map_size"] * 2)
@@ -281,8 +273,48 @@ class LMDBBackend(Backend):
                     raise
 
     def close(self) -> None:
-        with self._lock:
-            self.env.close()
+        with _envs_lock:
+            if self._closed:
+                return
+            self._closed = True
+            shared = _envs[self._key]
+            shared.users -= 1
+            if shared.users == 0:
+                del _envs[self._key]
+                with shared.lock:
+                    shared.env.close()
+
+
+class _SharedEnv:
+    def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
+        self.env, self.dbs = env, dbs
+        self.lock = threading.RLock()
+        self.users = 0
+
+
+_envs: dict[str, _SharedEnv] = {}
+_envs_lock = threading.Lock()
+
+
+def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
+    try:
+        env = lmdb.open(
+            str(path),
+            subdir=True,
+            create=True,
+            mode=0o600,
+            max_dbs=len(TABLES) + 4,
+            map_size=min(2**40, sys.maxsize // 4),
+            sync=False,  # durability="fsync" syncs after each commit instead
+            metasync=False,
+            writemap=False,
+            readahead=False,
+            max_readers=256,
+        )
+    except lmdb.Error as exc:
+        raise NbqupError(f"cannot open store {path}: {exc}") from exc
+    env.reader_check()  # clear reader slots left behind by killed processes
+    return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES})
 
 
 class _LMDBTxn(Txn):

@@ -31,7 +31,8 @@ def train(lr, steps=8):
     return state
 
 jq = nbqup.JobQueue(sys.argv[1], workers=2)
-jobs = [jq.options(name=f"train lr={lr}", key=f"train-{lr}").submit(train, lr) for lr in (0.1, 0.2, 0.3)]
+jobs = [jq.options(name=f"train lr={lr}", key=f"train-{lr}").submit(train, lr)
+        for lr in (0.1, 0.2, 0.3)]
 jobs.append(jq.options(name="quick sum").submit(sum, range(10)))
 while not any(j.checkpoint and j.checkpoint["step"] >= 3 for j in jobs[:3]):
     time.sleep(0.02)

@@ -885,15 +885,15 @@ class JobQueue:
             self.store.backend.write([("requests", job_id, b"cancel")])
             return True
         with self._lock:
-            rec = self._live.get(job_id)
-            if rec is None:
+            live = self._live.get(job_id)
+            if live is None:
                 self._record(job_id)  # KeyError for an unknown id
                 return False
             ctx = self._running.get(job_id)
             if ctx is not None:
                 ctx.stop_reason = "cancelled"
                 return True
-            self._end(rec, Status.CANCELLED, message="cancelled before it ran")
+            self._end(live, Status.CANCELLED, message="cancelled before it ran")
         self._settle()
         return True
 

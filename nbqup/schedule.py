@@ -286,8 +286,8 @@ class CronTrigger(Trigger):
       still runs every real hour.
 
     >>> weekly = CronTrigger("0 9 * * MON", tz="UTC")
-    >>> weekly.next_after(0.0)  # 1970-01-01 was a Thursday; Monday 09:00 UTC
-    378000.0
+    >>> weekly.next_after(1704067200.0)  # Monday 2024-01-01 00:00 UTC -> 09:00 UTC
+    1704099600.0
     >>> weekly.describe()
     "cron '0 9 * * MON' (UTC)"
     """
@@ -312,7 +312,7 @@ class CronTrigger(Trigger):
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"malformed cron expression {expr!r}: {err}") from None
         try:
-            self.next_after(0.0)
+            self.next_after(946_684_800.0)  # from 2000-01-01
         except ValueError:  # e.g. "0 0 31 2 *"
             raise ValueError(f"malformed cron expression {expr!r}: it matches no date") from None
 
@@ -332,10 +332,12 @@ class CronTrigger(Trigger):
 
     def next_after(self, t: float) -> float:
         t = to_timestamp(t, what="t")
-        # If the clock turns back within a day, wall times up to that far behind
-        # the current one are still ahead of t: start the search early enough.
-        turned_back = max(self._offset(t) - self._offset(t + 86_400), timedelta(0))
-        search = _croniter()(self.expr, self._wall(t) - turned_back, max_years_between_matches=200)
+        # Wall times a little behind the clock's can still be due after t: the
+        # second pass of a fall-back ahead, or a gap just jumped over (its times
+        # are shifted past it).  Start the search as far back as such jumps go.
+        offset, day = self._offset(t), 86_400
+        behind = max(offset - self._offset(t + day), offset - self._offset(t - day), timedelta(0))
+        search = _croniter()(self.expr, self._wall(t) - behind, max_years_between_matches=200)
         best = math.inf
         while True:
             try:

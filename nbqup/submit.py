@@ -158,7 +158,8 @@ class Submitter:
         self._when = when
 
     def _with(self, **changes: Any) -> Submitter:
-        fields = {"options": self._options, "delay": self._delay, "when": self._when}
+        fields: dict[str, Any] = {"options": self._options, "delay": self._delay}
+        fields["when"] = self._when
         fields.update(changes)
         return Submitter(self._queue, **fields)
 
@@ -242,7 +243,7 @@ class _Bound(Submitter):
     def _with(self, **changes: Any) -> Submitter:
         return _Bound(self._fn, Submitter._with(self, **changes))
 
-    def submit(self, *args: Any, **kwargs: Any) -> Job:  # type: ignore[override]
+    def submit(self, *args: Any, **kwargs: Any) -> Job:
         return Submitter(self._queue, self._options, delay=self._delay, when=self._when).submit(
             self._fn, *args, **kwargs
         )

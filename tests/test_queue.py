@@ -1,0 +1,418 @@
+"""JobQueue behaviour in one process: submit, results, errors, cancel, retry, keys, tasks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbqup
+from nbqup import JobQueue, Status
+from nbqup.clock import ManualClock
+
+WAIT = 20  # seconds: generous bound for anything that should take milliseconds
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def boom() -> None:
+    raise ValueError("bad input 42")
+
+
+# Jobs get their function by value from the store, so state shared with a test must live
+# at module level (pickled by reference), not in a closure (pickled by value, a copy).
+EVENTS: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+CALLS: defaultdict[str, list[Any]] = defaultdict(list)
+
+
+def block(name: str) -> bool:
+    EVENTS[f"{name}:started"].set()
+    return EVENTS[name].wait(WAIT)
+
+
+def record(name: str, value: Any = None) -> Any:
+    CALLS[name].append(value)
+    return value
+
+
+def flaky(name: str, failures: int) -> int:
+    CALLS[name].append(1)
+    if len(CALLS[name]) <= failures:
+        raise RuntimeError(f"failure {len(CALLS[name])}")
+    return len(CALLS[name])
+
+
+def stubborn(name: str) -> str:
+    EVENTS[f"{name}:started"].set()
+    EVENTS[name].wait(WAIT)  # ignores stop requests: a zombie until released
+    return "done"
+
+
+def cooperative_loop(name: str) -> str:
+    EVENTS[f"{name}:started"].set()
+    while True:
+        nbqup.progress(0.5)
+        EVENTS[name].wait(0.001)
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A key for EVENTS/CALLS unique to the test."""
+    return request.node.nodeid
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def jq(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    path = None if request.param == "memory" else tmp_path / "store"
+    queue = JobQueue(path, workers=2)
+    yield queue
+    queue.close()
+
+
+def test_submit_returns_result_and_records_times(jq: JobQueue) -> None:
+    job = jq.submit(add, 2, b=3)
+    assert job.result(timeout=WAIT) == 5
+    assert job.status == "succeeded" and job.status is Status.SUCCEEDED
+    assert str(job.status) == "succeeded" and f"{job.status}" == "succeeded"
+    assert job.attempts == 1
+    assert job.done()
+    assert job.name == "add"
+    assert job.created <= job.started <= job.finished
+    assert job.created.tzinfo is not None
+    assert job.exception() is None
+
+
+def test_failed_job_raises_with_remote_traceback(jq: JobQueue) -> None:
+    job = jq.submit(boom)
+    with pytest.raises(nbqup.JobFailed) as info:
+        job.result(timeout=WAIT)
+    assert "ValueError: bad input 42" in str(info.value)
+    assert "Traceback" in info.value.remote_traceback
+    assert job.status == "failed"
+    assert isinstance(job.exception(), nbqup.JobFailed)
+    # the queue goes on after a failure
+    assert jq.submit(add, 1).result(timeout=WAIT) == 1
+
+
+def test_notebook_style_callables(jq: JobQueue) -> None:
+    factor = 7
+
+    def closure(x: int) -> int:
+        return x * factor
+
+    assert jq.submit(closure, 6).result(timeout=WAIT) == 42
+    assert jq.submit(lambda: "lam").result(timeout=WAIT) == "lam"
+
+
+def test_map_dicts_tuples_and_items(jq: JobQueue) -> None:
+    jobs = jq.map(add, [{"a": 1, "b": 2}, (3, 4), 5])
+    assert [j.result(timeout=WAIT) for j in jobs] == [3, 7, 5]
+    assert jobs[0].record.kwargs == {"a": 1, "b": 2}
+
+
+def test_wait_all_and_jobs_listing(jq: JobQueue) -> None:
+    jobs = [jq.submit(add, i) for i in range(20)]
+    assert jq.wait(timeout=WAIT) is True
+    assert all(j.done() for j in jobs)
+    listed = jq.jobs()
+    assert [j.id for j in listed] == sorted(j.id for j in jobs)
+    assert len(jq.jobs(status="succeeded")) == 20
+    assert jq.jobs(status=["failed", "cancelled"]) == []
+    with pytest.raises(ValueError, match="unknown status"):
+        jq.jobs(status="finished")
+
+
+def test_get_by_id_and_prefix(jq: JobQueue) -> None:
+    job = jq.submit(add, 1)
+    job.wait(WAIT)
+    assert jq.get(job.id) == job
+    with pytest.raises(KeyError, match="no job 'nope'"):
+        jq.get("nope")
+
+
+def test_wait_timeout_returns_false_and_result_raises_timeout(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        job = jq.submit(block, name)
+        assert job.wait(timeout=0.05) is False
+        assert jq.wait(timeout=0.05) is False
+        with pytest.raises(TimeoutError):
+            job.result(timeout=0.05)
+        EVENTS[name].set()
+        assert job.result(timeout=WAIT) is True
+
+
+def test_cancel_queued_job_never_runs(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        blocker = jq.submit(block, name)
+        victim = jq.submit(record, name, "victim ran")
+        assert victim.cancel() is True
+        assert victim.status == "cancelled"
+        EVENTS[name].set()
+        blocker.wait(WAIT)
+        assert jq.submit(record, name, "after").result(timeout=WAIT) == "after"
+        assert jq.wait(WAIT)
+        with pytest.raises(nbqup.JobCancelled):
+            victim.result(timeout=WAIT)
+        assert victim.cancel() is False
+    assert CALLS[name] == ["after"]
+
+
+def test_cancel_running_job_is_cooperative(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        job = jq.submit(cooperative_loop, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        assert job.cancel() is True
+        assert job.wait(WAIT)
+        assert job.status == "cancelled"
+
+
+def test_retry_by_hand_runs_again(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        job = jq.submit(flaky, name, 1)
+        assert job.wait(WAIT) and job.status == "failed"
+        assert job.retry() is job
+        assert job.result(timeout=WAIT) == 2
+        assert job.attempts == 2
+        with pytest.raises(ValueError, match="only failed or cancelled"):
+            job.retry()
+
+
+def test_retries_option_counts_attempts(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        job = jq.options(retries=3).submit(flaky, name, 2)
+        assert job.result(timeout=WAIT) == 3
+        assert job.attempts == 3
+        assert job.record.errors == ("RuntimeError: failure 1", "RuntimeError: failure 2")
+        out_of_retries = jq.options(retries=1).submit(boom)
+        with pytest.raises(nbqup.JobFailed):
+            out_of_retries.result(timeout=WAIT)
+        assert out_of_retries.attempts == 2
+
+
+def test_key_returns_existing_job(jq: JobQueue) -> None:
+    first = jq.options(key="exp-1").submit(add, 1)
+    second = jq.options(key="exp-1").submit(add, 100)
+    assert second.id == first.id
+    assert second.result(timeout=WAIT) == 1
+    assert len(jq.jobs()) == 1
+    # a failed job's key is free again
+    bad = jq.options(key="exp-2").submit(boom)
+    bad.wait(WAIT)
+    again = jq.options(key="exp-2").submit(add, 2)
+    assert again.id != bad.id and again.result(timeout=WAIT) == 2
+
+
+def test_unique_derives_key_from_function_and_arguments(jq: JobQueue) -> None:
+    a = jq.options(unique=True).submit(add, 1, b=2)
+    b = jq.options(unique=True).submit(add, 1, b=2)
+    c = jq.options(unique=True).submit(add, 1, b=3)
+    assert a.id == b.id != c.id
+    assert a.key is not None and a.key.startswith("unique:")
+
+
+def test_options_are_validated_at_options_call(jq: JobQueue) -> None:
+    with pytest.raises(TypeError, match="unknown option 'retires'"):
+        jq.options(retires=3)
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        jq.options(retries=-1)
+    with pytest.raises(TypeError, match="retries must be an int"):
+        jq.options(retries="3")
+    with pytest.raises(TypeError, match="tags must be a list of str"):
+        jq.options(tags=[1])
+    with pytest.raises(ValueError):
+        jq.after("-5m")
+    with pytest.raises(ValueError, match="malformed"):
+        jq.after("5 parsecs")
+    with pytest.raises(TypeError, match="needs a callable"):
+        jq.submit(42)
+    with pytest.raises(ValueError, match="unknown job"):
+        jq.options(depends_on=["nope"]).submit(add, 1)
+    assert jq.jobs() == []
+
+
+def test_unpicklable_argument_names_it_and_records_nothing(jq: JobQueue) -> None:
+    jq.submit(add, 1).wait(WAIT)
+    before = len(jq.jobs())
+    blobs_before = {t: jq.store.count(t) for t in ("meta", "args", "fn", "pending", "keys")}
+    lock = threading.Lock()
+    with pytest.raises(nbqup.SerializationError, match=r"argument 'b'.*lock"):
+        jq.submit(add, 1, b=lock)
+    with pytest.raises(nbqup.SerializationError, match="argument 0"):
+        jq.submit(add, lock)
+    with pytest.raises(TypeError):  # SerializationError is a TypeError too
+        jq.submit(add, lock)
+    with pytest.raises(nbqup.SerializationError, match="function"):
+        jq.options(key="k").submit(lambda: lock)  # the function itself captures a lock
+    assert len(jq.jobs()) == before
+    assert {t: jq.store.count(t) for t in blobs_before} == blobs_before
+
+
+def test_unpicklable_result_fails_the_job(jq: JobQueue) -> None:
+    job = jq.submit(threading.Lock)
+    with pytest.raises(nbqup.JobFailed, match="cannot serialize the result"):
+        job.result(timeout=WAIT)
+
+
+def test_task_decorator(tmp_path: Path) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+
+        @jq.task(retries=2, tags=["sweep"])
+        def square(x: int) -> int:
+            return x * x
+
+        assert square(4) == 16  # a plain call runs in the foreground
+        job = square.submit(5)
+        assert job.result(timeout=WAIT) == 25
+        assert job.tags == ("sweep",) and job.record.retries == 2
+        assert [j.result(timeout=WAIT) for j in square.map([1, 2])] == [1, 4]
+        assert square.options(priority=3).submit(3).result(timeout=WAIT) == 9
+        assert square.__name__ == "square"
+
+
+class OrderEmail:
+    def __init__(self, order_id: int) -> None:
+        self.order_id = order_id
+
+
+def test_register_routes_task_objects_to_executor() -> None:
+    sent: list[int] = []  # the executor is a live object, not pickled: state is shared
+
+    class Sender:
+        def execute(self, task: OrderEmail) -> str:
+            sent.append(task.order_id)
+            return f"sent {task.order_id}"
+
+    with JobQueue(None, workers=1) as jq:
+        jq.register(OrderEmail, Sender())
+        job = jq.submit(OrderEmail(42))
+        assert job.result(timeout=WAIT) == "sent 42"
+        assert sent == [42]
+        with pytest.raises(TypeError, match="execute"):
+            jq.register(OrderEmail, object())
+
+
+def test_priority_orders_ready_jobs(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        jq.submit(block, name)
+        for label, prio in [("low", 0), ("high", 10), ("mid", 5)]:
+            jq.options(priority=prio).submit(record, name, label)
+        EVENTS[name].set()
+        assert jq.wait(WAIT)
+    assert CALLS[name] == ["high", "mid", "low"]
+
+
+def test_depends_on_runs_after_and_cancels_on_failure(jq: JobQueue, name: str) -> None:
+    a = jq.submit(block, name)
+    b = jq.options(depends_on=[a]).submit(add, 1)
+    assert b.status == "queued" and "waiting for" in (b.message or "")
+    EVENTS[name].set()
+    assert b.result(timeout=WAIT) == 1
+    assert b.started >= a.finished
+    bad = jq.submit(boom)
+    after_bad = jq.options(depends_on=[bad]).submit(add, 2)
+    assert after_bad.wait(WAIT)
+    assert after_bad.status == "cancelled"
+    assert bad.id in (after_bad.message or "")
+
+
+def test_delayed_job_with_manual_clock(tmp_path: Path, clock: ManualClock) -> None:
+    with JobQueue(tmp_path / "s", workers=1, clock=clock) as jq:
+        job = jq.after("5m").submit(add, 1)
+        assert job.status == "scheduled"
+        assert job.scheduled_for == datetime.fromtimestamp(clock.now() + 300, timezone.utc)
+        assert job.wait(timeout=0.2) is False  # real time passes, the clock does not
+        clock.advance(299)
+        assert job.wait(timeout=0.2) is False
+        clock.advance(1)
+        assert job.result(timeout=WAIT) == 1
+
+
+def test_progress_and_checkpoint_inside_a_job() -> None:
+    def work() -> Any:
+        assert nbqup.current_job() is not None
+        nbqup.progress(1, 4, message="quarter")
+        nbqup.checkpoint({"step": 1})
+        return nbqup.restore()
+
+    with JobQueue(None, workers=1) as jq:
+        job = jq.submit(work)
+        assert job.result(timeout=WAIT) == {"step": 1}
+        assert job.checkpoint == {"step": 1}
+        assert job.progress == 1.0  # a succeeded job that reported progress is complete
+    assert nbqup.current_job() is None
+    assert nbqup.restore("outside") == "outside"
+
+
+def test_timeout_stops_a_cooperative_job(clock: ManualClock, name: str) -> None:
+    with JobQueue(None, workers=1, clock=clock) as jq:
+        job = jq.options(timeout="10s").submit(cooperative_loop, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        clock.advance(11)
+        with pytest.raises(nbqup.JobFailed, match="timed out after 10s"):
+            job.result(timeout=WAIT)
+
+
+def test_closed_queue_refuses_work(tmp_path: Path) -> None:
+    jq = JobQueue(tmp_path / "s", workers=1)
+    jq.close()
+    jq.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        jq.submit(add, 1)
+
+
+def test_bad_constructor_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers"):
+        JobQueue(tmp_path / "a", workers=-1)
+    with pytest.raises(ValueError, match="durability"):
+        JobQueue(tmp_path / "b", durability="sometimes")
+    with pytest.raises(ValueError, match="executor"):
+        JobQueue(tmp_path / "c", executor="gpu")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        JobQueue(tmp_path / "file")
+
+
+def test_second_queue_in_process_is_client_or_raises(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=1) as owner:
+        with pytest.raises(nbqup.StoreLocked, match=str(__import__("os").getpid())):
+            JobQueue(path, workers=1, if_locked="raise")
+        with JobQueue(path, workers=1) as client:
+            assert owner.is_owner and not client.is_owner
+            job = client.submit(add, 20, b=22)  # the owner finds it on its periodic check
+            assert job.result(timeout=WAIT) == 42
+            assert owner.get(job.id).result() == 42
+
+
+def test_reopen_resumes_queued_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=0) as jq:
+        ids = [jq.submit(add, i).id for i in range(5)]
+        assert all(jq.get(i).status == "queued" for i in ids)
+    with JobQueue(path, workers=2) as jq:
+        assert [jq.get(i).result(timeout=WAIT) for i in ids] == list(range(5))
+
+
+def test_close_without_wait_returns_fast_and_run_does_not_count(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "s"
+    jq = JobQueue(path, workers=1)
+    job_id = jq.submit(stubborn, name).id
+    assert EVENTS[f"{name}:started"].wait(WAIT)
+    t0 = time.monotonic()
+    jq.close(wait=False)
+    assert time.monotonic() - t0 < 1.0
+    with JobQueue(path, workers=1) as again:
+        job = again.get(job_id)
+        assert job.attempts == 0  # the interrupted run does not count
+        # the old thread still runs it: the new queue must not start it twice
+        assert job.wait(timeout=0.3) is False and job.status == "queued"
+        EVENTS[name].set()
+        assert job.wait(WAIT)
+        assert job.attempts == 1
