@@ -51,6 +51,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Reason given to jobs stopped by ``close()``: the run does not count, it resumes later.
 _SHUTDOWN = "the queue was closed; the job resumes when the queue is reopened"
+_MAX_RETRY_DELAY = 7 * 24 * 3600.0  # exponential backoff stops growing at a week
 _PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
 _open_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
 #: Threads still running jobs of queues closed with wait=False, by store path and job id:
@@ -713,7 +714,7 @@ class JobQueue:
         runs = rec.attempts - rec.crashes - rec.run_base
         if runs <= rec.retries:
             delay = retry_delay(runs, base=rec.retry_delay, backoff=rec.retry_backoff,
-                                jitter=rec.retry_jitter)  # fmt: skip
+                                jitter=rec.retry_jitter, max_delay=_MAX_RETRY_DELAY)  # fmt: skip
             rec.status = Status.SCHEDULED
             rec.scheduled_for = now + delay
             rec.message = f"retry {runs} of {rec.retries} after: {_last_line(text)}"

@@ -10,6 +10,7 @@ anything is recorded.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -76,7 +77,7 @@ def _float(name: str, low: float, high: float | None = None) -> Callable[[Any], 
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"{name} must be a number, got {value!r}")
-        if not (value >= low and (high is None or value <= high)):
+        if not (low <= value < math.inf and (high is None or value <= high)):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
             raise ValueError(f"{name} must be {bounds}, got {value}")
         return float(value)

@@ -23,9 +23,7 @@ def clock() -> ManualClock:
 
 
 def _nbqup_threads() -> set[threading.Thread]:
-    return {
-        t for t in threading.enumerate() if t.name.startswith("nbqup-") and t.is_alive()
-    }
+    return {t for t in threading.enumerate() if t.name.startswith("nbqup-") and t.is_alive()}
 
 
 @pytest.fixture(autouse=True)
