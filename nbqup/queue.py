@@ -280,6 +280,28 @@ class JobQueue:
                 out.append(Job(self, rec.id))
         return out
 
+    def jobs_df(
+        self,
+        status: str | Iterable[str] | None = None,
+        name: str | None = None,
+        tags: str | Iterable[str] | None = None,
+    ) -> Any:
+        """The job history as a ``pandas.DataFrame``, one row per job (see :mod:`nbqup.frames`)."""
+        from .frames import jobs_df
+
+        return jobs_df(self, status=status, name=name, tags=tags)
+
+    def results_df(
+        self,
+        status: str | Iterable[str] | None = "succeeded",
+        name: str | None = None,
+        tags: str | Iterable[str] | None = None,
+    ) -> Any:
+        """Arguments and results side by side, dict results expanded into columns."""
+        from .frames import results_df
+
+        return results_df(self, status=status, name=name, tags=tags)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job is done (recurring schedules aside); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout

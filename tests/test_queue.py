@@ -416,3 +416,27 @@ def test_close_without_wait_returns_fast_and_run_does_not_count(tmp_path: Path, 
         EVENTS[name].set()
         assert job.wait(WAIT)
         assert job.attempts == 1
+
+
+def test_pickle_from_another_python_waits_until_a_task_of_its_name_exists(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=0) as jq:
+        job_id = jq.submit(add, 2, b=3).id
+        rec = jq.store.load(job_id)
+        assert rec is not None
+        rec.python = "3.99"  # as if pickled by another Python: unsafe to unpickle here
+        jq.store.commit([rec])
+    with JobQueue(path, workers=1) as jq:
+        job = jq.get(job_id)
+        assert job.wait(timeout=0.3) is False
+        assert job.status == "queued"
+        assert "Python 3.99" in (job.message or "") and "register a task" in (job.message or "")
+
+        def add_by_name(a: int, b: int = 0) -> int:
+            return 1000 + a + b
+
+        add_by_name.__qualname__ = "add"
+        jq.task(add_by_name)
+        assert job.result(timeout=WAIT) == 1005  # ran by name, not from the pickle
