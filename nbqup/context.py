@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .capture import LogBuffer
 from .errors import JobCancelled, JobTimedOut
 
 if TYPE_CHECKING:
@@ -36,9 +37,11 @@ class JobContext:
     """The running job, its runtime, and whether it has been asked to stop."""
 
     def __init__(self, job: Job, runtime: Runtime, *, deadline: float | None = None,
-                 timeout: float | None = None) -> None:  # fmt: skip
+                 timeout: float | None = None, logs: LogBuffer | None = None) -> None:  # fmt: skip
         self.job = job
         self.runtime = runtime
+        #: What the job printed or logged in this run (earlier attempts' output first).
+        self.logs = logs if logs is not None else LogBuffer()
         self.deadline = deadline
         self.timeout = timeout
         #: Set (from any thread) to ask the job to stop; the reason ends up in its record.
@@ -57,6 +60,12 @@ _current: ContextVar[JobContext | None] = ContextVar("nbqup_current_job", defaul
 
 def current_context() -> JobContext | None:
     return _current.get()
+
+
+def current_log() -> LogBuffer | None:
+    """The log buffer of the job running in this thread (used by :mod:`nbqup.capture`)."""
+    ctx = _current.get()
+    return None if ctx is None else ctx.logs
 
 
 def current_job() -> Job | None:

@@ -33,9 +33,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import payload
+from . import capture, payload
+from .capture import LogBuffer
 from .clock import Clock, SystemClock
-from .context import JobContext
+from .context import JobContext, current_log
 from .errors import NbqupError, SerializationError, StoreCorrupt
 from .executors import Call, Executor, Outcome, make_executor
 from .handle import Job
@@ -181,6 +182,7 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._closed = False
+        self._capturing = False
         self.corrupt: list[tuple[str, str]] = []
         self.is_owner = False
         if workers > 0:
@@ -341,6 +343,9 @@ class JobQueue:
         try:
             self._writer.flush()
         finally:
+            if self._capturing:
+                self._capturing = False
+                capture.uninstall()
             self.store.close()
             _open_queues.discard(self)
 
@@ -544,6 +549,8 @@ class JobQueue:
         self._settle()
 
     def _start_threads(self) -> None:
+        capture.install(current_log)
+        self._capturing = True
         self._threads = [
             threading.Thread(target=self._slot, name=f"nbqup-worker-{i}", daemon=True)
             for i in range(self.workers)
@@ -659,6 +666,7 @@ class JobQueue:
             rec.finished = None
             rec.message = None
             deadline = None if rec.timeout is None else now + rec.timeout
+            attempt = rec.attempts
             ctx = JobContext(Job(self, job_id), self, deadline=deadline, timeout=rec.timeout)
             self._running[job_id] = ctx
             self._runners[job_id] = threading.current_thread()
@@ -666,6 +674,11 @@ class JobQueue:
         if self.store.backend.get("requests", job_id) == b"cancel":
             ctx.stop_reason = "cancelled from another process"
         try:
+            if attempt > 1:  # keep earlier attempts' output, then mark where this one starts
+                earlier = self.store.get_blob("logs", job_id)
+                if earlier:
+                    ctx.logs = LogBuffer(earlier.decode("utf-8", "replace"))
+                    ctx.logs.write(f"--- attempt {attempt} ---\n")
             self._writer.flush(ticket)  # a job that kills its process is counted next time
             call = self._load_call(rec)
         except Exception as exc:
@@ -701,6 +714,10 @@ class JobQueue:
 
     def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None:
         blobs: list[tuple[str, str, bytes]] = []
+        if not outcome.ok and outcome.traceback and ctx.stop_reason is None:
+            ctx.logs.write(outcome.traceback)
+        if ctx.logs.dirty:
+            blobs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
         if outcome.ok:
             try:
                 blobs.append(("result", job_id, payload.dumps_result(outcome.value)))
@@ -713,13 +730,14 @@ class JobQueue:
             if self._closed or rec is None or ctx.stop_reason == _SHUTDOWN:
                 return
             now = self._clock.now()
+            self._writer.add(blobs=blobs)  # same batch as the record written below
             cancelled = ctx.stop_reason is not None
             if outcome.ok and not cancelled:
                 rec.result_repr = payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:
                     rec.progress = 1.0
-                self._end(rec, Status.SUCCEEDED, blobs=blobs)
+                self._end(rec, Status.SUCCEEDED)
             elif cancelled:
                 self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
             else:
@@ -837,7 +855,11 @@ class JobQueue:
             now = time.monotonic()
             if now - self._last_persist.get(job_id, 0.0) >= _PROGRESS_EVERY:
                 self._last_persist[job_id] = now
-                self._writer.add([rec.copy()])
+                ctx = self._running.get(job_id)
+                logs = []
+                if ctx is not None and ctx.logs.dirty:
+                    logs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
+                self._writer.add([rec.copy()], logs)
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:
         blob = payload.dumps_result(state)
@@ -896,6 +918,10 @@ class JobQueue:
         return self.load_checkpoint(job_id)[1]
 
     def _logs(self, job_id: str) -> str:
+        with self._lock:
+            ctx = self._running.get(job_id)
+        if ctx is not None:
+            return ctx.logs.text()
         blob = self.store.get_blob("logs", job_id)
         return "" if blob is None else blob.decode("utf-8", "replace")
 
