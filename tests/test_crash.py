@@ -103,7 +103,7 @@ def test_kill_mid_run_reruns_running_jobs(tmp_path: Path) -> None:
         """
         def slow(i):
             log(f"start-{i}")
-            time.sleep(0.1)
+            time.sleep(0.05 + 0.03 * (i % 4))
             log(f"end-{i}")
             return -i
 
@@ -121,7 +121,6 @@ def test_kill_mid_run_reruns_running_jobs(tmp_path: Path) -> None:
     started = {int(x.split("-")[1]) for x in lines if x.startswith("start")}
     ended = {int(x.split("-")[1]) for x in lines if x.startswith("end")}
     interrupted = started - ended
-    assert interrupted, "the kill should land while jobs run"
     with JobQueue(tmp_path / "store", workers=4) as jq:
         assert jq.wait(timeout=WAIT)
         jobs = jq.jobs()
@@ -135,6 +134,8 @@ def test_kill_mid_run_reruns_running_jobs(tmp_path: Path) -> None:
         # also counts as interrupted: at most one per worker slot.
         taken = [i for i in set(range(50)) - started if by_arg[i].attempts != 1]
         assert len(taken) + len(interrupted) <= 4, taken
+        # 4 busy workers and 50 jobs: the kill always lands while some job runs
+        assert any(j.attempts >= 2 for j in jobs)
 
 
 def test_kill_while_checkpoint_is_written(tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_kill_while_checkpoint_is_written(tmp_path: Path) -> None:
                 return n   # resumed: report what survived
             for n in range(1, 10_000):
                 nbqup.checkpoint({"n": n, "blob": bytes([n % 256]) * 2_000_000})
-                os.write(1, f"ACK {n}\n".encode())  # print() would go to the job's logs
+                os.write(1, f"ACK {n}\\n".encode())  # print() would go to the job's logs
             return -1
 
         jq = nbqup.JobQueue(STORE, workers=1)
@@ -161,6 +162,7 @@ def test_kill_while_checkpoint_is_written(tmp_path: Path) -> None:
         acked = int(line.split()[1])
         if acked >= 5:
             break
+    assert acked >= 5, "the child died before writing checkpoints"
     time.sleep(0.01 * (acked % 7))  # land the kill at a varying point of a write
     kill(proc)
     with JobQueue(tmp_path / "store", workers=1) as jq:
