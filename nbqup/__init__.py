@@ -22,7 +22,7 @@ from .errors import (
     StoreCorrupt,
     StoreLocked,
 )
-from .handle import Job
+from .handle import Job, Schedule
 from .job import Status
 from .queue import JobQueue
 
@@ -34,6 +34,7 @@ __all__ = [
     "JobFailed",
     "JobQueue",
     "JobTimedOut",
+    "Schedule",
     "NbqupError",
     "SerializationError",
     "Status",

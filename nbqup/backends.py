@@ -104,7 +104,7 @@ class MemoryBackend(Backend):
     ) -> list[tuple[str, bytes]]:
         with self._lock:
             out = sorted(kv for kv in self._tables[table].items() if kv[0] >= start)
-        return out if limit is None else out[:limit]
+        return out if limit is None else out[: max(limit, 0)]
 
     def keys(self, table: str) -> list[str]:
         with self._lock:
@@ -124,6 +124,8 @@ class MemoryBackend(Backend):
             self._tables[table]  # unknown table: KeyError before anything is written
             if not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
+        for table, _key in deletes:
+            self._tables[table]
         with self._lock:
             for table, key, value in puts:
                 self._tables[table][key] = value
@@ -151,10 +153,13 @@ class _MemoryTxn(Txn):
 
     def put(self, table: str, key: str, value: bytes) -> None:
         self._tables[table]
+        if not isinstance(value, bytes):
+            raise TypeError(f"values must be bytes, got {type(value).__name__}")
         self._ops.append((table, key, value))
         self._view[table, key] = value
 
     def delete(self, table: str, key: str) -> None:
+        self._tables[table]
         self._ops.append((table, key, None))
         self._view[table, key] = None
 
@@ -181,14 +186,19 @@ class LMDBBackend(Backend):
         self._lmdb = lmdb
         self.path = Path(path)
         self._fsync = durability == "fsync"
-        self._key = os.path.realpath(self.path)
         self._closed = False
         # LMDB forbids opening one environment twice in a process: share it, refcounted.
         with _envs_lock:
-            shared = _envs.get(self._key)
-            if shared is None:
-                shared = _envs[self._key] = _open_env(lmdb, self.path)
+            found = _env_key(self.path)
+            shared = _envs.get(found) if found is not None else None
+            if found is None or shared is None:
+                shared = _open_env(lmdb, self.path)
+                found = _env_key(self.path)
+                if found is None:  # pragma: no cover - lmdb just created the file
+                    raise NbqupError(f"cannot open store {self.path}: no data.mdb")
+                _envs[found] = shared
             shared.users += 1
+        self._key = found
         self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
 
     def _db(self, table: str) -> Any:
@@ -208,6 +218,8 @@ class LMDBBackend(Backend):
     ) -> list[tuple[str, bytes]]:
         db = self._db(table)
         out: list[tuple[str, bytes]] = []
+        if limit is not None and limit <= 0:
+            return out
         with self._lock, self.env.begin(db=db) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(start.encode()):
@@ -292,12 +304,27 @@ class _SharedEnv:
         self.users = 0
 
 
-_envs: dict[str, _SharedEnv] = {}
+_envs: dict[tuple[int, int, int], _SharedEnv] = {}
 _envs_lock = threading.Lock()
+
+
+def _env_key(path: Path) -> tuple[int, int, int] | None:
+    """Identify an open environment by its data file, as ``lmdb`` does, and by process.
+
+    Not by path: a store deleted and re-created at the same path is a new environment;
+    and not across ``fork``: a child must never use its parent's environment.
+    """
+    try:
+        st = os.stat(path / "data.mdb")
+    except OSError:
+        return None
+    return (os.getpid(), st.st_dev, st.st_ino)
 
 
 def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
     try:
+        # lmdb would create the directory with the files' mode (0o600): not searchable.
+        path.mkdir(mode=0o700, exist_ok=True)
         env = lmdb.open(
             str(path),
             subdir=True,
@@ -311,7 +338,7 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
             readahead=False,
             max_readers=256,
         )
-    except lmdb.Error as exc:
+    except (OSError, lmdb.Error) as exc:
         raise NbqupError(f"cannot open store {path}: {exc}") from exc
     env.reader_check()  # clear reader slots left behind by killed processes
     return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES})
@@ -326,7 +353,10 @@ class _LMDBTxn(Txn):
         return value if value is None else bytes(value)
 
     def put(self, table: str, key: str, value: bytes) -> None:
-        self._txn.put(key.encode(), value, db=self._db(table))
+        db = self._db(table)
+        if not isinstance(value, bytes):
+            raise TypeError(f"values must be bytes, got {type(value).__name__}")
+        self._txn.put(key.encode(), value, db=db)
 
     def delete(self, table: str, key: str) -> None:
         self._txn.delete(key.encode(), db=self._db(table))

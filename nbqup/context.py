@@ -36,8 +36,15 @@ class Runtime(Protocol):
 class JobContext:
     """The running job, its runtime, and whether it has been asked to stop."""
 
-    def __init__(self, job: Job, runtime: Runtime, *, deadline: float | None = None,
-                 timeout: float | None = None, logs: LogBuffer | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        job: Job,
+        runtime: Runtime,
+        *,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        logs: LogBuffer | None = None,
+    ) -> None:
         self.job = job
         self.runtime = runtime
         #: What the job printed or logged in this run (earlier attempts' output first).

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import JobCancelled, JobFailed
-from .job import JobRecord, Status, as_datetime
+from .job import JobRecord, ScheduleRecord, Status, as_datetime
 
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["Job"]
+__all__ = ["Job", "Schedule"]
 
 
 class Job:
@@ -162,6 +162,81 @@ class Job:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id and other._queue is self._queue
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class Schedule:
+    """A recurring schedule (``jq.every(...)`` / ``jq.cron(...)``); each run is a :class:`Job`.
+
+    Like a job handle it only holds an id: attributes read the stored schedule.
+    """
+
+    __slots__ = ("_queue", "id")
+
+    def __init__(self, queue: JobQueue, schedule_id: str) -> None:
+        self._queue = queue
+        self.id = schedule_id
+
+    @property
+    def record(self) -> ScheduleRecord:
+        return self._queue._schedules.record(self.id)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def trigger(self) -> str:
+        """The rule, in words: ``"every 1h"``, ``"cron '0 9 * * MON' (Europe/Berlin)"``."""
+        from .schedule import Trigger
+
+        return Trigger.from_dict(self.record.trigger).describe()
+
+    @property
+    def state(self) -> str:
+        """``"active"``, ``"paused"`` or ``"cancelled"``."""
+        return self.record.state
+
+    @property
+    def next_run(self) -> datetime | None:
+        rec = self.record
+        return None if rec.state != "active" else as_datetime(rec.next_due)
+
+    @property
+    def runs(self) -> int:
+        """How many runs were started (skipped slots not counted)."""
+        return self.record.runs
+
+    def jobs(self) -> list[Job]:
+        """Every run of this schedule, oldest first, skipped slots included."""
+        return [job for job in self._queue.jobs() if job.record.schedule == self.id]
+
+    def pause(self) -> None:
+        """Stop starting runs until :meth:`resume`; slots in between are not recorded."""
+        self._queue._schedules.set_state(self.id, "paused")
+
+    def resume(self) -> None:
+        """Start runs again from the next slot after now."""
+        self._queue._schedules.set_state(self.id, "active")
+
+    def cancel(self) -> bool:
+        """End the schedule for good (its key is free again); False if it already was."""
+        return self._queue._schedules.set_state(self.id, "cancelled")
+
+    def __repr__(self) -> str:
+        rec = self.record
+        nxt = self.next_run
+        when = f" next={nxt:%Y-%m-%d %H:%M:%S}Z" if nxt else ""
+        return f"<Schedule {self.id} {rec.name!r} {self.trigger} {rec.state}{when} runs={rec.runs}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and other.id == self.id and other._queue is self._queue
 
     def __hash__(self) -> int:
         return hash(self.id)

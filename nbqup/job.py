@@ -15,7 +15,15 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-__all__ = ["FINAL", "RECORD_VERSION", "UNFINISHED", "JobRecord", "Status", "as_datetime"]
+__all__ = [
+    "FINAL",
+    "RECORD_VERSION",
+    "UNFINISHED",
+    "JobRecord",
+    "ScheduleRecord",
+    "Status",
+    "as_datetime",
+]
 
 #: Format version of :class:`JobRecord` as written by this nbqup.
 RECORD_VERSION = 1
@@ -80,6 +88,8 @@ class JobRecord:
     task_type: str | None = None
     #: Whether the arguments are stored (a job without arguments stores none).
     has_args: bool = False
+    #: Key of the arguments in the ``args`` table when not the job's own id (a schedule's).
+    args_ref: str | None = None
     key: str | None = None
     tags: tuple[str, ...] = ()
     priority: int = 0
@@ -112,17 +122,12 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
-        out: dict[str, Any] = {}
-        for name, default in _DEFAULTS.items():
-            value = getattr(self, name)
-            if value is _REQUIRED or value != default:
-                out[name] = value.value if isinstance(value, Status) else value
-        return out
+        return _to_dict(self, _JOB_DEFAULTS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         """Build a record from :meth:`to_dict` output; unknown fields are ignored."""
-        known = {k: v for k, v in data.items() if k in _DEFAULTS}
+        known = {k: v for k, v in data.items() if k in _JOB_DEFAULTS}
         known["status"] = Status(known.get("status", Status.QUEUED))
         for name in ("tags", "depends_on", "errors"):
             if name in known:
@@ -133,12 +138,59 @@ class JobRecord:
         return dataclasses.replace(self, kwargs=dict(self.kwargs))
 
 
+@dataclass(kw_only=True, slots=True)
+class ScheduleRecord:
+    """A recurring schedule: what to run, when (a trigger), and where it has got to.
+
+    Each run becomes a :class:`JobRecord` of its own, linked back by ``schedule``.
+    """
+
+    id: str
+    name: str
+    key: str
+    created: float
+    #: ``Trigger.to_dict()`` of the rule (see :mod:`nbqup.schedule`).
+    trigger: dict[str, Any]
+    #: The next slot to fire.
+    next_due: float
+    #: The last slot that fired (ran or was skipped).
+    last_due: float | None = None
+    #: Id of the job of the last run, to avoid starting a run while the last one is going.
+    last_job: str | None = None
+    fn: str | None = None
+    fn_name: str = ""
+    task_type: str | None = None
+    has_args: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Validated job options given to every run (retries, timeout, tags, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: What to do with slots missed while nothing ran: "skip", "once" or "all".
+    missed: str = "once"
+    #: "active", "paused" or "cancelled".
+    state: str = "active"
+    runs: int = 0
+    skipped: int = 0
+    python: str = ""
+    pickler: str = ""
+    version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self, _SCHEDULE_DEFAULTS)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScheduleRecord:
+        return cls(**{k: v for k, v in data.items() if k in _SCHEDULE_DEFAULTS})
+
+    def copy(self) -> ScheduleRecord:
+        return dataclasses.replace(self, kwargs=dict(self.kwargs), options=dict(self.options))
+
+
 _REQUIRED = object()
 
 
-def _defaults() -> dict[str, Any]:
+def _defaults(cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(JobRecord):
+    for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -148,7 +200,17 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
-_DEFAULTS = _defaults()
+def _to_dict(record: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, default in defaults.items():
+        value = getattr(record, name)
+        if default is _REQUIRED or value != default:
+            out[name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+_JOB_DEFAULTS = _defaults(JobRecord)
+_SCHEDULE_DEFAULTS = _defaults(ScheduleRecord)
 
 
 def as_datetime(ts: float | None) -> datetime | None:

@@ -7,10 +7,10 @@ finds client-submitted jobs and requests on its periodic check.
 
 Threads and locks: one lock guards the in-memory state (``_live`` and the heaps); three
 conditions on it wake the workers (``_work``), the scheduler (``_sched``) and whoever
-waits for jobs to finish (``_done``).  Store writes happen *outside* that lock, through
-a group commit (:class:`_Writer`), so writers that arrive while a commit is running are
-written together in the next one.  A snapshot is queued for writing while the lock is
-held, so writes of one job reach the store in the order its states were taken.
+waits for jobs to finish (``_done``).  Store writes happen *outside* that lock, through a
+group commit (:class:`~nbqup.store.GroupCommit`): writers that arrive while a commit is
+running are written together in the next one.  A snapshot is queued for writing while
+the lock is held, so writes of one job reach the store in the order its states were taken.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ from .clock import Clock, SystemClock
 from .context import JobContext, current_log
 from .errors import NbqupError, SerializationError, StoreCorrupt
 from .executors import Call, Executor, Outcome, make_executor
-from .handle import Job
-from .job import FINAL, JobRecord, Status
-from .schedule import retry_delay
-from .store import Store
+from .handle import Job, Schedule
+from .job import FINAL, JobRecord, ScheduleRecord, Status
+from .recurring import RUN_FIELDS, Schedules
+from .schedule import Trigger, retry_delay
+from .store import GroupCommit, Store
 from .submit import Submitter, Task, validate_options
 
 __all__ = ["JobQueue"]
@@ -54,68 +55,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 _SHUTDOWN = "the queue was closed; the job resumes when the queue is reopened"
 _MAX_RETRY_DELAY = 7 * 24 * 3600.0  # exponential backoff stops growing at a week
 _PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
+_id_counter = itertools.count()
 _open_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
 #: Threads still running jobs of queues closed with wait=False, by store path and job id:
 #: a queue reopened in the same process does not start those jobs again until they end.
 _zombies: dict[str, dict[str, threading.Thread]] = {}
-
-
-class _Writer:
-    """Group commit: callers queue writes, one of them commits everything queued."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._cond = threading.Condition(threading.Lock())
-        self._records: dict[str, JobRecord] = {}
-        self._blobs: list[tuple[str, str, bytes]] = []
-        self._deletes: list[tuple[str, str]] = []
-        self._batch = 0  # number of the batch being filled
-        self._done = -1  # number of the last batch committed
-        self._busy = False
-        self._errors: dict[int, BaseException] = {}
-
-    def add(self, records: Iterable[JobRecord] = (), blobs: Iterable[tuple[str, str, bytes]] = (),
-            deletes: Iterable[tuple[str, str]] = ()) -> int:  # fmt: skip
-        """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots."""
-        with self._cond:
-            for rec in records:
-                self._records[rec.id] = rec
-            self._blobs.extend(blobs)
-            self._deletes.extend(deletes)
-            return self._batch
-
-    def flush(self, ticket: int | None = None) -> None:
-        """Return once batch ``ticket`` (default: everything queued so far) is committed."""
-        with self._cond:
-            if ticket is None:
-                ticket = (
-                    self._batch if (self._records or self._blobs or self._deletes) else self._done
-                )
-            while self._done < ticket:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                number, blobs, deletes = self._batch, self._blobs, self._deletes
-                records = list(self._records.values())
-                self._records, self._blobs, self._deletes = {}, [], []
-                self._batch += 1
-                self._busy = True
-                self._cond.release()
-                error = None
-                try:
-                    self._store.commit(records, blobs, deletes)
-                except BaseException as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._busy = False
-                    self._done = number
-                    if error is not None:
-                        self._errors[number] = error
-                    self._cond.notify_all()
-            error = self._errors.pop(ticket, None)
-        if error is not None:
-            raise error
 
 
 class JobQueue:
@@ -159,7 +103,7 @@ class JobQueue:
         self.workers = workers
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
-        self._writer = _Writer(self.store)
+        self._writer = GroupCommit(self.store)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._sched = threading.Condition(self._lock)
@@ -185,6 +129,7 @@ class JobQueue:
         self._capturing = False
         self.corrupt: list[tuple[str, str]] = []
         self.is_owner = False
+        self._schedules = Schedules(self)
         if workers > 0:
             self.is_owner = self.store.acquire_owner()
             if not self.is_owner and if_locked == "raise":
@@ -225,6 +170,21 @@ class JobQueue:
     def at(self, when: datetime | float) -> Submitter:
         """A builder whose jobs run no sooner than ``when``."""
         return Submitter(self).at(when)
+
+    def every(self, interval: float | timedelta | str) -> Submitter:
+        """A builder for a recurring schedule: ``jq.every("1h").submit(fn)``.
+
+        The first run is one interval from now (or at ``.at(...)``/``.after(...)``); each
+        run is a job of its own.  Returns a :class:`~nbqup.Schedule` handle.
+        """
+        return Submitter(self).every(interval)
+
+    def cron(self, expr: str, tz: str | None = None) -> Submitter:
+        """A builder for a cron schedule: ``jq.cron("0 9 * * MON").submit(report)``.
+
+        ``tz`` is an IANA zone name (default: the machine's).  Needs ``nbqup[cron]``.
+        """
+        return Submitter(self).cron(expr, tz)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
         """One job per item (a dict is keyword arguments, a tuple positional ones)."""
@@ -363,36 +323,22 @@ class JobQueue:
 
     # ================================================================== submitting
 
-    def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                options: dict[str, Any], due: float | None) -> Job:  # fmt: skip
+    def _submit(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        due: float | None,
+    ) -> Job:
         self._check_open()
         now = self._clock.now()
-        rec = JobRecord(id=self._new_id(now), name="", created=now,
-                        python=payload.PYTHON, pickler=payload.PICKLER)  # fmt: skip
-        blobs: list[tuple[str, str, bytes]] = []
-        type_name = _type_name(type(fn))
-        if type_name in self._task_executors:
-            rec.task_type = type_name
-            rec.fn_name = type_name
-            args, kwargs = (fn, *args), kwargs
-        elif callable(fn):
-            rec.fn, fn_blob = payload.dumps_fn(fn)
-            rec.fn_name = getattr(fn, "__qualname__", type(fn).__qualname__)
-            if rec.fn not in self._known_fns and not self.store.has("fn", rec.fn):
-                blobs.append(("fn", rec.fn, fn_blob))
-        else:
-            raise TypeError(
-                f"submit() needs a callable or an instance of a registered task type, "
-                f"got {type(fn).__name__}"
-            )
-        args_blob = payload.dumps_args(args, kwargs)
-        if args_blob is not None:
-            rec.has_args = True
-            blobs.append(("args", rec.id, args_blob))
-        rec.kwargs = payload.kwargs_summary(kwargs)
+        rec = JobRecord(id=self._new_id(now), name="", created=now)
+        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, rec.id)
+        for name, value in fields.items():
+            setattr(rec, name, value)
         rec.name = options.get("name") or rec.fn_name
-        for field in ("tags", "priority", "retries", "retry_delay", "retry_backoff",
-                      "retry_jitter", "timeout", "max_crashes", "depends_on"):  # fmt: skip
+        for field in (*RUN_FIELDS, "depends_on"):
             if field in options:
                 setattr(rec, field, options[field])
         if due is not None and due > now:
@@ -421,6 +367,79 @@ class JobQueue:
             with self._lock:
                 self._submitting.discard(rec.id)
 
+    def _call_payload(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], args_key: str
+    ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bytes | None]:
+        """Pickle a call: record fields, blobs to write, and the pickled arguments.
+
+        Raises :class:`~nbqup.SerializationError` (or TypeError) before anything is written.
+        """
+        fields: dict[str, Any] = {"python": payload.PYTHON, "pickler": payload.PICKLER}
+        blobs: list[tuple[str, str, bytes]] = []
+        type_name = _type_name(type(fn))
+        if type_name in self._task_executors:
+            fields["task_type"] = fields["fn_name"] = type_name
+            args = (fn, *args)
+        elif callable(fn):
+            fn_hash, fn_blob = payload.dumps_fn(fn)
+            fields["fn"] = fn_hash
+            fields["fn_name"] = getattr(fn, "__qualname__", type(fn).__qualname__)
+            if fn_hash not in self._known_fns and not self.store.has("fn", fn_hash):
+                blobs.append(("fn", fn_hash, fn_blob))
+        else:
+            raise TypeError(
+                f"submit() needs a callable or an instance of a registered task type, "
+                f"got {type(fn).__name__}"
+            )
+        args_blob = payload.dumps_args(args, kwargs)
+        if args_blob is not None:
+            fields["has_args"] = True
+            blobs.append(("args", args_key, args_blob))
+        fields["kwargs"] = payload.kwargs_summary(kwargs)
+        return fields, blobs, args_blob
+
+    def _schedule(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        trigger: Trigger,
+        start: float | None,
+    ) -> Schedule:
+        self._check_open()
+        if "depends_on" in options or "unique" in options:
+            bad = "depends_on" if "depends_on" in options else "unique"
+            raise ValueError(f"{bad} does not apply to recurring schedules")
+        now = self._clock.now()
+        sid = "s" + self._new_id(now)
+        fields, blobs, _ = self._call_payload(fn, args, kwargs, sid)
+        name = options.get("name") or fields["fn_name"]
+        first = trigger.next_after(now if start is None else start - 1e-6)
+        srec = ScheduleRecord(
+            id=sid,
+            name=name,
+            key=options.get("key") or f"{fields['fn_name']} {trigger.describe()}",
+            created=now,
+            trigger=trigger.to_dict(),
+            next_due=first,
+            options={k: v for k, v in options.items() if k in RUN_FIELDS},
+            missed=options.get("missed", "once"),
+            **fields,
+        )
+        found = self._schedules.create(srec, blobs)
+        if srec.fn is not None:
+            self._known_fns.add(srec.fn)
+        return Schedule(self, found)
+
+    def schedules(self, state: str | None = None) -> list[Schedule]:
+        """Every recurring schedule recorded (only those in ``state`` if given)."""
+        out = []
+        for sid in self._schedules.ids():
+            if state is None or self._schedules.record(sid).state == state:
+                out.append(Schedule(self, sid))
+        return out
+
     def _check_dependencies(self, rec: JobRecord) -> None:
         for dep in rec.depends_on:
             if dep == rec.id:
@@ -431,8 +450,9 @@ class JobQueue:
                 raise ValueError(f"depends_on names an unknown job {dep!r}")
 
     def _new_id(self, now: float) -> str:
-        # Time-ordered (so the store lists jobs in creation order) and unique.
-        return f"{int(now * 1000):011x}{secrets.token_hex(3)}"
+        # Time-ordered (the store lists jobs in creation order, also within a millisecond
+        # of one process) and unique across processes (the random part).
+        return f"{int(now * 1000):011x}{next(_id_counter) & 0xFFFF:04x}{secrets.token_hex(2)}"
 
     # ============================================================ the owner's runtime
 
@@ -465,6 +485,8 @@ class JobQueue:
         for rec in records:
             if rec.status not in FINAL:
                 self._admit(rec)
+        self._apply_requests()
+        self._schedules.load_all()
 
     def _load_or_set_aside(self, job_id: str) -> JobRecord | None:
         try:
@@ -590,6 +612,9 @@ class JobQueue:
         # caller holds the lock
         while self._timed and self._timed[0][0] <= now:
             _, _, job_id = heapq.heappop(self._timed)
+            if job_id.startswith("@"):
+                self._schedules.fire(job_id[1:], now)
+                continue
             rec = self._live.get(job_id)
             if rec is None or rec.status is not Status.SCHEDULED:
                 continue
@@ -600,13 +625,8 @@ class JobQueue:
 
     def _periodic_check(self) -> None:
         """The seed's periodic check: find jobs and requests from other processes."""
-        for job_id, raw in self.store.backend.items("requests"):
-            self.store.backend.write(deletes=[("requests", job_id)])
-            if raw == b"cancel":
-                self._cancel(job_id)
-            elif raw == b"retry":
-                with contextlib.suppress(ValueError, KeyError):
-                    self._retry(job_id)
+        self._apply_requests()
+        self._schedules.check_new()
         with self._lock:
             known = set(self._live) | self._submitting
         for job_id in self.store.pending_ids():
@@ -619,6 +639,18 @@ class JobQueue:
             self._admit(rec)
         self._release_held_zombies()
         self._writer.flush()
+
+    def _apply_requests(self) -> None:
+        """Cancels, retries and schedule changes asked for by client processes."""
+        for key, raw in self.store.backend.items("requests"):
+            self.store.backend.write(deletes=[("requests", key)])
+            with contextlib.suppress(ValueError, KeyError):
+                if key.startswith("@"):
+                    self._schedules.set_state(key[1:], raw.decode())
+                elif raw == b"cancel":
+                    self._cancel(key)
+                elif raw == b"retry":
+                    self._retry(key)
 
     def _release_held_zombies(self) -> None:
         path = str(self.path)
@@ -692,7 +724,7 @@ class JobQueue:
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
         if rec.has_args:
-            blob = self.store.get_blob("args", rec.id)
+            blob = self.store.get_blob("args", rec.args_ref or rec.id)
             if blob is None:
                 raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
             args, kwargs = payload.loads(blob)
@@ -753,8 +785,13 @@ class JobQueue:
         rec.errors += (_last_line(text),)
         runs = rec.attempts - rec.crashes - rec.run_base
         if runs <= rec.retries:
-            delay = retry_delay(runs, base=rec.retry_delay, backoff=rec.retry_backoff,
-                                jitter=rec.retry_jitter, max_delay=_MAX_RETRY_DELAY)  # fmt: skip
+            delay = retry_delay(
+                runs,
+                base=rec.retry_delay,
+                backoff=rec.retry_backoff,
+                jitter=rec.retry_jitter,
+                max_delay=_MAX_RETRY_DELAY,
+            )
             rec.status = Status.SCHEDULED
             rec.scheduled_for = now + delay
             rec.message = f"retry {runs} of {rec.retries} after: {_last_line(text)}"
@@ -768,8 +805,14 @@ class JobQueue:
         else:
             self._end(rec, Status.FAILED, message=_last_line(text))
 
-    def _end(self, rec: JobRecord, status: Status, *, message: str | None = None,
-             blobs: list[tuple[str, str, bytes]] | None = None) -> None:  # fmt: skip
+    def _end(
+        self,
+        rec: JobRecord,
+        status: Status,
+        *,
+        message: str | None = None,
+        blobs: list[tuple[str, str, bytes]] | None = None,
+    ) -> None:
         """Make a live job final and queue its write; :meth:`_settle` finishes the job off."""
         # caller holds the lock
         rec.status = status
@@ -814,8 +857,11 @@ class JobQueue:
                     self._place(dep_rec)
             else:
                 del self._blocked[dependent]
-                self._end(dep_rec, Status.CANCELLED,
-                          message=f"dependency {rec.id} ({rec.name}) {rec.status}")  # fmt: skip
+                self._end(
+                    dep_rec,
+                    Status.CANCELLED,
+                    message=f"dependency {rec.id} ({rec.name}) {rec.status}",
+                )
         self._done.notify_all()
 
     def _abandon(self, running: dict[str, JobContext]) -> None:

@@ -34,10 +34,11 @@ read is copied out into lists, so no read transaction outlives a call.
 
 Records
 -------
-Each value is framed as ``format version | codec | crc32 | body``; bodies over a few KiB
-are zlib-compressed (``zlib.compress`` costs about 30 us even on 100 bytes, more than an
-LMDB write, so small records are not).  A torn or tampered record fails its checksum and
-is reported as :class:`~nbqup.StoreCorrupt` naming its key.
+Each value is framed as ``format version | codec | crc32 | body``, the CRC covering the
+codec mark and the body; bodies over a few KiB are zlib-compressed (``zlib.compress``
+costs about 30 us even on 100 bytes, more than an LMDB write, so small records are not).
+A torn or tampered record fails its checksum and is reported as
+:class:`~nbqup.StoreCorrupt` naming its key.
 
 .. warning:: A store holds pickles.  Opening one and running its jobs runs code, exactly
    like ``pickle.load``: only open stores you (or someone you trust) wrote.
@@ -49,6 +50,7 @@ import json
 import os
 import pickle
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -60,7 +62,7 @@ from .backends import DURABILITIES, Backend, LMDBBackend, LMDBTable, MemoryBacke
 from .errors import NbqupError, StoreCorrupt, StoreLocked
 from .job import UNFINISHED, JobRecord
 
-__all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
+__all__ = ["RAW_TABLES", "STORE_FORMAT", "GroupCommit", "Store", "decode", "encode"]
 
 T = TypeVar("T")
 
@@ -91,8 +93,8 @@ def encode(body: bytes) -> bytes:
     if len(body) > COMPRESS_ABOVE:
         packed = zlib.compress(body, 1)
         if len(packed) < len(body):
-            return _HEADER.pack(_RECORD_FORMAT, _ZLIB, zlib.crc32(packed)) + packed
-    return _HEADER.pack(_RECORD_FORMAT, _RAW, zlib.crc32(body)) + body
+            return _HEADER.pack(_RECORD_FORMAT, _ZLIB, _crc(_ZLIB, packed)) + packed
+    return _HEADER.pack(_RECORD_FORMAT, _RAW, _crc(_RAW, body)) + body
 
 
 def decode(data: bytes) -> bytes:
@@ -103,13 +105,21 @@ def decode(data: bytes) -> bytes:
     body = memoryview(data)[_HEADER.size :]
     if fmt != _RECORD_FORMAT:
         raise _Corrupt(f"unknown record format {fmt}")
-    if zlib.crc32(body) != crc:
+    if _crc(codec, body) != crc:
         raise _Corrupt("checksum mismatch")
     if codec == _RAW:
         return bytes(body)
     if codec == _ZLIB:
-        return zlib.decompress(body)
+        try:
+            return zlib.decompress(body)
+        except zlib.error as exc:
+            raise _Corrupt(f"cannot decompress: {exc}") from None
     raise _Corrupt(f"unknown codec {codec}")
+
+
+def _crc(codec: int, body: bytes | memoryview) -> int:
+    """CRC32 of the codec mark and the body: a flipped codec byte fails the check too."""
+    return zlib.crc32(body, zlib.crc32(bytes((codec,))))
 
 
 def _dump_record(rec: JobRecord) -> bytes:
@@ -148,6 +158,7 @@ class Store:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         self.path = None if path is None else Path(path).expanduser().absolute()
         self.durability = durability
+        own_backend = backend is None
         if backend is None:
             if self.path is None:
                 backend = MemoryBackend()
@@ -155,7 +166,12 @@ class Store:
                 _make_private_dir(self.path)
                 backend = LMDBBackend(self.path / "lmdb", durability=durability)
         self.backend = backend
-        self._check_format()
+        try:
+            self._check_format()
+        except BaseException:
+            if own_backend:  # do not leave the environment open behind a refusal
+                backend.close()
+            raise
         self.meta: zict.Func[str, JobRecord, bytes] = zict.Func(
             _dump_record, _load_record, LMDBTable(backend, "meta")
         )
@@ -275,7 +291,7 @@ class Store:
         The lock is an OS file lock, released by the kernel when the process dies; the
         holder's pid is written beside it for messages.
         """
-        if self.path is None:
+        if self.path is None or self._owner is not None:
             return True
         from filelock import FileLock, Timeout
 
@@ -365,3 +381,65 @@ def _make_private_dir(path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     finally:
         os.umask(old)
+
+
+class GroupCommit:
+    """Group commit: callers queue writes, one of them commits everything queued."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cond = threading.Condition(threading.Lock())
+        self._records: dict[str, JobRecord] = {}
+        self._blobs: list[tuple[str, str, bytes]] = []
+        self._deletes: list[tuple[str, str]] = []
+        self._batch = 0  # number of the batch being filled
+        self._done = -1  # number of the last batch committed
+        self._busy = False
+        self._errors: dict[int, BaseException] = {}
+
+    def add(
+        self,
+        records: Iterable[JobRecord] = (),
+        blobs: Iterable[tuple[str, str, bytes]] = (),
+        deletes: Iterable[tuple[str, str]] = (),
+    ) -> int:
+        """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots."""
+        with self._cond:
+            for rec in records:
+                self._records[rec.id] = rec
+            self._blobs.extend(blobs)
+            self._deletes.extend(deletes)
+            return self._batch
+
+    def flush(self, ticket: int | None = None) -> None:
+        """Return once batch ``ticket`` (default: everything queued so far) is committed."""
+        with self._cond:
+            if ticket is None:
+                ticket = (
+                    self._batch if (self._records or self._blobs or self._deletes) else self._done
+                )
+            while self._done < ticket:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                number, blobs, deletes = self._batch, self._blobs, self._deletes
+                records = list(self._records.values())
+                self._records, self._blobs, self._deletes = {}, [], []
+                self._batch += 1
+                self._busy = True
+                self._cond.release()
+                error = None
+                try:
+                    self._store.commit(records, blobs, deletes)
+                except BaseException as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._done = number
+                    if error is not None:
+                        self._errors[number] = error
+                    self._cond.notify_all()
+            error = self._errors.pop(ticket, None)
+        if error is not None:
+            raise error

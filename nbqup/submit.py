@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .schedule import to_seconds, to_timestamp
+from .schedule import CronTrigger, IntervalTrigger, Trigger, to_seconds, to_timestamp
 
 if TYPE_CHECKING:
-    from .handle import Job
+    from .handle import Job, Schedule
     from .queue import JobQueue
 
 __all__ = ["OPTION_NAMES", "Submitter", "Task", "validate_options"]
@@ -143,7 +143,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
 class Submitter:
     """Options and timing for the next submit; every method returns a new builder."""
 
-    __slots__ = ("_delay", "_options", "_queue", "_when")
+    __slots__ = ("_delay", "_options", "_queue", "_trigger", "_when")
 
     def __init__(
         self,
@@ -152,17 +152,24 @@ class Submitter:
         *,
         delay: float | None = None,
         when: float | None = None,
+        trigger: Trigger | None = None,
     ) -> None:
         self._queue = queue
         self._options = dict(options or {})
         self._delay = delay
         self._when = when
+        self._trigger = trigger
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "options": self._options,
+            "delay": self._delay,
+            "when": self._when,
+            "trigger": self._trigger,
+        }
 
     def _with(self, **changes: Any) -> Submitter:
-        fields: dict[str, Any] = {"options": self._options, "delay": self._delay}
-        fields["when"] = self._when
-        fields.update(changes)
-        return Submitter(self._queue, **fields)
+        return Submitter(self._queue, **{**self._fields(), **changes})
 
     def options(self, **options: Any) -> Submitter:
         """More options (see ``JobQueue.options``); later values win."""
@@ -176,16 +183,41 @@ class Submitter:
         """Run no sooner than ``when`` (an aware or local datetime, or epoch seconds)."""
         return self._with(when=to_timestamp(when, what="at"), delay=None)
 
-    def submit(self, fn: Callable[..., Any] | object, /, *args: Any, **kwargs: Any) -> Job:
-        """Record a job durably and return its handle (see ``JobQueue.submit``)."""
+    def every(self, interval: Duration) -> Submitter:
+        """Make ``submit`` create a recurring schedule with this interval."""
+        seconds = to_seconds(interval, what="every", allow_zero=False)
+        return self._with(trigger=IntervalTrigger(seconds))
+
+    def cron(self, expr: str, tz: str | None = None) -> Submitter:
+        """Make ``submit`` create a cron schedule (needs ``nbqup[cron]``)."""
+        return self._with(trigger=CronTrigger(expr, tz=tz))
+
+    def submit(self, fn: Callable[..., Any] | object, /, *args: Any, **kwargs: Any) -> Any:
+        """Record a job durably and return its :class:`~nbqup.Job` (see ``JobQueue.submit``);
+        with ``every``/``cron``, record a schedule and return its :class:`~nbqup.Schedule`."""
         due = self._when
         if self._delay is not None:
             due = self._queue._clock.now() + self._delay
+        if self._trigger is not None:
+            return self._submit_schedule(fn, args, kwargs, due)
         return self._queue._submit(fn, args, kwargs, self._options, due)
+
+    def _submit_schedule(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None
+    ) -> Schedule:
+        trigger = self._trigger
+        if isinstance(trigger, IntervalTrigger):  # anchor the cadence at the first run
+            first = start if start is not None else self._queue._clock.now() + trigger.every
+            trigger = IntervalTrigger(trigger.every, anchor=first)
+            start = first
+        assert trigger is not None
+        return self._queue._schedule(fn, args, kwargs, self._options, trigger, start)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
         """One job per item: a dict item is keyword arguments, a tuple positional ones,
         anything else the single argument."""
+        if self._trigger is not None:
+            raise TypeError("map() makes one-off jobs; use submit() for a recurring schedule")
         jobs = []
         for item in items:
             if isinstance(item, Mapping):
@@ -228,6 +260,12 @@ class Task(Generic[P, R]):
     def at(self, when: datetime | float) -> Submitter:
         return _Bound(self.fn, self._submitter.at(when))
 
+    def every(self, interval: Duration) -> Submitter:
+        return _Bound(self.fn, self._submitter.every(interval))
+
+    def cron(self, expr: str, tz: str | None = None) -> Submitter:
+        return _Bound(self.fn, self._submitter.cron(expr, tz))
+
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
@@ -238,18 +276,14 @@ class _Bound(Submitter):
     __slots__ = ("_fn",)
 
     def __init__(self, fn: Callable[..., Any], base: Submitter) -> None:
-        super().__init__(base._queue, base._options, delay=base._delay, when=base._when)
+        super().__init__(base._queue, **base._fields())
         self._fn = fn
 
     def _with(self, **changes: Any) -> Submitter:
         return _Bound(self._fn, Submitter._with(self, **changes))
 
-    def submit(self, *args: Any, **kwargs: Any) -> Job:
-        return Submitter(self._queue, self._options, delay=self._delay, when=self._when).submit(
-            self._fn, *args, **kwargs
-        )
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return Submitter(self._queue, **self._fields()).submit(self._fn, *args, **kwargs)
 
     def map(self, items: Iterable[Any]) -> list[Job]:  # type: ignore[override]
-        return Submitter(self._queue, self._options, delay=self._delay, when=self._when).map(
-            self._fn, items
-        )
+        return Submitter(self._queue, **self._fields()).map(self._fn, items)

@@ -1,0 +1,464 @@
+"""The store: records and the pending index, the codec, corruption, the format, the lock.
+
+Tests taking the ``store`` fixture run against ``Store(None)`` (in memory) and
+``Store(path)`` (LMDB).  The lock tests use a real second process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbqup.backends import MemoryBackend
+from nbqup.errors import NbqupError, StoreCorrupt, StoreLocked
+from nbqup.job import FINAL, UNFINISHED, JobRecord, Status
+from nbqup.store import COMPRESS_ABOVE, STORE_FORMAT, Store, decode, encode
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = Store(None if request.param == "memory" else tmp_path / "store")
+    yield s
+    s.close()
+
+
+def rec(job_id: str, status: Status = Status.QUEUED, **fields: Any) -> JobRecord:
+    return JobRecord(
+        id=job_id, name=f"job {job_id}", created=1_800_000_000.0, status=status, **fields
+    )
+
+
+def open_files_under(path: Path) -> list[str]:
+    """Files under ``path`` this process holds open (to catch a leaked environment)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            out.append(target)
+    return out
+
+
+# ------------------------------------------------------------ records and pending
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_commit_puts_unfinished_jobs_in_pending_and_final_ones_out(
+    store: Store, status: Status
+) -> None:
+    store.commit([rec("j1", Status.QUEUED)])
+    assert store.pending_ids() == ["j1"]
+    store.commit([rec("j1", status)])
+    assert store.pending_ids() == (["j1"] if status in UNFINISHED else [])
+    assert store.load("j1") == rec("j1", status)
+    store.commit([rec("j1", Status.QUEUED)])  # a final job retried is pending again
+    assert store.pending_ids() == ["j1"]
+
+
+def test_pending_index_follows_many_records(store: Store) -> None:
+    statuses = list(Status)
+    records = [rec(f"j{i:02d}", statuses[i % len(statuses)]) for i in range(21)]
+    store.commit(records)
+    assert store.pending_ids() == [r.id for r in records if r.status in UNFINISHED]
+    assert store.count() == 21
+    # finish every unfinished job, in one atomic commit
+    store.commit([rec(r.id, Status.SUCCEEDED) for r in records if r.status in UNFINISHED])
+    assert store.pending_ids() == []
+    assert all(s in FINAL for s in (store.load(r.id).status for r in records))  # type: ignore[union-attr]
+    assert store.count() == 21
+
+
+def test_transaction_save_keeps_pending_in_step(store: Store) -> None:
+    store.commit([rec("j1")])
+
+    def finish(txn: Any) -> Status:
+        r = txn.load("j1")
+        r.status = Status.FAILED
+        txn.save(r)
+        assert txn.load("j1").status == Status.FAILED
+        return r.status
+
+    assert store.transact(finish) == Status.FAILED
+    assert store.pending_ids() == []
+    assert store.load("j1") == rec("j1", Status.FAILED)
+
+
+def test_commit_writes_records_and_framed_blobs_together(store: Store) -> None:
+    big = b"payload " * 2000
+    store.commit(
+        [rec("j1", fn="abc")],
+        blobs=[("fn", "abc", b"pickled fn"), ("args", "j1", big), ("keys", "idem", b"j1")],
+    )
+    assert store.get_blob("fn", "abc") == b"pickled fn"
+    assert store.get_blob("args", "j1") == big
+    assert store.get_blob("keys", "idem") == b"j1"  # a raw table: stored as it is
+    assert store.backend.get("keys", "idem") == b"j1"
+    assert decode(store.backend.get("fn", "abc") or b"") == b"pickled fn"
+    assert store.has("args", "j1") and not store.has("args", "j2")
+    store.commit(deletes=[("args", "j1"), ("keys", "idem")])
+    assert store.get_blob("args", "j1") is None
+    assert store.get_blob("keys", "idem") is None
+    assert store.load("j1") == rec("j1", fn="abc")
+
+
+def test_missing_things_are_none(store: Store) -> None:
+    assert store.load("nope") is None
+    assert store.get_blob("result", "nope") is None
+    assert store.pending_ids() == []
+    assert list(store.scan()) == []
+    assert store.corrupt() == []
+
+
+# ------------------------------------------------------------------------ codec
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"x", b"small record", bytes(range(256)), b"a" * COMPRESS_ABOVE],
+    ids=["empty", "one", "small", "all-bytes", "at-threshold"],
+)
+def test_small_bodies_are_stored_raw(body: bytes) -> None:
+    data = encode(body)
+    assert data[0] == 1  # format
+    assert data[1] == 0  # codec: raw
+    assert data.endswith(body)
+    assert len(data) == len(body) + 6
+    assert decode(data) == body
+
+
+def test_large_bodies_are_compressed() -> None:
+    body = b"compressible " * 1000
+    assert len(body) > COMPRESS_ABOVE
+    data = encode(body)
+    assert data[1] == 1  # codec: zlib
+    assert len(data) < len(body) // 10
+    assert decode(data) == body
+
+
+def test_large_incompressible_bodies_stay_raw() -> None:
+    body = os.urandom(COMPRESS_ABOVE * 2)
+    data = encode(body)
+    assert data[1] == 0
+    assert decode(data) == body
+
+
+def test_decode_rejects_damage() -> None:
+    with pytest.raises(ValueError, match="truncated"):
+        decode(b"\x01\x00")
+    with pytest.raises(ValueError, match="format"):
+        decode(bytes([9]) + encode(b"x")[1:])
+    with pytest.raises(ValueError, match="checksum"):
+        decode(encode(b"hello") + b"!")
+
+
+def flips(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """Every single-bit flip, every 0xff flip and every truncation of ``data``."""
+    for i in range(len(data)):
+        for mask in (0x01, 0x80, 0xFF):
+            bad = bytearray(data)
+            bad[i] ^= mask
+            yield f"byte {i} ^ {mask:#x}", bytes(bad)
+    for n in range(len(data)):
+        yield f"cut at {n}", data[:n]
+
+
+@pytest.mark.parametrize("size", ["small", "compressed"])
+def test_any_damaged_blob_raises_store_corrupt(store: Store, size: str) -> None:
+    body = b"0123456789abcdef" * (2 if size == "small" else 1000)
+    store.commit(blobs=[("result", "j1", body)])
+    raw = store.backend.get("result", "j1")
+    assert raw is not None and raw[1] == (0 if size == "small" else 1)
+    for what, bad in flips(raw):
+        store.backend.write([("result", "j1", bad)])
+        with pytest.raises(StoreCorrupt, match="result/j1") as err:
+            store.get_blob("result", "j1")
+        assert err.value.key == "result/j1", what
+
+
+# ------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("size", ["small", "compressed"])
+def test_any_damaged_meta_record_raises_store_corrupt_naming_the_job(
+    store: Store, size: str
+) -> None:
+    error = "" if size == "small" else "".join(f"line {i} of a traceback\n" for i in range(400))
+    store.commit([rec("job-7", Status.FAILED, error=error or None)])
+    raw = store.backend.get("meta", "job-7")
+    assert raw is not None and raw[1] == (0 if size == "small" else 1)
+    for what, bad in flips(raw):
+        store.backend.write([("meta", "job-7", bad)])
+        with pytest.raises(StoreCorrupt, match="job-7") as err:
+            store.load("job-7")
+        assert err.value.key == "job-7", what
+        assert isinstance(err.value, ValueError) and isinstance(err.value, NbqupError)
+    store.backend.write([("meta", "job-7", raw)])
+    assert store.load("job-7") == rec("job-7", Status.FAILED, error=error or None)
+
+
+def test_a_record_that_unframes_but_is_not_a_record_is_corrupt(store: Store) -> None:
+    store.backend.write([("meta", "j1", encode(b"not a pickle"))])
+    with pytest.raises(StoreCorrupt, match="'j1'"):
+        store.load("j1")
+    store.backend.write([("meta", "j2", encode(pickle.dumps({"name": "no id"})))])
+    with pytest.raises(StoreCorrupt, match="'j2'"):
+        store.load("j2")
+
+
+def test_scan_yields_records_and_store_corrupt_in_id_order(store: Store) -> None:
+    store.commit([rec("a"), rec("b", Status.SUCCEEDED), rec("c"), rec("d")])
+    raw = bytearray(store.backend.get("meta", "b") or b"")
+    raw[-1] ^= 0x01
+    store.backend.write([("meta", "b", bytes(raw)), ("meta", "d", b"\x01")])
+    items = list(store.scan())
+    assert [type(x) for x in items] == [JobRecord, StoreCorrupt, JobRecord, StoreCorrupt]
+    assert [x.id if isinstance(x, JobRecord) else x.key for x in items] == ["a", "b", "c", "d"]
+    assert "checksum" in str(items[1]) and "truncated" in str(items[3])
+    assert [getattr(x, "id", None) for x in store.scan(start="c", limit=1)] == ["c"]
+
+
+def test_set_aside_moves_the_record_to_the_corrupt_table(store: Store) -> None:
+    store.commit([rec("bad"), rec("good")])
+    store.backend.write([("meta", "bad", b"garbage")])
+    with pytest.raises(StoreCorrupt) as err:
+        store.load("bad")
+    store.set_aside("bad", err.value.reason)
+    assert store.load("bad") is None
+    assert store.pending_ids() == ["good"]
+    assert store.corrupt() == [("bad", err.value.reason)]
+    assert b"garbage" in decode(store.backend.get("corrupt", "bad") or b"")  # kept for study
+    assert [r.id for r in store.scan()] == ["good"]  # type: ignore[union-attr]
+    store.commit([rec("good", Status.SUCCEEDED), rec("new")])  # the rest keeps working
+    assert store.pending_ids() == ["new"]
+
+
+def test_unknown_fields_from_a_newer_nbqup_are_ignored_on_load(store: Store) -> None:
+    data = {**rec("j1").to_dict(), "from_the_future": [1, 2], "status": "running"}
+    store.backend.write([("meta", "j1", encode(pickle.dumps(data)))])
+    assert store.load("j1") == rec("j1", Status.RUNNING)
+
+
+# ----------------------------------------------------------------------- format
+
+
+def test_store_records_its_format(tmp_path: Path) -> None:
+    with_path = Store(tmp_path / "store")
+    try:
+        assert with_path.backend.get("info", "format") == str(STORE_FORMAT).encode()
+    finally:
+        with_path.close()
+
+
+def test_a_store_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    s = Store(path)
+    s.backend.write([("info", "format", str(STORE_FORMAT + 1).encode())])
+    s.close()
+    with pytest.raises(NbqupError, match="newer") as err:
+        Store(path)
+    assert f"format {STORE_FORMAT + 1}" in str(err.value)
+    assert str(path) in str(err.value)
+    assert open_files_under(path) == []  # the refused store was closed again
+    memory = MemoryBackend()
+    memory.write([("info", "format", b"99")])
+    with pytest.raises(NbqupError, match="newer"):
+        Store(None, backend=memory)
+
+
+def test_an_older_or_equal_format_opens(tmp_path: Path) -> None:
+    memory = MemoryBackend()
+    memory.write([("info", "format", str(STORE_FORMAT).encode())])
+    Store(None, backend=memory).commit([rec("j1")])
+    assert memory.keys("pending") == ["j1"]
+
+
+def test_unknown_durability_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        Store(tmp_path / "store", durability="eventually")
+
+
+# ------------------------------------------------------------------ filesystem
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_store_directory_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "store"
+    s = Store(path)
+    try:
+        s.commit([rec("j1")])
+        assert mode(path) == 0o700
+        assert mode(path / "lmdb") == 0o700  # searchable by its owner, by nobody else
+        files = sorted(p.name for p in (path / "lmdb").iterdir())
+        assert files == ["data.mdb", "lock.mdb"]
+        for name in files:
+            assert mode(path / "lmdb" / name) == 0o600, name
+    finally:
+        s.close()
+
+
+def test_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-dir"
+    path.write_text("hello")
+    with pytest.raises(NotADirectoryError, match="not-a-dir"):
+        Store(path)
+    assert path.read_text() == "hello"
+
+
+def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store", durability="fsync")
+    s.commit([rec("j1"), rec("j2", Status.SUCCEEDED)], blobs=[("result", "j2", b"42")])
+    s.close()
+    s = Store(tmp_path / "store")
+    try:
+        assert s.pending_ids() == ["j1"]
+        assert s.load("j2") == rec("j2", Status.SUCCEEDED)
+        assert s.get_blob("result", "j2") == b"42"
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ owner lock
+
+
+def test_owner_lock_within_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    first, second = Store(path), Store(path)
+    try:
+        assert first.acquire_owner() is True
+        assert first.acquire_owner() is True  # asking again is harmless
+        assert first.is_owner
+        assert second.acquire_owner() is False
+        assert not second.is_owner
+        assert second.owner_pid() == os.getpid()
+        err = second.locked_error()
+        assert isinstance(err, StoreLocked) and isinstance(err, RuntimeError)
+        assert err.pid == os.getpid()
+        assert f"process {os.getpid()}" in str(err) and str(path) in str(err)
+        # the store itself is shared: a client sees the owner's writes
+        first.commit([rec("j1")])
+        assert second.load("j1") == rec("j1")
+        first.release_owner()
+        assert second.acquire_owner() is True
+        assert first.acquire_owner() is False
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_in_memory_store_is_always_its_own_owner() -> None:
+    s = Store(None)
+    assert s.acquire_owner() is True
+    assert s.is_owner
+    assert s.owner_pid() is None
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from nbqup.store import Store
+
+    s = Store(sys.argv[1])
+    print("READY" if s.acquire_owner() else "LOCKED", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_owner_lock_held_by_another_process_until_it_dies(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    s = None
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "READY\n"
+        s = Store(path)
+        assert s.acquire_owner() is False
+        assert s.owner_pid() == child.pid
+        assert s.locked_error().pid == child.pid
+        assert f"process {child.pid}" in str(s.locked_error())
+        s.commit([rec("from-client")])  # a client may still write
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert s.acquire_owner() is True  # the kernel released the dead owner's lock
+        assert s.owner_pid() == os.getpid()
+        assert s.load("from-client") == rec("from-client")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        if s is not None:
+            s.close()
+
+
+# ------------------------------------------------------------------- JobRecord
+
+
+def test_record_round_trips_through_a_dict() -> None:
+    full = rec(
+        "j1",
+        Status.FAILED,
+        scheduled_for=1.5,
+        started=2.0,
+        finished=3.0,
+        attempts=2,
+        fn="abc",
+        fn_name="mod.f",
+        tags=("a", "b"),
+        depends_on=("j0",),
+        errors=("ValueError: x",),
+        kwargs={"n": 1},
+        max_crashes=None,
+    )
+    data = full.to_dict()
+    assert data["status"] == "failed" and type(data["status"]) is str
+    assert JobRecord.from_dict(data) == full
+    assert JobRecord.from_dict(pickle.loads(pickle.dumps(data))) == full
+
+
+def test_to_dict_leaves_out_defaults() -> None:
+    assert rec("j1").to_dict() == {"id": "j1", "name": "job j1", "created": 1_800_000_000.0}
+
+
+def test_from_dict_ignores_unknown_fields_and_defaults_missing_ones() -> None:
+    r = JobRecord.from_dict(
+        {"id": "j1", "name": "n", "created": 1.0, "added_in_v9": True, "tags": ["x"]}
+    )
+    assert r == JobRecord(id="j1", name="n", created=1.0, tags=("x",))
+    assert r.status is Status.QUEUED
+    assert (r.attempts, r.max_crashes, r.kwargs, r.errors) == (0, 5, {}, ())
+    assert r.tags == ("x",)
+    other = JobRecord.from_dict({"id": "j2", "name": "n", "created": 1.0})
+    other.kwargs["a"] = 1
+    assert r.kwargs == {}  # defaults are not shared between records
+
+
+def test_status_is_a_plain_string_too() -> None:
+    assert Status.QUEUED == "queued"
+    assert Status.SUCCEEDED == "succeeded"
+    assert str(Status.FAILED) == "failed"
+    assert f"{Status.RUNNING}" == "running"
+    assert f"{Status.RUNNING:>9}" == "  running"
+    assert Status("cancelled") is Status.CANCELLED
+    assert {"skipped": 1}[Status.SKIPPED] == 1  # same hash as the string
+    assert Status.SUCCEEDED.final and not Status.SCHEDULED.final
+    assert set(Status) == FINAL | UNFINISHED and not FINAL & UNFINISHED
