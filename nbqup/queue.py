@@ -1,32 +1,22 @@
 """``JobQueue``: the facade tying the store, the scheduling and the executor together.
 
 One process at a time *owns* a store (an OS file lock): it recovers unfinished jobs on
-open, runs a scheduler thread and a fixed number of worker slots.  Any other process that
-opens the same store is a *client*: it submits, reads and asks for cancels; the owner
-finds client-submitted jobs and requests on its periodic check.
-
-Threads and locks: one lock guards the in-memory state (``_live`` and the heaps); three
-conditions on it wake the workers (``_work``), the scheduler (``_sched``) and whoever
-waits for jobs to finish (``_done``).  Store writes happen *outside* that lock, through a
-group commit (:class:`~nbqup.store.GroupCommit`): writers that arrive while a commit is
-running are written together in the next one.  A snapshot is queued for writing while
-the lock is held, so writes of one job reach the store in the order its states were taken.
+open, runs a scheduler thread and a fixed number of worker slots (see
+:mod:`nbqup.runtime`).  Any other process that opens the same store is a *client*: it
+submits, reads and asks for cancels; the owner finds client-submitted jobs and requests
+on its periodic check.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import heapq
 import inspect
 import itertools
-import logging
 import os
 import secrets
 import threading
 import time
-import traceback
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -34,35 +24,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import capture, payload
-from .capture import LogBuffer
 from .clock import Clock, SystemClock
-from .context import JobContext, current_log
-from .errors import NbqupError, SerializationError, StoreCorrupt
-from .executors import Call, Executor, Outcome, make_executor
+from .context import JobContext
+from .errors import StoreCorrupt
+from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
 from .recurring import RUN_FIELDS, Schedules
-from .schedule import Trigger, retry_delay
+from .runtime import Runtime
+from .schedule import Trigger
 from .store import GroupCommit, Store
 from .submit import Submitter, Task, validate_options
 
 __all__ = ["JobQueue"]
 
-log = logging.getLogger("nbqup")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Reason given to jobs stopped by ``close()``: the run does not count, it resumes later.
-_SHUTDOWN = "the queue was closed; the job resumes when the queue is reopened"
-_MAX_RETRY_DELAY = 7 * 24 * 3600.0  # exponential backoff stops growing at a week
-_PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
 _id_counter = itertools.count()
 _open_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
-#: Threads still running jobs of queues closed with wait=False, by store path and job id:
-#: a queue reopened in the same process does not start those jobs again until they end.
-_zombies: dict[str, dict[str, threading.Thread]] = {}
 
 
-class JobQueue:
+class JobQueue(Runtime):
     """A durable queue of jobs in the directory ``path``, run by ``workers`` threads.
 
     >>> import nbqup
@@ -454,473 +436,6 @@ class JobQueue:
         # of one process) and unique across processes (the random part).
         return f"{int(now * 1000):011x}{next(_id_counter) & 0xFFFF:04x}{secrets.token_hex(2)}"
 
-    # ============================================================ the owner's runtime
-
-    def _recover(self) -> None:
-        """Load every unfinished job; runs found 'running' died with their process."""
-        records = []
-        fixes = []
-        for job_id in self.store.pending_ids():
-            rec = self._load_or_set_aside(job_id)
-            if rec is None or rec.status in FINAL:
-                self.store.backend.write(deletes=[("pending", job_id)])
-                continue
-            if rec.status is Status.RUNNING:
-                rec.crashes += 1
-                if rec.max_crashes is not None and rec.crashes >= rec.max_crashes:
-                    rec.status = Status.FAILED
-                    rec.finished = self._clock.now()
-                    rec.error = (
-                        f"the process running this job died {rec.crashes} times while running "
-                        f"it (max_crashes={rec.max_crashes}); not starting it again"
-                    )
-                    rec.errors += (rec.error,)
-                else:
-                    rec.status = Status.QUEUED
-                    rec.message = "resumed: the process running it died"
-                fixes.append(rec)
-            records.append(rec)
-        if fixes:
-            self.store.commit(fixes)
-        for rec in records:
-            if rec.status not in FINAL:
-                self._admit(rec)
-        self._apply_requests()
-        self._schedules.load_all()
-
-    def _load_or_set_aside(self, job_id: str) -> JobRecord | None:
-        try:
-            return self.store.load(job_id)
-        except StoreCorrupt as exc:
-            self.store.set_aside(job_id, exc.reason)
-            self.corrupt.append((job_id, exc.reason))
-            warnings.warn(f"nbqup: {exc}; set aside, see jq.corrupt", RuntimeWarning, stacklevel=3)
-            return None
-
-    def _admit(self, rec: JobRecord) -> None:
-        """Put an unfinished record where it belongs: timed heap, blocked, held or ready."""
-        with self._lock:
-            if rec.id in self._live:
-                return
-            self._live[rec.id] = rec
-            self._place(rec)
-        self._settle()
-
-    def _place(self, rec: JobRecord) -> None:
-        # caller holds the lock
-        if rec.status is Status.SCHEDULED and rec.scheduled_for is not None:
-            heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
-            self._sched.notify()
-            return
-        waiting = self._unmet_dependencies(rec)
-        if waiting is None:
-            return  # cancelled because a dependency failed
-        if waiting:
-            self._blocked[rec.id] = waiting
-            for dep in waiting:
-                self._dependents.setdefault(dep, set()).add(rec.id)
-            rec.message = f"waiting for {', '.join(sorted(waiting))}"
-            return
-        why = self._why_held(rec)
-        if why:
-            self._held[rec.id] = why
-            rec.message = why
-            return
-        rec.status = Status.QUEUED
-        heapq.heappush(self._ready, (-rec.priority, next(self._seq), rec.id))
-        self._work.notify()
-
-    def _unmet_dependencies(self, rec: JobRecord) -> set[str] | None:
-        waiting = set()
-        for dep in rec.depends_on:
-            live = self._live.get(dep)
-            dep_rec = live if live is not None else self.store.load(dep)
-            if dep_rec is None or dep_rec.status in (
-                Status.FAILED,
-                Status.CANCELLED,
-                Status.SKIPPED,
-            ):
-                state = "is missing" if dep_rec is None else f"was {dep_rec.status}"
-                self._end(rec, Status.CANCELLED, message=f"dependency {dep} {state}")
-                return None
-            if dep_rec.status is not Status.SUCCEEDED:
-                waiting.add(dep)
-        return waiting
-
-    def _why_held(self, rec: JobRecord) -> str | None:
-        path = str(self.path)
-        thread = _zombies.get(path, {}).get(rec.id)
-        if thread is not None and thread.is_alive():
-            return "still running in a thread of a queue closed with wait=False"
-        if rec.task_type is not None:
-            if rec.task_type not in self._task_executors:
-                return f"waiting for jq.register({rec.task_type.rsplit('.', 1)[-1]}, executor)"
-            return None
-        unsafe = payload.compatible(rec.python, rec.pickler)
-        if unsafe and rec.fn_name not in self._tasks:
-            return f"cannot run: {unsafe}; register a task named {rec.fn_name!r} to run it by name"
-        return None
-
-    def _release_held(self) -> None:
-        with self._lock:
-            held = [self._live[i] for i in list(self._held) if i in self._live]
-            self._held.clear()
-            for rec in held:
-                rec.message = None
-                self._place(rec)
-        self._settle()
-
-    def _start_threads(self) -> None:
-        capture.install(current_log)
-        self._capturing = True
-        self._threads = [
-            threading.Thread(target=self._slot, name=f"nbqup-worker-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        self._threads.append(
-            threading.Thread(target=self._scheduler, name="nbqup-scheduler", daemon=True)
-        )
-        for t in self._threads:
-            t.start()
-
-    # -- the scheduler thread --------------------------------------------------------
-
-    def _scheduler(self) -> None:
-        next_check = time.monotonic() + self._poll
-        while True:
-            with self._lock:
-                if self._stopping:
-                    return
-                now = self._clock.now()
-                self._release_due(now)
-                wait = next_check - time.monotonic()
-                if self._timed:
-                    wait = min(wait, self._timed[0][0] - now)
-                if wait > 0:
-                    self._clock.wait(self._sched, wait)
-                if self._stopping:
-                    return
-            self._settle()
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + self._poll
-                try:
-                    self._periodic_check()
-                except Exception:  # keep scheduling whatever one check hit
-                    log.exception("nbqup: periodic check failed")
-
-    def _release_due(self, now: float) -> None:
-        # caller holds the lock
-        while self._timed and self._timed[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._timed)
-            if job_id.startswith("@"):
-                self._schedules.fire(job_id[1:], now)
-                continue
-            rec = self._live.get(job_id)
-            if rec is None or rec.status is not Status.SCHEDULED:
-                continue
-            if rec.scheduled_for is not None and rec.scheduled_for > now:
-                continue  # rescheduled later; another heap entry exists
-            rec.status = Status.QUEUED
-            self._place(rec)
-
-    def _periodic_check(self) -> None:
-        """The seed's periodic check: find jobs and requests from other processes."""
-        self._apply_requests()
-        self._schedules.check_new()
-        with self._lock:
-            known = set(self._live) | self._submitting
-        for job_id in self.store.pending_ids():
-            if job_id in known:
-                continue
-            rec = self._load_or_set_aside(job_id)
-            with self._lock:
-                if rec is None or rec.status in FINAL or job_id in self._submitting:
-                    continue
-            self._admit(rec)
-        self._release_held_zombies()
-        self._writer.flush()
-
-    def _apply_requests(self) -> None:
-        """Cancels, retries and schedule changes asked for by client processes."""
-        for key, raw in self.store.backend.items("requests"):
-            self.store.backend.write(deletes=[("requests", key)])
-            with contextlib.suppress(ValueError, KeyError):
-                if key.startswith("@"):
-                    self._schedules.set_state(key[1:], raw.decode())
-                elif raw == b"cancel":
-                    self._cancel(key)
-                elif raw == b"retry":
-                    self._retry(key)
-
-    def _release_held_zombies(self) -> None:
-        path = str(self.path)
-        with self._lock:
-            if not any(w.startswith("still running") for w in self._held.values()):
-                return
-            alive = {i for i, t in _zombies.get(path, {}).items() if t.is_alive()}
-            for job_id, why in list(self._held.items()):
-                if why.startswith("still running") and job_id not in alive:
-                    del self._held[job_id]
-                    rec = self._live[job_id]
-                    rec.message = None
-                    self._place(rec)
-        self._settle()
-
-    # -- worker slots ------------------------------------------------------------------
-
-    def _slot(self) -> None:
-        while True:
-            taken = self._take()
-            if taken is None:
-                return
-            rec, ctx, call = taken
-            if call is None:
-                continue
-            outcome = self._executor.run(call, ctx)
-            self._finish(rec.id, ctx, outcome)
-
-    def _take(self) -> tuple[JobRecord, JobContext, Call | None] | None:
-        """Wait for a ready job, mark it running durably, and load its call."""
-        with self._lock:
-            while True:
-                while not self._ready and not self._stopping:
-                    self._work.wait()
-                if self._stopping:
-                    return None
-                _, _, job_id = heapq.heappop(self._ready)
-                rec = self._live.get(job_id)
-                if rec is not None and rec.status is Status.QUEUED:
-                    break
-            now = self._clock.now()
-            rec.status = Status.RUNNING
-            rec.attempts += 1
-            rec.started = now
-            rec.finished = None
-            rec.message = None
-            deadline = None if rec.timeout is None else now + rec.timeout
-            attempt = rec.attempts
-            ctx = JobContext(Job(self, job_id), self, deadline=deadline, timeout=rec.timeout)
-            self._running[job_id] = ctx
-            self._runners[job_id] = threading.current_thread()
-            ticket = self._writer.add([rec.copy()])
-        if self.store.backend.get("requests", job_id) == b"cancel":
-            ctx.stop_reason = "cancelled from another process"
-        try:
-            if attempt > 1:  # keep earlier attempts' output, then mark where this one starts
-                earlier = self.store.get_blob("logs", job_id)
-                if earlier:
-                    ctx.logs = LogBuffer(earlier.decode("utf-8", "replace"))
-                    ctx.logs.write(f"--- attempt {attempt} ---\n")
-            self._writer.flush(ticket)  # a job that kills its process is counted next time
-            call = self._load_call(rec)
-        except Exception as exc:
-            self._finish(
-                job_id, ctx, Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-            )
-            return rec, ctx, None
-        return rec, ctx, call
-
-    def _load_call(self, rec: JobRecord) -> Call:
-        args: tuple[Any, ...] = ()
-        kwargs: dict[str, Any] = {}
-        if rec.has_args:
-            blob = self.store.get_blob("args", rec.args_ref or rec.id)
-            if blob is None:
-                raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
-            args, kwargs = payload.loads(blob)
-        if rec.task_type is not None:
-            fn = self._task_executors[rec.task_type].execute
-        elif payload.compatible(rec.python, rec.pickler) and rec.fn_name in self._tasks:
-            fn = self._tasks[rec.fn_name].fn
-        else:
-            fn = self._load_fn(rec)
-        return Call(rec.id, fn, args, kwargs)
-
-    def _load_fn(self, rec: JobRecord) -> Callable[..., Any]:
-        assert rec.fn is not None
-        blob = self.store.get_blob("fn", rec.fn)
-        if blob is None:
-            raise NbqupError(f"the function of job {rec.id} ({rec.fn_name}) is missing")
-        fn: Callable[..., Any] = payload.loads(blob)
-        return fn
-
-    def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None:
-        blobs: list[tuple[str, str, bytes]] = []
-        if not outcome.ok and outcome.traceback and ctx.stop_reason is None:
-            ctx.logs.write(outcome.traceback)
-        if ctx.logs.dirty:
-            blobs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
-        if outcome.ok:
-            try:
-                blobs.append(("result", job_id, payload.dumps_result(outcome.value)))
-            except SerializationError as exc:
-                outcome = Outcome(ok=False, error=exc, traceback=f"{exc}\n")
-        with self._lock:
-            self._running.pop(job_id, None)
-            self._runners.pop(job_id, None)
-            rec = self._live.get(job_id)
-            if self._closed or rec is None or ctx.stop_reason == _SHUTDOWN:
-                return
-            now = self._clock.now()
-            self._writer.add(blobs=blobs)  # same batch as the record written below
-            cancelled = ctx.stop_reason is not None
-            if outcome.ok and not cancelled:
-                rec.result_repr = payload.short_repr(outcome.value)
-                rec.has_result = True
-                if rec.progress is not None:
-                    rec.progress = 1.0
-                self._end(rec, Status.SUCCEEDED)
-            elif cancelled:
-                self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
-            else:
-                self._failed(rec, outcome, now)
-            ticket = self._writer.add()
-        self._writer.flush(ticket)
-        self._settle()
-
-    def _failed(self, rec: JobRecord, outcome: Outcome, now: float) -> None:
-        # caller holds the lock
-        text = outcome.traceback or repr(outcome.error)
-        rec.error = text
-        rec.errors += (_last_line(text),)
-        runs = rec.attempts - rec.crashes - rec.run_base
-        if runs <= rec.retries:
-            delay = retry_delay(
-                runs,
-                base=rec.retry_delay,
-                backoff=rec.retry_backoff,
-                jitter=rec.retry_jitter,
-                max_delay=_MAX_RETRY_DELAY,
-            )
-            rec.status = Status.SCHEDULED
-            rec.scheduled_for = now + delay
-            rec.message = f"retry {runs} of {rec.retries} after: {_last_line(text)}"
-            self._writer.add([rec.copy()])
-            if delay <= 0:
-                rec.status = Status.QUEUED
-                self._place(rec)
-            else:
-                heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
-                self._sched.notify()
-        else:
-            self._end(rec, Status.FAILED, message=_last_line(text))
-
-    def _end(
-        self,
-        rec: JobRecord,
-        status: Status,
-        *,
-        message: str | None = None,
-        blobs: list[tuple[str, str, bytes]] | None = None,
-    ) -> None:
-        """Make a live job final and queue its write; :meth:`_settle` finishes the job off."""
-        # caller holds the lock
-        rec.status = status
-        rec.finished = self._clock.now()
-        if message is not None:
-            rec.message = message
-        self._writer.add([rec.copy()], blobs or ())
-        self._ending.append(rec)
-
-    def _settle(self) -> None:
-        """Once final states are durable, forget those jobs and wake their waiters.
-
-        Only then, so that whoever wakes up reads the final record from the store.
-        Finishing a job can end others (a failed dependency), hence the loop.
-        """
-        while True:
-            with self._lock:
-                if not self._ending:
-                    return
-            self._writer.flush()
-            with self._lock:
-                ending, self._ending = self._ending, []
-                for rec in ending:
-                    self._finalized(rec)
-
-    def _finalized(self, rec: JobRecord) -> None:
-        """Forget a final job and wake what waited on it (lock held, write durable)."""
-        self._live.pop(rec.id, None)
-        self._blocked.pop(rec.id, None)
-        self._held.pop(rec.id, None)
-        self._last_persist.pop(rec.id, None)
-        for dependent in self._dependents.pop(rec.id, ()):
-            waiting = self._blocked.get(dependent)
-            dep_rec = self._live.get(dependent)
-            if waiting is None or dep_rec is None:
-                continue
-            if rec.status is Status.SUCCEEDED:
-                waiting.discard(rec.id)
-                if not waiting:
-                    del self._blocked[dependent]
-                    dep_rec.message = None
-                    self._place(dep_rec)
-            else:
-                del self._blocked[dependent]
-                self._end(
-                    dep_rec,
-                    Status.CANCELLED,
-                    message=f"dependency {rec.id} ({rec.name}) {rec.status}",
-                )
-        self._done.notify_all()
-
-    def _abandon(self, running: dict[str, JobContext]) -> None:
-        """close(wait=False): running jobs go back to queued; their run does not count."""
-        records = []
-        zombies = _zombies.setdefault(str(self.path), {})
-        with self._lock:
-            for job_id, ctx in running.items():
-                ctx.stop_reason = _SHUTDOWN
-                rec = self._live.get(job_id)
-                if rec is None:
-                    continue
-                rec.status = Status.QUEUED
-                rec.attempts = max(0, rec.attempts - 1)
-                rec.message = "interrupted by close(); resumes on reopen"
-                records.append(rec.copy())
-                thread = self._runners.get(job_id)
-                if thread is not None:
-                    zombies[job_id] = thread
-        if records:
-            self._writer.add(records)
-
-    # -- runtime hooks for JobContext ----------------------------------------------------
-
-    def now(self) -> float:
-        return self._clock.now()
-
-    def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
-        with self._lock:
-            rec = self._live.get(job_id)
-            if rec is None:
-                return
-            if fraction is not None:
-                rec.progress = fraction
-            if message is not None:
-                rec.message = message
-            now = time.monotonic()
-            if now - self._last_persist.get(job_id, 0.0) >= _PROGRESS_EVERY:
-                self._last_persist[job_id] = now
-                ctx = self._running.get(job_id)
-                logs = []
-                if ctx is not None and ctx.logs.dirty:
-                    logs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
-                self._writer.add([rec.copy()], logs)
-
-    def save_checkpoint(self, job_id: str, state: Any) -> None:
-        blob = payload.dumps_result(state)
-        with self._lock:
-            rec = self._live.get(job_id)
-            if rec is None or self._closed:
-                return
-            rec.has_checkpoint = True
-            ticket = self._writer.add([rec.copy()], [("ckpt", job_id, blob)])
-        self._writer.flush(ticket)
-
-    def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
-        blob = self.store.get_blob("ckpt", job_id)
-        return (False, None) if blob is None else (True, payload.loads(blob))
-
     # ============================================================ handle support
 
     def _record(self, job_id: str) -> JobRecord:
@@ -1058,11 +573,6 @@ def _statuses(status: str | Iterable[str] | None) -> set[Status] | None:
     except ValueError:
         known = ", ".join(s.value for s in Status)
         raise ValueError(f"unknown status in {status!r}; statuses are: {known}") from None
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
 
 
 @atexit.register
