@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from . import capture, payload
@@ -369,28 +368,22 @@ class Runtime:
         return rec, ctx, call
 
     def _load_call(self, rec: JobRecord) -> Call:
-        args: tuple[Any, ...] = ()
-        kwargs: dict[str, Any] = {}
+        call = Call(rec.id)
         if rec.has_args:
-            blob = self.store.get_blob("args", rec.args_ref or rec.id)
-            if blob is None:
+            call.args_blob = self.store.get_blob("args", rec.args_ref or rec.id)
+            if call.args_blob is None:
                 raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
-            args, kwargs = payload.loads(blob)
         if rec.task_type is not None:
-            fn = self._task_executors[rec.task_type].execute
+            call.local_fn = self._task_executors[rec.task_type].execute
         elif payload.compatible(rec.python, rec.pickler) and rec.fn_name in self._tasks:
-            fn = self._tasks[rec.fn_name].fn
+            call.local_fn = self._tasks[rec.fn_name].fn
         else:
-            fn = self._load_fn(rec)
-        return Call(rec.id, fn, args, kwargs)
-
-    def _load_fn(self, rec: JobRecord) -> Callable[..., Any]:
-        assert rec.fn is not None
-        blob = self.store.get_blob("fn", rec.fn)
-        if blob is None:
-            raise NbqupError(f"the function of job {rec.id} ({rec.fn_name}) is missing")
-        fn: Callable[..., Any] = payload.loads(blob)
-        return fn
+            assert rec.fn is not None
+            call.fn_hash = rec.fn
+            call.fn_blob = self.store.get_blob("fn", rec.fn)
+            if call.fn_blob is None:
+                raise NbqupError(f"the function of job {rec.id} ({rec.fn_name}) is missing")
+        return call
 
     def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None:
         blobs: list[tuple[str, str, bytes]] = []
@@ -398,7 +391,9 @@ class Runtime:
             ctx.logs.write(outcome.traceback)
         if ctx.logs.dirty:
             blobs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
-        if outcome.ok:
+        if outcome.ok and outcome.result_blob is not None:
+            blobs.append(("result", job_id, outcome.result_blob))
+        elif outcome.ok:
             try:
                 blobs.append(("result", job_id, payload.dumps_result(outcome.value)))
             except SerializationError as exc:
@@ -413,7 +408,7 @@ class Runtime:
             self._writer.add(blobs=blobs)  # same batch as the record written below
             cancelled = ctx.stop_reason is not None
             if outcome.ok and not cancelled:
-                rec.result_repr = payload.short_repr(outcome.value)
+                rec.result_repr = outcome.result_repr or payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:
                     rec.progress = 1.0
