@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 TABLES = (
     "meta", "pending", "fn", "args", "result", "ckpt", "logs",
-    "keys", "sched", "requests", "corrupt", "info",
+    "rich", "keys", "sched", "requests", "corrupt", "info",
 )  # fmt: skip
 DURABILITIES = ("process", "fsync")
 

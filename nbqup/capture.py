@@ -4,8 +4,11 @@ While a queue runs jobs, ``sys.stdout`` and ``sys.stderr`` are wrapped by a
 :class:`RoutingStream`: a write made by code running inside a job (the job's context is set
 in its worker thread) is appended to that job's :class:`LogBuffer`; any other write goes to
 the original stream untouched.  A handler on the root logger does the same for ``logging``
-records.  Without this, ipykernel 7 would print a background thread's output into
-whichever cell happens to be running.  Threads that a job starts itself are not followed.
+records, and inside IPython the shell's display publisher does the same for
+``display(...)`` calls: their MIME bundles become the job's rich outputs (:class:`RichOutputs`),
+shown later by ``job.show()``.  Without this, ipykernel 7 would print a background
+thread's output into whichever cell happens to be running.  Threads that a job starts
+itself are not followed.
 """
 
 from __future__ import annotations
@@ -17,10 +20,43 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["LogBuffer", "RoutingStream", "install", "uninstall"]
+__all__ = ["LogBuffer", "RichOutputs", "RoutingStream", "install", "uninstall"]
 
 #: Characters of output kept per job; beyond it the oldest output is dropped.
 LOG_LIMIT = 256 * 1024
+#: Bytes of rich output (MIME bundles) kept per job; beyond it the oldest are dropped.
+RICH_LIMIT = 8 * 1024 * 1024
+
+
+class RichOutputs:
+    """A job's ``display(...)`` outputs as MIME bundles, the newest ones within a size cap."""
+
+    def __init__(
+        self, bundles: list[dict[str, Any]] | None = None, limit: int = RICH_LIMIT
+    ) -> None:
+        self._bundles: list[tuple[int, dict[str, Any]]] = []
+        self._limit = limit
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.dirty = False
+        for bundle in bundles or ():
+            self.add(bundle.get("data", {}), bundle.get("metadata", {}))
+        self.dirty = False
+
+    def add(self, data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        bundle = {"data": dict(data), "metadata": dict(metadata or {})}
+        size = sum(len(v) if isinstance(v, str | bytes) else 64 for v in data.values())
+        with self._lock:
+            self._bundles.append((size, bundle))
+            self.dirty = True
+            while len(self._bundles) > 1 and sum(s for s, _ in self._bundles) > self._limit:
+                self._bundles.pop(0)
+                self.dropped += 1
+
+    def bundles(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self.dirty = False
+            return [b for _, b in self._bundles]
 
 
 class LogBuffer:
@@ -134,7 +170,36 @@ _users = 0
 _installed: dict[str, Any] = {}
 
 
-def install(target: Callable[[], LogBuffer | None]) -> None:
+def _wrap_display(rich_target: Callable[[], RichOutputs | None]) -> None:
+    """Route IPython's ``display(...)`` inside jobs to the job's rich outputs."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+
+        if not InteractiveShell.initialized():
+            return
+        publisher = InteractiveShell.instance().display_pub
+    except Exception:  # no shell, or an unusual one: leave display alone
+        return
+    original = publisher.publish
+
+    def publish(data: dict[str, Any], metadata: dict[str, Any] | None = None, **kw: Any) -> None:
+        outputs = rich_target()
+        if outputs is None:
+            original(data, metadata=metadata, **kw)
+        else:
+            outputs.add(data, metadata)
+
+    publisher.publish = publish
+    _installed["display"] = (publisher, original)
+
+
+def install(
+    target: Callable[[], LogBuffer | None],
+    rich_target: Callable[[], RichOutputs | None] | None = None,
+) -> None:
     """Start routing output (refcounted: one installation serves every open queue)."""
     global _users
     with _lock:
@@ -154,6 +219,8 @@ def install(target: Callable[[], LogBuffer | None]) -> None:
         root.addHandler(handler)
         _installed["handler"] = handler
         _installed["filter"] = jobs_filter
+        if rich_target is not None:
+            _wrap_display(rich_target)
 
 
 def uninstall() -> None:
@@ -176,3 +243,7 @@ def uninstall() -> None:
         for other in root.handlers:
             if jobs_filter is not None:
                 other.removeFilter(jobs_filter)
+        display = _installed.pop("display", None)
+        if display is not None:
+            publisher, original = display
+            publisher.publish = original

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .capture import LogBuffer
+from .capture import LogBuffer, RichOutputs
 from .errors import JobCancelled, JobTimedOut
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class JobContext:
         self.runtime = runtime
         #: What the job printed or logged in this run (earlier attempts' output first).
         self.logs = logs if logs is not None else LogBuffer()
+        #: What the job passed to ``display(...)`` (earlier attempts' outputs first).
+        self.outputs = RichOutputs()
         self.deadline = deadline
         self.timeout = timeout
         #: Set (from any thread) to ask the job to stop; the reason ends up in its record.
@@ -73,6 +75,12 @@ def current_log() -> LogBuffer | None:
     """The log buffer of the job running in this thread (used by :mod:`nbqup.capture`)."""
     ctx = _current.get()
     return None if ctx is None else ctx.logs
+
+
+def current_outputs() -> RichOutputs | None:
+    """The rich outputs of the job running in this thread (used by :mod:`nbqup.capture`)."""
+    ctx = _current.get()
+    return None if ctx is None else ctx.outputs
 
 
 def current_job() -> Job | None:

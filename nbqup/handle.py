@@ -109,6 +109,29 @@ class Job:
         return self._queue._logs(self.id)
 
     @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """What the job passed to ``display(...)``: MIME bundles ``{"data", "metadata"}``."""
+        return self._queue._outputs(self.id)
+
+    def show(self) -> None:
+        """Display the job's rich outputs (figures, tables...) here, also after a restart;
+        the job's text log when it displayed nothing."""
+        from .widgets import show_outputs
+
+        show_outputs(self)
+
+    def widget(self) -> Any:
+        """A live progress bar for this job (ipywidgets; ``nbqup[notebook]``)."""
+        from .widgets import job_widget
+
+        return job_widget(self)
+
+    def _ipython_display_(self) -> None:
+        from .widgets import display_job
+
+        display_job(self)
+
+    @property
     def checkpoint(self) -> Any:
         """The last state the job saved with ``nbqup.checkpoint``, or None."""
         return self._queue._checkpoint(self.id)

@@ -10,6 +10,7 @@ on its periodic check.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import inspect
 import itertools
@@ -101,6 +102,7 @@ class JobQueue(Runtime):
         self._ending: list[JobRecord] = []  # final, write queued, not yet forgotten
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
+        self._recent: collections.deque[JobRecord] = collections.deque(maxlen=200)
         self._seq = itertools.count()
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._task_executors: dict[str, Any] = {}
@@ -291,6 +293,35 @@ class JobQueue(Runtime):
             self.store.close()
             _open_queues.discard(self)
 
+    def snapshot(self, limit: int = 100) -> list[JobRecord]:
+        """Copies of the records worth showing now: unfinished jobs, then the most
+        recently finished ones (up to ``limit`` in all), newest first.  Cheap: for
+        dashboards that refresh several times a second."""
+        with self._lock:
+            live = [rec.copy() for rec in self._live.values()]
+            recent = [rec.copy() for rec in reversed(self._recent)]
+        if not self.is_owner:
+            live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
+        live.sort(key=lambda r: r.id, reverse=True)
+        return (live + recent)[:limit]
+
+    def _load_quietly(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.store.load(job_id)
+        except StoreCorrupt:
+            return None
+
+    def widget(self) -> Any:
+        """A live dashboard of this queue (ipywidgets; ``nbqup[notebook]``)."""
+        from .widgets import queue_widget
+
+        return queue_widget(self)
+
+    def _ipython_display_(self) -> None:
+        from .widgets import display_queue
+
+        display_queue(self)
+
     def __enter__(self) -> JobQueue:
         return self
 
@@ -477,6 +508,14 @@ class JobQueue(Runtime):
 
     def _checkpoint(self, job_id: str) -> Any:
         return self.load_checkpoint(job_id)[1]
+
+    def _outputs(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            ctx = self._running.get(job_id)
+        if ctx is not None:
+            return ctx.outputs.bundles()
+        blob = self.store.get_blob("rich", job_id)
+        return [] if blob is None else list(payload.loads(blob))
 
     def _logs(self, job_id: str) -> str:
         with self._lock:

@@ -17,6 +17,7 @@ final state is made durable before the job is forgotten and its waiters wake
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -28,9 +29,9 @@ import warnings
 from typing import TYPE_CHECKING, Any, cast
 
 from . import capture, payload
-from .capture import LogBuffer
+from .capture import LogBuffer, RichOutputs
 from .clock import Clock
-from .context import JobContext, current_log
+from .context import JobContext, current_log, current_outputs
 from .errors import NbqupError, SerializationError, StoreCorrupt
 from .executors import Call, Executor, Outcome
 from .handle import Job
@@ -86,6 +87,7 @@ class Runtime:
     _ending: list[JobRecord]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
+    _recent: collections.deque[JobRecord]
     _seq: itertools.count[int]
     _tasks: dict[str, Task[Any, Any]]
     _task_executors: dict[str, Any]
@@ -216,7 +218,7 @@ class Runtime:
         self._settle()
 
     def _start_threads(self) -> None:
-        capture.install(current_log)
+        capture.install(current_log, current_outputs)
         self._capturing = True
         self._threads = [
             threading.Thread(target=self._slot, name=f"nbqup-worker-{i}", daemon=True)
@@ -358,6 +360,9 @@ class Runtime:
                 if earlier:
                     ctx.logs = LogBuffer(earlier.decode("utf-8", "replace"))
                     ctx.logs.write(f"--- attempt {attempt} ---\n")
+                shown = self.store.get_blob("rich", job_id)
+                if shown:
+                    ctx.outputs = RichOutputs(payload.loads(shown))
             self._writer.flush(ticket)  # a job that kills its process is counted next time
             call = self._load_call(rec)
         except Exception as exc:
@@ -389,8 +394,7 @@ class Runtime:
         blobs: list[tuple[str, str, bytes]] = []
         if not outcome.ok and outcome.traceback and ctx.stop_reason is None:
             ctx.logs.write(outcome.traceback)
-        if ctx.logs.dirty:
-            blobs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
+        blobs.extend(_output_blobs(job_id, ctx))
         if outcome.ok and outcome.result_blob is not None:
             blobs.append(("result", job_id, outcome.result_blob))
         elif outcome.ok:
@@ -487,6 +491,7 @@ class Runtime:
         self._blocked.pop(rec.id, None)
         self._held.pop(rec.id, None)
         self._last_persist.pop(rec.id, None)
+        self._recent.append(rec.copy())
         for dependent in self._dependents.pop(rec.id, ()):
             waiting = self._blocked.get(dependent)
             dep_rec = self._live.get(dependent)
@@ -545,10 +550,8 @@ class Runtime:
             if now - self._last_persist.get(job_id, 0.0) >= _PROGRESS_EVERY:
                 self._last_persist[job_id] = now
                 ctx = self._running.get(job_id)
-                logs = []
-                if ctx is not None and ctx.logs.dirty:
-                    logs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
-                self._writer.add([rec.copy()], logs)
+                outputs = _output_blobs(job_id, ctx) if ctx is not None else []
+                self._writer.add([rec.copy()], outputs)
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:
         blob = payload.dumps_result(state)
@@ -568,3 +571,13 @@ class Runtime:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
+
+
+def _output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:
+    """The job's captured logs and rich outputs that changed since last written."""
+    blobs = []
+    if ctx.logs.dirty:
+        blobs.append(("logs", job_id, ctx.logs.text().encode("utf-8", "replace")))
+    if ctx.outputs.dirty:
+        blobs.append(("rich", job_id, payload.dumps_result(ctx.outputs.bundles())))
+    return blobs

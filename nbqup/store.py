@@ -12,6 +12,7 @@ with a few named tables::
     result    job id   -> pickled return value
     ckpt      job id   -> pickled checkpoint
     logs      job id   -> captured output
+    rich      job id   -> rich outputs (MIME bundles of display() calls)
     keys      key      -> job id     (idempotent submission)
     sched     sched id -> schedule record
     requests  job id   -> request from another process (cancel, retry)
@@ -177,7 +178,7 @@ class Store:
         )
         self.blobs = {
             t: zict.Func(encode, decode, LMDBTable(backend, t))
-            for t in ("fn", "args", "result", "ckpt", "logs", "sched", "corrupt")
+            for t in ("fn", "args", "result", "ckpt", "logs", "rich", "sched", "corrupt")
         }
         self._owner: Any = None
 

@@ -95,3 +95,30 @@ def test_log_buffer_keeps_the_tail() -> None:
 
 def test_current_job_is_none_outside() -> None:
     assert nbqup.current_job() is None
+
+
+def displays_html() -> int:
+    from IPython.display import HTML, display
+
+    print("text")
+    display(HTML("<b>bold</b>"))
+    return 1
+
+
+def test_display_inside_a_job_becomes_its_rich_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+
+    InteractiveShell.instance()  # a shell, as in a kernel
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        job = jq.submit(displays_html)
+        assert job.result(timeout=WAIT) == 1
+        display("outside")  # not in a job: still displayed
+        job_id = job.id
+    with JobQueue(tmp_path / "s", workers=0) as jq:  # kept in the store
+        (bundle,) = jq.get(job_id).outputs
+    assert bundle["data"]["text/html"] == "<b>bold</b>"
+    out = capsys.readouterr().out
+    assert "outside" in out and "bold" not in out and "text" not in out
