@@ -8,6 +8,10 @@ busy-waits.  :class:`ThreadExecutor` runs the call inline in the slot's thread.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import traceback
 from abc import ABC, abstractmethod
@@ -19,7 +23,7 @@ from typing import Any
 from . import payload
 from .context import JobContext, _current
 
-__all__ = ["Call", "Executor", "Outcome", "ThreadExecutor", "make_executor"]
+__all__ = ["Call", "Executor", "Outcome", "ProcessExecutor", "ThreadExecutor", "make_executor"]
 
 
 _FN_CACHE_SIZE = 256
@@ -130,14 +134,175 @@ class ThreadExecutor(Executor):
             _current.reset(token)
 
 
+class WorkerDied(RuntimeError):
+    """The process running a job died before reporting how the job ended."""
+
+
+class _Child:
+    """One worker process (``python -m nbqup._child``) and the pipes to it."""
+
+    def __init__(self) -> None:
+        from multiprocessing.connection import Connection
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nbqup._child", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.proc.wait()
+        self.send_conn.close()
+        self.recv_conn.close()
+
+
+def _child_env() -> dict[str, str]:
+    """The child finds this nbqup (and the parent's sys.path) first."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.pop("NBQUP_CHILD_FORWARD", None)
+    return env
+
+
+class ProcessExecutor(Executor):
+    """Run each job in a separate worker process, one per worker slot.
+
+    Cancelling or timing out a running job kills its process (a new one is started for
+    the next job); a job that kills its own process (``os._exit``, a segfault) fails --
+    and is retried if it has retries left -- while the queue goes on.  Progress,
+    checkpoints, printed output and ``display(...)`` travel back to this process.
+    Processes are started with ``subprocess`` (never ``fork``: the store must not cross
+    a fork), so the first job of each slot pays for starting Python.
+    """
+
+    name = "process"
+    #: How often a slot checks for a cancel or a timeout while its job runs (seconds).
+    check_every = 0.05
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._children: set[_Child] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _child(self) -> _Child:
+        child: _Child | None = getattr(self._local, "child", None)
+        if child is None or not child.alive():
+            child = _Child()
+            self._local.child = child
+            with self._lock:
+                self._children.add(child)
+        return child
+
+    def _drop(self, child: _Child) -> None:
+        child.kill()
+        self._local.child = None
+        with self._lock:
+            self._children.discard(child)
+
+    def run(self, call: Call, ctx: JobContext) -> Outcome:
+        try:
+            fn_hash, fn_blob = call.fn_hash, call.fn_blob
+            if fn_blob is None:  # a live callable: a task run by name, a registered executor
+                fn_hash, fn_blob = payload.dumps_fn(call.fn)
+            job = ctx.job
+            child = self._child()
+            child.send_conn.send(
+                ("run", call.job_id, job.name, job.attempts, fn_hash, fn_blob, call.args_blob)
+            )
+        except Exception as exc:
+            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
+        return self._follow(child, ctx)
+
+    def _follow(self, child: _Child, ctx: JobContext) -> Outcome:
+        """Relay the child's messages until it reports, dies, or must be stopped."""
+        runtime = ctx.runtime
+        job_id = ctx.job.id
+        while True:
+            stop = self._must_stop(ctx)
+            if stop is not None:
+                self._drop(child)
+                return stop
+            try:
+                if not child.recv_conn.poll(self.check_every):
+                    if not child.alive() and not child.recv_conn.poll(0):
+                        raise EOFError
+                    continue
+                message = child.recv_conn.recv()
+            except (EOFError, OSError):
+                code = child.proc.wait()
+                self._drop(child)
+                error = WorkerDied(
+                    f"the worker process running job {job_id} died (exit code {code})"
+                )
+                return Outcome(
+                    ok=False, error=error, traceback=f"{type(error).__name__}: {error}\n"
+                )
+            kind = message[0]
+            if kind == "done":
+                _, ok, blob, text, tb = message
+                if ok:
+                    return Outcome(ok=True, result_blob=blob, result_repr=text)
+                return Outcome(ok=False, error=RuntimeError(_last(tb)), traceback=tb)
+            if kind == "log":
+                ctx.logs.write(message[1])
+            elif kind == "rich":
+                ctx.outputs.add(message[1], message[2])
+            elif kind == "progress":
+                runtime.report_progress(job_id, message[1], message[2])
+            elif kind == "checkpoint":
+                runtime.save_checkpoint_blob(job_id, message[1])
+                child.send_conn.send(("ack",))
+            elif kind == "restore":
+                found, state = runtime.load_checkpoint(job_id)
+                blob = payload.dumps_result(state) if found else None
+                child.send_conn.send(("state", found, blob))
+
+    def _must_stop(self, ctx: JobContext) -> Outcome | None:
+        try:
+            ctx.check()
+        except BaseException as exc:  # JobCancelled or JobTimedOut: kill the process
+            return Outcome(ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n")
+        return None
+
+    def close(self, wait: bool = True) -> None:
+        with self._lock:
+            children, self._children = list(self._children), set()
+        for child in children:
+            child.kill()
+
+
+def _last(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "job failed"
+
+
 def make_executor(spec: object) -> Executor:
-    """An executor from ``JobQueue(executor=...)``: ``"thread"`` or an :class:`Executor`."""
+    """An executor from ``JobQueue(executor=...)``: ``"thread"``, ``"process"``, a
+    ``dask.distributed.Client``, or an :class:`Executor`."""
     if isinstance(spec, Executor):
         return spec
     if spec == "thread":
         return ThreadExecutor()
-    if spec == "process" or type(spec).__module__.startswith("distributed"):
-        raise NotImplementedError(
-            f"executor={spec!r} is not available in this version of nbqup; use 'thread'"
-        )
+    if spec == "process":
+        return ProcessExecutor()
+    if type(spec).__module__.startswith("distributed") or (
+        isinstance(spec, str) and spec.startswith(("tcp://", "tls://", "inproc://", "ucx://"))
+    ):
+        from .dask import DaskExecutor
+
+        return DaskExecutor(spec)
     raise ValueError(f"executor must be 'thread', 'process' or a dask Client, got {spec!r}")

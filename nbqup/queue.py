@@ -281,6 +281,7 @@ class JobQueue(Runtime):
                     t.join()
         else:
             self._abandon(running)
+        self._executor.close(wait=wait)
         with self._lock:
             self._closed = True
             self._done.notify_all()

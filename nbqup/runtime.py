@@ -554,7 +554,10 @@ class Runtime:
                 self._writer.add([rec.copy()], outputs)
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:
-        blob = payload.dumps_result(state)
+        self.save_checkpoint_blob(job_id, payload.dumps_result(state))
+
+    def save_checkpoint_blob(self, job_id: str, blob: bytes) -> None:
+        """Store an already pickled checkpoint; durable when this returns."""
         with self._lock:
             rec = self._live.get(job_id)
             if rec is None or self._closed:

@@ -1,0 +1,141 @@
+"""The process side of ``executor="process"``: ``python -m nbqup._child READ_FD WRITE_FD``.
+
+A child runs one job at a time for its parent's worker slot.  It receives the pickled
+function and arguments (never the parent's open store), runs the call with a job context
+whose progress, checkpoints and output travel back over the pipe, and reports the
+outcome.  It is started with ``subprocess`` rather than ``multiprocessing`` so that the
+parent's ``__main__`` (a notebook or a script) is never imported again in the child.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import capture, payload
+from .context import JobContext, _current, current_log, current_outputs
+from .executors import load_fn
+
+
+class ChildJob:
+    """What ``nbqup.current_job()`` returns inside a process job: the job's identity."""
+
+    def __init__(self, job_id: str, name: str, attempts: int) -> None:
+        self.id = job_id
+        self.name = name
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name!r} running attempts={self.attempts}>"
+
+
+class PipeRuntime:
+    """The runtime a job context talks to: everything goes to the parent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def now(self) -> float:
+        import time
+
+        return time.time()
+
+    def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
+        self.conn.send(("progress", fraction, message))
+
+    def save_checkpoint(self, job_id: str, state: Any) -> None:
+        self.conn.send(("checkpoint", payload.dumps_result(state)))
+        reply = self.conn.recv()  # durable in the parent's store when this arrives
+        if reply[0] != "ack":
+            raise RuntimeError(f"checkpoint not saved: {reply!r}")
+
+    def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
+        self.conn.send(("restore",))
+        _, found, blob = self.conn.recv()
+        return (True, payload.loads(blob)) if found else (False, None)
+
+
+class _PipeLog:
+    """Stands in for a job's LogBuffer: each write goes to the parent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dirty = False
+
+    def write(self, text: str) -> int:
+        self.conn.send(("log", text))
+        return len(text)
+
+
+class _PipeOutputs:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dirty = False
+
+    def add(self, data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        self.conn.send(("rich", data, metadata or {}))
+
+
+def serve(conn: Connection) -> None:
+    """Run jobs sent by the parent until it closes the pipe."""
+    capture.install(current_log, current_outputs)
+    runtime = PipeRuntime(conn)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        _, job_id, name, attempts, fn_hash, fn_blob, args_blob = message
+        ctx = JobContext(ChildJob(job_id, name, attempts), runtime)  # type: ignore[arg-type]
+        ctx.logs = _PipeLog(conn)  # type: ignore[assignment]
+        ctx.outputs = _PipeOutputs(conn)  # type: ignore[assignment]
+        token = _current.set(ctx)
+        result: tuple[str, bool, bytes | None, str | None, str | None]
+        try:
+            fn = load_fn(fn_hash, fn_blob)
+            args, kwargs = ((), {}) if args_blob is None else payload.loads(args_blob)
+            value = fn(*args, **kwargs)
+            try:
+                result = (
+                    "done",
+                    True,
+                    payload.dumps_result(value),
+                    payload.short_repr(value),
+                    None,
+                )
+            except Exception as exc:  # an unpicklable result fails the job, not the child
+                result = ("done", False, None, None, f"{exc}\n")
+        except BaseException:
+            result = ("done", False, None, None, traceback.format_exc())
+        finally:
+            _current.reset(token)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        conn.send(result)
+
+
+def main(argv: list[str]) -> None:
+    read_fd, write_fd = int(argv[1]), int(argv[2])
+    # One duplex-like pair of one-way connections over two inherited pipe fds.
+    reader = Connection(read_fd, writable=False)
+    writer = Connection(write_fd, readable=False)
+    serve(_Duplex(reader, writer))  # type: ignore[arg-type]
+
+
+class _Duplex:
+    """``send`` on one pipe, ``recv`` on the other."""
+
+    def __init__(self, reader: Connection, writer: Connection) -> None:
+        self.reader, self.writer = reader, writer
+
+    def send(self, obj: Any) -> None:
+        self.writer.send(obj)
+
+    def recv(self) -> Any:
+        return self.reader.recv()
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a child process
+    main(sys.argv)

@@ -1,0 +1,108 @@
+"""executor="process": jobs in worker processes that can be killed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import nbqup
+from nbqup import JobQueue
+
+# The worker processes cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+WAIT = 30
+
+
+def report(n: int) -> tuple[int, object]:
+    print(f"hello from {os.getpid()}")
+    for i in range(n):
+        nbqup.progress(i + 1, n)
+    nbqup.checkpoint({"step": n})
+    return os.getpid(), nbqup.restore()
+
+
+def busy_forever() -> None:
+    while True:  # never calls progress: only killing the process stops it
+        time.sleep(0.01)
+
+
+def exit_hard() -> None:
+    os._exit(7)
+
+
+def exit_first_time() -> str:
+    job = nbqup.current_job()
+    assert job is not None
+    if job.attempts == 1:
+        os._exit(9)
+    return f"attempt {job.attempts}"
+
+
+def resume_from_checkpoint(path: str) -> int:
+    state = nbqup.restore({"i": 0})
+    for i in range(state["i"], 5):
+        nbqup.checkpoint({"i": i + 1})
+        if i == 2 and not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)  # the process dies mid-way; the retry resumes at the checkpoint
+    return state["i"]
+
+
+@pytest.fixture
+def jq(tmp_path: Path):  # type: ignore[no-untyped-def]
+    queue = JobQueue(tmp_path / "s", workers=2, executor="process")
+    yield queue
+    queue.close()
+
+
+def test_runs_in_another_process_with_progress_logs_checkpoint(jq: JobQueue) -> None:
+    job = jq.submit(report, 4)
+    pid, restored = job.result(timeout=WAIT)
+    assert pid != os.getpid()
+    assert restored == {"step": 4}
+    assert job.checkpoint == {"step": 4}
+    assert job.progress == 1.0
+    assert f"hello from {pid}" in job.logs
+
+
+def test_timeout_kills_a_busy_job_quickly(jq: JobQueue) -> None:
+    job = jq.options(timeout="0.5s").submit(busy_forever)
+    started = time.monotonic()
+    with pytest.raises(nbqup.JobFailed, match="timed out"):
+        job.result(timeout=WAIT)
+    assert time.monotonic() - started < 0.5 + 2
+    assert jq.submit(report, 1).result(timeout=WAIT)[1] == {"step": 1}  # the slot goes on
+
+
+def test_cancel_kills_a_busy_job_within_two_seconds(jq: JobQueue) -> None:
+    job = jq.submit(busy_forever)
+    deadline = time.monotonic() + WAIT
+    while job.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert job.cancel()
+    assert job.wait(timeout=2)
+    assert time.monotonic() - started < 2
+    assert job.status == "cancelled"
+
+
+def test_process_that_exits_fails_its_job_and_the_queue_goes_on(jq: JobQueue) -> None:
+    dead = jq.submit(exit_hard)
+    with pytest.raises(nbqup.JobFailed, match="exit code 7"):
+        dead.result(timeout=WAIT)
+    retried = jq.options(retries=1).submit(exit_first_time)
+    assert retried.result(timeout=WAIT) == "attempt 2"
+    assert retried.attempts == 2
+
+
+def test_retry_resumes_from_the_checkpoint_saved_before_the_crash(
+    jq: JobQueue, tmp_path: Path
+) -> None:
+    job = jq.options(retries=1).submit(resume_from_checkpoint, str(tmp_path / "crashed"))
+    assert job.result(timeout=WAIT) == 3  # the second attempt started at i=3
