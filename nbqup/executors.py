@@ -98,6 +98,9 @@ class Outcome:
     traceback: str | None = None
     result_blob: bytes | None = None
     result_repr: str | None = None
+    #: The process running the job died (or the cluster went away): the run did not fail,
+    #: it is run again without using a retry, up to the job's ``max_crashes``.
+    crashed: bool = False
 
 
 class Executor(ABC):
@@ -249,7 +252,10 @@ class ProcessExecutor(Executor):
                     f"the worker process running job {job_id} died (exit code {code})"
                 )
                 return Outcome(
-                    ok=False, error=error, traceback=f"{type(error).__name__}: {error}\n"
+                    ok=False,
+                    error=error,
+                    traceback=f"{type(error).__name__}: {error}\n",
+                    crashed=True,
                 )
             kind = message[0]
             if kind == "done":

@@ -113,18 +113,9 @@ class Runtime:
                 self.store.backend.write(deletes=[("pending", job_id)])
                 continue
             if rec.status is Status.RUNNING:
-                rec.crashes += 1
-                if rec.max_crashes is not None and rec.crashes >= rec.max_crashes:
+                if _count_crash(rec, "the process running it died"):
                     rec.status = Status.FAILED
                     rec.finished = self._clock.now()
-                    rec.error = (
-                        f"the process running this job died {rec.crashes} times while running "
-                        f"it (max_crashes={rec.max_crashes}); not starting it again"
-                    )
-                    rec.errors += (rec.error,)
-                else:
-                    rec.status = Status.QUEUED
-                    rec.message = "resumed: the process running it died"
                 fixes.append(rec)
             records.append(rec)
         if fixes:
@@ -411,7 +402,13 @@ class Runtime:
             now = self._clock.now()
             self._writer.add(blobs=blobs)  # same batch as the record written below
             cancelled = ctx.stop_reason is not None
-            if outcome.ok and not cancelled:
+            if outcome.crashed and not cancelled:
+                if _count_crash(rec, _last_line(outcome.traceback or str(outcome.error))):
+                    self._end(rec, Status.FAILED)
+                else:
+                    self._writer.add([rec.copy()])
+                    self._place(rec)
+            elif outcome.ok and not cancelled:
                 rec.result_repr = outcome.result_repr or payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:
@@ -584,3 +581,20 @@ def _output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:
     if ctx.outputs.dirty:
         blobs.append(("rich", job_id, payload.dumps_result(ctx.outputs.bundles())))
     return blobs
+
+
+def _count_crash(rec: JobRecord, why: str) -> bool:
+    """A run died with its process: it does not use a retry, but after ``max_crashes``
+    such deaths the job is failed (True), so a job that kills its process cannot loop."""
+    rec.crashes += 1
+    if rec.max_crashes is not None and rec.crashes >= rec.max_crashes:
+        rec.error = (
+            f"the process running this job died {rec.crashes} times while running it "
+            f"(max_crashes={rec.max_crashes}); not starting it again. Last: {why}"
+        )
+        rec.errors += (rec.error,)
+        rec.message = rec.error
+        return True
+    rec.status = Status.QUEUED
+    rec.message = f"resumed: {why}"
+    return False

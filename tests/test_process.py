@@ -92,17 +92,21 @@ def test_cancel_kills_a_busy_job_within_two_seconds(jq: JobQueue) -> None:
     assert job.status == "cancelled"
 
 
-def test_process_that_exits_fails_its_job_and_the_queue_goes_on(jq: JobQueue) -> None:
-    dead = jq.submit(exit_hard)
-    with pytest.raises(nbqup.JobFailed, match="exit code 7"):
+def test_process_that_exits_is_run_again_then_failed(jq: JobQueue) -> None:
+    # A run whose process died did not fail: it runs again without using a retry ...
+    again = jq.submit(exit_first_time)
+    assert again.result(timeout=WAIT) == "attempt 2"
+    assert again.attempts == 2 and again.record.crashes == 1
+    # ... until max_crashes deaths, then the job is failed and the queue goes on.
+    dead = jq.options(max_crashes=3).submit(exit_hard)
+    with pytest.raises(nbqup.JobFailed, match=r"died 3 times.*exit code 7"):
         dead.result(timeout=WAIT)
-    retried = jq.options(retries=1).submit(exit_first_time)
-    assert retried.result(timeout=WAIT) == "attempt 2"
-    assert retried.attempts == 2
+    assert dead.attempts == 3
+    assert jq.submit(report, 1).result(timeout=WAIT)[1] == {"step": 1}
 
 
 def test_retry_resumes_from_the_checkpoint_saved_before_the_crash(
     jq: JobQueue, tmp_path: Path
 ) -> None:
-    job = jq.options(retries=1).submit(resume_from_checkpoint, str(tmp_path / "crashed"))
+    job = jq.submit(resume_from_checkpoint, str(tmp_path / "crashed"))
     assert job.result(timeout=WAIT) == 3  # the second attempt started at i=3
