@@ -308,7 +308,7 @@ def make_executor(spec: object) -> Executor:
     if type(spec).__module__.startswith("distributed") or (
         isinstance(spec, str) and spec.startswith(("tcp://", "tls://", "inproc://", "ucx://"))
     ):
-        from .dask import DaskExecutor
+        from .dask_executor import DaskExecutor
 
         return DaskExecutor(spec)
     raise ValueError(f"executor must be 'thread', 'process' or a dask Client, got {spec!r}")

@@ -270,11 +270,18 @@ class Runtime:
         for job_id in self.store.pending_ids():
             if job_id in known:
                 continue
-            rec = self._load_or_set_aside(job_id)
             with self._lock:
-                if rec is None or rec.status in FINAL or job_id in self._submitting:
+                # Decide on a fresh read under the lock: a job submitted here since `known`
+                # was taken may already have run and been forgotten -- its final state is
+                # durable before it leaves `_live` (see _settle), so the read shows it.
+                if job_id in self._live or job_id in self._submitting:
                     continue
-            self._admit(rec)
+                rec = self._load_or_set_aside(job_id)
+                if rec is None or rec.status in FINAL:
+                    continue
+                self._live[rec.id] = rec
+                self._place(rec)
+        self._settle()
         self._release_held_zombies()
         self._writer.flush()
 
@@ -473,12 +480,13 @@ class Runtime:
         Finishing a job can end others (a failed dependency), hence the loop.
         """
         while True:
-            with self._lock:
+            with self._lock:  # take the jobs and the batch holding their writes together
                 if not self._ending:
                     return
-            self._writer.flush()
-            with self._lock:
                 ending, self._ending = self._ending, []
+                ticket = self._writer.add()
+            self._writer.flush(ticket)
+            with self._lock:
                 for rec in ending:
                     self._finalized(rec)
 

@@ -440,3 +440,21 @@ def test_pickle_from_another_python_waits_until_a_task_of_its_name_exists(
         add_by_name.__qualname__ = "add"
         jq.task(add_by_name)
         assert job.result(timeout=WAIT) == 1005  # ran by name, not from the pickle
+
+
+def test_a_job_seen_done_is_final_in_the_store(tmp_path: Path) -> None:
+    """Regression: a job must not be forgotten (its waiters woken) before its final state
+    is durable, or a waiter reads an older state from the store."""
+    with JobQueue(tmp_path / "s", workers=8) as jq:
+        commit = jq.store.commit
+
+        def slow_commit(*args: Any, **kwargs: Any) -> None:
+            time.sleep(0.002)  # widen the window between a commit and the next job ending
+            commit(*args, **kwargs)
+
+        jq.store.commit = slow_commit  # type: ignore[method-assign]
+        for _ in range(3):
+            jobs = jq.map(add, range(100))
+            for job in jobs:
+                assert job.wait(WAIT)
+                assert job.status == "succeeded", job.record
