@@ -107,7 +107,10 @@ def test_worker_processes(tmp_path: Path) -> None:
     cluster = distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
     )
-    with cluster, distributed.Client(cluster) as client:
-        with JobQueue(tmp_path / "s", workers=2, executor=client) as jq:
-            assert jq.submit(reporting, 2).result(timeout=WAIT) == {"done": 2}
-            assert [j.result(timeout=WAIT) for j in jq.map(double, range(5))] == [0, 2, 4, 6, 8]
+    with (
+        cluster,
+        distributed.Client(cluster) as client,
+        JobQueue(tmp_path / "s", workers=2, executor=client) as jq,
+    ):
+        assert jq.submit(reporting, 2).result(timeout=WAIT) == {"done": 2}
+        assert [j.result(timeout=WAIT) for j in jq.map(double, range(5))] == [0, 2, 4, 6, 8]
