@@ -9,7 +9,11 @@ parent's ``__main__`` (a notebook or a script) is never imported again in the ch
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -116,12 +120,37 @@ def serve(conn: Connection) -> None:
         conn.send(result)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Never outlive the parent: a job must not run on here while the next owner of the
+    store runs it again.  Linux kills us when the parent dies (PR_SET_PDEATHSIG); a
+    watcher thread covers other systems and a parent that died before that was set."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=watch, name="nbqup-child-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     read_fd, write_fd = int(argv[1]), int(argv[2])
+    _die_with_parent(int(argv[3]))
     # One duplex-like pair of one-way connections over two inherited pipe fds.
     reader = Connection(read_fd, writable=False)
     writer = Connection(write_fd, readable=False)
-    serve(_Duplex(reader, writer))  # type: ignore[arg-type]
+    try:
+        serve(_Duplex(reader, writer))  # type: ignore[arg-type]
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        os._exit(0)  # the parent went away: nothing left to report to
 
 
 class _Duplex:

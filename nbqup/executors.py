@@ -149,8 +149,17 @@ class _Child:
 
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        self._lock = threading.Lock()
+        self._killed = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nbqup._child", str(to_child_r), str(from_child_w)],
+            [
+                sys.executable,
+                "-m",
+                "nbqup._child",
+                str(to_child_r),
+                str(from_child_w),
+                str(os.getpid()),
+            ],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
             env=_child_env(),
@@ -164,11 +173,17 @@ class _Child:
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        """Kill the process and close the pipes, once, whoever asks first."""
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
         with contextlib.suppress(OSError):
             self.proc.kill()
         self.proc.wait()
-        self.send_conn.close()
-        self.recv_conn.close()
+        for conn in (self.send_conn, self.recv_conn):
+            with contextlib.suppress(OSError):
+                conn.close()
 
 
 def _child_env() -> dict[str, str]:
@@ -288,7 +303,8 @@ class ProcessExecutor(Executor):
         with self._lock:
             children, self._children = list(self._children), set()
         for child in children:
-            child.kill()
+            with contextlib.suppress(Exception):  # kill every child, whatever one does
+                child.kill()
 
 
 def _last(text: str | None) -> str:

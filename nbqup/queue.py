@@ -210,6 +210,8 @@ class JobQueue(Runtime):
         ]
         if len(matches) == 1:
             return Job(self, matches[0])
+        if len(matches) > 1:
+            raise KeyError(f"job id prefix {job_id!r} is ambiguous: it matches {matches[0]}, ...")
         where = f"store {self.path}" if self.path else "this queue"
         raise KeyError(f"no job {job_id!r} in {where}")
 
@@ -281,10 +283,15 @@ class JobQueue(Runtime):
                     t.join()
         else:
             self._abandon(running)
-        self._executor.close(wait=wait)
         with self._lock:
             self._closed = True
             self._done.notify_all()
+        try:
+            self._executor.close(wait=wait)
+        finally:
+            self._close_store()
+
+    def _close_store(self) -> None:
         try:
             self._writer.flush()
         finally:
