@@ -57,7 +57,9 @@ class ManualClock(Clock):
         # A bounded real wait keeps a forgotten notify from hanging a test forever.
         with self._lock:
             self._conds.add(cond)
-        cond.wait(0.05 if seconds is not None and seconds <= 0 else 1.0)
+        # `seconds` may also bound a real-time wait (the scheduler's periodic check), so
+        # honour short waits; long ones are cut to a second of real time.
+        cond.wait(1.0 if seconds is None else min(max(seconds, 0.01), 1.0))
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake everything waiting on this clock."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import hashlib
 import inspect
 import itertools
 import os
@@ -434,13 +435,13 @@ class JobQueue(Runtime):
             raise ValueError(f"{bad} does not apply to recurring schedules")
         now = self._clock.now()
         sid = "s" + self._new_id(now)
-        fields, blobs, _ = self._call_payload(fn, args, kwargs, sid)
+        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, sid)
         name = options.get("name") or fields["fn_name"]
         first = trigger.next_after(now if start is None else start - 1e-6)
         srec = ScheduleRecord(
             id=sid,
             name=name,
-            key=options.get("key") or f"{fields['fn_name']} {trigger.describe()}",
+            key=options.get("key") or _schedule_key(fn, fields["fn_name"], trigger, args_blob),
             created=now,
             trigger=trigger.to_dict(),
             next_due=first,
@@ -595,7 +596,6 @@ def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]])
 
 
 def _unique_key(fn: Any, fn_hash: str | None, args_blob: bytes | None) -> str:
-    import hashlib
 
     h = hashlib.blake2b(digest_size=16)
     try:
@@ -605,6 +605,20 @@ def _unique_key(fn: Any, fn_hash: str | None, args_blob: bytes | None) -> str:
         h.update((fn_hash or repr(fn)).encode())
     h.update(args_blob or b"")
     return "unique:" + h.hexdigest()
+
+
+def _schedule_key(fn: Any, fn_name: str, trigger: Trigger, args_blob: bytes | None) -> str:
+    """The default key of a schedule: the function's name, the trigger and the arguments
+    (so re-running the cell returns the schedule, and other arguments make another one).
+    A lambda's source is part of it, since all lambdas share one name."""
+    key = f"{fn_name} {trigger.describe()}"
+    digest = hashlib.blake2b(args_blob or b"", digest_size=8)
+    if "<lambda>" in fn_name:
+        with contextlib.suppress(OSError, TypeError):
+            digest.update(inspect.getsource(fn).encode())
+    if args_blob is not None or "<lambda>" in fn_name:
+        key += " " + digest.hexdigest()
+    return key
 
 
 def _type_name(cls: type) -> str:

@@ -219,9 +219,9 @@ class Schedules:
             if state == "active":
                 srec.next_due = self.triggers[sid].next_after(q._clock.now())
                 self._push(srec)
+            # A cancelled schedule stays in ``live`` (it never fires again): dropping it would
+            # let a periodic check that read the store before this write load it back as active.
             deletes = [("keys", "schedule:" + srec.key)] if state == "cancelled" else []
-            if state == "cancelled":
-                del self.live[sid]
             ticket = q._writer.add(blobs=[("sched", sid, dump(srec))], deletes=deletes)
         q._writer.flush(ticket)
         return True

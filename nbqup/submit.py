@@ -27,6 +27,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 Duration = float | int | timedelta | str
+#: A schedule start at most this many seconds in the past (``.at(time.time())``) means now.
+_PAST_START_GRACE = 2.0
 
 
 def _name(value: Any) -> str:
@@ -206,10 +208,15 @@ class Submitter:
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None
     ) -> Schedule:
         trigger = self._trigger
+        now = self._queue._clock.now()
         if isinstance(trigger, IntervalTrigger):  # anchor the cadence at the first run
-            first = start if start is not None else self._queue._clock.now() + trigger.every
+            first = start if start is not None else now + trigger.every
             trigger = IntervalTrigger(trigger.every, anchor=first)
             start = first
+        if start is not None and start < now - _PAST_START_GRACE:
+            # ``.at(<a past time>)`` sets the grid, not a backlog: slots from before the
+            # schedule existed were not missed, so it starts at the first one from now on.
+            start = now
         assert trigger is not None
         return self._queue._schedule(fn, args, kwargs, self._options, trigger, start)
 

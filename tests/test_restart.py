@@ -1,0 +1,235 @@
+"""Scheduling across restarts: real child processes, really SIGKILLed, on the real clock.
+
+As in ``test_crash.py``, each child script defines its job functions in its own
+``__main__`` (as a notebook does), so reopening the store here -- where they do not exist
+-- also shows they were stored by value.  Jobs append lines to a log file (``O_APPEND``,
+one ``write`` per line) so the test sees what ran, when and in which order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from nbqup import JobQueue
+
+WAIT = 30
+
+PRELUDE = """
+import os, sys, time
+import nbqup
+STORE, LOG = sys.argv[1], sys.argv[2]
+
+def log(line):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (line + "\\n").encode())
+    os.close(fd)
+"""
+
+
+def start(tmp_path: Path, body: str, *extra: str) -> subprocess.Popen[str]:
+    script = tmp_path / f"child{time.monotonic_ns()}.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    args = [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "log"), *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+def read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"child exited ({proc.wait()}) without printing")
+    return line.strip()
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=WAIT) == -signal.SIGKILL
+
+
+def log_lines(tmp_path: Path) -> list[str]:
+    path = tmp_path / "log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_log(tmp_path: Path, line: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in log_lines(tmp_path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line!r} never logged; the log has {log_lines(tmp_path)}")
+        time.sleep(0.005)
+
+
+def test_delayed_job_survives_a_kill_and_does_not_run_early(tmp_path: Path) -> None:
+    proc = start(
+        tmp_path,
+        """
+        def late():
+            log(f"ran {time.time()!r}")
+            return "late"
+
+        jq = nbqup.JobQueue(STORE, workers=1)
+        job = jq.after(3).submit(late)
+        print(job.id, flush=True)
+        os.kill(os.getpid(), 9)   # SIGKILL the moment submit returned
+        """,
+    )
+    job_id = read_line(proc)
+    assert proc.wait(timeout=WAIT) == -signal.SIGKILL
+    with JobQueue(tmp_path / "store", workers=1) as jq:  # reopened at once, well before due
+        job = jq.get(job_id)
+        rec = job.record
+        assert rec.status == "scheduled"
+        assert rec.scheduled_for is not None
+        assert math.isclose(rec.scheduled_for, rec.created + 3, abs_tol=1e-6)
+        assert job.wait(timeout=max(0.0, rec.created + 2.5 - time.time())) is False
+        assert log_lines(tmp_path) == []
+        assert job.result(timeout=WAIT) == "late"
+        rec = job.record
+        assert rec.started is not None and rec.started >= rec.created + 3
+        assert rec.attempts == 1
+    (line,) = log_lines(tmp_path)
+    assert float(line.split()[1]) >= rec.created + 3
+
+
+INTERVAL = 0.5
+DOWNTIME = 1.8  # seconds: three or four slots pass while no process runs the store
+
+
+def test_schedule_keeps_its_cadence_and_catches_up_once_after_a_kill(tmp_path: Path) -> None:
+    proc = start(
+        tmp_path,
+        f"""
+        def tick():
+            log(f"tick {{time.time()!r}}")
+
+        jq = nbqup.JobQueue(STORE, workers=1)
+        sch = jq.every({INTERVAL}).submit(tick)
+        print(sch.id, flush=True)
+        while len(sch.jobs()) < 2:
+            time.sleep(0.005)
+        for job in sch.jobs():
+            job.wait(10)      # durable once wait() returns
+        os.kill(os.getpid(), 9)   # mid-cadence, right after the second run
+        """,
+    )
+    sid = read_line(proc)
+    assert proc.wait(timeout=WAIT) == -signal.SIGKILL
+    killed_at = time.time()
+    assert len(log_lines(tmp_path)) == 2
+    time.sleep(DOWNTIME)  # the downtime itself: nothing is waited for here
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        (sch,) = jq.schedules()
+        assert sch.id == sid and sch.trigger == "every 500ms"
+        anchor = sch.record.trigger["anchor"]
+        deadline = time.monotonic() + WAIT
+        # two firings before the kill, then the catch-up and one on-time run since the reopen
+        while len({j.record.created for j in sch.jobs()}) < 4:
+            assert time.monotonic() < deadline, "no on-time run after the catch-up"
+            time.sleep(0.01)
+        sch.pause()  # no more slots: the history below is complete
+        assert all(j.wait(WAIT) for j in sch.jobs())
+        records = sorted((j.record for j in sch.jobs()), key=lambda r: r.scheduled_for or 0)
+
+    # Every slot from the anchor on shows up exactly once: the grid survived the restart.
+    ks = [((r.scheduled_for or 0) - anchor) / INTERVAL for r in records]
+    assert all(abs(k - round(k)) < 1e-6 for k in ks), ks
+    assert [round(k) for k in ks] == list(range(len(records)))
+    before = [r for r in records if r.created < killed_at]
+    after = [r for r in records if r.created > killed_at]
+    assert len(before) + len(after) == len(records)
+    assert [str(r.status) for r in before] == ["succeeded", "succeeded"]
+    # At reopen the slots missed while down are handled in one go (one `created`), by the
+    # default policy "once": the latest runs, the others are recorded as skipped.
+    catchup = [r for r in after if r.created == after[0].created]
+    assert len(catchup) >= 3, [(r.scheduled_for, r.status) for r in after]
+    assert [str(r.status) for r in catchup] == ["skipped"] * (len(catchup) - 1) + ["succeeded"]
+    for r in catchup[:-1]:
+        assert r.started is None and "missed='once'" in (r.message or "")
+    # Then the cadence goes on: on-time runs, none of them early, none of them twice.
+    rest = after[len(catchup) :]
+    assert rest and all(r.status == "succeeded" for r in rest)
+    for r in [*before, catchup[-1], *rest]:
+        assert r.started is not None and r.started >= (r.scheduled_for or 0)
+    assert len(log_lines(tmp_path)) == len(before) + 1 + len(rest)
+
+
+SCHEDULES = """
+def tick():
+    log("tick")
+
+def report():
+    log("report")
+
+jq = nbqup.JobQueue(STORE, workers=1)
+hourly = jq.every("1h").submit(tick)
+weekly = jq.options(key="weekly-report").cron("0 9 * * MON", tz="Europe/Berlin").submit(report)
+print(hourly.id, weekly.id, flush=True)
+time.sleep(60)
+"""
+
+
+def test_rerunning_a_schedule_script_after_a_kill_leaves_one_schedule(tmp_path: Path) -> None:
+    first = start(tmp_path, SCHEDULES)
+    ids = read_line(first).split()
+    kill(first)
+    second = start(tmp_path, SCHEDULES)  # the notebook run again from the top
+    assert read_line(second).split() == ids
+    kill(second)
+    with JobQueue(tmp_path / "store", workers=0) as jq:
+        schedules = jq.schedules()
+        assert sorted(s.id for s in schedules) == sorted(ids)
+        assert {s.key: s.state for s in schedules} == {
+            "tick every 1h": "active",
+            "weekly-report": "active",
+        }
+        assert jq.jobs() == []
+
+
+def test_dependency_chain_runs_in_order_across_a_kill(tmp_path: Path) -> None:
+    proc = start(
+        tmp_path,
+        """
+        def step(name):
+            log(f"{name}-start")
+            if name == "a" and nbqup.current_job().attempts == 1:
+                time.sleep(60)    # the first run of a is killed here
+            log(f"{name}-end")
+            return name
+
+        jq = nbqup.JobQueue(STORE, workers=3)
+        a = jq.submit(step, "a")
+        b = jq.options(depends_on=[a]).submit(step, "b")
+        c = jq.options(depends_on=[b]).submit(step, "c")
+        print(a.id, b.id, c.id, flush=True)
+        time.sleep(60)
+        """,
+    )
+    a_id, b_id, c_id = read_line(proc).split()
+    wait_for_log(tmp_path, "a-start")
+    kill(proc)
+    assert log_lines(tmp_path) == ["a-start"]
+    with JobQueue(tmp_path / "store", workers=3) as jq:
+        a, b, c = (jq.get(i) for i in (a_id, b_id, c_id))
+        assert c.result(timeout=WAIT) == "c"
+        assert a.result() == "a" and b.result() == "b"
+        assert (a.attempts, b.attempts, c.attempts) == (2, 1, 1)
+        assert a.record.crashes == 1
+        assert a.record.finished <= b.record.started  # type: ignore[operator]
+        assert b.record.finished <= c.record.started  # type: ignore[operator]
+        assert len(jq.jobs()) == 3
+    assert log_lines(tmp_path) == [
+        "a-start",  # killed
+        "a-start",
+        "a-end",
+        "b-start",
+        "b-end",
+        "c-start",
+        "c-end",
+    ]
