@@ -28,6 +28,21 @@ from .queue import JobQueue
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext nbqup``: the ``%nbqup`` magics (see :mod:`nbqup.magics`)."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext nbqup``: remove the magics; open queues stay open."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "Job",
     "JobCancelled",

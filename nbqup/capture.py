@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["LogBuffer", "RichOutputs", "RoutingStream", "install", "uninstall"]
+__all__ = ["LogBuffer", "RichOutputs", "RoutingStream", "install", "routing", "uninstall"]
 
 #: Characters of output kept per job; beyond it the oldest output is dropped.
 LOG_LIMIT = 256 * 1024
@@ -221,6 +221,11 @@ def install(
         _installed["filter"] = jobs_filter
         if rich_target is not None:
             _wrap_display(rich_target)
+
+
+def routing() -> bool:
+    """Whether output is being routed to jobs in this process already."""
+    return isinstance(sys.stdout, RoutingStream)
 
 
 def uninstall() -> None:

@@ -191,7 +191,9 @@ def _run_task(job_id: str, name: str, attempts: int, fn_hash: str, fn_blob: byte
               args_blob: bytes | None, tag: str) -> tuple[Any, ...]:  # fmt: skip
     """The Dask task: run the call; return (ok, result, repr, traceback, logs, outputs)."""
     global _captured
-    if not _captured:  # route print/display of job threads in this worker process
+    if not _captured and not capture.routing():
+        # A worker process of its own: route its jobs' print/display for good.  (In the
+        # queue's own process the queue has installed the routing already.)
         capture.install(current_log, current_outputs)
         _captured = True
     runtime = _TaskRuntime(tag)

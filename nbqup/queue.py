@@ -303,16 +303,27 @@ class JobQueue(Runtime):
             _open_queues.discard(self)
 
     def snapshot(self, limit: int = 100) -> list[JobRecord]:
-        """Copies of the records worth showing now: unfinished jobs, then the most
-        recently finished ones (up to ``limit`` in all), newest first.  Cheap: for
-        dashboards that refresh several times a second."""
+        """Copies of the records worth showing now, at most ``limit``: running jobs, then
+        the other unfinished ones, then the most recently finished -- each newest first.
+        Cheap: for dashboards that refresh several times a second."""
         with self._lock:
-            live = [rec.copy() for rec in self._live.values()]
-            recent = [rec.copy() for rec in reversed(self._recent)]
+            live = list(self._live.values())
+            recent = list(reversed(self._recent))
         if not self.is_owner:
             live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
         live.sort(key=lambda r: r.id, reverse=True)
-        return (live + recent)[:limit]
+        live.sort(key=lambda r: r.status is not Status.RUNNING)  # stable: running first
+        return [rec.copy() for rec in (live + recent)[:limit]]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed or self._stopping
+
+    @staticmethod
+    def open_queues() -> list[JobQueue]:
+        """The queues open in this process (for the magics: reuse rather than reopen)."""
+        return [jq for jq in list(_open_queues) if not jq.closed]
 
     def _load_quietly(self, job_id: str) -> JobRecord | None:
         try:
