@@ -322,20 +322,30 @@ class Runtime:
             if call is None:
                 continue
             outcome = self._executor.run(call, ctx)
-            self._finish(rec.id, ctx, outcome)
+            # The final write is committed together with the next job's "running" mark
+            # (one commit instead of two); its waiters wake once it is durable.
+            self._finish(rec.id, ctx, outcome, settle=False)
 
     def _take(self) -> tuple[JobRecord, JobContext, Call | None] | None:
-        """Wait for a ready job, mark it running durably, and load its call."""
-        with self._lock:
-            while True:
-                while not self._ready and not self._stopping:
+        """Wait for a ready job, mark it running durably, and load its call.
+
+        Before sleeping for lack of work, make the jobs this slot finished durable and
+        wake their waiters (:meth:`_settle`).
+        """
+        while True:
+            with self._lock:
+                job_id = self._pop_ready()
+                if job_id is None and not self._ending and not self._stopping:
                     self._work.wait()
+                    continue
+                if job_id is not None:
+                    break
+            self._settle()
+            with self._lock:
                 if self._stopping:
                     return None
-                _, _, job_id = heapq.heappop(self._ready)
-                rec = self._live.get(job_id)
-                if rec is not None and rec.status is Status.QUEUED:
-                    break
+        with self._lock:
+            rec = self._live[job_id]
             now = self._clock.now()
             rec.status = Status.RUNNING
             rec.attempts += 1
@@ -353,6 +363,10 @@ class Runtime:
         if self.store.backend.get("requests", job_id) == b"cancel":
             ctx.stop_reason = "cancelled from another process"
         try:
+            # Durable before the job runs (a job that kills its process is counted next
+            # time); this also commits what earlier attempts wrote (their logs).
+            self._writer.flush(ticket)
+            self._settle()
             if attempt > 1:  # keep earlier attempts' output, then mark where this one starts
                 earlier = self.store.get_blob("logs", job_id)
                 if earlier:
@@ -361,7 +375,6 @@ class Runtime:
                 shown = self.store.get_blob("rich", job_id)
                 if shown:
                     ctx.outputs = RichOutputs(payload.loads(shown))
-            self._writer.flush(ticket)  # a job that kills its process is counted next time
             call = self._load_call(rec)
         except Exception as exc:
             self._finish(
@@ -369,6 +382,17 @@ class Runtime:
             )
             return rec, ctx, None
         return rec, ctx, call
+
+    def _pop_ready(self) -> str | None:
+        """The next ready job's id, or None (the caller holds the lock)."""
+        if self._stopping:
+            return None
+        while self._ready:
+            _, _, job_id = heapq.heappop(self._ready)
+            rec = self._live.get(job_id)
+            if rec is not None and rec.status is Status.QUEUED:
+                return job_id
+        return None
 
     def _load_call(self, rec: JobRecord) -> Call:
         call = Call(rec.id)
@@ -388,7 +412,9 @@ class Runtime:
                 raise NbqupError(f"the function of job {rec.id} ({rec.fn_name}) is missing")
         return call
 
-    def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None:
+    def _finish(
+        self, job_id: str, ctx: JobContext, outcome: Outcome, *, settle: bool = True
+    ) -> None:
         blobs: list[tuple[str, str, bytes]] = []
         if not outcome.ok and outcome.traceback and ctx.stop_reason is None:
             ctx.logs.write(outcome.traceback)
@@ -425,9 +451,8 @@ class Runtime:
                 self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
             else:
                 self._failed(rec, outcome, now)
-            ticket = self._writer.add()
-        self._writer.flush(ticket)
-        self._settle()
+        if settle:
+            self._settle()
 
     def _failed(self, rec: JobRecord, outcome: Outcome, now: float) -> None:
         # caller holds the lock
