@@ -208,8 +208,11 @@ class LMDBBackend(Backend):
             raise KeyError(f"unknown table {table!r}") from None
 
     def get(self, table: str, key: str) -> bytes | None:
+        # Reads take no lock: LMDB readers see the last commit and never wait for a
+        # writer (py-lmdb environments are thread-safe; each transaction stays in its
+        # thread).  Only writes are serialized.
         db = self._db(table)
-        with self._lock, self.env.begin(db=db, buffers=False) as txn:
+        with self.env.begin(db=db, buffers=False) as txn:
             value = txn.get(key.encode())
         return value if value is None else bytes(value)
 
@@ -220,7 +223,7 @@ class LMDBBackend(Backend):
         out: list[tuple[str, bytes]] = []
         if limit is not None and limit <= 0:
             return out
-        with self._lock, self.env.begin(db=db) as txn:
+        with self.env.begin(db=db) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(start.encode()):
                 return out
@@ -232,12 +235,12 @@ class LMDBBackend(Backend):
 
     def keys(self, table: str) -> list[str]:
         db = self._db(table)
-        with self._lock, self.env.begin(db=db) as txn:
+        with self.env.begin(db=db) as txn:
             return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
 
     def count(self, table: str) -> int:
         db = self._db(table)
-        with self._lock, self.env.begin(db=db) as txn:
+        with self.env.begin(db=db) as txn:
             return int(txn.stat(db)["entries"])
 
     def write(

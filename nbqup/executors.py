@@ -31,14 +31,17 @@ _fn_cache: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 _fn_cache_lock = threading.Lock()
 
 
-def load_fn(fn_hash: str, blob: bytes) -> Callable[..., Any]:
-    """Unpickle a stored function, reusing the last few hundred by their content hash."""
+def load_fn(fn_hash: str, blob: bytes | Callable[[], bytes]) -> Callable[..., Any]:
+    """Unpickle a stored function, reusing the last few hundred by their content hash.
+
+    ``blob`` may be a function reading the pickle, called only when it is not cached.
+    """
     with _fn_cache_lock:
         fn = _fn_cache.get(fn_hash)
         if fn is not None:
             _fn_cache.move_to_end(fn_hash)
             return fn
-    fn = payload.loads(blob)
+    fn = payload.loads(blob() if callable(blob) else blob)
     with _fn_cache_lock:
         _fn_cache[fn_hash] = fn
         if len(_fn_cache) > _FN_CACHE_SIZE:
@@ -51,24 +54,33 @@ class Call:
     """A job ready to run.
 
     In-process executors use :attr:`fn`, :attr:`args` and :attr:`kwargs` (unpickled on
-    first use); executors in other processes ship :attr:`fn_blob` and :attr:`args_blob`
-    as they are.  ``local_fn`` is set instead of a pickle when the job runs a live object:
-    a task registered by name, or a registered executor's ``execute``.
+    first use; a function already unpickled in this process is not read again);
+    executors in other processes ship :attr:`fn_blob` and :attr:`args_blob` as they are.
+    ``local_fn`` is set instead of a pickle when the job runs a live object: a task
+    registered by name, or a registered executor's ``execute``.
     """
 
     job_id: str
     fn_hash: str | None = None
-    fn_blob: bytes | None = None
+    #: Reads the pickled function (from the store) when it is needed.
+    fn_source: Callable[[], bytes] | None = None
     args_blob: bytes | None = None
     local_fn: Callable[..., Any] | None = None
+    _fn_blob: bytes | None = field(default=None, repr=False)
     _loaded: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def fn_blob(self) -> bytes | None:
+        if self._fn_blob is None and self.fn_source is not None:
+            self._fn_blob = self.fn_source()
+        return self._fn_blob
 
     @property
     def fn(self) -> Callable[..., Any]:
         if self.local_fn is not None:
             return self.local_fn
-        assert self.fn_hash is not None and self.fn_blob is not None
-        return load_fn(self.fn_hash, self.fn_blob)
+        assert self.fn_hash is not None and self.fn_source is not None
+        return load_fn(self.fn_hash, self.fn_source)
 
     def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self._loaded is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -407,10 +408,14 @@ class Runtime:
         else:
             assert rec.fn is not None
             call.fn_hash = rec.fn
-            call.fn_blob = self.store.get_blob("fn", rec.fn)
-            if call.fn_blob is None:
-                raise NbqupError(f"the function of job {rec.id} ({rec.fn_name}) is missing")
+            call.fn_source = functools.partial(self._fn_blob, rec.id, rec.fn, rec.fn_name)
         return call
+
+    def _fn_blob(self, job_id: str, fn_hash: str, fn_name: str) -> bytes:
+        blob = self.store.get_blob("fn", fn_hash)
+        if blob is None:
+            raise NbqupError(f"the function of job {job_id} ({fn_name}) is missing from the store")
+        return blob
 
     def _finish(
         self, job_id: str, ctx: JobContext, outcome: Outcome, *, settle: bool = True
