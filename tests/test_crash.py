@@ -8,67 +8,18 @@ line) so the test can tell which jobs were running at the moment of the kill.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from children import kill, log_lines, read_until, start, wait_for_log
 
 import nbqup
 from nbqup import JobQueue
 
 WAIT = 60
-
-PRELUDE = """
-import os, sys, time
-import nbqup
-STORE, LOG = sys.argv[1], sys.argv[2]
-
-def log(line):
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-"""
-
-
-def start(tmp_path: Path, body: str, *extra: str) -> subprocess.Popen[str]:
-    script = tmp_path / f"child{time.monotonic_ns()}.py"
-    script.write_text(PRELUDE + textwrap.dedent(body))
-    args = [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "log"), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def read_until(proc: subprocess.Popen[str], marker: str) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if marker in line:
-            return
-    raise AssertionError(f"child exited ({proc.wait()}) before printing {marker!r}")
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=WAIT) == -signal.SIGKILL
-
-
-def log_lines(tmp_path: Path) -> list[str]:
-    path = tmp_path / "log"
-    return path.read_text().split() if path.exists() else []
-
-
-def wait_for_log(tmp_path: Path, predicate: object, timeout: float = WAIT) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = log_lines(tmp_path)
-        if predicate(lines):  # type: ignore[operator]
-            return lines
-        time.sleep(0.005)
-    raise AssertionError(f"log never matched; it has {log_lines(tmp_path)[-10:]}")
 
 
 def test_kill_right_after_last_submit_loses_nothing(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ from nbqup import magics
 pytest.importorskip("IPython")
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-
-sys.path.insert(0, str(Path(__file__).parent))
 from kernel_helpers import Kernel
 
 WAIT = 20

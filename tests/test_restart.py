@@ -9,61 +9,20 @@ one ``write`` per line) so the test sees what ran, when and in which order.
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
+
+from children import kill, log_lines, read_line, start
+from children import wait_for_log as _wait_for_log
 
 from nbqup import JobQueue
 
 WAIT = 30
 
-PRELUDE = """
-import os, sys, time
-import nbqup
-STORE, LOG = sys.argv[1], sys.argv[2]
-
-def log(line):
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-"""
-
-
-def start(tmp_path: Path, body: str, *extra: str) -> subprocess.Popen[str]:
-    script = tmp_path / f"child{time.monotonic_ns()}.py"
-    script.write_text(PRELUDE + textwrap.dedent(body))
-    args = [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "log"), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def read_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise AssertionError(f"child exited ({proc.wait()}) without printing")
-    return line.strip()
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=WAIT) == -signal.SIGKILL
-
-
-def log_lines(tmp_path: Path) -> list[str]:
-    path = tmp_path / "log"
-    return path.read_text().splitlines() if path.exists() else []
-
 
 def wait_for_log(tmp_path: Path, line: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in log_lines(tmp_path):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{line!r} never logged; the log has {log_lines(tmp_path)}")
-        time.sleep(0.005)
+    _wait_for_log(tmp_path, lambda lines: line in lines, timeout)
 
 
 def test_delayed_job_survives_a_kill_and_does_not_run_early(tmp_path: Path) -> None:

@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_helpers import Kernel, widget_messages
 
 import nbqup
 from nbqup import widgets
 from nbqup.job import JobRecord, Status
 from nbqup.widgets import QueueView, Refresher, row_state
-
-sys.path.insert(0, str(Path(__file__).parent))
-from kernel_helpers import Kernel, widget_messages
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
