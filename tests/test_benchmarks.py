@@ -1,0 +1,102 @@
+"""The benchmark runner and the chaos run work, on a tiny size.
+
+Nothing here is timed: the figures come from ``python -m benchmarks`` (see
+``benchmarks/RESULTS.md``).  These only check that both scripts run end to end, write
+their JSON, and that nbqup loses nothing when its process is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("huey")
+pytest.importorskip("persistqueue")
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_runner_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = _run(
+        [
+            "benchmarks",
+            "--quick",
+            "--repeats",
+            "1",
+            "--sizes",
+            "40",
+            "--roundtrips",
+            "5",
+            "--submits",
+            "20",
+            "--history",
+            "300",
+            "--unfinished",
+            "10",
+            "--tmpdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    measured = {(m["workload"], m["system"]): m for m in doc["measures"]}
+    for workload in ("throughput 40", "roundtrip", "submit call"):
+        for system in ("nbqup", "nbqup-fsync", "floor", "huey-sqlite/ms", "huey-file/ms"):
+            assert measured[workload, system]["values"], (workload, system)
+    assert measured["reopen 300+10", "nbqup"]["values"]
+    assert any(r["name"].startswith("roundtrip: nbqup /") for r in doc["ratios"])
+    assert "| figure | value | target | verdict |" in proc.stdout
+    assert not list(tmp_path.glob(".bench-*")), "the runner left its stores behind"
+
+
+@pytest.mark.timeout(120)
+def test_chaos_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    proc = _run(
+        [
+            "benchmarks.chaos",
+            "--kills",
+            "3",
+            "--jobs",
+            "30",
+            "--seed",
+            "3",
+            "--max-delay",
+            "0.5",
+            "--tmpdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = {r["system"]: r for r in json.loads(out.read_text())["reports"]}
+    nb = reports["nbqup"]
+    assert nb["kills_delivered"] + nb["finished_before_kill"] == 3
+    assert (nb["lost"], nb["wrong"], nb["corrupt"], nb["duplicates"]) == (0, 0, 0, 0), nb
+    assert nb["acknowledged"] == 30
+    assert "huey" in reports  # Huey's losses are reported, not asserted
