@@ -370,22 +370,8 @@ class JobQueue(Runtime):
         due: float | None,
     ) -> Job:
         self._check_open()
-        now = self._clock.now()
-        rec = JobRecord(id=self._new_id(now), name="", created=now)
-        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, rec.id)
-        for name, value in fields.items():
-            setattr(rec, name, value)
-        rec.name = options.get("name") or rec.fn_name
-        for field in (*RUN_FIELDS, "depends_on"):
-            if field in options:
-                setattr(rec, field, options[field])
-        if due is not None and due > now:
-            rec.status, rec.scheduled_for = Status.SCHEDULED, due
-        key = options.get("key")
-        if key is None and options.get("unique"):
-            key = _unique_key(fn, rec.fn, args_blob)
-        rec.key = key
-        self._check_dependencies(rec)
+        rec, blobs = self._prepare(fn, args, kwargs, options, due)
+        key = rec.key
         with self._lock:
             self._submitting.add(rec.id)
         try:
@@ -404,6 +390,64 @@ class JobQueue(Runtime):
         finally:
             with self._lock:
                 self._submitting.discard(rec.id)
+
+    def _prepare(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        due: float | None,
+    ) -> tuple[JobRecord, list[tuple[str, str, bytes]]]:
+        """A job's record and payload blobs, checked; nothing is written yet."""
+        now = self._clock.now()
+        rec = JobRecord(id=self._new_id(now), name="", created=now)
+        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, rec.id)
+        for name, value in fields.items():
+            setattr(rec, name, value)
+        rec.name = options.get("name") or rec.fn_name
+        for field in (*RUN_FIELDS, "depends_on"):
+            if field in options:
+                setattr(rec, field, options[field])
+        if due is not None and due > now:
+            rec.status, rec.scheduled_for = Status.SCHEDULED, due
+        rec.key = options.get("key")
+        if rec.key is None and options.get("unique"):
+            rec.key = _unique_key(fn, rec.fn, args_blob)
+        self._check_dependencies(rec)
+        return rec, blobs
+
+    def _submit_many(
+        self,
+        fn: Any,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: dict[str, Any],
+        due: float | None,
+    ) -> list[Job]:
+        """``map``: every job recorded in one commit, or none if one of them is bad."""
+        if "key" in options or options.get("unique"):  # each needs its own transaction
+            return [self._submit(fn, a, kw, options, due) for a, kw in calls]
+        self._check_open()
+        prepared = [self._prepare(fn, a, kw, options, due) for a, kw in calls]
+        records = [rec for rec, _ in prepared]
+        # one blob per (table, key): the function is pickled for every job but stored once
+        blobs = list({(t, k): (t, k, b) for _, bs in prepared for t, k, b in bs}.values())
+        with self._lock:
+            self._submitting.update(rec.id for rec in records)
+        try:
+            self._writer.flush(self._writer.add(records, blobs))
+            self._known_fns.update(rec.fn for rec in records if rec.fn is not None)
+            if self.is_owner:
+                with self._lock:
+                    for rec in records:
+                        if rec.id not in self._live:
+                            self._live[rec.id] = rec
+                            self._place(rec)
+                self._settle()
+            return [Job(self, rec.id) for rec in records]
+        finally:
+            with self._lock:
+                self._submitting.difference_update(rec.id for rec in records)
 
     def _call_payload(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], args_key: str

@@ -316,16 +316,36 @@ class Runtime:
 
     def _slot(self) -> None:
         while True:
-            taken = self._take()
-            if taken is None:
-                return
-            rec, ctx, call = taken
-            if call is None:
-                continue
-            outcome = self._executor.run(call, ctx)
-            # The final write is committed together with the next job's "running" mark
-            # (one commit instead of two); its waiters wake once it is durable.
-            self._finish(rec.id, ctx, outcome, settle=False)
+            job_id = None
+            try:
+                taken = self._take()
+                if taken is None:
+                    return
+                rec, ctx, call = taken
+                job_id = rec.id
+                if call is None:
+                    continue
+                outcome = self._executor.run(call, ctx)
+                # The final write is committed together with the next job's "running"
+                # mark (one commit instead of two); its waiters wake once it is durable.
+                self._finish(rec.id, ctx, outcome, settle=False)
+            except Exception as exc:  # a bug of ours must not silently stop a worker
+                log.exception("nbqup: worker slot error")
+                if self._closed:
+                    return
+                self._internal_error(job_id, exc)
+
+    def _internal_error(self, job_id: str | None, exc: Exception) -> None:
+        """Fail the job a slot was handling when the runtime itself raised."""
+        with self._lock:
+            rec = self._live.get(job_id) if job_id else None
+            if rec is not None and rec.status is Status.RUNNING:
+                self._running.pop(rec.id, None)
+                self._runners.pop(rec.id, None)
+                rec.error = f"nbqup internal error: {exc!r}"
+                self._end(rec, Status.FAILED, message=rec.error)
+        with contextlib.suppress(Exception):
+            self._settle()
 
     def _take(self) -> tuple[JobRecord, JobContext, Call | None] | None:
         """Wait for a ready job, mark it running durably, and load its call.
@@ -361,8 +381,6 @@ class Runtime:
             self._running[job_id] = ctx
             self._runners[job_id] = threading.current_thread()
             ticket = self._writer.add([rec.copy()])
-        if self.store.backend.get("requests", job_id) == b"cancel":
-            ctx.stop_reason = "cancelled from another process"
         try:
             # Durable before the job runs (a job that kills its process is counted next
             # time); this also commits what earlier attempts wrote (their logs).

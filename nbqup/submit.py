@@ -222,18 +222,22 @@ class Submitter:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
         """One job per item: a dict item is keyword arguments, a tuple positional ones,
-        anything else the single argument."""
+        anything else the single argument.  All are recorded in one commit, or none (an
+        argument that cannot be pickled raises before anything is written)."""
         if self._trigger is not None:
             raise TypeError("map() makes one-off jobs; use submit() for a recurring schedule")
-        jobs = []
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for item in items:
             if isinstance(item, Mapping):
-                jobs.append(self.submit(fn, **item))
+                calls.append(((), dict(item)))
             elif isinstance(item, tuple):
-                jobs.append(self.submit(fn, *item))
+                calls.append((item, {}))
             else:
-                jobs.append(self.submit(fn, item))
-        return jobs
+                calls.append(((item,), {}))
+        due = self._when
+        if self._delay is not None:
+            due = self._queue._clock.now() + self._delay
+        return self._queue._submit_many(fn, calls, self._options, due)
 
 
 class Task(Generic[P, R]):

@@ -458,3 +458,14 @@ def test_a_job_seen_done_is_final_in_the_store(tmp_path: Path) -> None:
             for job in jobs:
                 assert job.wait(WAIT)
                 assert job.status == "succeeded", job.record
+
+
+def test_map_records_all_jobs_or_none(jq: JobQueue) -> None:
+    before = {t: jq.store.count(t) for t in ("meta", "args", "pending")}
+    lock = threading.Lock()
+    with pytest.raises(nbqup.SerializationError, match="argument 'b'"):
+        jq.map(add, [{"a": 1}, {"a": 2, "b": lock}, {"a": 3}])
+    assert {t: jq.store.count(t) for t in before} == before
+    jobs = jq.map(add, [{"a": i} for i in range(50)])
+    assert [j.result(timeout=WAIT) for j in jobs] == list(range(50))
+    assert jq.store.count("fn") == 1  # one function, stored once
