@@ -8,8 +8,8 @@ Why LMDB is the leaf is written in :mod:`nbqup.store`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -200,6 +200,7 @@ class LMDBBackend(Backend):
             shared.users += 1
         self._key = found
         self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
+        self._gate = shared.gate
 
     def _db(self, table: str) -> Any:
         try:
@@ -208,22 +209,32 @@ class LMDBBackend(Backend):
             raise KeyError(f"unknown table {table!r}") from None
 
     def get(self, table: str, key: str) -> bytes | None:
-        # Reads take no lock: LMDB readers see the last commit and never wait for a
-        # writer (py-lmdb environments are thread-safe; each transaction stays in its
-        # thread).  Only writes are serialized.
+        # Reads never wait for a writer: LMDB readers see the last commit (py-lmdb
+        # environments are thread-safe; each transaction stays in its thread).  They
+        # only pass the gate that lets the map grow while no transaction is open.
         db = self._db(table)
-        with self.env.begin(db=db, buffers=False) as txn:
-            value = txn.get(key.encode())
+        encoded = key.encode()
+        value = self._read(db, lambda txn: txn.get(encoded))
         return value if value is None else bytes(value)
+
+    def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
+        """``fn(txn)`` in a read transaction, run again if the map was resized under it."""
+        while True:
+            try:
+                with self._gate.reading(self), self.env.begin(db=db) as txn:
+                    return fn(txn)
+            except _Retry:
+                continue
 
     def items(
         self, table: str, start: str = "", limit: int | None = None
     ) -> list[tuple[str, bytes]]:
         db = self._db(table)
-        out: list[tuple[str, bytes]] = []
         if limit is not None and limit <= 0:
-            return out
-        with self.env.begin(db=db) as txn:
+            return []
+
+        def scan(txn: Any) -> list[tuple[str, bytes]]:
+            out: list[tuple[str, bytes]] = []
             cursor = txn.cursor()
             if not cursor.set_range(start.encode()):
                 return out
@@ -231,17 +242,19 @@ class LMDBBackend(Backend):
                 out.append((k.decode(), v))
                 if limit is not None and len(out) >= limit:
                     break
-        return out
+            return out
+
+        return self._read(db, scan)
 
     def keys(self, table: str) -> list[str]:
         db = self._db(table)
-        with self.env.begin(db=db) as txn:
-            return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+        return self._read(
+            db, lambda txn: [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+        )
 
     def count(self, table: str) -> int:
         db = self._db(table)
-        with self.env.begin(db=db) as txn:
-            return int(txn.stat(db)["entries"])
+        return self._read(db, lambda txn: int(txn.stat(db)["entries"]))
 
     def write(
         self,
@@ -271,21 +284,42 @@ class LMDBBackend(Backend):
     def _write_txn(self, apply: Callable[[Any], None]) -> None:
         lmdb = self._lmdb
         with self._lock:
-            for _ in range(2):
+            for _ in range(64):
                 try:
-                    with self.env.begin(write=True) as txn:
-                        apply(txn)
-                    if self._fsync:
-                        self.env.sync(True)
-                    return
-                except lmdb.MapFullError:  # pragma: no cover - needs a 1 TiB store
-                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
-                except lmdb.DiskError as exc:
-                    raise NbqupError(f"cannot write to store {self.path}: {exc}") from exc
-                except lmdb.Error as exc:
-                    if "No space left" in str(exc) or "MDB_MAP_FULL" in str(exc):
+                    txn = self.env.begin(write=True)
+                except lmdb.MapResizedError:  # another process grew the map
+                    self.resize()
+                    continue
+                try:
+                    apply(txn)
+                    txn.commit()
+                except BaseException as exc:
+                    # py-lmdb's abort waits until no read is in flight: with readers
+                    # coming and going it could wait forever, so hold new ones back.
+                    with self._gate.exclusive(), contextlib.suppress(lmdb.Error):
+                        txn.abort()
+                    if isinstance(exc, lmdb.MapFullError | lmdb.MapResizedError):
+                        self.resize(grow=isinstance(exc, lmdb.MapFullError))
+                        continue
+                    if isinstance(exc, lmdb.DiskError):
+                        raise NbqupError(f"cannot write to store {self.path}: {exc}") from exc
+                    if isinstance(exc, lmdb.Error) and "No space left" in str(exc):
                         raise NbqupError(f"disk full: cannot write to store {self.path}") from exc
                     raise
+                if self._fsync:
+                    self.env.sync(True)
+                return
+            raise NbqupError(f"cannot write to store {self.path}: the map keeps changing")
+
+    def resize(self, grow: bool = False) -> None:
+        """Adopt a map grown by another process, or (``grow``) double it ourselves.
+
+        LMDB allows this only while no transaction of this process is open: the gate
+        waits for the readers to leave and holds new ones back meanwhile.
+        """
+        with self._gate.exclusive():
+            size = self.env.info()["map_size"]
+            self.env.set_mapsize(size * 2 if grow else 0)
 
     def close(self) -> None:
         with _envs_lock:
@@ -303,8 +337,60 @@ class LMDBBackend(Backend):
 class _SharedEnv:
     def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
         self.env, self.dbs = env, dbs
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one writer at a time
+        self.gate = _Gate()  # transactions in, or the map resized
         self.users = 0
+
+
+class _Gate:
+    """Many transactions at once, or one map resize with none open.
+
+    ``reading`` also adopts a map that another process grew (``MapResizedError``).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._open = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self, backend: LMDBBackend) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._open += 1
+        resized = False
+        try:
+            yield
+        except backend._lmdb.MapResizedError:
+            resized = True
+        finally:
+            with self._cond:
+                self._open -= 1
+                if not self._open:
+                    self._cond.notify_all()
+        if resized:  # another process grew the map: adopt it, the caller retries
+            backend.resize()
+            raise _Retry
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._open:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class _Retry(Exception):
+    """The map was resized under a transaction: run it again."""
 
 
 _envs: dict[tuple[int, int, int], _SharedEnv] = {}
@@ -324,6 +410,17 @@ def _env_key(path: Path) -> tuple[int, int, int] | None:
     return (os.getpid(), st.st_dev, st.st_ino)
 
 
+#: The map (and the data file's apparent size) a new store starts with.
+INITIAL_MAP_SIZE = 256 * 2**20
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
     try:
         # lmdb would create the directory with the files' mode (0o600): not searchable.
@@ -334,10 +431,14 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
             create=True,
             mode=0o600,
             max_dbs=len(TABLES) + 4,
-            map_size=min(2**40, sys.maxsize // 4),
+            # With writemap the file's apparent size is the map size: start small (the
+            # file is sparse) and double when full (LMDBBackend.resize).
+            map_size=max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb")),
             sync=False,  # durability="fsync" syncs after each commit instead
             metasync=False,
-            writemap=False,
+            # Writes go straight to the shared mapping: a commit is a few memory writes,
+            # in the page cache at once, so it survives a SIGKILL of this process.
+            writemap=True,
             readahead=False,
             max_readers=256,
         )

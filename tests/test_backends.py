@@ -464,3 +464,116 @@ def test_lmdb_sigkill_mid_write_loses_no_acknowledged_write(
         mine = sorted(k for k in result if k.startswith(prefix + "-"))
         assert mine == [f"{prefix}-{i:05d}" for i in range(len(mine))], f"seed {seed}"
         assert len(mine) >= len(acked)
+
+
+# ------------------------------------------------------------- a map that grows
+
+
+def test_lmdb_map_grows_while_other_threads_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from nbqup import backends
+
+    monkeypatch.setattr(backends, "INITIAL_MAP_SIZE", 2**20)  # 1 MiB: it must grow
+    backend = backends.LMDBBackend(tmp_path / "lmdb")
+    value = bytes(range(256)) * 256  # 64 KiB
+    backend.write([("meta", "first", value)])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                assert backend.get("meta", "first") == value
+                backend.keys("args")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(200):  # ~13 MiB in all
+            backend.write([("args", f"k{i:04d}", value)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert backend.count("args") == 200
+    assert all(backend.get("args", f"k{i:04d}") == value for i in range(200))
+    assert backend.env.info()["map_size"] >= 16 * 2**20
+    backend.close()
+
+
+GROW_CHILD = """
+import sys
+from nbqup import backends
+backends.INITIAL_MAP_SIZE = 2**20
+b = backends.LMDBBackend(sys.argv[1])
+for i in range(100):
+    b.write([("args", f"c{i:03d}", bytes(65536))])
+print("DONE", flush=True)
+"""
+
+
+def test_lmdb_adopts_a_map_grown_by_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbqup import backends
+
+    monkeypatch.setattr(backends, "INITIAL_MAP_SIZE", 2**20)
+    path = tmp_path / "lmdb"
+    backend = backends.LMDBBackend(path)
+    backend.write([("meta", "mine", b"x")])
+    out = subprocess.run(
+        [sys.executable, "-c", GROW_CHILD, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "DONE", out.stderr
+    # This process still maps 1 MiB: reading and writing must adopt the grown map.
+    assert backend.count("args") == 100
+    assert backend.get("args", "c099") == bytes(65536)
+    backend.write([("meta", "after", b"y")])
+    assert backend.get("meta", "after") == b"y"
+    backend.close()
+
+
+def test_lmdb_aborts_are_not_starved_by_busy_readers(tmp_path: Path) -> None:
+    """Regression: py-lmdb's abort waits for reads in flight; readers that never pause
+    made a failing transaction hang forever."""
+    import threading
+
+    from nbqup import backends
+
+    backend = backends.LMDBBackend(tmp_path / "lmdb")
+    backend.write([("meta", f"k{i}", b"v" * 1000) for i in range(50)])
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            backend.get("meta", "k1")
+            backend.keys("meta")
+
+    def failing(txn: backends.Txn) -> None:
+        txn.put("meta", "never", b"x")
+        raise ValueError("abort me")
+
+    def aborts() -> None:
+        for _ in range(200):
+            with pytest.raises(ValueError):
+                backend.transact(failing)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    writer = threading.Thread(target=aborts)
+    writer.start()
+    writer.join(timeout=30)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not writer.is_alive(), "a failing transaction hung behind the readers"
+    assert backend.get("meta", "never") is None
+    backend.close()
