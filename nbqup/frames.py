@@ -30,7 +30,6 @@ import dataclasses
 import gc
 import itertools
 import operator
-import pickle
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import StoreCorrupt
 from .job import FINAL, JobRecord, Status
-from .store import decode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,12 +184,8 @@ def _collect(
     with jq._lock:
         live = {job_id: snap(rec) for job_id, rec in jq._live.items()}
     rows: list[tuple[Any, ...]] = []
-    for job_id, raw in jq.store.backend.items("meta"):
-        try:
-            stored = pickle.loads(decode(raw))
-        except Exception:
-            continue
-        if type(stored) is not dict or "name" not in stored or "created" not in stored:
+    for job_id, stored in jq.store.scan_dicts():
+        if "name" not in stored or "created" not in stored:
             continue
         rec = {**_BASE, **stored, "id": job_id}
         if rec["status"] not in _CODES:

@@ -220,6 +220,21 @@ class Store:
             except _Corrupt as exc:
                 yield StoreCorrupt(key, str(exc), str(self.path))
 
+    def scan_dicts(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(job id, fields)`` of every readable job record, without building a
+        :class:`JobRecord` for each (which costs more than the rest of ``jobs_df``).
+
+        ``fields`` holds only what differs from :class:`JobRecord`'s defaults; records
+        that fail their checksum or do not decode to a dict are skipped.
+        """
+        for key, raw in self.backend.items("meta"):
+            try:
+                fields = pickle.loads(decode(raw))
+            except Exception:  # damaged: scan() reports it, a table skips it
+                continue
+            if type(fields) is dict:
+                yield key, fields
+
     def commit(
         self,
         records: Iterable[JobRecord] = (),
