@@ -257,3 +257,36 @@ def test_job_that_kills_its_process_is_failed_after_max_crashes(tmp_path: Path) 
         with pytest.raises(nbqup.JobFailed, match="max_crashes=2"):
             job.result(timeout=1)
     assert log_lines(tmp_path) == ["attempt", "attempt"]
+
+
+def test_killed_checkpointing_job_resumes_from_its_saved_step(tmp_path: Path) -> None:
+    proc = start(
+        tmp_path,
+        """
+        def train(epochs):
+            state = nbqup.restore({"epoch": 0})
+            log(f"start-at-{state['epoch']}")
+            for epoch in range(state["epoch"], epochs):
+                time.sleep(0.05)                     # one epoch of work
+                nbqup.checkpoint({"epoch": epoch + 1})
+                log(f"saved-{epoch + 1}")
+            return epochs
+
+        jq = nbqup.JobQueue(STORE, workers=1)
+        jq.submit(train, 12)
+        time.sleep(120)
+        """,
+    )
+    lines = wait_for_log(tmp_path, lambda lines: "saved-4" in lines)
+    kill(proc)
+    saved = max(int(x.split("-")[1]) for x in log_lines(tmp_path) if x.startswith("saved"))
+    assert saved >= 4 and lines[0] == "start-at-0"
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        (job,) = jq.jobs()
+        assert job.result(timeout=WAIT) == 12
+        assert job.attempts == 2
+    starts = [x for x in log_lines(tmp_path) if x.startswith("start-at")]
+    # resumed at the last checkpoint (or the one after, if the kill fell between the
+    # checkpoint's commit and the log line announcing it)
+    assert starts[0] == "start-at-0" and len(starts) == 2
+    assert starts[1] in (f"start-at-{saved}", f"start-at-{saved + 1}")
