@@ -1,0 +1,331 @@
+"""What nbqup's live views show, computed from job records: no widgets involved.
+
+The views in :mod:`nbqup.widgets` only render these values (as ``tqdm.notebook`` does):
+:func:`row_state` turns a record into what one row shows, :func:`queue_state` a queue
+snapshot into a dashboard's content, and :func:`render_text` / :func:`render_html` give
+the plain renderings used where widgets cannot be shown.
+
+>>> rec = JobRecord(id="j1", name="train", created=0.0, status=Status.RUNNING,
+...                 started=0.0, progress=0.5, message="epoch 5")
+>>> row_state(rec, now=65.0).info
+'50% · 1m05s · epoch 5'
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .job import FINAL, JobRecord, Status
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = [
+    "MAX_ROWS",
+    "QueueState",
+    "RowState",
+    "queue_state",
+    "render_html",
+    "render_text",
+    "row_state",
+]
+
+#: Rows a dashboard shows: running jobs, then waiting ones, then the latest finished.
+MAX_ROWS = 50
+
+#: FloatProgress bar styles, and the theme colours the HTML rows use for them.
+_BAR_STYLE = {Status.RUNNING: "", Status.QUEUED: "info", Status.SCHEDULED: "info",
+              Status.SUCCEEDED: "success", Status.FAILED: "danger", Status.CANCELLED: "danger",
+              Status.SKIPPED: "warning"}  # fmt: skip
+_FILL = {"": "var(--jp-brand-color1, #2196f3)", "info": "var(--jp-info-color2, #90caf9)",
+         "success": "var(--jp-success-color1, #4caf50)",
+         "danger": "var(--jp-error-color1, #e53935)",
+         "warning": "var(--jp-warn-color1, #ffa726)"}  # fmt: skip
+_TEXT = {"": "var(--jp-brand-color1, #1976d2)", "info": "var(--jp-ui-font-color2, #757575)",
+         "success": "var(--jp-success-color0, #2e7d32)",
+         "danger": "var(--jp-error-color0, #c62828)",
+         "warning": "var(--jp-warn-color0, #ef6c00)"}  # fmt: skip
+
+
+# ====================================================================== the model
+
+
+@dataclass(frozen=True)
+class RowState:
+    """What one job's row shows, computed from its record (no widgets involved)."""
+
+    id: str
+    name: str
+    status: Status
+    bar: float  #: bar length in [0, 1]; a final job gets a full bar in its colour
+    bar_style: str
+    percent: str
+    elapsed: str
+    message: str
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (Status.FAILED, Status.CANCELLED, Status.SKIPPED)
+
+    @property
+    def info(self) -> str:
+        return " · ".join(part for part in (self.percent, self.elapsed, self.message) if part)
+
+
+def _duration(seconds: float, precise: bool = False) -> str:
+    """``'7s'``, ``'1m05s'``, ``'2h03m'``, ``'1d04h'``; tenths under 10 s if ``precise``."""
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.1f}s" if precise and s < 10 else f"{int(s)}s"
+    m, sec = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def row_state(rec: JobRecord, now: float) -> RowState:
+    """A job record's row at time ``now`` (epoch seconds, the queue's clock)."""
+    st, final = rec.status, rec.status in FINAL
+    if st is Status.RUNNING and rec.started is not None:
+        elapsed = _duration(now - rec.started)
+    elif final and rec.started is not None and rec.finished is not None:
+        elapsed = _duration(rec.finished - rec.started, precise=True)
+    elif st is Status.SCHEDULED and rec.scheduled_for is not None:
+        elapsed = "in " + _duration(rec.scheduled_for - now)
+    else:
+        elapsed = ""
+    fraction = rec.progress
+    percent = "" if fraction is None or st is Status.SUCCEEDED else f"{fraction:.0%}"
+    if st is Status.SUCCEEDED and rec.result_repr is not None:
+        message = "→ " + rec.result_repr
+    else:
+        message = rec.message or (rec.errors[-1] if rec.errors and final else "")
+    return RowState(
+        id=rec.id,
+        name=rec.name or rec.fn_name or rec.id,
+        status=st,
+        # quantised, so that tiny steps do not each cost a widget message
+        bar=1.0 if final else round(min(1.0, max(0.0, fraction or 0.0)), 3),
+        bar_style=_BAR_STYLE.get(st, ""),
+        percent=percent,
+        elapsed=elapsed,
+        message=_one_line(message),
+    )
+
+
+@dataclass
+class QueueState:
+    """What a dashboard shows: a title, counts by status, the rows."""
+
+    title: str
+    counts: dict[Status, int]
+    rows: list[RowState]
+    hidden: int = 0  #: unfinished or recent jobs left out (``max_rows``)
+    closed: bool = False
+    note: str = ""
+
+
+class _Counts:
+    """Jobs by status for a dashboard's header.
+
+    Unfinished jobs are all in the snapshot, so they are counted exactly.  Finished ones
+    are recounted from the store in pages when something changed, at most every 3 s and
+    at most 5% of the time, plus those seen finishing since.  Stores of more than
+    :attr:`SCAN_LIMIT` jobs are not scanned: their finished jobs show as one number.
+    """
+
+    SCAN_LIMIT = 100_000
+    PAGE = 2_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._final: Counter[Status] = Counter()
+        self._fresh: set[str] = set()  # counted by the scan although they finished after it began
+        self._scan_start = float("-inf")
+        self._next_scan = 0.0
+        self._seen: tuple[int, frozenset[str]] | None = None
+        self.total_final: int | None = None  # set when the store is too big to scan
+
+    def update(self, jq: Any, records: list[JobRecord], now: float) -> dict[Status, int]:
+        with self._lock:
+            live = [r for r in records if r.status not in FINAL]
+            began = time.monotonic()
+            if began >= self._next_scan:
+                seen = (_store_count(jq), frozenset(r.id for r in live))
+                if seen != self._seen:
+                    self._seen = seen
+                    self._rescan(jq, seen[0] - len(live), now)
+                    self._next_scan = time.monotonic() + max(3.0, 20 * (time.monotonic() - began))
+            counts = Counter(r.status for r in live) + self._final
+            counts.update(
+                r.status
+                for r in records
+                if r.status in FINAL
+                and (r.finished or 0.0) >= self._scan_start
+                and r.id not in self._fresh
+            )
+        return {s: counts[s] for s in Status if counts[s]}
+
+    def _rescan(self, jq: Any, finished: int, now: float) -> None:
+        if finished > self.SCAN_LIMIT:
+            self.total_final, self._final, self._scan_start = finished, Counter(), float("inf")
+            return
+        final: Counter[Status] = Counter()
+        fresh, start = set(), ""
+        while True:
+            page = list(jq.store.scan(start, self.PAGE))
+            for rec in page:
+                if isinstance(rec, JobRecord) and rec.status in FINAL:
+                    final[rec.status] += 1
+                    if (rec.finished or 0.0) >= now:
+                        fresh.add(rec.id)
+            if len(page) < self.PAGE:
+                break
+            last = page[-1]
+            start = (last.id if isinstance(last, JobRecord) else str(last.key)) + "\0"
+        self.total_final, self._final, self._fresh, self._scan_start = None, final, fresh, now
+
+
+def _store_count(jq: Any) -> int:
+    try:
+        return int(jq.store.count("meta"))
+    except Exception:  # a queue closing under us: the next tick notices
+        return -1
+
+
+def _queue_closed(jq: Any) -> bool:
+    return bool(getattr(jq, "closed", False))
+
+
+def _now(queue: Any) -> float:
+    now = getattr(queue, "now", None)
+    return float(now()) if callable(now) else time.time()
+
+
+def queue_state(jq: JobQueue, counts: _Counts, max_rows: int = MAX_ROWS) -> QueueState:
+    """The dashboard's model: running jobs first, then waiting ones, then finished ones."""
+    where = str(jq.path) if jq.path else "memory"
+    title = f"{where} · {'owner' if jq.is_owner else 'client'} · {jq.workers} workers"
+    if _queue_closed(jq):
+        return QueueState(title=title, counts={}, rows=[], closed=True)
+    records = jq.snapshot(limit=1_000_000)
+    now = _now(jq)
+    tally = counts.update(jq, records, now)
+    running = sorted(
+        (r for r in records if r.status is Status.RUNNING), key=lambda r: (r.started or 0.0, r.id)
+    )
+    waiting = sorted(
+        (r for r in records if r.status in (Status.QUEUED, Status.SCHEDULED)),
+        key=lambda r: (r.status is Status.SCHEDULED, r.scheduled_for or 0.0, r.id),
+    )
+    done = [r for r in records if r.status in FINAL]  # newest first, as in the snapshot
+    chosen = (running + waiting + done)[:max_rows]
+    note = "" if counts.total_final is None else f"{counts.total_final} finished in the store"
+    return QueueState(
+        title=title,
+        counts=tally,
+        rows=[row_state(r, now) for r in chosen],
+        hidden=len(records) - len(chosen),
+        note=note,
+    )
+
+
+# ===================================================================== rendering
+
+
+def render_text(state: QueueState) -> str:
+    """The dashboard as a plain-text table (terminals, ``repr``)."""
+    counts = " · ".join(f"{s} {n}" for s, n in state.counts.items()) or "no jobs"
+    lines = [f"nbqup {state.title}: " + ("closed" if state.closed else counts)]
+    lines += [state.note] if state.note else []
+    if state.rows:
+        lines.append(
+            f"{'ID':<19}  {'NAME':<24} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
+        )
+    for rs in state.rows:
+        filled = round(rs.bar * 10)
+        bar = "[" + "#" * filled + "." * (10 - filled) + "]"
+        lines.append(
+            f"{rs.id:<19}  {_one_line(rs.name, 24):<24} {rs.status!s:<9}  {bar:<12} "
+            f"{rs.elapsed:>7}  {' '.join(filter(None, [rs.percent, rs.message]))}".rstrip()
+        )
+    if state.hidden:
+        lines.append(f"... and {state.hidden} more (jq.jobs_df() has them all)")
+    return "\n".join(lines)
+
+
+def _status_html(rs: RowState) -> str:
+    return f'<span style="color:{_TEXT[rs.bar_style]}">{rs.status}</span>'
+
+
+def _css_bar(rs: RowState, width: int = 120) -> str:
+    return (
+        f'<span style="display:inline-block;width:{width}px;height:10px;vertical-align:middle;'
+        f'background:var(--jp-layout-color3, #e0e0e0)"><span style="display:block;height:10px;'
+        f'width:{rs.bar:.1%};background:{_FILL[rs.bar_style]}"></span></span>'
+    )
+
+
+def _counts_html(state: QueueState) -> str:
+    e = html.escape
+    counts = " · ".join(
+        f'<span style="color:{_TEXT[_BAR_STYLE[s]]}">{s}</span> {n}'
+        for s, n in state.counts.items()
+    )
+    head = f"<b>nbqup</b> {e(state.title)}: " + ("closed" if state.closed else counts or "no jobs")
+    more = f"<br>… and {state.hidden} more (<code>jq.jobs_df()</code> has them all)"
+    return head + (f"<br>{e(state.note)}" if state.note else "") + (more if state.hidden else "")
+
+
+def render_html(state: QueueState) -> str:
+    """The dashboard as a static HTML table (where widgets cannot render)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><code>{e(rs.id)}</code></td><td>{e(rs.name)}</td><td>{_status_html(rs)}</td>"
+        f"<td>{_css_bar(rs)} {e(rs.percent)}</td><td>{e(rs.elapsed)}</td>"
+        f"<td>{e(rs.message)}</td></tr>"
+        for rs in state.rows
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("id", "name", "status", "progress", "time", "message"))
+    head = f"<tr>{head}</tr>"
+    table = f'<table style="font-size:90%">{head}{rows}</table>' if rows else ""
+    return f"<div>{_counts_html(state)}</div>{table}"
+
+
+def _cell(
+    text: str, width: int, *, title: str = "", bold: bool = False, right: bool = False
+) -> str:
+    e = html.escape
+    style = f"display:inline-block;width:{width}px;overflow:hidden;text-overflow:ellipsis;"
+    style += "vertical-align:middle;" + ("text-align:right;" if right else "")
+    body = f"<b>{e(text)}</b>" if bold else e(text)
+    return f'<span title="{e(title or text)}" style="{style}">{body}</span>'
+
+
+def _row_html(rs: RowState) -> str:
+    """One dashboard row: a single HTML widget, so a change costs one message."""
+    return (
+        '<div style="white-space:nowrap">'
+        + _cell(rs.name, 180, title=f"{rs.name} ({rs.id})", bold=True)
+        + f' <span style="display:inline-block;width:76px">{_status_html(rs)}</span> '
+        + _css_bar(rs)
+        + _cell(rs.percent, 42, right=True)
+        + _cell(rs.elapsed, 58, right=True)
+        + "&nbsp;&nbsp;"
+        + _cell(rs.message, 280)
+        + "</div>"
+    )
