@@ -113,6 +113,9 @@ class JobRecord:
     has_result: bool = False
     result_repr: str | None = None
     has_checkpoint: bool = False
+    #: The attempt whose logs or rich outputs were stored last (0: none); a later run
+    #: appends to them.
+    output_attempt: int = 0
     #: Keyword arguments in a compact, displayable form (for ``jobs_df``'s ``arg.*`` columns).
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: Python ``major.minor`` and cloudpickle version the payload was pickled with.

@@ -386,11 +386,13 @@ class Runtime:
             # time); this also commits what earlier attempts wrote (their logs).
             self._writer.flush(ticket)
             self._settle()
-            if attempt > 1:  # keep earlier attempts' output, then mark where this one starts
+            if rec.output_attempt:  # keep earlier runs' output, mark where this one starts
                 earlier = self.store.get_blob("logs", job_id)
                 if earlier:
                     ctx.logs = LogBuffer(earlier.decode("utf-8", "replace"))
-                    ctx.logs.write(f"--- attempt {attempt} ---\n")
+                    # the same attempt again: its run was interrupted by close()
+                    note = " (resumed)" if rec.output_attempt >= attempt else ""
+                    ctx.logs.write(f"--- attempt {attempt}{note} ---\n")
                 shown = self.store.get_blob("rich", job_id)
                 if shown:
                     ctx.outputs = RichOutputs(payload.loads(shown))
@@ -456,6 +458,8 @@ class Runtime:
             if self._closed or rec is None or ctx.stop_reason == SHUTDOWN:
                 return
             now = self._clock.now()
+            if any(table in ("logs", "rich") for table, _, _ in blobs):
+                rec.output_attempt = rec.attempts
             self._writer.add(blobs=blobs)  # same batch as the record written below
             cancelled = ctx.stop_reason is not None
             if outcome.crashed and not cancelled:
@@ -566,8 +570,10 @@ class Runtime:
         self._done.notify_all()
 
     def _abandon(self, running: dict[str, JobContext]) -> None:
-        """close(wait=False): running jobs go back to queued; their run does not count."""
+        """close(wait=False): running jobs go back to queued; their run does not count,
+        but what they printed so far is kept (the resumed run appends to it)."""
         records = []
+        outputs: list[tuple[str, str, bytes]] = []
         zombies = _zombies.setdefault(str(self.path), {})
         with self._lock:
             for job_id, ctx in running.items():
@@ -575,6 +581,10 @@ class Runtime:
                 rec = self._live.get(job_id)
                 if rec is None:
                     continue
+                written = _output_blobs(job_id, ctx)
+                outputs.extend(written)
+                if written:
+                    rec.output_attempt = rec.attempts
                 rec.status = Status.QUEUED
                 rec.attempts = max(0, rec.attempts - 1)
                 rec.message = "interrupted by close(); resumes on reopen"
@@ -583,7 +593,7 @@ class Runtime:
                 if thread is not None:
                     zombies[job_id] = thread
         if records:
-            self._writer.add(records)
+            self._writer.add(records, outputs)
 
     # -- runtime hooks for JobContext ----------------------------------------------------
 
@@ -604,6 +614,8 @@ class Runtime:
                 self._last_persist[job_id] = now
                 ctx = self._running.get(job_id)
                 outputs = _output_blobs(job_id, ctx) if ctx is not None else []
+                if outputs:
+                    rec.output_attempt = rec.attempts
                 self._writer.add([rec.copy()], outputs)
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:

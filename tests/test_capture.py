@@ -122,3 +122,31 @@ def test_display_inside_a_job_becomes_its_rich_output(
     assert bundle["data"]["text/html"] == "<b>bold</b>"
     out = capsys.readouterr().out
     assert "outside" in out and "bold" not in out and "text" not in out
+
+
+PRINTED = threading.Event()
+
+
+def prints_then_waits() -> str:
+    print("run starts")
+    PRINTED.set()
+    for _ in range(2000):
+        nbqup.progress(0.5)  # raises once close(wait=False) asks the job to stop
+        threading.Event().wait(0.005)
+    return "done"
+
+
+def test_output_of_a_run_interrupted_by_close_is_kept(tmp_path: Path) -> None:
+    jq = JobQueue(tmp_path / "s", workers=1)
+    job_id = jq.submit(prints_then_waits).id
+    assert PRINTED.wait(WAIT)
+    jq.close(wait=False)
+    PRINTED.clear()
+    again = JobQueue(tmp_path / "s", workers=1)
+    try:
+        assert PRINTED.wait(WAIT)
+        logs = again.get(job_id).logs  # live: the earlier run's output, then this one's
+    finally:
+        again.close(wait=False)
+    assert logs.count("run starts") == 2, logs
+    assert "--- attempt 1 (resumed) ---" in logs
