@@ -19,6 +19,7 @@ import itertools
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -289,6 +290,11 @@ class JobQueue(Runtime):
                     t.join()
         else:
             self._abandon(running)
+        self._settle()
+        widgets = sys.modules.get("nbqup.widgets")
+        if widgets is not None:  # live views show the final state before the store closes
+            with contextlib.suppress(Exception):
+                widgets.before_close(self)
         with self._lock:
             self._closed = True
             self._done.notify_all()
@@ -322,8 +328,8 @@ class JobQueue(Runtime):
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed or self._stopping
+        """True once :meth:`close` has finished."""
+        return self._closed
 
     @staticmethod
     def open_queues() -> list[JobQueue]:

@@ -231,6 +231,17 @@ class Refresher:
             ]
         return sent
 
+    def flush(self) -> int:
+        """One tick with no message budget, so every view shows its current state now
+        (a queue about to close calls it: its views stop updating after that)."""
+        with self.write_lock:
+            budget = self.burst, self._tokens
+            self.burst = self._tokens = float("inf")
+            try:
+                return self.tick()
+            finally:
+                self.burst, self._tokens = budget
+
     def _collect(self) -> dict[int, tuple[Any, Any, dict[str, Any], dict[str, int]]]:
         wanted: dict[int, tuple[Any, Any, dict[str, Any], dict[str, int]]] = {}
         for view in self.views():
@@ -261,6 +272,13 @@ _REFRESHER = Refresher()
 def refresher() -> Refresher:
     """The refresher every view uses unless given another."""
     return _REFRESHER
+
+
+def before_close(jq: JobQueue) -> None:
+    """Called by ``jq.close()`` while the store is still open: show every view its final
+    state now, since views stop updating once their queue is closed."""
+    if _REFRESHER.views():
+        _REFRESHER.flush()
 
 
 # ====================================================================== the views

@@ -523,3 +523,21 @@ def test_kernel_job_output_stays_out_of_cells_and_shows_after_restart(tmp_path: 
         assert mime in bundle and len(bundle[mime]) > 1000
     finally:
         kernel.close()
+
+
+def test_closing_the_queue_shows_every_view_its_final_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Views stop updating once their queue is closed: close() first shows them the end,
+    whatever the message budget left (a job ending just before close stayed 'running')."""
+    ref = Refresher(thread=False, max_messages=0.001, burst=0)  # no budget at all
+    monkeypatch.setattr(widgets, "_REFRESHER", ref)
+    STOP.set()
+    jq = nbqup.JobQueue(path=None, workers=1)
+    job = jq.submit(waits)
+    view = widgets.JobView(job)
+    assert job.wait(WAIT) and job.status == "succeeded"
+    ref.tick()
+    assert view.bar.bar_style != "success"  # the budget held the update back
+    jq.close()
+    assert view.bar.bar_style == "success" and view.bar.value == 1.0
