@@ -6,5 +6,6 @@ workloads and prints a table of medians and ratios (see ``benchmarks/RESULTS.md`
 and accounts for every job.  Neither is a timed unit test: ``tests/test_benchmarks.py``
 only checks that both run on a tiny size.
 
-Peers are installed with the ``bench`` extra: ``pip install -e '.[bench]'``.
+Peers are installed with the ``bench`` extra: ``pip install -e '.[bench]'`` (and the
+``dask`` extra for the ``nbqup-dask`` row, which is left out without it).
 """

@@ -7,7 +7,10 @@ process finds them.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 
 #: Set by :func:`mark_started`: the first resumed job of a reopened store has run.
 STARTED = threading.Event()
@@ -21,3 +24,13 @@ def noop() -> None:
 def mark_started() -> None:
     """A resumed job: tells the reopen benchmark that the queue runs jobs again."""
     STARTED.set()
+
+
+def pause(seconds: float) -> None:
+    """Hold a worker slot for a moment (warms up every slot of an executor at once)."""
+    time.sleep(seconds)
+
+
+def where() -> tuple[int, str, list[str]]:
+    """Where a job ran: pid, this module's file, ``sys.path`` (checks a child imports it)."""
+    return os.getpid(), __file__, list(sys.path)

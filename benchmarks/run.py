@@ -4,6 +4,9 @@ Workloads (all systems in this process, on one disk, interleaved within each rep
 
 ``throughput``  submit N no-op jobs, then wait for all (reading each result), 4 workers
 ``roundtrip``   median of one submit -> result, one job at a time
+
+``nbqup-process`` and ``nbqup-dask`` (other executors, informational: no target) run in
+these two only; ``nbqup-dask`` at 2,000 jobs at most.
 ``submit``      ``submit()`` call, one job at a time, workers running: median, mean, p99
 ``reopen``      nbqup only: reopen a store of 100,000 finished + 1,000 unfinished jobs
                 until the first resumed job runs
@@ -15,7 +18,7 @@ Prints markdown tables (medians, min-max over the repeats, and the ratios DESIGN
 for with PASS/MISS) and writes the same as JSON.  Exits 1 if a measurement failed, not
 when a target is missed.
 
-    python -m benchmarks                      # the full run (6-8 minutes on 2 CPUs)
+    python -m benchmarks                      # the full run (~8 minutes on 2 CPUs)
     python -m benchmarks --quick              # smaller sizes, no 1M-job store
     python -m benchmarks --only roundtrip,submit --repeats 5 --json out.json
 """
@@ -277,30 +280,41 @@ def _measure_all(
         if "throughput" in args.workloads:
             for n in args.sizes:
                 for s in order:
-                    if s.name.endswith("/shipped") and n > SHIPPED_MAX_JOBS:
+                    cap = _max_jobs(s)
+                    if cap is not None and n > cap:
                         continue
+                    note = s.note
+                    if cap is not None and s.informational and max(args.sizes) > cap:
+                        note += f"; {cap:,} jobs at most"
                     record(
                         f"throughput {n:,}",
                         s.name,
                         "jobs/s",
                         lambda s=s, n=n: throughput(s, workdir, n),
                         higher_is_better=True,
-                        note=s.note,
+                        note=note,
                     )
         if "roundtrip" in args.workloads:
             for s in order:
                 n = args.roundtrips
                 if s.name.endswith("/shipped"):
                     n = min(n, SHIPPED_MAX_ROUNDTRIPS)
+                if s.max_roundtrips is not None:
+                    n = min(n, s.max_roundtrips)
+                note = f"median of {n}"
+                if s.informational:
+                    note = f"{s.note}; {note}"
                 record(
                     "roundtrip",
                     s.name,
                     "ms",
                     lambda s=s, n=n: roundtrip(s, workdir, n),
-                    note=f"median of {n}",
+                    note=note,
                 )
         if "submit" in args.workloads:
             for s in order:
+                if s.informational:  # throughput and round trip only (issue 8)
+                    continue
                 try:
                     stats = submit_call(s, workdir, args.submits)
                 except Exception as exc:
@@ -353,6 +367,13 @@ def _measure_all(
                 lambda: stores.measure_rss(path)["rss"] / 2**20,
                 note="fresh process",
             )
+
+
+def _max_jobs(system: System) -> int | None:
+    """The largest throughput size run for ``system`` (``None``: every size)."""
+    if system.max_jobs is not None:
+        return system.max_jobs
+    return SHIPPED_MAX_JOBS if system.name.endswith("/shipped") else None
 
 
 def _short(n: int) -> str:
@@ -436,6 +457,18 @@ def compute_ratios(results: Results, args: argparse.Namespace) -> list[Ratio]:
                 "both fsync every commit; the faster SqliteHuey variant",
             )
         )
+        for other in ("nbqup-process", "nbqup-dask"):
+            r = _ratio(results.median(w, other), nb)
+            if r is not None:
+                out.append(
+                    Ratio(
+                        f"{w}: {other} / nbqup",
+                        r,
+                        "(info)",
+                        None,
+                        "another executor against the default thread executor",
+                    )
+                )
         r = _ratio(nb, results.median(w, "floor"))
         out.append(
             Ratio(
@@ -458,6 +491,18 @@ def compute_ratios(results: Results, args: argparse.Namespace) -> list[Ratio]:
                 "median submit->result latency vs SqliteHuey polled every 1 ms",
             )
         )
+        for other in ("nbqup-process", "nbqup-dask"):
+            r = _ratio(results.median("roundtrip", other), results.median("roundtrip", "nbqup"))
+            if r is not None:
+                out.append(
+                    Ratio(
+                        f"roundtrip: {other} / nbqup",
+                        r,
+                        "(info)",
+                        None,
+                        "another executor against the default thread executor",
+                    )
+                )
         r = _ratio(results.median("roundtrip", "nbqup-fsync"), sq)
         out.append(
             Ratio(
@@ -553,7 +598,8 @@ def format_measures(results: Results) -> str:
 def format_ratios(ratios: list[Ratio]) -> str:
     lines = ["| figure | value | target | verdict |", "| --- | ---: | ---: | --- |"]
     for r in ratios:
-        lines.append(f"| {r.name} | {_fmt(r.value)} | {r.target} | {r.verdict} |")
+        verdict = "" if r.target == "(info)" else r.verdict
+        lines.append(f"| {r.name} | {_fmt(r.value)} | {r.target} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -568,7 +614,16 @@ def machine_info(workdir: Path) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("nbqup", "huey", "persist-queue", "lmdb", "zict", "cloudpickle", "pandas"):
+    for dist in (
+        "nbqup",
+        "huey",
+        "persist-queue",
+        "lmdb",
+        "zict",
+        "cloudpickle",
+        "pandas",
+        "distributed",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

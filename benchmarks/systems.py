@@ -5,6 +5,12 @@ this process, on a store in a fresh directory:
 
 ``nbqup``              nbqup's default (``durability="process"``: survives a SIGKILL)
 ``nbqup-fsync``        nbqup with ``durability="fsync"`` (survives power loss)
+``nbqup-process``      nbqup with ``executor="process"``: 4 worker slots, each running its
+                       jobs in a child Python process (informational, no target)
+``nbqup-dask``         nbqup with a ``distributed.Client`` on a ``LocalCluster(n_workers=2,
+                       threads_per_worker=2, processes=False)`` as its executor: nbqup keeps
+                       the ledger, Dask runs the calls (informational, no target; left
+                       out when ``distributed`` is not installed: the ``dask`` extra)
 ``floor``              a bare loop on nbqup's own store (``nbqup.store.Store``, same LMDB
                        leaf and codec): put a record, read it, write a completion, read
                        the result -- one thread, no queue; the best nbqup could do
@@ -25,6 +31,7 @@ main-thread loop is needed (health checks are not needed for threads).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import threading
@@ -47,6 +54,12 @@ class System(ABC):
     #: Whether results are stored durably (persist-queue has no result store).
     durable_results = True
     note = ""
+    #: Throughput sizes above this are skipped for this system (slow ones), if set.
+    max_jobs: int | None = None
+    #: Round trips per repeat are capped at this for this system, if set.
+    max_roundtrips: int | None = None
+    #: Informational rows: measured and shown, but no DESIGN.md target applies.
+    informational = False
 
     @abstractmethod
     def start(self, workdir: Path) -> None:
@@ -93,6 +106,74 @@ class Nbqup(System):
     def stop(self) -> None:
         self.jq.close()
         self.jq = None
+
+
+class NbqupExecutor(System):
+    """nbqup with another executor: ``"process"`` or a Dask ``LocalCluster`` client.
+
+    Informational rows (issue 8): no target in DESIGN.md.  ``start`` (not timed) opens the
+    queue and runs one job per slot at once, so every child process (or the cluster) is up
+    before anything is timed, and checks that the job function ran where it should.
+    """
+
+    informational = True
+
+    def __init__(self, executor: str) -> None:
+        self.executor = executor
+        self.name = f"nbqup-{executor}"
+        self.note = {
+            "process": "info: executor='process', 4 child processes",
+            "dask": "info: Dask LocalCluster, 2 workers x 2 threads, processes=False",
+        }[executor]
+        if executor == "dask":  # ~125 jobs/s: 20,000 would take minutes per repeat
+            self.max_jobs = 2000
+        self.jq: Any = None
+        self.client: Any = None
+        self.cluster: Any = None
+
+    def start(self, workdir: Path) -> None:
+        import os
+
+        import nbqup
+
+        executor: Any = self.executor
+        if self.executor == "dask":
+            from distributed import Client, LocalCluster
+
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+            self.cluster = LocalCluster(
+                n_workers=2,
+                threads_per_worker=2,
+                processes=False,
+                dashboard_address=None,
+            )
+            self.client = executor = Client(self.cluster)
+        self.jq = nbqup.JobQueue(workdir / "nbqup", workers=WORKERS, executor=executor)
+        warm = [self.jq.submit(jobs.pause, 0.3) for _ in range(WORKERS)]
+        for job in warm:
+            job.result(timeout=TIMEOUT)
+        pid, where, _ = self.jq.submit(jobs.where).result(timeout=TIMEOUT)
+        if self.executor == "process" and pid == os.getpid():
+            raise RuntimeError("executor='process' ran a job in this process")
+        if Path(where).resolve() != Path(jobs.__file__).resolve():
+            raise RuntimeError(f"the job function was imported from {where}")
+
+    def submit(self) -> Any:
+        return self.jq.submit(jobs.noop)
+
+    def result(self, handle: Any) -> Any:
+        return handle.result(timeout=TIMEOUT)
+
+    def stop(self) -> None:
+        try:
+            if self.jq is not None:
+                self.jq.close()
+        finally:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+            self.jq = self.client = self.cluster = None
 
 
 class Floor(System):
@@ -285,6 +366,8 @@ def all_systems() -> list[System]:
     return [
         Nbqup("process"),
         Nbqup("fsync"),
+        NbqupExecutor("process"),
+        *([NbqupExecutor("dask")] if importlib.util.find_spec("distributed") else []),
         Floor(),
         Huey("sqlite", "ms"),
         Huey("sqlite", "shipped"),

@@ -7,6 +7,7 @@ their JSON, and that nbqup loses nothing when its process is SIGKILLed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("huey")
 pytest.importorskip("persistqueue")
+HAS_DASK = importlib.util.find_spec("distributed") is not None
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -66,6 +68,11 @@ def test_runner_quick(tmp_path: Path) -> None:
     for workload in ("throughput 40", "roundtrip", "submit call"):
         for system in ("nbqup", "nbqup-fsync", "floor", "huey-sqlite/ms", "huey-file/ms"):
             assert measured[workload, system]["values"], (workload, system)
+    for workload in ("throughput 40", "roundtrip"):
+        for system in ("nbqup-process", "nbqup-dask") if HAS_DASK else ("nbqup-process",):
+            assert measured[workload, system]["values"], (workload, system)
+            assert measured[workload, system]["note"].startswith("info:"), (workload, system)
+    assert ("submit call", "nbqup-process") not in measured  # throughput and round trip only
     assert measured["reopen 300+10", "nbqup"]["values"]
     assert any(r["name"].startswith("roundtrip: nbqup /") for r in doc["ratios"])
     assert "| figure | value | target | verdict |" in proc.stdout
