@@ -522,7 +522,8 @@ class Runtime:
         rec.finished = self._clock.now()
         if message is not None:
             rec.message = message
-        self._writer.add([rec.copy()], blobs or ())
+        # A final record is not changed again: it needs no snapshot for the writer.
+        self._writer.add([rec], blobs or ())
         self._ending.append(rec)
 
     def _settle(self) -> None:
@@ -548,7 +549,7 @@ class Runtime:
         self._blocked.pop(rec.id, None)
         self._held.pop(rec.id, None)
         self._last_persist.pop(rec.id, None)
-        self._recent.append(rec.copy())
+        self._recent.append(rec)  # final: never changed again
         for dependent in self._dependents.pop(rec.id, ()):
             waiting = self._blocked.get(dependent)
             dep_rec = self._live.get(dependent)
