@@ -377,19 +377,16 @@ class JobQueue(Runtime):
     ) -> Job:
         self._check_open()
         rec, blobs = self._prepare(fn, args, kwargs, options, due)
-        key = rec.key
+        if rec.key is None:
+            return self._record_new([(rec, blobs)])[0]
         with self._lock:
             self._submitting.add(rec.id)
-        try:
-            if key is None:
-                self._writer.flush(self._writer.add([rec], blobs))
-                existing = None
-            else:
-                existing = self.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
-            if rec.fn is not None:
-                self._known_fns.add(rec.fn)
+        try:  # keyed: look the key up and insert in one transaction, across processes
+            existing = self.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
             if existing is not None:
                 return Job(self, existing)
+            if rec.fn is not None:
+                self._known_fns.add(rec.fn)
             if self.is_owner:
                 self._admit(rec)
             return Job(self, rec.id)
@@ -434,9 +431,14 @@ class JobQueue(Runtime):
         if "key" in options or options.get("unique"):  # each needs its own transaction
             return [self._submit(fn, a, kw, options, due) for a, kw in calls]
         self._check_open()
-        prepared = [self._prepare(fn, a, kw, options, due) for a, kw in calls]
+        return self._record_new([self._prepare(fn, a, kw, options, due) for a, kw in calls])
+
+    def _record_new(
+        self, prepared: list[tuple[JobRecord, list[tuple[str, str, bytes]]]]
+    ) -> list[Job]:
+        """Write new jobs in one commit (durable when this returns), then run them."""
         records = [rec for rec, _ in prepared]
-        # one blob per (table, key): the function is pickled for every job but stored once
+        # one blob per (table, key): a function submitted many times is stored once
         blobs = list({(t, k): (t, k, b) for _, bs in prepared for t, k, b in bs}.values())
         with self._lock:
             self._submitting.update(rec.id for rec in records)
