@@ -130,7 +130,9 @@ class JobQueue(Runtime):
         if self.is_owner:
             self._recover()
             self._start_threads()
-        self.corrupt.extend(self.store.corrupt())
+        for entry in self.store.corrupt():  # set aside now or by an earlier open
+            if entry not in self.corrupt:
+                self.corrupt.append(entry)
         _open_queues.add(self)
 
     # ================================================================= public surface
@@ -260,13 +262,16 @@ class JobQueue(Runtime):
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job is done (recurring schedules aside); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._closed:  # a closed queue runs nothing more
+            return not self._live
         if not self.is_owner:
             return self._poll_until(lambda: not self.store.pending_ids(), deadline)
+        self._adopt_pending()  # jobs other processes submitted since the last check
         with self._lock:
             while self._live:
                 left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
+                if self._closed or (left is not None and left <= 0):
+                    return False  # a closed queue runs nothing more
                 self._done.wait(left)
         return True
 
@@ -552,6 +557,7 @@ class JobQueue(Runtime):
             rec = self._live.get(job_id)
             if rec is not None:
                 return rec.copy()
+        self._check_readable(job_id)
         stored = self.store.load(job_id)
         if stored is None:
             raise KeyError(f"no job {job_id!r} in store {self.path}")
@@ -560,6 +566,7 @@ class JobQueue(Runtime):
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.is_owner and not self._closed:
+            self._adopt(job_id)  # submitted by another process and not picked up yet
             with self._lock:
                 while job_id in self._live and not self._closed:
                     left = None if deadline is None else deadline - time.monotonic()
@@ -580,7 +587,15 @@ class JobQueue(Runtime):
             pause = min(pause * 2, 0.2)
         return True
 
+    def _check_readable(self, job_id: str) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"{self!r} is closed: reopen the store to read job {job_id} "
+                f"(nbqup.JobQueue({str(self.path)!r}, workers=0))"
+            )
+
     def _result(self, job_id: str) -> Any:
+        self._check_readable(job_id)
         blob = self.store.get_blob("result", job_id)
         return None if blob is None else payload.loads(blob)
 
@@ -611,6 +626,7 @@ class JobQueue(Runtime):
                 return False
             self.store.backend.write([("requests", job_id, b"cancel")])
             return True
+        self._adopt(job_id)  # submitted by another process and not picked up yet
         with self._lock:
             live = self._live.get(job_id)
             if live is None:

@@ -264,27 +264,38 @@ class Runtime:
 
     def _periodic_check(self) -> None:
         """The seed's periodic check: find jobs and requests from other processes."""
+        self._adopt_pending()  # first: a request may be about a job found just now
         self._apply_requests()
         self._schedules.check_new()
+        self._release_held_zombies()
+        self._writer.flush()
+
+    def _adopt_pending(self) -> None:
+        """Take on the unfinished jobs other processes recorded since the last look."""
         with self._lock:
             known = set(self._live) | self._submitting
         for job_id in self.store.pending_ids():
-            if job_id in known:
-                continue
-            with self._lock:
-                # Decide on a fresh read under the lock: a job submitted here since `known`
-                # was taken may already have run and been forgotten -- its final state is
-                # durable before it leaves `_live` (see _settle), so the read shows it.
-                if job_id in self._live or job_id in self._submitting:
-                    continue
-                rec = self._load_or_set_aside(job_id)
-                if rec is None or rec.status in FINAL:
-                    continue
-                self._live[rec.id] = rec
-                self._place(rec)
+            if job_id not in known:
+                self._adopt(job_id, settle=False)
         self._settle()
-        self._release_held_zombies()
-        self._writer.flush()
+
+    def _adopt(self, job_id: str, *, settle: bool = True) -> None:
+        """Run a job another process recorded, if this process does not know it yet."""
+        if not self.is_owner or self._closed:
+            return
+        with self._lock:
+            # Decide on a fresh read under the lock: a job submitted here may already have
+            # run and been forgotten -- its final state is durable before it leaves
+            # `_live` (see _settle), so the read shows it.
+            if job_id in self._live or job_id in self._submitting:
+                return
+            rec = self._load_or_set_aside(job_id)
+            if rec is None or rec.status in FINAL:
+                return
+            self._live[rec.id] = rec
+            self._place(rec)
+        if settle:
+            self._settle()
 
     def _apply_requests(self) -> None:
         """Cancels, retries and schedule changes asked for by client processes."""

@@ -469,3 +469,35 @@ def test_map_records_all_jobs_or_none(jq: JobQueue) -> None:
     jobs = jq.map(add, [{"a": i} for i in range(50)])
     assert [j.result(timeout=WAIT) for j in jobs] == list(range(50))
     assert jq.store.count("fn") == 1  # one function, stored once
+
+
+def test_owner_answers_for_jobs_another_process_just_submitted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=1, poll_interval=60) as owner:  # no periodic check soon
+        with JobQueue(path, workers=0) as client:
+            job_id = client.submit(add, 2, b=40).id
+        job = owner.get(job_id)
+        assert job.result(timeout=WAIT) == 42  # waiting adopts it; no early JobCancelled
+
+
+def test_cancel_from_a_client_right_after_submit_is_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=1, poll_interval=0.05) as owner:
+        with JobQueue(path, workers=0) as client:
+            job = client.after("1h").submit(add, 1)
+            assert job.cancel() is True
+            assert job.wait(timeout=WAIT)
+            assert job.status == "cancelled"
+        assert owner.get(job.id).status == "cancelled"
+
+
+def test_wait_on_a_closed_queue_returns_false(tmp_path: Path) -> None:
+    jq = JobQueue(tmp_path / "s", workers=1)
+    done = jq.submit(add, 1)
+    assert done.result(timeout=WAIT) == 1
+    later = jq.after("1h").submit(add, 1)
+    jq.close()
+    assert jq.wait() is False  # nothing will run `later` any more: no hang
+    assert later.status == "scheduled"  # its last known state
+    with pytest.raises(RuntimeError, match="closed: reopen the store"):
+        _ = done.status  # only the store knows a finished job, and it is closed
