@@ -16,6 +16,7 @@ import functools
 import hashlib
 import inspect
 import itertools
+import logging
 import os
 import random
 import secrets
@@ -44,6 +45,7 @@ from .submit import Submitter, Task, validate_options
 __all__ = ["JobQueue"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("nbqup")
 
 _id_counter = itertools.count()
 _id_rng = random.Random(secrets.randbits(64))
@@ -127,13 +129,32 @@ class JobQueue(Runtime):
                 error = self.store.locked_error()
                 self.store.close()
                 raise error
+        self._takeover_stop = threading.Event()
         if self.is_owner:
             self._recover()
             self._start_threads()
+        elif workers > 0:
+            threading.Thread(target=self._take_over, name="nbqup-takeover", daemon=True).start()
         for entry in self.store.corrupt():  # set aside now or by an earlier open
             if entry not in self.corrupt:
                 self.corrupt.append(entry)
         _open_queues.add(self)
+
+    def _take_over(self) -> None:
+        """A client that asked for workers becomes the owner once the owner goes away (a
+        detached ``nbqup worker`` stopped, another kernel shut down): its jobs do not
+        stall.  It checks about once a second."""
+        while not self._takeover_stop.wait(max(1.0, self._poll)):
+            with self._lock:
+                if self._closed or self._stopping:
+                    return
+                if not self.store.acquire_owner():
+                    continue
+                self.is_owner = True
+            log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
+            self._recover()
+            self._start_threads()
+            return
 
     # ================================================================= public surface
 
@@ -282,6 +303,7 @@ class JobQueue(Runtime):
         second, leaving running jobs to be resumed when the store is reopened (that run
         does not count as an attempt).  Queued and scheduled jobs stay in the store.
         """
+        self._takeover_stop.set()
         with self._lock:
             if self._closed:
                 return

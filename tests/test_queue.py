@@ -501,3 +501,20 @@ def test_wait_on_a_closed_queue_returns_false(tmp_path: Path) -> None:
     assert later.status == "scheduled"  # its last known state
     with pytest.raises(RuntimeError, match="closed: reopen the store"):
         _ = done.status  # only the store knows a finished job, and it is closed
+
+
+def test_a_client_that_asked_for_workers_takes_over_when_the_owner_leaves(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    owner = JobQueue(path, workers=1)
+    client = JobQueue(path, workers=1)
+    try:
+        assert not client.is_owner
+        owner.close()
+        job = client.submit(add, 20, b=22)
+        assert job.result(timeout=WAIT) == 42  # run by the client, now the owner
+        assert client.is_owner
+    finally:
+        owner.close()
+        client.close()
