@@ -108,6 +108,7 @@ class JobQueue(Runtime):
         self._held: dict[str, str] = {}  # job id -> why it cannot run yet
         self._running: dict[str, JobContext] = {}
         self._submitting: set[str] = set()
+        self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
         self._ending: list[JobRecord] = []  # final, write queued, not yet forgotten
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
@@ -325,6 +326,8 @@ class JobQueue(Runtime):
         with self._lock:
             self._closed = True
             self._done.notify_all()
+            for cond in self._job_waits.values():
+                cond.notify_all()
         try:
             self._executor.close(wait=wait)
         finally:
@@ -594,7 +597,9 @@ class JobQueue(Runtime):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
-                    self._done.wait(left)
+                    # woken when this job ends, not by every other job that does
+                    cond = self._job_waits.setdefault(job_id, threading.Condition(self._lock))
+                    cond.wait(left)
                 if job_id not in self._live:
                     return True
         return self._poll_until(lambda: self._record(job_id).status in FINAL, deadline)

@@ -85,6 +85,7 @@ class Runtime:
     _held: dict[str, str]
     _running: dict[str, JobContext]
     _submitting: set[str]
+    _job_waits: dict[str, threading.Condition]
     _ending: list[JobRecord]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
@@ -579,6 +580,9 @@ class Runtime:
                     Status.CANCELLED,
                     message=f"dependency {rec.id} ({rec.name}) {rec.status}",
                 )
+        cond = self._job_waits.pop(rec.id, None)
+        if cond is not None:
+            cond.notify_all()
         self._done.notify_all()
 
     def _abandon(self, running: dict[str, JobContext]) -> None:
