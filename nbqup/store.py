@@ -22,16 +22,19 @@ with a few named tables::
 Why LMDB as the leaf
 --------------------
 ``zict.File`` deletes a file before rewriting it and never fsyncs, and turns every stray
-file into a key; ``zict.LMDB`` is a single table, opened with ``writemap=True`` and
-not thread-safe.  The ``lmdb`` package itself is what we want: an embedded transactional
-key-value store (the closest relative of the seed's BadgerDB), safe across processes,
-with atomic multi-table commits.  A committed transaction is in the OS page cache, so it
-survives a SIGKILL of the process (``durability="process"``, the default);
-``durability="fsync"`` opens the environment with ``sync=True`` so each commit also
-survives power loss.  :class:`LMDBTable` is the zict-style leaf mapping over one table
-and ``zict.Func`` adds the codec on top; multi-table commits go through
-:meth:`Backend.write`.  All access to the environment is serialized by one lock and every
-read is copied out into lists, so no read transaction outlives a call.
+file into a key; ``zict.LMDB`` is a single table with a 1 TiB map and not thread-safe.
+The ``lmdb`` package itself is what we want: an embedded transactional key-value store
+(the closest relative of the seed's BadgerDB), safe across processes, with atomic
+multi-table commits.  With ``writemap`` a commit is a few writes into a shared mapping,
+in the OS page cache at once, so it survives a SIGKILL of the process
+(``durability="process"``, the default); ``durability="fsync"`` also syncs each commit to
+disk, so it survives power loss.  The map starts at 256 MiB (the data file is sparse) and
+doubles when full; other processes adopt the new size.  :class:`LMDBTable` is the
+zict-style leaf mapping over one table and ``zict.Func`` adds the codec on top;
+multi-table commits go through :meth:`Backend.write`, one writer at a time.  Reads take no
+lock (LMDB readers never wait for the writer) and copy what they read out into lists, so
+no read transaction outlives a call; see :mod:`nbqup.backends` for the one exception
+(resizing the map, and aborts, hold new readers back).
 
 Records
 -------
