@@ -526,7 +526,6 @@ class Runtime:
         status: Status,
         *,
         message: str | None = None,
-        blobs: list[tuple[str, str, bytes]] | None = None,
     ) -> None:
         """Make a live job final and queue its write; :meth:`_settle` finishes the job off."""
         # caller holds the lock
@@ -535,7 +534,7 @@ class Runtime:
         if message is not None:
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
-        self._writer.add([rec], blobs or ())
+        self._writer.add([rec])
         self._ending.append(rec)
 
     def _settle(self) -> None:
