@@ -18,6 +18,12 @@ def store_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A key for the shared EVENTS/CALLS of tests/jobfns.py unique to the test."""
+    return request.node.nodeid
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(1_800_000_000.0)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
 
 import nbqup
 from nbqup import JobQueue, Status
@@ -22,24 +22,9 @@ def add(a: int, b: int = 0) -> int:
     return a + b
 
 
-def boom() -> None:
-    raise ValueError("bad input 42")
-
-
-# Jobs get their function by value from the store, so state shared with a test must live
-# at module level (pickled by reference), not in a closure (pickled by value, a copy).
-EVENTS: defaultdict[str, threading.Event] = defaultdict(threading.Event)
-CALLS: defaultdict[str, list[Any]] = defaultdict(list)
-
-
 def block(name: str) -> bool:
     EVENTS[f"{name}:started"].set()
     return EVENTS[name].wait(WAIT)
-
-
-def record(name: str, value: Any = None) -> Any:
-    CALLS[name].append(value)
-    return value
 
 
 def flaky(name: str, failures: int) -> int:
@@ -53,19 +38,6 @@ def stubborn(name: str) -> str:
     EVENTS[f"{name}:started"].set()
     EVENTS[name].wait(WAIT)  # ignores stop requests: a zombie until released
     return "done"
-
-
-def cooperative_loop(name: str) -> str:
-    EVENTS[f"{name}:started"].set()
-    while True:
-        nbqup.progress(0.5)
-        EVENTS[name].wait(0.001)
-
-
-@pytest.fixture
-def name(request: pytest.FixtureRequest) -> str:
-    """A key for EVENTS/CALLS unique to the test."""
-    return request.node.nodeid
 
 
 @pytest.fixture(params=["memory", "lmdb"])

@@ -15,9 +15,7 @@ pickled by reference, so they see the same registries as the test.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
 
 import nbqup
 from nbqup import Job, JobQueue, Schedule, Status
@@ -36,15 +35,8 @@ HOUR = 3600.0
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
 
-EVENTS: defaultdict[str, threading.Event] = defaultdict(threading.Event)
-CALLS: defaultdict[str, list[Any]] = defaultdict(list)
 
 T = TypeVar("T")
-
-
-def record(name: str, value: Any = None) -> Any:
-    CALLS[name].append(value)
-    return value
 
 
 def tick(name: str) -> float:
@@ -64,23 +56,6 @@ def block(name: str) -> str:
 def always_fails(name: str) -> None:
     CALLS[name].append(len(CALLS[name]) + 1)
     raise RuntimeError(f"attempt {len(CALLS[name])} failed")
-
-
-def boom() -> None:
-    raise ValueError("bad input 42")
-
-
-def cooperative_loop(name: str) -> str:
-    EVENTS[f"{name}:started"].set()
-    while True:
-        nbqup.progress(0.5)
-        EVENTS[name].wait(0.001)
-
-
-@pytest.fixture
-def name(request: pytest.FixtureRequest) -> str:
-    """A key for EVENTS/CALLS unique to the test (and its parameters)."""
-    return request.node.nodeid
 
 
 def until(predicate: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:

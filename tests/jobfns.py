@@ -1,0 +1,34 @@
+"""Job functions shared by the in-process queue tests.
+
+Jobs get their function by value from the store, so state they share with a test lives
+here at module level (this module is importable, so its functions are pickled by
+reference), never in a closure (pickled by value: the job would get a copy).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+import nbqup
+
+EVENTS: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+CALLS: defaultdict[str, list[Any]] = defaultdict(list)
+
+
+def record(name: str, value: Any = None) -> Any:
+    CALLS[name].append(value)
+    return value
+
+
+def boom() -> None:
+    raise ValueError("bad input 42")
+
+
+def cooperative_loop(name: str) -> str:
+    """Runs until stopped: a cancel or timeout reaches it at its next progress call."""
+    EVENTS[f"{name}:started"].set()
+    while True:
+        nbqup.progress(0.5)
+        EVENTS[name].wait(0.001)
