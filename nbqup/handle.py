@@ -44,61 +44,65 @@ class Job:
         return self._queue._record(self.id)
 
     @property
+    def _rec(self) -> JobRecord:  # the same, to read only: no copy of a finished job's
+        return self._queue._peek(self.id)
+
+    @property
     def name(self) -> str:
-        return self.record.name
+        return self._rec.name
 
     @property
     def status(self) -> Status:
-        return self.record.status
+        return self._rec.status
 
     @property
     def attempts(self) -> int:
         """Runs started: 1 during the first run, 3 after two retries."""
-        return self.record.attempts
+        return self._rec.attempts
 
     @property
     def progress(self) -> float | None:
         """Last reported progress in [0, 1], or None."""
-        return self.record.progress
+        return self._rec.progress
 
     @property
     def message(self) -> str | None:
-        return self.record.message
+        return self._rec.message
 
     @property
     def error(self) -> str | None:
         """The last error's full text (a traceback), or None."""
-        return self.record.error
+        return self._rec.error
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return self.record.tags
+        return self._rec.tags
 
     @property
     def key(self) -> str | None:
-        return self.record.key
+        return self._rec.key
 
     @property
     def created(self) -> datetime:
-        created = as_datetime(self.record.created)
+        created = as_datetime(self._rec.created)
         assert created is not None
         return created
 
     @property
     def scheduled_for(self) -> datetime | None:
-        return as_datetime(self.record.scheduled_for)
+        return as_datetime(self._rec.scheduled_for)
 
     @property
     def started(self) -> datetime | None:
-        return as_datetime(self.record.started)
+        return as_datetime(self._rec.started)
 
     @property
     def finished(self) -> datetime | None:
-        return as_datetime(self.record.finished)
+        return as_datetime(self._rec.finished)
 
     @property
     def duration(self) -> timedelta | None:
-        rec = self.record
+        rec = self._rec
         if rec.started is None or rec.finished is None:
             return None
         return timedelta(seconds=rec.finished - rec.started)
@@ -140,7 +144,7 @@ class Job:
 
     def done(self) -> bool:
         """True once the job is succeeded, failed, cancelled or skipped."""
-        return self.record.status.final
+        return self._rec.status.final
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done; False if ``timeout`` seconds passed first.  Never raises for that."""
@@ -150,7 +154,7 @@ class Job:
         """The return value; raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
         if not self.wait(timeout):
             raise TimeoutError(f"job {self.id} was not done after {timeout}s")
-        rec = self.record
+        rec = self._rec
         if rec.status is Status.SUCCEEDED:
             return self._queue._result(self.id)
         if rec.status is Status.FAILED:
@@ -179,7 +183,7 @@ class Job:
     # -- display -----------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        rec = self.record
+        rec = self._rec
         extra = f" progress={rec.progress:.0%}" if rec.progress is not None else ""
         return f"<Job {self.id} {rec.name!r} {rec.status}{extra} attempts={rec.attempts}>"
 

@@ -112,7 +112,11 @@ class JobQueue(Runtime):
         self._ending: list[JobRecord] = []  # final, write queued, not yet forgotten
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
-        self._recent: collections.deque[JobRecord] = collections.deque(maxlen=200)
+        # finished here, kept for reads (see Runtime._remember); oldest first
+        self._finals: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
+        self._final_results: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._final_bytes = 0
+        self._ending_results: dict[str, bytes] = {}  # results of jobs in `_ending`
         self._seq = itertools.count()
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._task_executors: dict[str, Any] = {}
@@ -349,7 +353,7 @@ class JobQueue(Runtime):
         Cheap: for dashboards that refresh several times a second."""
         with self._lock:
             live = list(self._live.values())
-            recent = list(reversed(self._recent))
+            recent = list(itertools.islice(reversed(self._finals.values()), limit))
         if not self.is_owner:
             live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
         live.sort(key=lambda r: r.id, reverse=True)
@@ -578,11 +582,20 @@ class JobQueue(Runtime):
     # ============================================================ handle support
 
     def _record(self, job_id: str) -> JobRecord:
+        """A copy of the job's current record (the caller may change it)."""
+        rec = self._peek(job_id)
+        return rec.copy() if job_id in self._finals else rec
+
+    def _peek(self, job_id: str) -> JobRecord:
+        """The job's current record, to read only (a final one kept here is not copied)."""
         with self._lock:
             rec = self._live.get(job_id)
             if rec is not None:
                 return rec.copy()
         self._check_readable(job_id)
+        rec = self._finals.get(job_id)
+        if rec is not None:
+            return rec
         stored = self.store.load(job_id)
         if stored is None:
             raise KeyError(f"no job {job_id!r} in store {self.path}")
@@ -591,6 +604,8 @@ class JobQueue(Runtime):
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.is_owner and not self._closed:
+            if job_id in self._finals:  # finished here
+                return True
             self._adopt(job_id)  # submitted by another process and not picked up yet
             with self._lock:
                 while job_id in self._live and not self._closed:
@@ -623,7 +638,9 @@ class JobQueue(Runtime):
 
     def _result(self, job_id: str) -> Any:
         self._check_readable(job_id)
-        blob = self.store.get_blob("result", job_id)
+        blob = self._final_results.get(job_id)
+        if blob is None:
+            blob = self.store.get_blob("result", job_id)
         return None if blob is None else payload.loads(blob)
 
     def _checkpoint(self, job_id: str) -> Any:
@@ -677,6 +694,8 @@ class JobQueue(Runtime):
         if not self.is_owner:
             self.store.backend.write([("requests", job_id, b"retry")])
             return
+        with self._lock:
+            self._forget_final(job_id)
         rec.status = Status.QUEUED
         rec.finished = None
         rec.message = "retried"

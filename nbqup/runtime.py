@@ -55,6 +55,11 @@ log = logging.getLogger("nbqup")
 SHUTDOWN = "the queue was closed; the job resumes when the queue is reopened"
 _MAX_RETRY_DELAY = 7 * 24 * 3600.0  # exponential backoff stops growing at a week
 _PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
+#: Jobs finished in this process whose final record (and small result) stay in memory, so
+#: that reading them (``job.result()``, ``job.status``) needs no store read.
+_FINALS_KEPT = 10_000
+_RESULTS_KEPT_BYTES = 16 << 20  # the results kept, in all
+_RESULT_KEPT_MAX = 64 << 10  # a larger result is read from the store when asked for
 #: Threads still running jobs of queues closed with wait=False, by store path and job id:
 #: a queue reopened in the same process does not start those jobs again until they end.
 _zombies: dict[str, dict[str, threading.Thread]] = {}
@@ -89,7 +94,10 @@ class Runtime:
     _ending: list[JobRecord]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
-    _recent: collections.deque[JobRecord]
+    _finals: collections.OrderedDict[str, JobRecord]
+    _final_results: collections.OrderedDict[str, bytes]
+    _final_bytes: int
+    _ending_results: dict[str, bytes]
     _seq: itertools.count[int]
     _tasks: dict[str, Task[Any, Any]]
     _task_executors: dict[str, Any]
@@ -282,12 +290,15 @@ class Runtime:
 
     def _adopt(self, job_id: str, *, settle: bool = True) -> None:
         """Run a job another process recorded, if this process does not know it yet."""
-        if not self.is_owner or self._closed:
+        if not self.is_owner or self._closed or job_id in self._live or job_id in self._finals:
+            return
+        rec = self._load_or_set_aside(job_id)  # without the lock: mostly a finished job
+        if rec is None or rec.status in FINAL:
             return
         with self._lock:
-            # Decide on a fresh read under the lock: a job submitted here may already have
-            # run and been forgotten -- its final state is durable before it leaves
-            # `_live` (see _settle), so the read shows it.
+            # Decide on a fresh read under the lock: a job submitted here may have run and
+            # been forgotten since -- its final state is durable before it leaves `_live`
+            # (see _settle), so the read shows it.
             if job_id in self._live or job_id in self._submitting:
                 return
             rec = self._load_or_set_aside(job_id)
@@ -481,6 +492,9 @@ class Runtime:
                     self._writer.add([rec.copy()])
                     self._place(rec)
             elif outcome.ok and not cancelled:
+                blob = blobs[-1][2]  # the result, appended last above
+                if len(blob) <= _RESULT_KEPT_MAX:
+                    self._ending_results[job_id] = blob
                 rec.result_repr = outcome.result_repr or payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:
@@ -560,7 +574,7 @@ class Runtime:
         self._blocked.pop(rec.id, None)
         self._held.pop(rec.id, None)
         self._last_persist.pop(rec.id, None)
-        self._recent.append(rec)  # final: never changed again
+        self._remember(rec)
         for dependent in self._dependents.pop(rec.id, ()):
             waiting = self._blocked.get(dependent)
             dep_rec = self._live.get(dependent)
@@ -583,6 +597,27 @@ class Runtime:
         if cond is not None:
             cond.notify_all()
         self._done.notify_all()
+
+    def _remember(self, rec: JobRecord) -> None:
+        """Keep a final record (never changed again) and its small result in memory."""
+        # caller holds the lock; evicts the oldest beyond _FINALS_KEPT / _RESULTS_KEPT_BYTES
+        self._finals[rec.id] = rec
+        self._finals.move_to_end(rec.id)
+        blob = self._ending_results.pop(rec.id, None)
+        if blob is not None:
+            self._final_results[rec.id] = blob
+            self._final_bytes += len(blob)
+        while len(self._finals) > _FINALS_KEPT:
+            self._forget_final(next(iter(self._finals)))
+        while self._final_bytes > _RESULTS_KEPT_BYTES:
+            self._final_bytes -= len(self._final_results.popitem(last=False)[1])
+
+    def _forget_final(self, job_id: str) -> None:
+        """Drop a job from the finished ones kept in memory (caller holds the lock)."""
+        self._finals.pop(job_id, None)
+        blob = self._final_results.pop(job_id, None)
+        if blob is not None:
+            self._final_bytes -= len(blob)
 
     def _abandon(self, running: dict[str, JobContext]) -> None:
         """close(wait=False): running jobs go back to queued; their run does not count,

@@ -156,6 +156,47 @@ def test_retry_by_hand_runs_again(name: str) -> None:
             job.retry()
 
 
+def test_jobs_finished_here_are_read_without_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Final records and small results of jobs finished in this process stay in memory
+    (bounded); larger or older ones are read from the store, with the same answers."""
+    from nbqup import runtime
+
+    monkeypatch.setattr(runtime, "_FINALS_KEPT", 5)
+    monkeypatch.setattr(runtime, "_RESULT_KEPT_MAX", 100)
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        big = jq.submit(bytes, 1000)  # a result larger than _RESULT_KEPT_MAX
+        jobs = [jq.submit(add, i, 1) for i in range(8)]
+        assert jq.wait(WAIT)
+        assert set(jq._finals) == {j.id for j in jobs[-5:]}  # the 5 newest
+        assert set(jq._final_results) == set(jq._finals)
+        reads: list[tuple[str, str]] = []
+        get = jq.store.backend.get
+        monkeypatch.setattr(jq.store.backend, "get", lambda t, k: reads.append((t, k)) or get(t, k))
+        assert [j.result() for j in jobs[-5:]] == [4, 5, 6, 7, 8]
+        assert jobs[-1].status == "succeeded" and jobs[-1].attempts == 1
+        assert reads == []
+        assert [j.result() for j in jobs[:3]] == [1, 2, 3]  # forgotten here: from the store
+        assert big.result() == bytes(1000)
+        assert {k for _, k in reads} == {big.id, *(j.id for j in jobs[:3])}
+        kept = jq._finals[jobs[-1].id]
+        copy = jobs[-1].record
+        copy.status = Status.FAILED  # a caller's copy, not the record kept
+        assert kept.status is Status.SUCCEEDED and jobs[-1].status == "succeeded"
+
+
+def test_a_retried_job_is_not_answered_from_its_earlier_end(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        job = jq.submit(flaky, name, 1)
+        with pytest.raises(nbqup.JobFailed):
+            job.result(timeout=WAIT)
+        assert job.id in jq._finals
+        job.retry()
+        assert job.result(timeout=WAIT) == 2 and job.id in jq._finals
+        assert jq.snapshot()[0].status == "succeeded" and jq.snapshot()[0].attempts == 2
+
+
 def test_retries_option_counts_attempts(name: str) -> None:
     with JobQueue(None, workers=1) as jq:
         job = jq.options(retries=3).submit(flaky, name, 2)
