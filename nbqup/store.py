@@ -434,9 +434,9 @@ class GroupCommit:
         """Return once batch ``ticket`` (default: everything queued so far) is committed."""
         with self._cond:
             if ticket is None:
-                ticket = (
-                    self._batch if (self._records or self._blobs or self._deletes) else self._done
-                )
+                ticket = self._batch
+            if ticket == self._batch and not (self._records or self._blobs or self._deletes):
+                ticket -= 1  # nothing queued in it: the batches before are what counts
             while self._done < ticket:
                 if self._busy:
                     self._cond.wait()

@@ -439,6 +439,36 @@ def test_to_dict_leaves_out_defaults() -> None:
     assert rec("j1").to_dict() == {"id": "j1", "name": "job j1", "created": 1_800_000_000.0}
 
 
+def test_unrolled_to_dict_and_copy_match_the_field_by_field_versions() -> None:
+    import dataclasses
+
+    from nbqup.job import _JOB_DEFAULTS, _to_dict
+
+    every_field_set = rec(
+        "j1", Status.RUNNING, scheduled_for=1.5, started=2.0, finished=3.0, attempts=2,
+        crashes=1, fn="abc", fn_name="mod.f", task_type="T", has_args=True, args_ref="s1",
+        key="k", tags=("a",), priority=3, retries=2, retry_delay=1.0, retry_backoff=2.0,
+        retry_jitter=0.5, timeout=9.0, max_crashes=None, run_base=1, depends_on=("j0",),
+        schedule="s1", error="E", errors=("E",), message="m", progress=0.5,
+        has_result=True, result_repr="1", has_checkpoint=True, output_attempt=2,
+        kwargs={"n": 1}, python="3.11", pickler="3.1", version=2,
+    )  # fmt: skip
+    assert all(
+        getattr(every_field_set, f.name) != _JOB_DEFAULTS[f.name]
+        for f in dataclasses.fields(JobRecord)
+    )
+    for r in (rec("j0"), every_field_set, rec("j2", max_crashes=0, retry_backoff=0.0)):
+        assert r.to_dict() == _to_dict(r, _JOB_DEFAULTS)
+        assert list(r.to_dict()) == list(_to_dict(r, _JOB_DEFAULTS))  # same order too
+        twin = r.copy()
+        assert twin == r and twin is not r and twin.kwargs is not r.kwargs
+        twin.kwargs["x"] = 1
+        twin.status = Status.CANCELLED
+        assert "x" not in r.kwargs and r.status is not Status.CANCELLED
+    assert every_field_set.to_dict()["status"] == "running"
+    assert type(every_field_set.to_dict()["status"]) is str
+
+
 def test_from_dict_ignores_unknown_fields_and_defaults_missing_ones() -> None:
     r = JobRecord.from_dict(
         {"id": "j1", "name": "n", "created": 1.0, "added_in_v9": True, "tags": ["x"]}
