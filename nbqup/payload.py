@@ -115,6 +115,8 @@ def _check_one(what: str, value: Any) -> None:
 
 def dumps_result(value: Any) -> bytes:
     """Pickle of a job's return value; raises :class:`SerializationError`."""
+    if type(value) in _SCALARS:  # the same bytes, without setting up cloudpickle's pickler
+        return pickle.dumps(value, protocol=5)
     try:
         return cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
@@ -141,6 +143,10 @@ def short_repr(value: Any) -> str:
     >>> short_repr(list(range(100)))
     '[0, 1, 2, 3, 4, ...]'
     """
+    if type(value) in _SCALARS:
+        text = repr(value)
+        if len(text) <= _repr.maxother:  # what reprlib gives too, for less
+            return text
     try:
         return _repr.repr(value)
     except Exception:
@@ -148,6 +154,7 @@ def short_repr(value: Any) -> str:
 
 
 _PLAIN = (int, float, str, bool, type(None))
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def kwargs_summary(kwargs: dict[str, Any]) -> dict[str, Any]:

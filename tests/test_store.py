@@ -492,3 +492,32 @@ def test_status_is_a_plain_string_too() -> None:
     assert {"skipped": 1}[Status.SKIPPED] == 1  # same hash as the string
     assert Status.SUCCEEDED.final and not Status.SCHEDULED.final
     assert set(Status) == FINAL | UNFINISHED and not FINAL & UNFINISHED
+
+
+# -------------------------------------------------------------------- payloads
+
+
+@pytest.mark.parametrize("value", [None, 0, -7, 2**70, 10**100, 1.5, float("inf"), True, False])
+def test_scalar_results_take_the_short_path_with_the_same_bytes_and_repr(value: Any) -> None:
+    import reprlib
+
+    import cloudpickle
+
+    from nbqup import payload
+
+    assert payload.dumps_result(value) == cloudpickle.dumps(value, protocol=5)
+    assert pickle.loads(payload.dumps_result(value)) == value
+    slow = reprlib.Repr()
+    slow.maxstring = slow.maxother = 60
+    assert payload.short_repr(value) == slow.repr(value)
+    assert len(payload.short_repr(10**100)) <= 60
+
+
+def test_results_that_cannot_be_pickled_name_their_type() -> None:
+    import threading
+
+    from nbqup import payload
+    from nbqup.errors import SerializationError
+
+    with pytest.raises(SerializationError, match=r"the result \(lock\)"):
+        payload.dumps_result(threading.Lock())
