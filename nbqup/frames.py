@@ -17,16 +17,15 @@ argument, so a parameter sweep is one ``groupby`` away:
 Display code only reads: it never writes job state.  pandas is imported when a frame is
 first asked for, so ``import nbqup`` does not need it.
 
-Speed: the store holds each record as a pickled dict of its non-default fields.  Making a
+Speed: the store holds each record as a pickled tuple of its fields' values.  Making a
 :class:`~nbqup.job.JobRecord` of each would nearly double the time, so these functions read
-the dicts (checked and unframed by :func:`nbqup.store.decode`), with the cyclic garbage
+the values they need (:meth:`nbqup.store.Store.scan_rows`), with the cyclic garbage
 collector paused, and build each column whole: 100,000 jobs take under a second
 (``python -m benchmarks --only jobs_df``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import operator
@@ -36,7 +35,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreCorrupt
-from .job import FINAL, JobRecord, Status
+from .job import FINAL, Status
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,10 +49,6 @@ STATUS_ORDER = tuple(s.value for s in Status)
 _CODES = {name: code for code, name in enumerate(STATUS_ORDER)}
 _FINAL = frozenset(s.value for s in FINAL)
 _VALUES = {s: s.value for s in Status}  # a live Status member -> its plain str
-_DEFAULTS: dict[str, Any] = {
-    f.name: f.default if f.default is not dataclasses.MISSING else None
-    for f in dataclasses.fields(JobRecord)
-}
 #: Fields a running job changes in memory before (or without) writing them to the store.
 _LIVE_FIELDS = ("status", "scheduled_for", "started", "finished", "attempts", "message",
                 "progress", "errors", "result_repr", "has_result")  # fmt: skip
@@ -61,8 +56,8 @@ _LIVE_FIELDS = ("status", "scheduled_for", "started", "finished", "attempts", "m
 _FIELDS = ("id", "name", "status", "attempts", "progress", "created", "scheduled_for", "started",
            "finished", "errors", "result_repr", "tags", "message", "key", "kwargs",
            "has_result")  # fmt: skip
-_BASE = {f: getattr(_DEFAULTS[f], "value", _DEFAULTS[f]) for f in _FIELDS} | {"kwargs": {}}
-_row = operator.itemgetter(*_FIELDS)
+_STATUS, _NAME, _TAGS = (_FIELDS.index(f) for f in ("status", "name", "tags"))
+_LIVE_AT = tuple(_FIELDS.index(f) for f in _LIVE_FIELDS)
 _HAS_RESULT = _FIELDS.index("has_result")
 _created = operator.itemgetter(_FIELDS.index("created"))
 _TIMES = ("created", "scheduled_for", "started", "finished")
@@ -173,8 +168,9 @@ def _collect(
     """Rows (values of ``_FIELDS``) of the jobs the filters keep, oldest first.
 
     Stored records are read as :meth:`~nbqup.store.Store.scan` does, minus building a
-    JobRecord for each: a damaged one (bad frame, not a dict, missing fields, unknown
-    status) is skipped.  Unfinished jobs are overlaid with their live, in-memory state.
+    JobRecord for each (:meth:`~nbqup.store.Store.scan_rows`): a damaged one (bad frame,
+    missing fields, unknown status) is skipped.  Unfinished jobs are overlaid with their
+    live, in-memory state.
     """
     wanted = _statuses(status)
     need = None if tags is None else frozenset([tags] if isinstance(tags, str) else tags)
@@ -184,22 +180,23 @@ def _collect(
     with jq._lock:
         live = {job_id: snap(rec) for job_id, rec in jq._live.items()}
     rows: list[tuple[Any, ...]] = []
-    for job_id, stored in jq.store.scan_dicts():
-        if "name" not in stored or "created" not in stored:
-            continue
-        rec = {**_BASE, **stored, "id": job_id}
-        if rec["status"] not in _CODES:
+    for job_id, row in jq.store.scan_rows(_FIELDS):
+        status = row[_STATUS]
+        if status not in _CODES:
             continue
         values = live.pop(job_id, None)
-        if values is not None and rec["status"] not in _FINAL:
-            rec.update(zip(_LIVE_FIELDS, values, strict=True))
-            rec["status"] = _VALUES[rec["status"]]
+        if values is not None and status not in _FINAL:
+            fresh = list(row)
+            for at, value in zip(_LIVE_AT, values, strict=True):
+                fresh[at] = value
+            fresh[_STATUS] = status = _VALUES[fresh[_STATUS]]
+            row = tuple(fresh)
         if (
-            (wanted is None or rec["status"] in wanted)
-            and (name is None or rec["name"] == name)
-            and (need is None or need.issubset(rec["tags"]))
+            (wanted is None or status in wanted)
+            and (name is None or row[_NAME] == name)
+            and (need is None or need.issubset(row[_TAGS]))
         ):
-            rows.append(_row(rec))
+            rows.append(row if row[0] == job_id else (job_id, *row[1:]))
     # Ids are in creation order to the millisecond; jobs submitted within one (a map())
     # keep their submission order.  Timsort on nearly sorted rows is close to linear.
     rows.sort(key=_created)

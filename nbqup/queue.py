@@ -349,11 +349,11 @@ class JobQueue(Runtime):
 
     def snapshot(self, limit: int = 100) -> list[JobRecord]:
         """Copies of the records worth showing now, at most ``limit``: running jobs, then
-        the other unfinished ones, then the most recently finished -- each newest first.
-        Cheap: for dashboards that refresh several times a second."""
+        the other unfinished ones, then the (at most 200) most recently finished here --
+        each newest first.  Cheap: for dashboards that refresh several times a second."""
         with self._lock:
             live = list(self._live.values())
-            recent = list(itertools.islice(reversed(self._finals.values()), limit))
+            recent = list(itertools.islice(reversed(self._finals.values()), _RECENT_SHOWN))
         if not self.is_owner:
             live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
         live.sort(key=lambda r: r.id, reverse=True)
@@ -709,6 +709,9 @@ class JobQueue(Runtime):
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+_RECENT_SHOWN = 200  # finished jobs in a snapshot, newest first
 
 
 def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]]) -> str | None:

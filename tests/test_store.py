@@ -21,7 +21,7 @@ import pytest
 
 from nbqup.backends import MemoryBackend
 from nbqup.errors import NbqupError, StoreCorrupt, StoreLocked
-from nbqup.job import FINAL, UNFINISHED, JobRecord, Status
+from nbqup.job import FINAL, JOB_FIELDS, UNFINISHED, JobRecord, Status
 from nbqup.store import COMPRESS_ABOVE, STORE_FORMAT, Store, decode, encode
 
 
@@ -250,6 +250,76 @@ def test_unknown_fields_from_a_newer_nbqup_are_ignored_on_load(store: Store) -> 
     assert store.load("j1") == rec("j1", Status.RUNNING)
 
 
+def test_records_written_by_other_nbqup_versions_read_back(store: Store) -> None:
+    """Stored as a tuple of values in JOB_FIELDS order: a shorter tuple (an older nbqup)
+    gets defaults, a longer one (a newer nbqup) has its extra values ignored, and a dict
+    (store format 1) still reads."""
+    full = rec("j1", Status.FAILED, attempts=2, tags=("a",), kwargs={"n": 1}, errors=("E",))
+    values = full.to_values()
+    assert len(values) == len(JOB_FIELDS) and values[3] == "failed"
+    assert JobRecord.from_values(values) == full
+    store.backend.write(
+        [
+            ("meta", "newer", encode(pickle.dumps((*rec("newer").to_values(), "v9 field")))),
+            ("meta", "older", encode(pickle.dumps(("older", "job older", 1_800_000_000.0)))),
+            ("meta", "dict", encode(pickle.dumps({**rec("dict").to_dict(), "status": "running"}))),
+            ("meta", "short", encode(pickle.dumps(("short", "no created time")))),
+            ("meta", "list", encode(pickle.dumps(list(rec("list").to_values())))),
+        ]
+    )
+    assert store.load("newer") == rec("newer")
+    older = store.load("older")
+    assert older == rec("older") and older is not None and older.kwargs == {}
+    assert store.load("dict") == rec("dict", Status.RUNNING)
+    for bad in ("short", "list"):
+        with pytest.raises(StoreCorrupt, match=bad):
+            store.load(bad)
+    rows = dict(store.scan_rows(["name", "status", "kwargs"]))
+    assert rows == {
+        "newer": ("job newer", "queued", {}),
+        "older": ("job older", "queued", {}),
+        "dict": ("job dict", "running", {}),
+    }
+
+
+def test_the_order_of_stored_fields_only_ever_grows() -> None:
+    """Stored records are positional: moving or dropping a field would misread every
+    record written before.  New fields go at the end (and into this list)."""
+    assert JOB_FIELDS[:38] == (
+        "id", "name", "created", "status", "scheduled_for", "started", "finished",
+        "attempts", "crashes", "fn", "fn_name", "task_type", "has_args", "args_ref", "key",
+        "tags", "priority", "retries", "retry_delay", "retry_backoff", "retry_jitter",
+        "timeout", "max_crashes", "run_base", "depends_on", "schedule", "error", "errors",
+        "message", "progress", "has_result", "result_repr", "has_checkpoint",
+        "output_attempt", "kwargs", "python", "pickler", "version",
+    )  # fmt: skip
+
+
+def test_a_format_1_store_opens_reads_its_records_and_is_marked_format_2(
+    tmp_path: Path,
+) -> None:
+    s = Store(tmp_path / "store")
+    s.backend.write(
+        [
+            ("info", "format", b"1"),
+            ("meta", "old", encode(pickle.dumps(rec("old", Status.SUCCEEDED).to_dict()))),
+        ]
+    )
+    s.close()
+    s = Store(tmp_path / "store")
+    try:
+        assert s.backend.get("info", "format") == b"2"
+        s.commit([rec("new")])
+        assert [r.id for r in s.scan()] == ["new", "old"]  # type: ignore[union-attr]
+        assert s.load("old") == rec("old", Status.SUCCEEDED)
+        assert dict(s.scan_rows(["id", "status"])) == {
+            "new": ("new", "queued"),
+            "old": ("old", "succeeded"),
+        }
+    finally:
+        s.close()
+
+
 # ----------------------------------------------------------------------- format
 
 
@@ -460,6 +530,7 @@ def test_unrolled_to_dict_and_copy_match_the_field_by_field_versions() -> None:
     for r in (rec("j0"), every_field_set, rec("j2", max_crashes=0, retry_backoff=0.0)):
         assert r.to_dict() == _to_dict(r, _JOB_DEFAULTS)
         assert list(r.to_dict()) == list(_to_dict(r, _JOB_DEFAULTS))  # same order too
+        assert JobRecord.from_values(r.to_values()) == r
         twin = r.copy()
         assert twin == r and twin is not r and twin.kwargs is not r.kwargs
         twin.kwargs["x"] = 1
