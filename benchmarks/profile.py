@@ -23,6 +23,7 @@ import cProfile
 import os
 import pstats
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -91,6 +92,9 @@ def run(workload: str, n: int, workers: int, durability: str) -> float:
     try:
         jq = nbqup.JobQueue(folder / "store", workers=workers, durability=durability)
         try:
+            if workers:
+                jq.submit(jobs.noop).result(timeout=60)  # warm up: the function is pickled
+            before = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             handles = [jq.submit(jobs.noop) for _ in range(n)]
             submitted = time.perf_counter() - t0
@@ -98,6 +102,7 @@ def run(workload: str, n: int, workers: int, durability: str) -> float:
                 for h in handles:
                     h.result(timeout=300)
             took = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_SELF)
         finally:
             jq.close()
     finally:
@@ -105,6 +110,12 @@ def run(workload: str, n: int, workers: int, durability: str) -> float:
     print(
         f"{workload}: {n} jobs, {workers} workers, {durability}: submit {submitted:.2f} s "
         f"({submitted / n * 1e6:.0f} us each), total {took:.2f} s ({n / took:.0f} jobs/s)"
+    )
+    print(
+        f"per job: CPU user {(after.ru_utime - before.ru_utime) / n * 1e6:.0f} us, "
+        f"system {(after.ru_stime - before.ru_stime) / n * 1e6:.0f} us; "
+        f"context switches: {(after.ru_nvcsw - before.ru_nvcsw) / n:.1f} voluntary, "
+        f"{(after.ru_nivcsw - before.ru_nivcsw) / n:.2f} involuntary"
     )
     return took
 
