@@ -20,7 +20,16 @@ from zict.common import ZictBase
 
 from .errors import NbqupError
 
-__all__ = ["DURABILITIES", "TABLES", "Backend", "LMDBBackend", "LMDBTable", "MemoryBackend", "Txn"]
+__all__ = [
+    "DURABILITIES",
+    "TABLES",
+    "Backend",
+    "Conflict",
+    "LMDBBackend",
+    "LMDBTable",
+    "MemoryBackend",
+    "Txn",
+]
 
 T = TypeVar("T")
 
@@ -29,6 +38,10 @@ TABLES = (
     "rich", "keys", "sched", "requests", "corrupt", "info",
 )  # fmt: skip
 DURABILITIES = ("process", "fsync")
+
+
+class Conflict(Exception):
+    """A :meth:`Backend.write` whose ``expect`` did not hold: nothing was written."""
 
 
 class Txn(ABC):
@@ -42,6 +55,10 @@ class Txn(ABC):
 
     @abstractmethod
     def delete(self, table: str, key: str) -> None: ...
+
+    @abstractmethod
+    def values(self, table: str) -> Iterator[bytes]:
+        """Every value of ``table`` as this transaction sees it (its own writes included)."""
 
 
 class Backend(ABC):
@@ -73,11 +90,15 @@ class Backend(ABC):
         self,
         puts: Iterable[tuple[str, str, bytes]] = (),
         deletes: Iterable[tuple[str, str]] = (),
+        expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
         """Apply all ``(table, key, value)`` puts and ``(table, key)`` deletes atomically.
 
         Durable (per the backend's durability) when it returns.  Raises
         :class:`~nbqup.NbqupError` when the disk is full; then nothing was written.
+        ``expect``: ``(table, key, value)`` that must hold when the write happens (``None``:
+        absent), else nothing is written and :class:`Conflict` is raised -- a
+        compare-and-set for values computed from reads made before the write.
         """
 
     @abstractmethod
@@ -118,6 +139,7 @@ class MemoryBackend(Backend):
         self,
         puts: Iterable[tuple[str, str, bytes]] = (),
         deletes: Iterable[tuple[str, str]] = (),
+        expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
         puts, deletes = list(puts), list(deletes)
         for table, _key, value in puts:
@@ -127,6 +149,9 @@ class MemoryBackend(Backend):
         for table, _key in deletes:
             self._tables[table]
         with self._lock:
+            for table, key, expected in expect:
+                if self._tables[table].get(key) != expected:
+                    raise Conflict(f"{table}/{key} changed")
             for table, key, value in puts:
                 self._tables[table][key] = value
             for table, key in deletes:
@@ -162,6 +187,15 @@ class _MemoryTxn(Txn):
         self._tables[table]
         self._ops.append((table, key, None))
         self._view[table, key] = None
+
+    def values(self, table: str) -> Iterator[bytes]:
+        for key, value in sorted(self._tables[table].items()):
+            seen: bytes | None = self._view.get((table, key), value)
+            if seen is not None:
+                yield seen
+        for (t, key), written in self._view.items():
+            if t == table and written is not None and key not in self._tables[table]:
+                yield written
 
     def apply(self) -> None:
         for table, key, value in self._ops:
@@ -260,15 +294,20 @@ class LMDBBackend(Backend):
         self,
         puts: Iterable[tuple[str, str, bytes]] = (),
         deletes: Iterable[tuple[str, str]] = (),
+        expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
         puts, deletes = list(puts), list(deletes)
         ops = [(self._db(t), k.encode(), v) for t, k, v in puts]
         dels = [(self._db(t), k.encode()) for t, k in deletes]
+        checks = [(self._db(t), k.encode(), v) for t, k, v in expect]
         for _db, _key, value in ops:
             if not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
 
         def apply(txn: Any) -> None:
+            for db, key, value in checks:
+                if txn.get(key, db=db) != value:
+                    raise Conflict(f"{key.decode()} changed")
             for db, key, value in ops:
                 txn.put(key, value, db=db)
             for db, key in dels:
@@ -464,6 +503,11 @@ class _LMDBTxn(Txn):
 
     def delete(self, table: str, key: str) -> None:
         self._txn.delete(key.encode(), db=self._db(table))
+
+    def values(self, table: str) -> Iterator[bytes]:
+        with self._txn.cursor(db=self._db(table)) as cursor:
+            for value in cursor.iternext(keys=False, values=True):
+                yield bytes(value)
 
 
 # ------------------------------------------------------------------------ zict leaf

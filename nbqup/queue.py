@@ -263,6 +263,35 @@ class JobQueue(Runtime):
                 out.append(Job(self, rec.id))
         return out
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs the store holds in each status, every status included::
+
+            {"scheduled": 0, "queued": 12, "running": 4, "succeeded": 980, "failed": 3,
+             "cancelled": 1, "skipped": 0}
+
+        Cheap whatever the history: finished jobs are counted by the store as they finish
+        (one read), unfinished ones are the owner's live jobs (a client reads the unfinished
+        records).  Exact while nothing changes; while jobs are finishing, a job that has
+        just ended may be left out for an instant.  A store written by an older nbqup is
+        counted once, on the first call (reading every record), and kept from then on.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        out = dict.fromkeys((s.value for s in Status), 0)
+        if self.is_owner:
+            with self._lock:
+                statuses = [rec.status for rec in self._live.values()]
+        else:
+            loaded = (self._load_quietly(i) for i in self.store.pending_ids())
+            statuses = [rec.status for rec in loaded if rec is not None]
+        for status in statuses:
+            if not status.final:  # one that just ended is counted by the store once written
+                out[status.value] += 1
+        for name, n in self.store.finished_counts().items():
+            if name in out:
+                out[name] += n
+        return out
+
     def jobs_df(
         self,
         status: str | Iterable[str] | None = None,
@@ -686,6 +715,10 @@ class JobQueue(Runtime):
 
     def _retry(self, job_id: str) -> None:
         self._check_open()
+        with self._lock:
+            ending = job_id in self._live and self._live[job_id].status.final
+        if ending:  # final, its write not yet durable: let it land first
+            self._wait_job(job_id, None)
         rec = self._record(job_id)
         if rec.status not in (Status.FAILED, Status.CANCELLED, Status.SKIPPED):
             raise ValueError(
@@ -696,11 +729,12 @@ class JobQueue(Runtime):
             return
         with self._lock:
             self._forget_final(job_id)
+        was = rec.status.value
         rec.status = Status.QUEUED
         rec.finished = None
         rec.message = "retried"
         rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
-        self._writer.flush(self._writer.add([rec.copy()]))
+        self._writer.flush(self._writer.add([rec.copy()], reopened=[was]))
         self._admit(rec)
 
     def _check_open(self) -> None:

@@ -66,9 +66,17 @@ from typing import Any, TypeVar
 
 import zict
 
-from .backends import DURABILITIES, Backend, LMDBBackend, LMDBTable, MemoryBackend, Txn
+from .backends import (
+    DURABILITIES,
+    Backend,
+    Conflict,
+    LMDBBackend,
+    LMDBTable,
+    MemoryBackend,
+    Txn,
+)
 from .errors import NbqupError, StoreCorrupt, StoreLocked
-from .job import _JOB_DEFAULTS, _REQUIRED, JOB_FIELDS, UNFINISHED, JobRecord
+from .job import _JOB_DEFAULTS, _REQUIRED, FINAL, JOB_FIELDS, JobRecord, Status
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "GroupCommit", "Store", "decode", "encode"]
 
@@ -161,7 +169,69 @@ def _load_record(data: bytes) -> JobRecord:
         raise _Corrupt(f"undecodable job record: {exc!r}") from exc
 
 
+#: ``info`` key of the finished jobs' counts by status, kept by every record write.
+_COUNTS = "finished"
+_UNREAD: Any = object()  # Store._counts_seen before the first commit that changes counts
+
+
+def _count_changes(
+    written: list[tuple[str, Status, bytes]], reopened: Iterable[str]
+) -> dict[str, int]:
+    """How a commit changes the finished counts: +1 for each final record, -1 for each
+    status in ``reopened``.  Records written twice count as their last state."""
+    last = {job_id: status for job_id, status, _body in written}
+    delta: dict[str, int] = {}
+    for status in last.values():
+        if status in FINAL:
+            delta[status.value] = delta.get(status.value, 0) + 1
+    for name in reopened:
+        delta[name] = delta.get(name, 0) - 1
+    return {name: n for name, n in delta.items() if n}
+
+
+def _add_counts(raw: bytes, delta: dict[str, int]) -> bytes:
+    try:
+        counts = list(_COUNTS_FORMAT.unpack(raw))
+    except struct.error:  # damaged: counted again by the next finished_counts()
+        return b""
+    for name, change in delta.items():
+        counts[_COUNTED.index(name)] += change
+    return _COUNTS_FORMAT.pack(*counts)
+
+
+def _stored_status(raw: bytes) -> str | None:
+    """The status a stored record holds, or None if it cannot be read."""
+    try:
+        values = pickle.loads(_unframe(raw))
+    except Exception:
+        return None
+    if type(values) is tuple and len(values) > _STATUS_AT:
+        return str(values[_STATUS_AT])
+    if type(values) is dict:
+        return str(values.get("status", Status.QUEUED.value))
+    return None
+
+
+def _establish_counts(txn: Txn) -> bytes:
+    """Count every readable finished record (inside one exclusive transaction)."""
+    raw = txn.get("info", _COUNTS)
+    if raw is not None and len(raw) == _COUNTS_FORMAT.size:  # counted meanwhile
+        return raw
+    counts = dict.fromkeys(_COUNTED, 0)
+    for value in txn.values("meta"):
+        status = _stored_status(value)
+        if status in counts:
+            counts[status] += 1
+    raw = _COUNTS_FORMAT.pack(*counts.values())
+    txn.put("info", _COUNTS, raw)
+    return raw
+
+
+#: The finished counts as stored: one signed 64-bit integer per final status, in this order.
+_COUNTED = ("succeeded", "failed", "cancelled", "skipped")
+_COUNTS_FORMAT = struct.Struct("<4q")
 _FIELD_AT = {name: i for i, name in enumerate(JOB_FIELDS)}
+_STATUS_AT = JOB_FIELDS.index("status")
 _REQUIRED_FIELDS = sum(1 for d in _JOB_DEFAULTS.values() if d is _REQUIRED)
 #: A field's default as a stored value reads (statuses as strings; shared: read only).
 _DEFAULT_VALUES = tuple(
@@ -213,13 +283,19 @@ class Store:
             for t in ("fn", "args", "result", "ckpt", "logs", "rich", "sched", "corrupt")
         }
         self._owner: Any = None
+        self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
     # -- format ------------------------------------------------------------------------
 
     def _check_format(self) -> None:
         raw = self.backend.get("info", "format")
-        if raw is None:
-            self.backend.write([("info", "format", str(STORE_FORMAT).encode())])
+        if raw is None:  # a new store: nothing finished yet
+            self.backend.write(
+                [
+                    ("info", "format", str(STORE_FORMAT).encode()),
+                    ("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0)),
+                ]
+            )
             return
         found = int(raw)
         if found > STORE_FORMAT:
@@ -280,20 +356,72 @@ class Store:
         records: Iterable[JobRecord] = (),
         blobs: Iterable[tuple[str, str, bytes]] = (),
         deletes: Iterable[tuple[str, str]] = (),
+        reopened: Iterable[str] = (),
     ) -> None:
-        """Write records (keeping the pending index in step) and raw blobs atomically.
+        """Write records (keeping the pending index and the finished counts in step) and
+        raw blobs atomically.
 
         ``blobs`` are ``(table, key, body)``; bodies are framed with :func:`encode` here.
+        A final record counts once, as the job becomes final (a job's final record is
+        written once); ``reopened`` lists the former statuses of finished jobs written
+        here as unfinished again (a retry), which no longer count.
         """
         puts: list[tuple[str, str, bytes]] = [(t, k, _frame(t, b)) for t, k, b in blobs]
         dels = list(deletes)
-        for rec in records:
-            puts.append(("meta", rec.id, _dump_record(rec)))
-            if rec.status in UNFINISHED:
-                puts.append(("pending", rec.id, b""))
+        written = [(rec.id, rec.status, _dump_record(rec)) for rec in records]
+        delta = _count_changes(written, reopened)
+        for job_id, status, body in written:
+            puts.append(("meta", job_id, body))
+            if status in FINAL:
+                dels.append(("pending", job_id))
             else:
-                dels.append(("pending", rec.id))
-        self.backend.write(puts, dels)
+                puts.append(("pending", job_id, b""))
+        if not delta:
+            self.backend.write(puts, dels)
+            return
+        # The counts go in the same write.  The value they are computed from was read
+        # before (by this process's last commit): the write checks it is still the one in
+        # the store, and if not (another process counted them first, or a set-aside record
+        # made them stale), the counts are read and changed inside one exclusive transaction.
+        raw = self._counts_seen
+        if raw is _UNREAD:
+            raw = self.backend.get("info", _COUNTS)
+        new = None if raw is None else _add_counts(raw, delta)
+        try:
+            self.backend.write(
+                puts + ([("info", _COUNTS, new)] if new is not None else []),
+                dels,
+                expect=[("info", _COUNTS, raw)],
+            )
+        except Conflict:
+
+            def apply(txn: Txn) -> bytes | None:
+                for table, key, value in puts:
+                    txn.put(table, key, value)
+                for table, key in dels:
+                    txn.delete(table, key)
+                stored = txn.get("info", _COUNTS)
+                if stored is None:  # not counted yet: finished_counts() counts them all
+                    return None
+                changed = _add_counts(stored, delta)
+                txn.put("info", _COUNTS, changed)
+                return changed
+
+            new = self.backend.transact(apply)
+        self._counts_seen = new
+
+    def finished_counts(self) -> dict[str, int]:
+        """How many finished jobs the store holds, by status (``{"succeeded": 120, ...}``,
+        every final status, zeros included).
+
+        Commits keep the count up to date, so this is one read; a store written before
+        nbqup kept it (or after a record was set aside) is counted once, by reading every
+        record inside one exclusive transaction, and kept from then on.
+        """
+        raw = self.backend.get("info", _COUNTS)
+        if raw is None or len(raw) != _COUNTS_FORMAT.size:
+            raw = self.backend.transact(_establish_counts)
+        return dict(zip(_COUNTED, _COUNTS_FORMAT.unpack(raw), strict=True))
 
     def transact(self, fn: Callable[[_StoreTxn], T]) -> T:
         """Run ``fn`` with a :class:`_StoreTxn` in one exclusive transaction."""
@@ -301,12 +429,18 @@ class Store:
 
     def set_aside(self, key: str, reason: str) -> None:
         """Move a damaged job record out of the way (to the ``corrupt`` table)."""
-        raw = self.backend.get("meta", key) or b""
         note = json.dumps({"key": key, "reason": reason}).encode()
-        self.backend.write(
-            [("corrupt", key, encode(note + b"\n" + raw))],
-            [("meta", key), ("pending", key)],
-        )
+
+        def move(txn: Txn) -> None:
+            raw = txn.get("meta", key) or b""
+            if txn.get("pending", key) is None and raw:
+                # a finished job whose status cannot be read any more: count again
+                txn.delete("info", _COUNTS)
+            txn.put("corrupt", key, encode(note + b"\n" + raw))
+            txn.delete("meta", key)
+            txn.delete("pending", key)
+
+        self.backend.transact(move)
 
     def corrupt(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every record set aside so far."""
@@ -408,11 +542,22 @@ class _StoreTxn:
             raise StoreCorrupt(job_id, str(exc), str(self.store.path)) from None
 
     def save(self, rec: JobRecord) -> None:
-        self.txn.put("meta", rec.id, _dump_record(rec))
-        if rec.status in UNFINISHED:
-            self.txn.put("pending", rec.id, b"")
+        """Write a record, keeping the pending index and the finished counts in step
+        (what the record was before is read here, inside the transaction)."""
+        txn = self.txn
+        pending = txn.get("pending", rec.id)
+        before = None if pending is not None else txn.get("meta", rec.id)
+        old = None if before is None else _stored_status(before)
+        delta = {old: -1} if old in _COUNTED else {}
+        txn.put("meta", rec.id, _dump_record(rec))
+        if rec.status in FINAL:
+            delta[rec.status.value] = delta.get(rec.status.value, 0) + 1
+            txn.delete("pending", rec.id)
         else:
-            self.txn.delete("pending", rec.id)
+            txn.put("pending", rec.id, b"")
+        raw = txn.get("info", _COUNTS) if any(delta.values()) else None
+        if raw is not None:  # else unchanged, or not counted yet
+            txn.put("info", _COUNTS, _add_counts(raw, delta))
 
     def get(self, table: str, key: str) -> bytes | None:
         return self.store._unframe(table, key, self.txn.get(table, key))
@@ -448,6 +593,7 @@ class GroupCommit:
         self._records: dict[str, JobRecord] = {}
         self._blobs: list[tuple[str, str, bytes]] = []
         self._deletes: list[tuple[str, str]] = []
+        self._reopened: list[str] = []
         self._batch = 0  # number of the batch being filled
         self._done = -1  # number of the last batch committed
         self._busy = False
@@ -458,13 +604,16 @@ class GroupCommit:
         records: Iterable[JobRecord] = (),
         blobs: Iterable[tuple[str, str, bytes]] = (),
         deletes: Iterable[tuple[str, str]] = (),
+        reopened: Iterable[str] = (),
     ) -> int:
-        """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots."""
+        """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots;
+        ``reopened`` as for :meth:`Store.commit`."""
         with self._cond:
             for rec in records:
                 self._records[rec.id] = rec
             self._blobs.extend(blobs)
             self._deletes.extend(deletes)
+            self._reopened.extend(reopened)
             return self._batch
 
     def flush(self, ticket: int | None = None) -> None:
@@ -479,14 +628,14 @@ class GroupCommit:
                     self._cond.wait()
                     continue
                 number, blobs, deletes = self._batch, self._blobs, self._deletes
-                records = list(self._records.values())
-                self._records, self._blobs, self._deletes = {}, [], []
+                records, reopened = list(self._records.values()), self._reopened
+                self._records, self._blobs, self._deletes, self._reopened = {}, [], [], []
                 self._batch += 1
                 self._busy = True
                 self._cond.release()
                 error = None
                 try:
-                    self._store.commit(records, blobs, deletes)
+                    self._store.commit(records, blobs, deletes, reopened)
                 except BaseException as exc:
                     error = exc
                 finally:

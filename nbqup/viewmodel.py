@@ -14,7 +14,6 @@ the plain renderings used where widgets cannot be shown.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -136,75 +135,13 @@ class QueueState:
     rows: list[RowState]
     hidden: int = 0  #: unfinished or recent jobs left out (``max_rows``)
     closed: bool = False
-    note: str = ""
 
 
-class _Counts:
-    """Jobs by status for a dashboard's header.
-
-    Unfinished jobs are all in the snapshot, so they are counted exactly.  Finished ones
-    are recounted from the store in pages when something changed, at most every 3 s and
-    at most 5% of the time, plus those seen finishing since.  Stores of more than
-    :attr:`SCAN_LIMIT` jobs are not scanned: their finished jobs show as one number.
-    """
-
-    SCAN_LIMIT = 100_000
-    PAGE = 2_000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._final: Counter[Status] = Counter()
-        self._fresh: set[str] = set()  # counted by the scan although they finished after it began
-        self._scan_start = float("-inf")
-        self._next_scan = 0.0
-        self._seen: tuple[int, frozenset[str]] | None = None
-        self.total_final: int | None = None  # set when the store is too big to scan
-
-    def update(self, jq: Any, records: list[JobRecord], now: float) -> dict[Status, int]:
-        with self._lock:
-            live = [r for r in records if r.status not in FINAL]
-            began = time.monotonic()
-            if began >= self._next_scan:
-                seen = (_store_count(jq), frozenset(r.id for r in live))
-                if seen != self._seen:
-                    self._seen = seen
-                    self._rescan(jq, seen[0] - len(live), now)
-                    self._next_scan = time.monotonic() + max(3.0, 20 * (time.monotonic() - began))
-            counts = Counter(r.status for r in live) + self._final
-            counts.update(
-                r.status
-                for r in records
-                if r.status in FINAL
-                and (r.finished or 0.0) >= self._scan_start
-                and r.id not in self._fresh
-            )
-        return {s: counts[s] for s in Status if counts[s]}
-
-    def _rescan(self, jq: Any, finished: int, now: float) -> None:
-        if finished > self.SCAN_LIMIT:
-            self.total_final, self._final, self._scan_start = finished, Counter(), float("inf")
-            return
-        final: Counter[Status] = Counter()
-        fresh, start = set(), ""
-        while True:
-            page = list(jq.store.scan(start, self.PAGE))
-            for rec in page:
-                if isinstance(rec, JobRecord) and rec.status in FINAL:
-                    final[rec.status] += 1
-                    if (rec.finished or 0.0) >= now:
-                        fresh.add(rec.id)
-            if len(page) < self.PAGE:
-                break
-            last = page[-1]
-            start = (last.id if isinstance(last, JobRecord) else str(last.key)) + "\0"
-        self.total_final, self._final, self._fresh, self._scan_start = None, final, fresh, now
-
-
-def _store_count(jq: Any) -> int:
+def _finished_counts(jq: Any) -> dict[str, int]:
     try:
-        return int(jq.store.count("meta"))
+        return dict(jq.store.finished_counts())
     except Exception:  # a queue closing under us: the next tick notices
-        return -1
+        return {}
 
 
 def _queue_closed(jq: Any) -> bool:
@@ -216,15 +153,21 @@ def _now(queue: Any) -> float:
     return float(now()) if callable(now) else time.time()
 
 
-def queue_state(jq: JobQueue, counts: _Counts, max_rows: int = MAX_ROWS) -> QueueState:
-    """The dashboard's model: running jobs first, then waiting ones, then finished ones."""
+def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
+    """The dashboard's model: running jobs first, then waiting ones, then finished ones.
+
+    Counts: unfinished jobs from the snapshot, finished ones as the store keeps them
+    (:meth:`~nbqup.store.Store.finished_counts`, one read whatever the history).
+    """
     where = str(jq.path) if jq.path else "memory"
     title = f"{where} · {'owner' if jq.is_owner else 'client'} · {jq.workers} workers"
     if _queue_closed(jq):
         return QueueState(title=title, counts={}, rows=[], closed=True)
     records = jq.snapshot(limit=1_000_000)
     now = _now(jq)
-    tally = counts.update(jq, records, now)
+    tally: Counter[Status] = Counter(r.status for r in records if r.status not in FINAL)
+    for name, n in _finished_counts(jq).items():
+        tally[Status(name)] += n
     running = sorted(
         (r for r in records if r.status is Status.RUNNING), key=lambda r: (r.started or 0.0, r.id)
     )
@@ -234,13 +177,11 @@ def queue_state(jq: JobQueue, counts: _Counts, max_rows: int = MAX_ROWS) -> Queu
     )
     done = [r for r in records if r.status in FINAL]  # newest first, as in the snapshot
     chosen = (running + waiting + done)[:max_rows]
-    note = "" if counts.total_final is None else f"{counts.total_final} finished in the store"
     return QueueState(
         title=title,
-        counts=tally,
+        counts={s: tally[s] for s in Status if tally[s]},
         rows=[row_state(r, now) for r in chosen],
         hidden=len(records) - len(chosen),
-        note=note,
     )
 
 
@@ -251,7 +192,6 @@ def render_text(state: QueueState) -> str:
     """The dashboard as a plain-text table (terminals, ``repr``)."""
     counts = " · ".join(f"{s} {n}" for s, n in state.counts.items()) or "no jobs"
     lines = [f"nbqup {state.title}: " + ("closed" if state.closed else counts)]
-    lines += [state.note] if state.note else []
     if state.rows:
         lines.append(
             f"{'ID':<19}  {'NAME':<24} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
@@ -288,7 +228,7 @@ def _counts_html(state: QueueState) -> str:
     )
     head = f"<b>nbqup</b> {e(state.title)}: " + ("closed" if state.closed else counts or "no jobs")
     more = f"<br>… and {state.hidden} more (<code>jq.jobs_df()</code> has them all)"
-    return head + (f"<br>{e(state.note)}" if state.note else "") + (more if state.hidden else "")
+    return head + (more if state.hidden else "")
 
 
 def render_html(state: QueueState) -> str:

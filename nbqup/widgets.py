@@ -42,7 +42,6 @@ from .viewmodel import (
     MAX_ROWS,
     QueueState,
     RowState,
-    _Counts,
     _counts_html,
     _css_bar,
     _now,
@@ -341,7 +340,6 @@ class QueueView:
         #: Shown under the counts: what went wrong with the last button click.
         self.notice = ""
         self._refresher = refresher or _REFRESHER
-        self._counts = _Counts()
         self._rows: dict[str, _Row] = {}
         self._retired: list[_Row] = []
         self._shown: str | None = None  # the job whose output is shown below the rows
@@ -372,7 +370,7 @@ class QueueView:
 
     def state(self) -> QueueState:
         """The model, computed now (reads only)."""
-        return queue_state(self.jq, self._counts, self.max_rows)
+        return queue_state(self.jq, self.max_rows)
 
     def _header(self, state: QueueState) -> str:
         notice = f'<br><span style="color:{_TEXT["danger"]}">{html.escape(self.notice)}</span>'
@@ -612,7 +610,7 @@ def display_queue(jq: JobQueue) -> None:
 
         display(queue_view(jq))
         return
-    state = queue_state(jq, _Counts())
+    state = queue_state(jq)
     _show_static(render_text(state), render_html(state))
 
 

@@ -29,7 +29,15 @@ from zict.tests.utils_test import (
     check_same_key_threadsafe,
 )
 
-from nbqup.backends import TABLES, Backend, LMDBBackend, LMDBTable, MemoryBackend, Txn
+from nbqup.backends import (
+    TABLES,
+    Backend,
+    Conflict,
+    LMDBBackend,
+    LMDBTable,
+    MemoryBackend,
+    Txn,
+)
 from nbqup.errors import NbqupError
 
 BACKENDS = ["memory", "lmdb-process", "lmdb-fsync"]
@@ -173,6 +181,37 @@ def test_transact_sees_its_own_writes_and_commits_them(backend: Backend) -> None
     assert backend.get("result", "new") == b"r"
     assert backend.get("meta", "gone") is None
     assert backend.get("logs", "tmp") is None
+
+
+def test_write_with_expectations_is_a_compare_and_set(backend: Backend) -> None:
+    backend.write([("info", "n", b"1")])
+    backend.write([("info", "n", b"2"), ("meta", "a", b"x")], expect=[("info", "n", b"1")])
+    assert backend.get("info", "n") == b"2" and backend.get("meta", "a") == b"x"
+    with pytest.raises(Conflict, match="n"):
+        backend.write(
+            [("info", "n", b"3"), ("meta", "b", b"y")],
+            [("meta", "a")],
+            expect=[("meta", "a", b"x"), ("info", "n", b"1")],  # the second no longer holds
+        )
+    assert backend.get("info", "n") == b"2"  # nothing of it was written
+    assert backend.get("meta", "a") == b"x" and backend.get("meta", "b") is None
+    backend.write([("meta", "c", b"z")], expect=[("meta", "c", None)])  # absent, as expected
+    with pytest.raises(Conflict):
+        backend.write([("meta", "c", b"again")], expect=[("meta", "c", None)])
+    assert backend.get("meta", "c") == b"z"
+
+
+def test_transact_lists_a_tables_values_with_its_own_writes(backend: Backend) -> None:
+    backend.write([("meta", "a", b"1"), ("meta", "b", b"2"), ("result", "a", b"r")])
+
+    def values(txn: Txn) -> list[bytes]:
+        txn.put("meta", "c", b"3")
+        txn.delete("meta", "a")
+        txn.put("meta", "b", b"22")
+        return sorted(txn.values("meta"))
+
+    assert backend.transact(values) == [b"22", b"3"]
+    assert sorted(v for _, v in backend.items("meta")) == [b"22", b"3"]
 
 
 def test_transact_exception_writes_nothing(backend: Backend) -> None:

@@ -197,6 +197,39 @@ def test_a_retried_job_is_not_answered_from_its_earlier_end(name: str) -> None:
         assert jq.snapshot()[0].status == "succeeded" and jq.snapshot()[0].attempts == 2
 
 
+def test_counts_by_status_without_reading_the_history(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        assert jq.counts() == dict.fromkeys(
+            ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "skipped"), 0
+        )
+        done = [jq.submit(add, i) for i in range(5)]
+        bad = jq.submit(boom)
+        assert jq.wait(WAIT)
+        blocker = jq.submit(block, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        waiting = [jq.submit(add, 1) for _ in range(3)]
+        later = jq.after(3600).submit(add, 2)
+        waiting[0].cancel()
+        monkeypatch.setattr(jq.store, "scan", None)  # the history is not read
+        monkeypatch.setattr(jq.store, "scan_rows", None)
+        assert jq.counts() == {
+            "scheduled": 1, "queued": 2, "running": 1, "succeeded": 5, "failed": 1,
+            "cancelled": 1, "skipped": 0,
+        }  # fmt: skip
+        bad.retry()
+        EVENTS[name].set()
+        assert blocker.result(WAIT) and all(j.wait(WAIT) for j in done + waiting[1:])
+        assert bad.wait(WAIT) and later.cancel()
+        assert jq.counts() == {
+            "scheduled": 0, "queued": 0, "running": 0, "succeeded": 8, "failed": 1,
+            "cancelled": 2, "skipped": 0,
+        }  # fmt: skip
+    with JobQueue(tmp_path / "store", workers=0) as reopened:
+        assert reopened.counts()["succeeded"] == 8 and reopened.counts()["cancelled"] == 2
+
+
 def test_retries_option_counts_attempts(name: str) -> None:
     with JobQueue(None, workers=1) as jq:
         job = jq.options(retries=3).submit(flaky, name, 2)

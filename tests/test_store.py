@@ -320,6 +320,79 @@ def test_a_format_1_store_opens_reads_its_records_and_is_marked_format_2(
         s.close()
 
 
+def test_finished_counts_follow_every_record_write(store: Store) -> None:
+    zero = {"cancelled": 0, "failed": 0, "skipped": 0, "succeeded": 0}
+    assert store.finished_counts() == zero  # a new store counts from the start
+    store.commit([rec("a"), rec("b"), rec("c", Status.RUNNING)])
+    assert store.finished_counts() == zero
+    store.commit([rec("a", Status.SUCCEEDED), rec("b", Status.FAILED)])
+    store.commit([rec("s", Status.SKIPPED)])  # new and final at once (a skipped run)
+    assert store.finished_counts() == {**zero, "succeeded": 1, "failed": 1, "skipped": 1}
+    store.commit([rec("b", Status.QUEUED)], reopened=["failed"])  # retried
+    assert store.finished_counts() == {**zero, "succeeded": 1, "skipped": 1}
+    store.commit([rec("b", Status.RUNNING), rec("b", Status.CANCELLED)])  # counts as its last
+    assert store.finished_counts() == {**zero, "succeeded": 1, "cancelled": 1, "skipped": 1}
+    store.transact(lambda txn: txn.save(rec("k")))  # a keyed submission: unfinished
+    assert store.pending_ids() == ["c", "k"]
+    store.transact(lambda txn: txn.save(rec("k", Status.SUCCEEDED)))  # saves look first
+    store.transact(lambda txn: txn.save(rec("b", Status.FAILED)))  # was cancelled
+    assert store.finished_counts() == {**zero, "succeeded": 2, "failed": 1, "skipped": 1}
+    store.commit(blobs=[("result", "a", b"1")])  # payloads alone change nothing
+    store.commit([rec("z", Status.SUCCEEDED)])  # after saves: its last-seen counts are stale
+    assert store.finished_counts() == {**zero, "succeeded": 3, "failed": 1, "skipped": 1}
+
+
+def test_counts_changed_by_another_writer_are_not_overwritten(tmp_path: Path) -> None:
+    """A commit computes the counts from what its process saw last; if they changed in
+    the store meanwhile, it counts inside one transaction instead of overwriting them."""
+    first = Store(tmp_path / "store")
+    second = Store(tmp_path / "store")  # another process, as far as the counts go
+    try:
+        first.commit([rec("a", Status.SUCCEEDED)])
+        second.commit([rec("b", Status.SUCCEEDED)])
+        first.commit([rec("c", Status.FAILED)])  # its last-seen counts are stale now
+        second.commit([rec("d", Status.FAILED)])
+        expected = {"cancelled": 0, "failed": 2, "skipped": 0, "succeeded": 2}
+        assert first.finished_counts() == second.finished_counts() == expected
+    finally:
+        second.close()
+        first.close()
+
+
+def test_finished_counts_are_established_once_for_a_store_without_them(store: Store) -> None:
+    store.commit([rec("a", Status.SUCCEEDED), rec("b", Status.SUCCEEDED), rec("c")])
+    store.backend.write(deletes=[("info", "finished")])  # as a store from before counting
+    store.commit([rec("d", Status.FAILED)])  # not counted yet: the count is left alone
+    assert store.backend.get("info", "finished") is None
+    assert store.finished_counts() == {"cancelled": 0, "failed": 1, "skipped": 0, "succeeded": 2}
+    assert store.backend.get("info", "finished") is not None  # kept from then on
+    store.commit([rec("c", Status.SUCCEEDED)])
+    assert store.finished_counts()["succeeded"] == 3
+
+
+def test_every_final_status_is_counted() -> None:
+    from nbqup.store import _COUNTED
+
+    assert set(_COUNTED) == {s.value for s in FINAL}
+
+
+def test_damaged_counts_are_counted_again(store: Store) -> None:
+    store.commit([rec("a", Status.SUCCEEDED), rec("b", Status.CANCELLED)])
+    store.backend.write([("info", "finished", b"junk")])
+    store.commit([rec("c", Status.SUCCEEDED)])
+    assert store.finished_counts() == {"succeeded": 2, "failed": 0, "cancelled": 1, "skipped": 0}
+
+
+def test_setting_a_finished_record_aside_counts_again(store: Store) -> None:
+    store.commit([rec("a", Status.SUCCEEDED), rec("b", Status.SUCCEEDED), rec("q")])
+    store.backend.write([("meta", "a", b"garbage")])
+    store.set_aside("a", "checksum mismatch")
+    assert store.finished_counts()["succeeded"] == 1  # recounted: "a" is gone
+    store.set_aside("q", "checksum mismatch")  # an unfinished one: the count is kept
+    assert store.backend.get("info", "finished") is not None
+    assert store.finished_counts()["succeeded"] == 1
+
+
 # ----------------------------------------------------------------------- format
 
 

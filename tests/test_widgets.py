@@ -7,6 +7,7 @@ import importlib.util
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ class FakeStore:
 
     def count(self, table: str) -> int:
         return len(self.queue.records)
+
+    def finished_counts(self) -> dict[str, int]:
+        return dict(Counter(r.status.value for r in self.queue.records if r.status.final))
 
     def scan(self, start: str = "", limit: int | None = None) -> Iterator[JobRecord]:
         recs = sorted((r for r in self.queue.records if r.id >= start), key=lambda r: r.id)

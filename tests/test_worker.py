@@ -216,11 +216,14 @@ def test_job_finishes_after_its_submitter_is_killed(setup: Setup) -> None:
     setup.wait_log(lambda lines: "start-k-1" in lines)
     client.kill()
     assert client.popen.wait(timeout=WAIT) == -signal.SIGKILL
-    setup.go.touch()
     with JobQueue(setup.store, workers=0) as jq:
+        assert not jq.is_owner
+        assert jq.counts()["running"] == 1  # a client counts the unfinished records
+        setup.go.touch()
         job = jq.get(job_id)
         assert job.result(timeout=WAIT) == "k done"
         assert job.attempts == 1
+        assert (jq.counts()["running"], jq.counts()["succeeded"]) == (0, 1)
     assert setup.log_lines() == ["start-k-1", "end-k-1"]
     assert stop(worker)[0] == (
         "nbqup worker: SIGTERM received, stopping; 0 running jobs will resume under the next "
