@@ -585,11 +585,21 @@ def _make_private_dir(path: Path) -> None:
 
 
 class GroupCommit:
-    """Group commit: callers queue writes, one of them commits everything queued."""
+    """Group commit: callers queue writes, one of them commits everything queued.
+
+    Writes queued while a commit runs form the next batch.  Its writers wait on that
+    batch's own condition, so each is woken once, when its batch is durable (not by every
+    commit before it); the thread that committed a batch goes on to commit the next one
+    if writers already wait for it (up to :attr:`CHAIN` batches in a row), else hands
+    the lead to one of them.  ``flush`` returns only once its batch is committed.
+    """
+
+    #: Batches one thread commits in a row for others before handing over.
+    CHAIN = 2
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
         self._blobs: list[tuple[str, str, bytes]] = []
         self._deletes: list[tuple[str, str]] = []
@@ -597,7 +607,8 @@ class GroupCommit:
         self._batch = 0  # number of the batch being filled
         self._done = -1  # number of the last batch committed
         self._busy = False
-        self._errors: dict[int, BaseException] = {}
+        self._waiting: dict[int, threading.Condition] = {}  # batch -> its writers' condition
+        self._errors: dict[int, BaseException] = {}  # batch -> why its commit failed
 
     def add(
         self,
@@ -608,7 +619,7 @@ class GroupCommit:
     ) -> int:
         """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots;
         ``reopened`` as for :meth:`Store.commit`."""
-        with self._cond:
+        with self._lock:
             for rec in records:
                 self._records[rec.id] = rec
             self._blobs.extend(blobs)
@@ -617,34 +628,56 @@ class GroupCommit:
             return self._batch
 
     def flush(self, ticket: int | None = None) -> None:
-        """Return once batch ``ticket`` (default: everything queued so far) is committed."""
-        with self._cond:
+        """Return once batch ``ticket`` (default: everything queued so far) is committed;
+        raise what its commit raised, if it failed."""
+        with self._lock:
             if ticket is None:
                 ticket = self._batch
-            if ticket == self._batch and not (self._records or self._blobs or self._deletes):
+            if ticket == self._batch and not self._queued():
                 ticket -= 1  # nothing queued in it: the batches before are what counts
             while self._done < ticket:
                 if self._busy:
-                    self._cond.wait()
+                    cond = self._waiting.get(ticket)
+                    if cond is None:
+                        cond = self._waiting[ticket] = threading.Condition(self._lock)
+                    cond.wait()
                     continue
-                number, blobs, deletes = self._batch, self._blobs, self._deletes
-                records, reopened = list(self._records.values()), self._reopened
-                self._records, self._blobs, self._deletes, self._reopened = {}, [], [], []
-                self._batch += 1
-                self._busy = True
-                self._cond.release()
-                error = None
-                try:
-                    self._store.commit(records, blobs, deletes, reopened)
-                except BaseException as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._busy = False
-                    self._done = number
-                    if error is not None:
-                        self._errors[number] = error
-                    self._cond.notify_all()
-            error = self._errors.pop(ticket, None)
+                self._lead()
+            error = self._errors.get(ticket)
         if error is not None:
             raise error
+
+    def _queued(self) -> bool:
+        return bool(self._records or self._blobs or self._deletes or self._reopened)
+
+    def _lead(self) -> None:
+        """Commit the batch being filled, and the next ones while writers wait for them
+        (lock held; released while committing)."""
+        for _ in range(1 + self.CHAIN):
+            number, blobs, deletes = self._batch, self._blobs, self._deletes
+            records, reopened = list(self._records.values()), self._reopened
+            self._records, self._blobs, self._deletes, self._reopened = {}, [], [], []
+            self._batch += 1
+            self._busy = True
+            self._lock.release()
+            error = None
+            try:
+                self._store.commit(records, blobs, deletes, reopened)
+            except BaseException as exc:
+                error = exc
+            finally:
+                self._lock.acquire()
+                self._busy = False
+                self._done = number
+                if error is not None:
+                    self._errors[number] = error
+                    for old in [n for n in self._errors if n < number - 1000]:
+                        del self._errors[old]  # nobody waits that long
+                done = self._waiting.pop(number, None)
+                if done is not None:
+                    done.notify_all()
+            if self._batch not in self._waiting:
+                return  # nobody waits for the next batch yet
+        next_writers = self._waiting.get(self._batch)
+        if next_writers is not None:
+            next_writers.notify()  # one of them commits it
