@@ -633,7 +633,7 @@ class JobQueue(Runtime):
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.is_owner and not self._closed:
-            if job_id in self._finals:  # finished here
+            if job_id not in self._live and job_id in self._finals:  # finished here
                 return True
             self._adopt(job_id)  # submitted by another process and not picked up yet
             with self._lock:
@@ -705,6 +705,8 @@ class JobQueue(Runtime):
             if live is None:
                 self._record(job_id)  # KeyError for an unknown id
                 return False
+            if live.status.final:  # it has just ended; its final write is on its way
+                return False
             ctx = self._running.get(job_id)
             if ctx is not None:
                 ctx.stop_reason = "cancelled"
@@ -715,27 +717,45 @@ class JobQueue(Runtime):
 
     def _retry(self, job_id: str) -> None:
         self._check_open()
+        while True:
+            if self._final_in_flight(job_id):  # its final write is on its way: let it land first
+                self._wait_job(job_id, None)
+                continue
+            rec = self._record(job_id)
+            if rec.status not in (Status.FAILED, Status.CANCELLED, Status.SKIPPED):
+                raise ValueError(
+                    f"job {job_id} is {rec.status}; only failed or cancelled jobs can be retried"
+                )
+            if not self.is_owner:
+                self.store.backend.write([("requests", job_id, b"retry")])
+                return
+            with self._lock:  # claim it: of two retries at once, the second finds it live
+                if self._final_in_flight(job_id):
+                    continue
+                if job_id in self._live or job_id in self._submitting:
+                    raise ValueError(f"job {job_id} is already queued again")
+                self._submitting.add(job_id)
+                self._forget_final(job_id)
+            break
+        try:
+            rec.status = Status.QUEUED
+            rec.finished = None
+            rec.message = "retried"
+            rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
+            self._writer.flush(self._writer.add([rec.copy()], reopened=[job_id]))
+            with self._lock:
+                self._live[rec.id] = rec
+                self._place(rec)
+        finally:
+            with self._lock:
+                self._submitting.discard(job_id)
+        self._settle()
+
+    def _final_in_flight(self, job_id: str) -> bool:
+        """Whether the job has ended here but its final write is not durable yet."""
         with self._lock:
-            ending = job_id in self._live and self._live[job_id].status.final
-        if ending:  # final, its write not yet durable: let it land first
-            self._wait_job(job_id, None)
-        rec = self._record(job_id)
-        if rec.status not in (Status.FAILED, Status.CANCELLED, Status.SKIPPED):
-            raise ValueError(
-                f"job {job_id} is {rec.status}; only failed or cancelled jobs can be retried"
-            )
-        if not self.is_owner:
-            self.store.backend.write([("requests", job_id, b"retry")])
-            return
-        with self._lock:
-            self._forget_final(job_id)
-        was = rec.status.value
-        rec.status = Status.QUEUED
-        rec.finished = None
-        rec.message = "retried"
-        rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
-        self._writer.flush(self._writer.add([rec.copy()], reopened=[was]))
-        self._admit(rec)
+            live = self._live.get(job_id)
+            return live is not None and live.status.final
 
     def _check_open(self) -> None:
         if self._closed or self._stopping:

@@ -60,6 +60,7 @@ _PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
 _FINALS_KEPT = 10_000
 _RESULTS_KEPT_BYTES = 16 << 20  # the results kept, in all
 _RESULT_KEPT_MAX = 64 << 10  # a larger result is read from the store when asked for
+_ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the store
 #: Threads still running jobs of queues closed with wait=False, by store path and job id:
 #: a queue reopened in the same process does not start those jobs again until they end.
 _zombies: dict[str, dict[str, threading.Thread]] = {}
@@ -140,9 +141,11 @@ class Runtime:
         try:
             return self.store.load(job_id)
         except StoreCorrupt as exc:
-            self.store.set_aside(job_id, exc.reason)
-            self.corrupt.append((job_id, exc.reason))
-            warnings.warn(f"nbqup: {exc}; set aside, see jq.corrupt", RuntimeWarning, stacklevel=3)
+            if self.store.set_aside(job_id, exc.reason):  # else another thread did
+                self.corrupt.append((job_id, exc.reason))
+                warnings.warn(
+                    f"nbqup: {exc}; set aside, see jq.corrupt", RuntimeWarning, stacklevel=3
+                )
             return None
 
     def _admit(self, rec: JobRecord) -> None:
@@ -543,6 +546,8 @@ class Runtime:
     ) -> None:
         """Make a live job final and queue its write; :meth:`_settle` finishes the job off."""
         # caller holds the lock
+        if rec.status in FINAL:  # ended already (a cancel racing its end, say): once only
+            return
         rec.status = status
         rec.finished = self._clock.now()
         if message is not None:
@@ -601,6 +606,10 @@ class Runtime:
     def _remember(self, rec: JobRecord) -> None:
         """Keep a final record (never changed again) and its small result in memory."""
         # caller holds the lock; evicts the oldest beyond _FINALS_KEPT / _RESULTS_KEPT_BYTES
+        if rec.error is not None and len(rec.error) > _ERROR_KEPT_MAX:
+            self._ending_results.pop(rec.id, None)
+            self._forget_final(rec.id)
+            return
         self._finals[rec.id] = rec
         self._finals.move_to_end(rec.id)
         blob = self._ending_results.pop(rec.id, None)

@@ -174,19 +174,42 @@ _COUNTS = "finished"
 _UNREAD: Any = object()  # Store._counts_seen before the first commit that changes counts
 
 
-def _count_changes(
-    written: list[tuple[str, Status, bytes]], reopened: Iterable[str]
-) -> dict[str, int]:
-    """How a commit changes the finished counts: +1 for each final record, -1 for each
-    status in ``reopened``.  Records written twice count as their last state."""
-    last = {job_id: status for job_id, status, _body in written}
+def _write_reading(
+    txn: Txn,
+    puts: list[tuple[str, str, bytes]],
+    dels: list[tuple[str, str]],
+    records: dict[str, tuple[Status, bytes]],
+) -> bytes | None:
+    """Write inside ``txn``, the finished counts worked out from each record's stored
+    state; returns the counts written (None: the store has none yet)."""
+    for table, key, value in puts:
+        txn.put(table, key, value)
+    for table, key in dels:
+        txn.delete(table, key)
     delta: dict[str, int] = {}
-    for status in last.values():
-        if status in FINAL:
-            delta[status.value] = delta.get(status.value, 0) + 1
-    for name in reopened:
-        delta[name] = delta.get(name, 0) - 1
-    return {name: n for name, n in delta.items() if n}
+    for job_id, (status, body) in records.items():
+        _write_one(txn, job_id, status, body, delta)
+    raw = txn.get("info", _COUNTS)
+    if raw is not None and any(delta.values()):
+        raw = _add_counts(raw, delta)
+        txn.put("info", _COUNTS, raw)
+    return raw
+
+
+def _write_one(txn: Txn, job_id: str, status: Status, body: bytes, delta: dict[str, int]) -> None:
+    """Write one job record and its pending mark; count in ``delta`` how the finished
+    counts change, from the status the store held before."""
+    pending = txn.get("pending", job_id)
+    before = None if pending is not None else txn.get("meta", job_id)
+    old = None if before is None else _stored_status(before)
+    if old in _COUNTED:
+        delta[old] = delta.get(old, 0) - 1
+    txn.put("meta", job_id, body)
+    if status in FINAL:
+        delta[status.value] = delta.get(status.value, 0) + 1
+        txn.delete("pending", job_id)
+    else:
+        txn.put("pending", job_id, b"")
 
 
 def _add_counts(raw: bytes, delta: dict[str, int]) -> bytes:
@@ -362,53 +385,48 @@ class Store:
         raw blobs atomically.
 
         ``blobs`` are ``(table, key, body)``; bodies are framed with :func:`encode` here.
-        A final record counts once, as the job becomes final (a job's final record is
-        written once); ``reopened`` lists the former statuses of finished jobs written
-        here as unfinished again (a retry), which no longer count.
+        The finished counts follow what each record was before.  The usual cases are
+        checked inside the write itself: a final record's job must still be pending (it
+        becomes final now), and an unfinished record is new or pending -- except the ids
+        in ``reopened`` (finished jobs queued again, a retry).  Anything else -- those, a
+        final record written again, a job final from the start -- is worked out from the
+        stored records inside one exclusive transaction.
         """
-        puts: list[tuple[str, str, bytes]] = [(t, k, _frame(t, b)) for t, k, b in blobs]
+        blob_puts = [(t, k, _frame(t, b)) for t, k, b in blobs]
         dels = list(deletes)
-        written = [(rec.id, rec.status, _dump_record(rec)) for rec in records]
-        delta = _count_changes(written, reopened)
-        for job_id, status, body in written:
+        last = {rec.id: (rec.status, _dump_record(rec)) for rec in records}
+        if not last:
+            self.backend.write(blob_puts, dels)
+            return
+        puts, record_dels = list(blob_puts), list(dels)
+        delta: dict[str, int] = {}
+        expect: list[tuple[str, str, bytes | None]] = []
+        for job_id, (status, body) in last.items():
             puts.append(("meta", job_id, body))
             if status in FINAL:
-                dels.append(("pending", job_id))
+                record_dels.append(("pending", job_id))
+                delta[status.value] = delta.get(status.value, 0) + 1
+                expect.append(("pending", job_id, b""))
             else:
                 puts.append(("pending", job_id, b""))
-        if not delta:
-            self.backend.write(puts, dels)
-            return
-        # The counts go in the same write.  The value they are computed from was read
-        # before (by this process's last commit): the write checks it is still the one in
-        # the store, and if not (another process counted them first, or a set-aside record
-        # made them stale), the counts are read and changed inside one exclusive transaction.
-        raw = self._counts_seen
-        if raw is _UNREAD:
-            raw = self.backend.get("info", _COUNTS)
-        new = None if raw is None else _add_counts(raw, delta)
+        raw = new = None
+        if delta:
+            # The counts go in the same write, computed from the value this process's
+            # last commit wrote; the write checks it is still the one in the store.
+            seen = self._counts_seen
+            raw = self.backend.get("info", _COUNTS) if seen is _UNREAD else seen
+            expect.append(("info", _COUNTS, raw))
+            if raw is not None:  # else not counted yet: finished_counts() counts them all
+                new = _add_counts(raw, delta)
+                puts.append(("info", _COUNTS, new))
         try:
-            self.backend.write(
-                puts + ([("info", _COUNTS, new)] if new is not None else []),
-                dels,
-                expect=[("info", _COUNTS, raw)],
-            )
+            if set(reopened) & last.keys():
+                raise Conflict("finished jobs reopened")
+            self.backend.write(puts, record_dels, expect)
         except Conflict:
-
-            def apply(txn: Txn) -> bytes | None:
-                for table, key, value in puts:
-                    txn.put(table, key, value)
-                for table, key in dels:
-                    txn.delete(table, key)
-                stored = txn.get("info", _COUNTS)
-                if stored is None:  # not counted yet: finished_counts() counts them all
-                    return None
-                changed = _add_counts(stored, delta)
-                txn.put("info", _COUNTS, changed)
-                return changed
-
-            new = self.backend.transact(apply)
-        self._counts_seen = new
+            new = self.backend.transact(lambda txn: _write_reading(txn, blob_puts, dels, last))
+        if delta or new is not None:
+            self._counts_seen = new
 
     def finished_counts(self) -> dict[str, int]:
         """How many finished jobs the store holds, by status (``{"succeeded": 120, ...}``,
@@ -427,20 +445,24 @@ class Store:
         """Run ``fn`` with a :class:`_StoreTxn` in one exclusive transaction."""
         return self.backend.transact(lambda txn: fn(_StoreTxn(txn, self)))
 
-    def set_aside(self, key: str, reason: str) -> None:
-        """Move a damaged job record out of the way (to the ``corrupt`` table)."""
+    def set_aside(self, key: str, reason: str) -> bool:
+        """Move a damaged job record out of the way (to the ``corrupt`` table); False if
+        there was none to move (set aside already, by another thread)."""
         note = json.dumps({"key": key, "reason": reason}).encode()
 
-        def move(txn: Txn) -> None:
-            raw = txn.get("meta", key) or b""
-            if txn.get("pending", key) is None and raw:
+        def move(txn: Txn) -> bool:
+            raw = txn.get("meta", key)
+            if raw is None:  # keep what was kept the first time
+                return False
+            if txn.get("pending", key) is None:
                 # a finished job whose status cannot be read any more: count again
                 txn.delete("info", _COUNTS)
             txn.put("corrupt", key, encode(note + b"\n" + raw))
             txn.delete("meta", key)
             txn.delete("pending", key)
+            return True
 
-        self.backend.transact(move)
+        return self.backend.transact(move)
 
     def corrupt(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every record set aside so far."""
@@ -544,20 +566,12 @@ class _StoreTxn:
     def save(self, rec: JobRecord) -> None:
         """Write a record, keeping the pending index and the finished counts in step
         (what the record was before is read here, inside the transaction)."""
-        txn = self.txn
-        pending = txn.get("pending", rec.id)
-        before = None if pending is not None else txn.get("meta", rec.id)
-        old = None if before is None else _stored_status(before)
-        delta = {old: -1} if old in _COUNTED else {}
-        txn.put("meta", rec.id, _dump_record(rec))
-        if rec.status in FINAL:
-            delta[rec.status.value] = delta.get(rec.status.value, 0) + 1
-            txn.delete("pending", rec.id)
-        else:
-            txn.put("pending", rec.id, b"")
-        raw = txn.get("info", _COUNTS) if any(delta.values()) else None
+        delta: dict[str, int] = {}
+        _write_one(self.txn, rec.id, rec.status, _dump_record(rec), delta)
+        raw = self.txn.get("info", _COUNTS) if any(delta.values()) else None
         if raw is not None:  # else unchanged, or not counted yet
-            txn.put("info", _COUNTS, _add_counts(raw, delta))
+            self.txn.put("info", _COUNTS, _add_counts(raw, delta))
+        self.store._counts_seen = _UNREAD
 
     def get(self, table: str, key: str) -> bytes | None:
         return self.store._unframe(table, key, self.txn.get(table, key))
@@ -633,8 +647,10 @@ class GroupCommit:
         with self._lock:
             if ticket is None:
                 ticket = self._batch
+            mine = True
             if ticket == self._batch and not self._queued():
                 ticket -= 1  # nothing queued in it: the batches before are what counts
+                mine = False  # and their failures were their writers' to hear about
             while self._done < ticket:
                 if self._busy:
                     cond = self._waiting.get(ticket)
@@ -643,7 +659,7 @@ class GroupCommit:
                     cond.wait()
                     continue
                 self._lead()
-            error = self._errors.get(ticket)
+            error = self._errors.get(ticket) if mine else None
         if error is not None:
             raise error
 

@@ -14,6 +14,7 @@ from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
 import nbqup
 from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
+from nbqup.job import JobRecord
 
 WAIT = 20  # seconds: generous bound for anything that should take milliseconds
 
@@ -228,6 +229,60 @@ def test_counts_by_status_without_reading_the_history(
         }  # fmt: skip
     with JobQueue(tmp_path / "store", workers=0) as reopened:
         assert reopened.counts()["succeeded"] == 8 and reopened.counts()["cancelled"] == 2
+
+
+def _counted_by_scan(jq: JobQueue) -> dict[str, int]:
+    out = dict.fromkeys(("succeeded", "failed", "cancelled", "skipped"), 0)
+    for rec in jq.store.scan():
+        if isinstance(rec, JobRecord) and rec.status.final:
+            out[rec.status.value] += 1
+    return out
+
+
+def test_cancel_of_a_job_whose_end_is_being_written_changes_nothing(tmp_path: Path) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        writing, release = threading.Event(), threading.Event()
+        commit = jq.store.commit
+
+        def held(records: Any, *args: Any) -> None:
+            if any(r.status is Status.SUCCEEDED for r in records):
+                writing.set()
+                release.wait(WAIT)
+            commit(records, *args)
+
+        jq.store.commit = held  # type: ignore[method-assign]
+        job = jq.submit(add, 1, 2)
+        assert writing.wait(WAIT)  # ended in memory, its final write under way
+        assert job.cancel() is False
+        release.set()
+        assert job.result(WAIT) == 3 and job.status == "succeeded"
+        assert jq.counts()["cancelled"] == 0
+        assert {k: jq.counts()[k] for k in _counted_by_scan(jq)} == _counted_by_scan(jq)
+
+
+def test_two_retries_at_once_queue_the_job_once(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        job = jq.submit(flaky, name, 1)
+        assert job.wait(WAIT) and job.status == "failed"
+        both = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def retry() -> None:
+            both.wait(WAIT)
+            try:
+                job.retry()
+                outcomes.append("retried")
+            except ValueError as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=retry) for _ in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(WAIT)
+        assert sorted(outcomes)[-1] == "retried"  # at least one; a second may find it done
+        assert job.result(WAIT) == 2 and len(CALLS[name]) == 2  # it ran once more
+        assert {k: jq.counts()[k] for k in _counted_by_scan(jq)} == _counted_by_scan(jq)
 
 
 def test_retries_option_counts_attempts(name: str) -> None:

@@ -329,10 +329,14 @@ def test_finished_counts_follow_every_record_write(store: Store) -> None:
     store.commit([rec("a", Status.SUCCEEDED), rec("b", Status.FAILED)])
     store.commit([rec("s", Status.SKIPPED)])  # new and final at once (a skipped run)
     assert store.finished_counts() == {**zero, "succeeded": 1, "failed": 1, "skipped": 1}
-    store.commit([rec("b", Status.QUEUED)], reopened=["failed"])  # retried
+    store.commit([rec("b", Status.QUEUED)], reopened=["b"])  # retried
     assert store.finished_counts() == {**zero, "succeeded": 1, "skipped": 1}
     store.commit([rec("b", Status.RUNNING), rec("b", Status.CANCELLED)])  # counts as its last
     assert store.finished_counts() == {**zero, "succeeded": 1, "cancelled": 1, "skipped": 1}
+    store.commit([rec("a", Status.SUCCEEDED)])  # a final record written again: once
+    store.commit([rec("s", Status.FAILED)])  # ... or as another status: it moves
+    assert store.finished_counts() == {**zero, "succeeded": 1, "cancelled": 1, "failed": 1}
+    store.commit([rec("s", Status.SKIPPED)])
     store.transact(lambda txn: txn.save(rec("k")))  # a keyed submission: unfinished
     assert store.pending_ids() == ["c", "k"]
     store.transact(lambda txn: txn.save(rec("k", Status.SUCCEEDED)))  # saves look first
@@ -369,6 +373,15 @@ def test_finished_counts_are_established_once_for_a_store_without_them(store: St
     assert store.backend.get("info", "finished") is not None  # kept from then on
     store.commit([rec("c", Status.SUCCEEDED)])
     assert store.finished_counts()["succeeded"] == 3
+
+
+def test_setting_aside_twice_keeps_what_was_kept_first(store: Store) -> None:
+    store.commit([rec("a")])
+    store.backend.write([("meta", "a", b"\x01garbage")])
+    assert store.set_aside("a", "checksum mismatch") is True
+    assert store.set_aside("a", "checksum mismatch") is False  # another thread was first
+    assert b"garbage" in decode(store.backend.get("corrupt", "a") or b"")
+    assert store.corrupt() == [("a", "checksum mismatch")]
 
 
 def test_every_final_status_is_counted() -> None:
