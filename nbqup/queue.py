@@ -109,7 +109,9 @@ class JobQueue(Runtime):
         self._running: dict[str, JobContext] = {}
         self._submitting: set[str] = set()
         self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
-        self._ending: list[JobRecord] = []  # final, write queued, not yet forgotten
+        # final, write queued (in the batch of this ticket), not yet forgotten
+        self._ending: list[tuple[JobRecord, int]] = []
+        self._elided: set[str] = set()  # kept in `_finals` without their long error text
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
         # finished here, kept for reads (see Runtime._remember); oldest first
@@ -623,7 +625,7 @@ class JobQueue(Runtime):
                 return rec.copy()
         self._check_readable(job_id)
         rec = self._finals.get(job_id)
-        if rec is not None:
+        if rec is not None and job_id not in self._elided:
             return rec
         stored = self.store.load(job_id)
         if stored is None:
@@ -718,6 +720,7 @@ class JobQueue(Runtime):
     def _retry(self, job_id: str) -> None:
         self._check_open()
         while True:
+            self._check_open()
             if self._final_in_flight(job_id):  # its final write is on its way: let it land first
                 self._wait_job(job_id, None)
                 continue

@@ -92,7 +92,8 @@ class Runtime:
     _running: dict[str, JobContext]
     _submitting: set[str]
     _job_waits: dict[str, threading.Condition]
-    _ending: list[JobRecord]
+    _ending: list[tuple[JobRecord, int]]
+    _elided: set[str]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
     _finals: collections.OrderedDict[str, JobRecord]
@@ -251,7 +252,10 @@ class Runtime:
                     self._clock.wait(self._sched, wait)
                 if self._stopping:
                     return
-            self._settle()
+            try:
+                self._settle()
+            except Exception:  # the write is queued again; the next turn retries it
+                log.exception("nbqup: writing finished jobs failed")
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._poll
                 try:
@@ -360,6 +364,9 @@ class Runtime:
                 if self._closed:
                     return
                 self._internal_error(job_id, exc)
+                with self._lock:  # a failing store (disk full): do not spin on it
+                    if not self._stopping:
+                        self._work.wait(min(self._poll, 0.5))
 
     def _internal_error(self, job_id: str | None, exc: Exception) -> None:
         """Fail the job a slot was handling when the runtime itself raised."""
@@ -553,25 +560,34 @@ class Runtime:
         if message is not None:
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
-        self._writer.add([rec])
-        self._ending.append(rec)
+        self._ending.append((rec, self._writer.add([rec])))
 
     def _settle(self) -> None:
         """Once final states are durable, forget those jobs and wake their waiters.
 
         Only then, so that whoever wakes up reads the final record from the store.
-        Finishing a job can end others (a failed dependency), hence the loop.
+        Finishing a job can end others (a failed dependency), hence the loop.  A final
+        write whose commit failed is queued again (the job stays live) and the error is
+        raised: the next settle tries again.
         """
         while True:
-            with self._lock:  # take the jobs and the batch holding their writes together
+            with self._lock:
                 if not self._ending:
                     return
                 ending, self._ending = self._ending, []
-                ticket = self._writer.add()
-            self._writer.flush(ticket)
+            with contextlib.suppress(Exception):  # each record's own batch is checked below
+                self._writer.flush(max(ticket for _, ticket in ending))
+            failed = [(rec, self._writer.failed(ticket)) for rec, ticket in ending]
             with self._lock:
-                for rec in ending:
-                    self._finalized(rec)
+                error = None
+                for rec, exc in failed:
+                    if exc is None:
+                        self._finalized(rec)
+                    else:
+                        error = exc
+                        self._ending.append((rec, self._writer.add([rec])))
+            if error is not None:
+                raise error
 
     def _finalized(self, rec: JobRecord) -> None:
         """Forget a final job and wake what waited on it (lock held, write durable)."""
@@ -606,10 +622,11 @@ class Runtime:
     def _remember(self, rec: JobRecord) -> None:
         """Keep a final record (never changed again) and its small result in memory."""
         # caller holds the lock; evicts the oldest beyond _FINALS_KEPT / _RESULTS_KEPT_BYTES
-        if rec.error is not None and len(rec.error) > _ERROR_KEPT_MAX:
-            self._ending_results.pop(rec.id, None)
-            self._forget_final(rec.id)
-            return
+        text = rec.error
+        if text is not None and len(text) > _ERROR_KEPT_MAX:
+            rec = rec.copy()  # kept without the long text: `_peek` reads the store for it
+            rec.error = text[-_ERROR_KEPT_MAX:]
+            self._elided.add(rec.id)
         self._finals[rec.id] = rec
         self._finals.move_to_end(rec.id)
         blob = self._ending_results.pop(rec.id, None)
@@ -624,6 +641,7 @@ class Runtime:
     def _forget_final(self, job_id: str) -> None:
         """Drop a job from the finished ones kept in memory (caller holds the lock)."""
         self._finals.pop(job_id, None)
+        self._elided.discard(job_id)
         blob = self._final_results.pop(job_id, None)
         if blob is not None:
             self._final_bytes -= len(blob)

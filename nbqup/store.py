@@ -654,12 +654,22 @@ class GroupCommit:
                     cond = self._waiting.get(ticket)
                     if cond is None:
                         cond = self._waiting[ticket] = threading.Condition(self._lock)
-                    cond.wait()
+                    try:
+                        cond.wait()
+                    except BaseException:  # interrupted: if handed the lead, pass it on
+                        if not self._busy and self._done < ticket:
+                            cond.notify()
+                        raise
                     continue
                 self._lead()
             error = self._errors.get(ticket) if mine else None
         if error is not None:
             raise error
+
+    def failed(self, ticket: int) -> BaseException | None:
+        """What the commit of batch ``ticket`` raised, if it failed (and was recent)."""
+        with self._lock:
+            return self._errors.get(ticket)
 
     def _queued(self) -> bool:
         return bool(self._records or self._blobs or self._deletes or self._reopened)

@@ -260,6 +260,41 @@ def test_cancel_of_a_job_whose_end_is_being_written_changes_nothing(tmp_path: Pa
         assert {k: jq.counts()[k] for k in _counted_by_scan(jq)} == _counted_by_scan(jq)
 
 
+def test_a_final_write_that_fails_is_written_again_and_the_job_stays_until_it_is(
+    tmp_path: Path,
+) -> None:
+    with JobQueue(tmp_path / "store", workers=1, poll_interval=0.05) as jq:
+        job = jq.after(3600).submit(add, 1)
+        failures: list[int] = []
+        commit = jq.store.commit
+
+        def failing_once(records: Any, *args: Any) -> None:
+            if not failures and any(r.status is Status.CANCELLED for r in records):
+                failures.append(1)
+                raise nbqup.NbqupError("disk full")
+            commit(records, *args)
+
+        jq.store.commit = failing_once  # type: ignore[method-assign]
+        with pytest.raises(nbqup.NbqupError, match="disk full"):
+            job.cancel()
+        assert job.id in jq._live  # not forgotten: its end is not in the store yet
+        assert job.wait(WAIT)  # the scheduler's next turn writes it again
+        stored = jq.store.load(job.id)
+        assert stored is not None and stored.status is Status.CANCELLED
+        assert job.id not in jq.store.pending_ids() and jq.counts()["cancelled"] == 1
+
+
+def test_a_job_with_a_long_error_is_shown_and_read_whole(jq: JobQueue) -> None:
+    def long_failure() -> None:
+        raise ValueError("x" * 5000)
+
+    job = jq.submit(long_failure)
+    assert job.wait(WAIT) and job.status == "failed"
+    assert job.id in [r.id for r in jq.snapshot()]  # still among the recent jobs
+    assert len(jq._finals[job.id].error or "") <= 1024  # kept in memory without the text
+    assert "x" * 5000 in (job.error or "")  # read whole from the store
+
+
 def test_two_retries_at_once_queue_the_job_once(tmp_path: Path, name: str) -> None:
     with JobQueue(tmp_path / "store", workers=1) as jq:
         job = jq.submit(flaky, name, 1)
