@@ -641,7 +641,13 @@ class GroupCommit:
 
     def flush(self, ticket: int | None = None) -> None:
         """Return once batch ``ticket`` (default: everything queued so far) is committed;
-        raise what its commit raised, if it failed."""
+        raise what its commit raised, if it failed.
+
+        Without a ticket the error heard is the last batch's, which may hold other
+        writers' writes and not (all of) the caller's: a writer that must know whether
+        its own writes failed flushes the ticket :meth:`add` gave it, or asks
+        :meth:`failed` about it.
+        """
         with self._lock:
             if ticket is None:
                 ticket = self._batch
