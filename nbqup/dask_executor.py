@@ -2,10 +2,12 @@
 
 nbqup keeps the durable ledger, the scheduling and the retries; Dask only runs the calls.
 Each run is one Dask task fed the pickled function and arguments (the store never leaves
-this process).  While it runs, two ``distributed.Queue`` objects named after the run carry
-progress and checkpoints to this process (a checkpoint is acknowledged once it is durable
-here) and an ``Event`` tells the task to stop (cancel, timeout) at its next ``progress``
-or ``checkpoint`` call -- Dask cannot kill a running task.  Printed output and
+this process).  A task that runs past the first check (0.1 s), or reports progress, talks
+to this process through two ``distributed.Queue`` objects named after the run: progress and
+checkpoints come here (a checkpoint is acknowledged once it is durable here), and an
+``Event`` tells the task to stop (cancel, timeout) at its next ``progress`` or
+``checkpoint`` call -- Dask cannot kill a running task.  A short task makes none of them
+(each costs scheduler round trips): its outcome comes back with its result.  Printed output and
 ``display(...)`` come back with the outcome.
 
 If the cluster goes away, runs in flight count as crashed (run again without using a
@@ -53,17 +55,12 @@ class DaskExecutor(Executor):
         self.client = Client(spec) if self._own else spec
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
-        from distributed import Event, Queue
-
         try:
             self._wait_for_cluster(ctx)
             fn_hash, fn_blob = call.fn_hash, call.fn_blob
             if fn_blob is None:
                 fn_hash, fn_blob = payload.dumps_fn(call.fn)
             tag = f"nbqup-{call.job_id}-{ctx.job.attempts}-{secrets.token_hex(3)}"
-            inbox = Queue(tag + "-up", client=self.client)
-            outbox = Queue(tag + "-down", client=self.client)
-            stop = Event(tag + "-stop", client=self.client)
             job = ctx.job
             future = self.client.submit(
                 _run_task, call.job_id, job.name, job.attempts, fn_hash, fn_blob,
@@ -72,35 +69,53 @@ class DaskExecutor(Executor):
         except Exception as exc:
             return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
         try:
-            return self._follow(future, inbox, outbox, stop, ctx)
+            return self._follow(future, tag, ctx)
         except Exception as exc:  # the cluster or the connection failed, not the job
             error = ClusterLost(f"the Dask cluster failed while running job {call.job_id}: {exc!r}")
             return Outcome(ok=False, error=error, traceback=f"{error}\n", crashed=True)
 
-    def _follow(self, future: Any, inbox: Any, outbox: Any, stop: Any, ctx: JobContext) -> Outcome:
-        from distributed import wait
+    def _follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
+        """Wait for the task; talk to it only if it runs on past the first wait.
+
+        The channel (two scheduler queues) and the stop event cost scheduler round trips
+        each, so a short task never makes them: its outcome comes back with the result.
+        """
+        from distributed import Event, Queue, wait
 
         runtime, job_id = ctx.runtime, ctx.job.id
         stopping: Outcome | None = None
+        channel: tuple[Any, Any] | None = None
         while True:
             if stopping is None:
                 try:
                     ctx.check()
                 except BaseException as exc:  # cancelled or timed out: ask the task to stop
-                    stop.set()
+                    Event(tag + "-stop", client=self.client).set()
                     stopping = Outcome(
                         ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n"
                     )
-            for _ in range(inbox.qsize()):
-                self._handle(inbox.get(), outbox, runtime, job_id)
-            if future.done() and inbox.qsize() == 0:
+            if channel is not None:
+                self._drain(channel, runtime, job_id)
+            if future.done():
                 break
             # wait client-side: a timed-out Queue.get logs errors on the scheduler
             with contextlib.suppress(TimeoutError):
                 wait([future], timeout=self.check_every)
+            if channel is None and not future.done():  # it runs on: listen to it
+                channel = (
+                    Queue(tag + "-up", client=self.client),
+                    Queue(tag + "-down", client=self.client),
+                )
         if future.status == "cancelled":
             raise ClusterLost(f"the task of job {job_id} was cancelled by the cluster")
-        ok, blob, text, tb, logs, bundles = future.result()
+        ok, blob, text, tb, logs, bundles, last_progress = future.result()
+        if channel is not None:
+            self._drain(channel, runtime, job_id)
+            for queue in channel:  # the scheduler forgets a queue once all sides close it
+                with contextlib.suppress(Exception):
+                    queue.close()
+        if last_progress is not None:  # the last report, whether or not it came through
+            runtime.report_progress(job_id, *last_progress)
         if logs:
             ctx.logs.write(logs)
         for bundle in bundles:
@@ -110,6 +125,11 @@ class DaskExecutor(Executor):
         if ok:
             return Outcome(ok=True, result_blob=blob, result_repr=text)
         return Outcome(ok=False, error=RuntimeError(tb.strip().splitlines()[-1]), traceback=tb)
+
+    def _drain(self, channel: tuple[Any, Any], runtime: Any, job_id: str) -> None:
+        inbox, outbox = channel
+        for _ in range(inbox.qsize()):
+            self._handle(inbox.get(), outbox, runtime, job_id)
 
     @staticmethod
     def _handle(message: Any, outbox: Any, runtime: Any, job_id: str) -> None:
@@ -134,17 +154,41 @@ class DaskExecutor(Executor):
 
 
 class _TaskRuntime:
-    """The runtime a job context talks to inside a Dask task."""
+    """The runtime a job context talks to inside a Dask task.
+
+    Its channel to the queue's process (two scheduler queues) and the stop event are made
+    on first use: a task that reports nothing costs no scheduler round trip for them.
+    """
 
     def __init__(self, tag: str) -> None:
-        from distributed import Event, Queue
-
-        self.up = Queue(tag + "-up")
-        self.down = Queue(tag + "-down")
-        self.stop = Event(tag + "-stop")
+        self.tag = tag
+        self._channel: tuple[Any, Any] | None = None
+        self._stop: Any = None
         self._last_progress = 0.0
-        self._last_stop_check = 0.0
+        self._last_stop_check = time.monotonic()
         self.ctx: JobContext | None = None
+        #: ``(fraction, message)`` of the last progress report, sent or not
+        self.last_progress: tuple[float | None, str | None] | None = None
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._channel is None:
+            from distributed import Queue
+
+            self._channel = (Queue(self.tag + "-up"), Queue(self.tag + "-down"))
+        return self._channel
+
+    def close(self) -> None:
+        for queue in self._channel or ():
+            with contextlib.suppress(Exception):
+                queue.close()
+
+    @property
+    def up(self) -> Any:
+        return self._open()[0]
+
+    @property
+    def down(self) -> Any:
+        return self._open()[1]
 
     def now(self) -> float:
         return time.time()
@@ -153,11 +197,16 @@ class _TaskRuntime:
         now = time.monotonic()
         if self.ctx is not None and now - self._last_stop_check > PROGRESS_EVERY:
             self._last_stop_check = now
-            if self.stop.is_set():
+            if self._stop is None:
+                from distributed import Event
+
+                self._stop = Event(self.tag + "-stop")
+            if self._stop.is_set():
                 self.ctx.stop_reason = "cancelled"
 
     def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
         self._check_stop()
+        self.last_progress = (fraction, message)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY or fraction == 1.0:
             self._last_progress = now
@@ -189,7 +238,8 @@ class _TaskJob:
 
 def _run_task(job_id: str, name: str, attempts: int, fn_hash: str, fn_blob: bytes,
               args_blob: bytes | None, tag: str) -> tuple[Any, ...]:  # fmt: skip
-    """The Dask task: run the call; return (ok, result, repr, traceback, logs, outputs)."""
+    """The Dask task: run the call; return (ok, result, repr, traceback, logs, outputs,
+    its last progress report or None)."""
     global _captured
     if not _captured and not capture.routing():
         # A worker process of its own: route its jobs' print/display for good.  (In the
@@ -210,4 +260,5 @@ def _run_task(job_id: str, name: str, attempts: int, fn_hash: str, fn_blob: byte
         out = (False, None, None, traceback.format_exc())
     finally:
         _current.reset(token)
-    return (*out, ctx.logs.text(), ctx.outputs.bundles())
+        runtime.close()
+    return (*out, ctx.logs.text(), ctx.outputs.bundles(), runtime.last_progress)

@@ -72,6 +72,30 @@ def test_hundred_jobs_run_with_progress_and_checkpoints(client: Any, tmp_path: P
         assert "working on 3" in job.logs
 
 
+def says_where_it_got(n: int) -> int:
+    nbqup.progress(n, n, f"{n} of {n} done")
+    return n
+
+
+def scheduler_queues(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.extensions["queues"].queues)
+
+
+def test_a_short_job_makes_no_channel_and_its_last_report_still_arrives(
+    client: Any, tmp_path: Path
+) -> None:
+    with JobQueue(tmp_path / "s", workers=2, executor=client) as jq:
+        job = jq.submit(says_where_it_got, 7)  # over before the queue looks at it
+        assert job.result(timeout=WAIT) == 7
+        assert job.progress == 1.0 and job.message == "7 of 7 done"
+        slow = jq.submit(reporting, 3)  # a checkpoint: the task talks to the queue
+        assert slow.result(timeout=WAIT) == {"done": 3}
+    deadline = time.monotonic() + WAIT  # released by messages the scheduler gets soon after
+    while client.run_on_scheduler(scheduler_queues) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.run_on_scheduler(scheduler_queues) == 0  # every channel was released
+
+
 def test_failing_job_retries(client: Any, tmp_path: Path) -> None:
     with JobQueue(tmp_path / "s", workers=2, executor=client) as jq:
         job = jq.options(retries=1).submit(fails_first, str(tmp_path / "marker"))
