@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "FINAL",
+    "JOB_FIELDS",
     "RECORD_VERSION",
     "UNFINISHED",
     "JobRecord",
