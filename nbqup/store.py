@@ -598,6 +598,9 @@ def _make_private_dir(path: Path) -> None:
         os.umask(old)
 
 
+_ERRORS_KEPT = 10_000  # batches after which a failed batch's error is dropped
+
+
 class GroupCommit:
     """Group commit: callers queue writes, one of them commits everything queued.
 
@@ -700,8 +703,9 @@ class GroupCommit:
             self._done = number
             if error is not None:
                 self._errors[number] = error
-                for old in [n for n in self._errors if n < number - 1000]:
-                    del self._errors[old]  # nobody waits that long
+            if self._errors:  # kept for the batch's writers; theirs waited long enough
+                for old in [n for n in self._errors if n < number - _ERRORS_KEPT]:
+                    del self._errors[old]
             done = self._waiting.pop(number, None)
             if done is not None:
                 done.notify_all()
