@@ -702,6 +702,9 @@ class JobQueue(Runtime):
             self.store.backend.write([("requests", job_id, b"cancel")])
             return True
         self._adopt(job_id)  # submitted by another process and not picked up yet
+        deadline = time.monotonic() + _RECORDING_WAIT
+        while self._being_recorded(job_id) and time.monotonic() < deadline:
+            time.sleep(0.001)  # queued again by a retry whose write lands in a moment
         with self._lock:
             live = self._live.get(job_id)
             if live is None:
@@ -754,6 +757,11 @@ class JobQueue(Runtime):
                 self._submitting.discard(job_id)
         self._settle()
 
+    def _being_recorded(self, job_id: str) -> bool:
+        """Whether the job is being written by this process and is not live yet."""
+        with self._lock:
+            return job_id in self._submitting and job_id not in self._live
+
     def _final_in_flight(self, job_id: str) -> bool:
         """Whether the job has ended here but its final write is not durable yet."""
         with self._lock:
@@ -769,6 +777,7 @@ class JobQueue(Runtime):
 
 
 _RECENT_SHOWN = 200  # finished jobs in a snapshot, newest first
+_RECORDING_WAIT = 10.0  # seconds cancel() waits for a job being written to become live
 
 
 def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]]) -> str | None:

@@ -35,6 +35,13 @@ def flaky(name: str, failures: int) -> int:
     return len(CALLS[name])
 
 
+def fails_then_waits(name: str) -> None:
+    CALLS[name].append(1)
+    if len(CALLS[name]) == 1:
+        raise RuntimeError("first run fails")
+    EVENTS[name].wait(WAIT)  # a retried run: still running when it is cancelled
+
+
 def stubborn(name: str) -> str:
     EVENTS[f"{name}:started"].set()
     EVENTS[name].wait(WAIT)  # ignores stop requests: a zombie until released
@@ -258,6 +265,38 @@ def test_cancel_of_a_job_whose_end_is_being_written_changes_nothing(tmp_path: Pa
         assert job.result(WAIT) == 3 and job.status == "succeeded"
         assert jq.counts()["cancelled"] == 0
         assert {k: jq.counts()[k] for k in _counted_by_scan(jq)} == _counted_by_scan(jq)
+
+
+def test_cancel_while_a_retry_is_being_written_cancels_the_retried_job(
+    tmp_path: Path, name: str
+) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        job = jq.submit(fails_then_waits, name)
+        assert job.wait(WAIT) and job.status == "failed"
+        writing, release = threading.Event(), threading.Event()
+        commit = jq.store.commit
+
+        def held(records: Any, *args: Any) -> None:
+            if any(r.id == job.id and r.status is Status.QUEUED for r in records):
+                writing.set()
+                release.wait(WAIT)
+            commit(records, *args)
+
+        jq.store.commit = held  # type: ignore[method-assign]
+        retry = threading.Thread(target=job.retry)
+        retry.start()
+        assert writing.wait(WAIT)  # the retry's write is under way: not live yet
+        answers: list[bool] = []
+        cancel = threading.Thread(target=lambda: answers.append(job.cancel()))
+        cancel.start()
+        cancel.join(0.05)
+        assert answers == []  # it waits for the retried job instead of answering False
+        release.set()
+        retry.join(WAIT)
+        cancel.join(WAIT)
+        assert answers == [True]
+        EVENTS[name].set()
+        assert job.wait(WAIT) and job.status == "cancelled"
 
 
 def test_a_final_write_that_fails_is_written_again_and_the_job_stays_until_it_is(
