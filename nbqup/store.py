@@ -189,6 +189,12 @@ def _write_reading(
     delta: dict[str, int] = {}
     for job_id, (status, body) in records.items():
         _write_one(txn, job_id, status, body, delta)
+    return _count_in(txn, delta)
+
+
+def _count_in(txn: Txn, delta: dict[str, int]) -> bytes | None:
+    """Change the stored finished counts by ``delta`` inside ``txn``; returns them (None:
+    the store has none yet, and ``finished_counts()`` will count every record)."""
     raw = txn.get("info", _COUNTS)
     if raw is not None and any(delta.values()):
         raw = _add_counts(raw, delta)
@@ -568,10 +574,8 @@ class _StoreTxn:
         (what the record was before is read here, inside the transaction)."""
         delta: dict[str, int] = {}
         _write_one(self.txn, rec.id, rec.status, _dump_record(rec), delta)
-        raw = self.txn.get("info", _COUNTS) if any(delta.values()) else None
-        if raw is not None:  # else unchanged, or not counted yet
-            self.txn.put("info", _COUNTS, _add_counts(raw, delta))
-        self.store._counts_seen = _UNREAD
+        _count_in(self.txn, delta)
+        self.store._counts_seen = _UNREAD  # its next commit reads them afresh
 
     def get(self, table: str, key: str) -> bytes | None:
         return self.store._unframe(table, key, self.txn.get(table, key))
