@@ -31,6 +31,13 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def chatter(lines: int) -> int:
+    """Print ``lines`` short lines (the job's output benchmark); returns how many."""
+    for i in range(lines):
+        print("line", i)
+    return lines
+
+
 def where() -> tuple[int, str, list[str]]:
     """Where a job ran: pid, this module's file, ``sys.path`` (checks a child imports it)."""
     return os.getpid(), __file__, list(sys.path)

@@ -11,6 +11,9 @@
     # store traffic per job: commits, records per commit, reads by table, wall time of each
     python -m benchmarks.profile throughput --jobs 10000 --count
 
+    # one job printing 500,000 lines, under the thread and the process executor (info only)
+    python -m benchmarks.profile output --lines 500000
+
 ``--analyze`` reads py-spy's raw (collapsed-stack) output and prints, per thread role
 (the caller submitting, the worker slots), the functions with the most samples on the
 stack (inclusive) and on top of it (self), as a share of that role's samples.
@@ -120,6 +123,36 @@ def run(workload: str, n: int, workers: int, durability: str) -> float:
     return took
 
 
+def output(lines: int) -> dict[str, float]:
+    """Seconds for one job printing ``lines`` lines to reach its log, per executor.
+
+    The process executor's child sends what a job prints to this process; the figure
+    shows what that relay costs next to the thread executor (info only, no target).
+    """
+    import nbqup
+    from nbqup.executors import ProcessExecutor
+
+    took: dict[str, float] = {}
+    for name in ("thread", "process"):
+        executor: Any = ProcessExecutor() if name == "process" else name
+        folder = Path(tempfile.mkdtemp(prefix=".profile-", dir=ROOT))
+        try:
+            with nbqup.JobQueue(folder / "store", workers=1, executor=executor) as jq:
+                jq.submit(jobs.noop).result(timeout=120)  # warm up: a child process starts
+                t0 = time.perf_counter()
+                job = jq.submit(jobs.chatter, lines)
+                job.result(timeout=600)
+                took[name] = time.perf_counter() - t0
+                sent = getattr(executor, "messages_received", None)
+                tail = job.logs.rsplit("\n", 2)[-2]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        extra = "" if sent is None else f", {sent} messages from the child"
+        print(f"output: {lines} lines, {name}: {took[name]:.2f} s{extra} (last: {tail!r})")
+    print(f"output: process / thread = {took['process'] / took['thread']:.1f}x")
+    return took
+
+
 _FRAME = re.compile(r"^(?P<fn>[^ ]+) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
@@ -179,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("workload", nargs="?", choices=("throughput", "submit"), default="throughput")
+    p.add_argument(
+        "workload", nargs="?", choices=("throughput", "submit", "output"), default="throughput"
+    )
     p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("--lines", type=int, default=500_000, help="lines printed (output)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--durability", default="process")
     p.add_argument("--cprofile", action="store_true", help="cProfile the calling thread")
@@ -189,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.analyze:
         analyze(Path(args.analyze))
+        return 0
+    if args.workload == "output":
+        output(args.lines)
         return 0
     if args.cprofile:
         prof = cProfile.Profile()

@@ -35,57 +35,111 @@ class ChildJob:
         return f"<Job {self.id} {self.name!r} running attempts={self.attempts}>"
 
 
-class PipeRuntime:
-    """The runtime a job context talks to: everything goes to the parent."""
+class Outbox:
+    """The child's end of the pipe to its parent: every message in order, output batched.
+
+    Sending one pipe message per ``print`` made a job printing 500,000 lines 13x slower
+    than under the thread executor.  What a job prints is gathered here and sent as one
+    message once :data:`FLUSH_BYTES` have gathered, :data:`FLUSH_EVERY` seconds after the
+    first unsent write (a helper thread), before any other message (so output and
+    progress, checkpoints and the outcome keep their order) and when the job ends.  What
+    is lost if the child is killed (SIGKILL, ``os._exit``, a segfault) is at most the
+    output of the last :data:`FLUSH_EVERY` seconds.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.dirty = False  # read by code that expects a LogBuffer
+        self._parts: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self._pending = threading.Condition(self._lock)
+        threading.Thread(target=self._flusher, name="nbqup-child-flush", daemon=True).start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send ``message`` after the output written before it."""
+        with self._lock:
+            self._flush()
+            self.conn.send(message)
+
+    def write(self, text: str) -> int:
+        """What the job printed or logged: kept until a flush (see the class)."""
+        with self._lock:
+            if not self._parts:
+                self._pending.notify()
+            self._parts.append(text)
+            self._size += len(text)
+            if self._size >= FLUSH_BYTES:
+                self._flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        # caller holds the lock
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts, self._size = [], 0
+            self.conn.send(("log", text))
+
+    def _flusher(self) -> None:
+        while True:
+            with self._lock:
+                while not self._parts:
+                    self._pending.wait()
+            time.sleep(FLUSH_EVERY)  # let more output gather: one message, not many
+            try:
+                self.flush()
+            except (OSError, EOFError):  # the parent went away: nothing to send to
+                return
+
+
+#: Output gathered in the child beyond this many characters is sent at once.
+FLUSH_BYTES = 64 * 1024
+#: Output is sent at most this many seconds after it was written.
+FLUSH_EVERY = 0.1
+
+
+class PipeRuntime:
+    """The runtime a job context talks to: everything goes to the parent."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
 
     def now(self) -> float:
-        import time
-
         return time.time()
 
     def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
-        self.conn.send(("progress", fraction, message))
+        self.outbox.send(("progress", fraction, message))
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:
-        self.conn.send(("checkpoint", payload.dumps_result(state)))
-        reply = self.conn.recv()  # durable in the parent's store when this arrives
+        self.outbox.send(("checkpoint", payload.dumps_result(state)))
+        reply = self.outbox.conn.recv()  # durable in the parent's store when this arrives
         if reply[0] != "ack":
             raise RuntimeError(f"checkpoint not saved: {reply!r}")
 
     def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
-        self.conn.send(("restore",))
-        _, found, blob = self.conn.recv()
+        self.outbox.send(("restore",))
+        _, found, blob = self.outbox.conn.recv()
         return (True, payload.loads(blob)) if found else (False, None)
 
 
-class _PipeLog:
-    """Stands in for a job's LogBuffer: each write goes to the parent."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.dirty = False
-
-    def write(self, text: str) -> int:
-        self.conn.send(("log", text))
-        return len(text)
-
-
 class _PipeOutputs:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
         self.dirty = False
 
     def add(self, data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
-        self.conn.send(("rich", data, metadata or {}))
+        self.outbox.send(("rich", data, metadata or {}))
 
 
 def serve(conn: Connection) -> None:
     """Run jobs sent by the parent until it closes the pipe."""
     capture.install(current_log, current_outputs)
-    runtime = PipeRuntime(conn)
+    outbox = Outbox(conn)
+    runtime = PipeRuntime(outbox)
     while True:
         try:
             message = conn.recv()
@@ -93,8 +147,8 @@ def serve(conn: Connection) -> None:
             return
         _, job_id, name, attempts, fn_hash, fn_blob, args_blob = message
         ctx = JobContext(ChildJob(job_id, name, attempts), runtime)  # type: ignore[arg-type]
-        ctx.logs = _PipeLog(conn)  # type: ignore[assignment]
-        ctx.outputs = _PipeOutputs(conn)  # type: ignore[assignment]
+        ctx.logs = outbox  # type: ignore[assignment]
+        ctx.outputs = _PipeOutputs(outbox)  # type: ignore[assignment]
         token = _current.set(ctx)
         result: tuple[str, bool, bytes | None, str | None, str | None]
         try:
@@ -117,7 +171,7 @@ def serve(conn: Connection) -> None:
             _current.reset(token)
             sys.stdout.flush()
             sys.stderr.flush()
-        conn.send(result)
+        outbox.send(result)  # after the job's last output
 
 
 def _die_with_parent(parent: int) -> None:

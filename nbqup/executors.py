@@ -227,6 +227,9 @@ class ProcessExecutor(Executor):
         self._children: set[_Child] = set()
         self._lock = threading.Lock()
         self._closed = False
+        #: Messages received from child processes in all (output, progress, outcomes...):
+        #: what relaying the jobs' work cost, for benchmarks and tests.
+        self.messages_received = 0
 
     def _child(self) -> _Child:
         child: _Child | None = getattr(self._local, "child", None)
@@ -259,6 +262,14 @@ class ProcessExecutor(Executor):
 
     def _follow(self, child: _Child, ctx: JobContext) -> Outcome:
         """Relay the child's messages until it reports, dies, or must be stopped."""
+        received = [0]
+        try:
+            return self._relay(child, ctx, received)
+        finally:
+            with self._lock:
+                self.messages_received += received[0]
+
+    def _relay(self, child: _Child, ctx: JobContext, received: list[int]) -> Outcome:
         runtime = ctx.runtime
         job_id = ctx.job.id
         while True:
@@ -272,6 +283,7 @@ class ProcessExecutor(Executor):
                         raise EOFError
                     continue
                 message = child.recv_conn.recv()
+                received[0] += 1
             except (EOFError, OSError):
                 code = child.proc.wait()
                 self._drop(child)
