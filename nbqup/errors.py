@@ -67,12 +67,13 @@ class StoreCorrupt(NbqupError, ValueError):
 
 
 class SerializationError(NbqupError, TypeError):
-    """A function or argument cannot be pickled; nothing was recorded."""
+    """A function or argument cannot be pickled (nothing was recorded), or a stored
+    pickle cannot be loaded (``action="load"``: a class it needs is gone, say)."""
 
-    def __init__(self, what: str, cause: BaseException) -> None:
+    def __init__(self, what: str, cause: BaseException, *, action: str = "serialize") -> None:
         self.what = what
         self.cause = cause
-        super().__init__(f"cannot serialize {what}: {type(cause).__name__}: {cause}")
+        super().__init__(f"cannot {action} {what}: {type(cause).__name__}: {cause}")
 
 
 class JobTimedOut(NbqupError, TimeoutError):

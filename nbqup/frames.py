@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import StoreCorrupt
+from .errors import SerializationError, StoreCorrupt
 from .job import FINAL, Status
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def results_df(
             continue
         try:
             value = jq._result(job_id)
-        except StoreCorrupt as exc:
+        except (StoreCorrupt, SerializationError) as exc:
             warnings.warn(f"nbqup: {exc}; its result is left out", RuntimeWarning, stacklevel=2)
             continue
         items = (

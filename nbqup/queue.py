@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock
 from .context import JobContext
-from .errors import StoreCorrupt
+from .errors import SerializationError, StoreCorrupt
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
@@ -668,11 +668,22 @@ class JobQueue(Runtime):
             )
 
     def _result(self, job_id: str) -> Any:
+        """The stored return value of a succeeded job (a stored ``None`` included).
+
+        Raises :class:`StoreCorrupt` if the result is missing from the store, and
+        :class:`SerializationError` (the unpickler's error chained) if it cannot be loaded.
+        """
         self._check_readable(job_id)
         blob = self._final_results.get(job_id)
         if blob is None:
             blob = self.store.get_blob("result", job_id)
-        return None if blob is None else payload.loads(blob)
+        if blob is None:  # every succeeded job stores one: it was lost or deleted
+            reason = f"job {job_id} succeeded but its result is missing from the store"
+            raise StoreCorrupt(f"result/{job_id}", reason, str(self.path))
+        try:
+            return payload.loads(blob)
+        except Exception as exc:
+            raise SerializationError(f"the result of job {job_id}", exc, action="load") from exc
 
     def _checkpoint(self, job_id: str) -> Any:
         return self.load_checkpoint(job_id)[1]
