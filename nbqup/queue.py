@@ -157,9 +157,11 @@ class JobQueue(Runtime):
                     return
                 if not self.store.acquire_owner():
                     continue
-                self.is_owner = True
             log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
-            self._recover()
+            self._recover()  # is_owner turns true once every unfinished job is loaded
+            with self._lock:
+                if self._closed or self._stopping:  # closed while recovering
+                    return
             self._start_threads()
             return
 
@@ -272,20 +274,25 @@ class JobQueue(Runtime):
              "cancelled": 1, "skipped": 0}
 
         Cheap whatever the history: finished jobs are counted by the store as they finish
-        (one read), unfinished ones are the owner's live jobs (a client reads the unfinished
-        records).  Exact while nothing changes; while jobs are finishing, a job that has
-        just ended may be left out for an instant.  A store written by an older nbqup is
-        counted once, on the first call (reading every record), and kept from then on.
+        (one read); unfinished ones are every job in the store's index of unfinished jobs
+        -- with the owner's live state where it has one, the stored record where not (a
+        job another process just submitted, a job a takeover has not recovered yet) --
+        plus the owner's live jobs whose first write is on its way.  Exact while nothing
+        changes; while jobs are finishing, a job that has just ended may be left out for
+        an instant.  A store written by an older nbqup is counted once, on the first call
+        (reading every record), and kept from then on.
         """
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         out = dict.fromkeys((s.value for s in Status), 0)
-        if self.is_owner:
-            with self._lock:
-                statuses = [rec.status for rec in self._live.values()]
-        else:
-            loaded = (self._load_quietly(i) for i in self.store.pending_ids())
-            statuses = [rec.status for rec in loaded if rec is not None]
+        with self._lock:
+            live = {job_id: rec.status for job_id, rec in self._live.items()}
+        statuses = list(live.values())
+        for job_id in self.store.pending_ids():
+            if job_id not in live:
+                rec = self._load_quietly(job_id)
+                if rec is not None:
+                    statuses.append(rec.status)
         for status in statuses:
             if not status.final:  # one that just ended is counted by the store once written
                 out[status.value] += 1

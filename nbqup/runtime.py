@@ -116,7 +116,13 @@ class Runtime:
         raise NotImplementedError
 
     def _recover(self) -> None:
-        """Load every unfinished job; runs found 'running' died with their process."""
+        """Load every unfinished job (runs found 'running' died with their process), then
+        act as the owner: apply the requests clients left, load the schedules.
+
+        Only once every job is loaded does :attr:`is_owner` turn true: a client taking
+        over (:meth:`~nbqup.JobQueue._take_over`) goes on reading the store as a client
+        until then, so ``counts()`` or ``wait()`` never see a half-recovered queue.
+        """
         records = []
         fixes = []
         for job_id in self.store.pending_ids():
@@ -135,6 +141,8 @@ class Runtime:
         for rec in records:
             if rec.status not in FINAL:
                 self._admit(rec)
+        with self._lock:
+            self.is_owner = True
         self._apply_requests()
         self._schedules.load_all()
 
