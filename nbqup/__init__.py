@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .context import checkpoint, current_job, progress, restore, track
 from .errors import (
+    Deadlock,
     JobCancelled,
     JobFailed,
     JobTimedOut,
@@ -44,6 +45,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "Deadlock",
     "Job",
     "JobCancelled",
     "JobFailed",

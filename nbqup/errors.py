@@ -8,6 +8,7 @@ job, path or argument at fault.
 from __future__ import annotations
 
 __all__ = [
+    "Deadlock",
     "JobCancelled",
     "JobFailed",
     "JobTimedOut",
@@ -83,3 +84,8 @@ class JobTimedOut(NbqupError, TimeoutError):
         self.job_id = job_id
         self.timeout = timeout
         super().__init__(f"job {job_id} timed out after {timeout:g}s")
+
+
+class Deadlock(NbqupError, RuntimeError):
+    """A wait inside a job that could never end: on the job itself, on a job waiting
+    (directly or through others) for it, or ``jq.wait()`` for every job, itself included."""

@@ -109,6 +109,8 @@ class JobQueue(Runtime):
         self._running: dict[str, JobContext] = {}
         self._submitting: set[str] = set()
         self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
+        self._awaiting: dict[str, str] = {}  # job waiting inside a job -> awaited job
+        self._helpers = 0  # threads waiting inside jobs (see nbqup.nested)
         # final, write queued (in the batch of this ticket), not yet forgotten
         self._ending: list[tuple[JobRecord, int]] = []
         self._elided: set[str] = set()  # kept in `_finals` without their long error text
@@ -328,6 +330,7 @@ class JobQueue(Runtime):
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._closed:  # a closed queue runs nothing more
             return not self._live
+        self._refuse_wait_all()  # inside a job of this queue: it would wait for itself
         if not self.is_owner:
             return self._poll_until(lambda: not self.store.pending_ids(), deadline)
         self._adopt_pending()  # jobs other processes submitted since the last check
@@ -645,6 +648,9 @@ class JobQueue(Runtime):
             if job_id not in self._live and job_id in self._finals:  # finished here
                 return True
             self._adopt(job_id)  # submitted by another process and not picked up yet
+            waiter = self._job_in_this_thread()
+            if waiter is not None and not self._lend_slot(waiter, job_id, deadline):
+                return False  # timed out (see nbqup.nested: the slot runs it meanwhile)
             with self._lock:
                 while job_id in self._live and not self._closed:
                     left = None if deadline is None else deadline - time.monotonic()

@@ -37,12 +37,14 @@ from .errors import NbqupError, SerializationError, StoreCorrupt
 from .executors import Call, Executor, Outcome
 from .handle import Job
 from .job import FINAL, JobRecord, Status
+from .nested import NestedWaits
 from .schedule import retry_delay
 from .store import GroupCommit, Store
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .nested import Claim
     from .queue import JobQueue
     from .recurring import Schedules
     from .submit import Task
@@ -66,7 +68,7 @@ _ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the sto
 _zombies: dict[str, dict[str, threading.Thread]] = {}
 
 
-class Runtime:
+class Runtime(NestedWaits):
     """Recovery, scheduling and running of jobs; mixed into :class:`~nbqup.JobQueue`."""
 
     # State set up by JobQueue.__init__ (see there).
@@ -189,6 +191,8 @@ class Runtime:
         rec.status = Status.QUEUED
         heapq.heappush(self._ready, (-rec.priority, next(self._seq), rec.id))
         self._work.notify()
+        if self._helpers:  # jobs waiting inside jobs may run it (see nbqup.nested)
+            self._done.notify_all()
 
     def _unmet_dependencies(self, rec: JobRecord) -> set[str] | None:
         waiting = set()
@@ -401,27 +405,37 @@ class Runtime:
                     self._work.wait()
                     continue
                 if job_id is not None:
+                    claim = self._claim(job_id)
                     break
             self._settle()
             with self._lock:
                 if self._stopping:
                     return None
-        with self._lock:
-            rec = self._live[job_id]
-            now = self._clock.now()
-            rec.status = Status.RUNNING
-            rec.attempts += 1
-            rec.started = now
-            rec.finished = None
-            rec.message = None
-            deadline = None if rec.timeout is None else now + rec.timeout
-            attempt = rec.attempts
-            ctx = JobContext(
-                Job(cast("JobQueue", self), job_id), self, deadline=deadline, timeout=rec.timeout
-            )
-            self._running[job_id] = ctx
-            self._runners[job_id] = threading.current_thread()
-            ticket = self._writer.add([rec.copy()])
+        return self._launch(claim)
+
+    def _claim(self, job_id: str) -> Claim:
+        """Mark a ready job running in this thread (the caller holds the lock, so no other
+        slot takes it); its record, context, the ticket of that write and its attempt."""
+        rec = self._live[job_id]
+        now = self._clock.now()
+        rec.status = Status.RUNNING
+        rec.attempts += 1
+        rec.started = now
+        rec.finished = None
+        rec.message = None
+        deadline = None if rec.timeout is None else now + rec.timeout
+        ctx = JobContext(
+            Job(cast("JobQueue", self), job_id), self, deadline=deadline, timeout=rec.timeout
+        )
+        self._running[job_id] = ctx
+        self._runners[job_id] = threading.current_thread()
+        return rec, ctx, self._writer.add([rec.copy()]), rec.attempts
+
+    def _launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]:
+        """Make a claimed job's running mark durable and load its call (None: it could
+        not be loaded, and has failed)."""
+        rec, ctx, ticket, attempt = claim
+        job_id = rec.id
         try:
             # Durable before the job runs (a job that kills its process is counted next
             # time); this also commits what earlier attempts wrote (their logs).

@@ -1,0 +1,164 @@
+"""Waiting on a job from inside a job of the same queue: the waiting job lends its slot.
+
+With ``workers=1``, a job that submits another job to its own queue and calls
+``inner.result()`` holds the one slot the inner job needs, and both wait forever.  So a
+wait made inside a running job of the queue does not simply sleep: whenever the awaited
+job -- or a job it depends on (``depends_on``, a Job argument) -- is ready to run, the
+waiting thread runs it, in the waiting job's slot, as a worker would (same bookkeeping:
+marked running, durable, retried, logged).  Otherwise (it runs on another worker, it is
+delayed, it waits for a registration) the waiter sleeps until a job ends or becomes
+ready, and looks again.  The waiting job does no work meanwhile, so no more jobs work at
+once than there are workers, and chains of nested waits of any depth go through on one
+worker.
+
+Lending was chosen over refusing the wait: refusing needs to know, when ``result()`` is
+called, whether a worker will be free when the awaited job becomes ready, which a delayed
+job makes unknowable; lending simply always works.  A wait that can never end, though,
+raises :class:`~nbqup.Deadlock` at once: a job waiting for itself, or for a job that waits
+(directly or through others) for it.  The rule holds for the thread executor (where a job
+runs in its slot's thread); a process job cannot reach the queue object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .context import current_context
+from .errors import Deadlock
+from .job import Status
+
+if TYPE_CHECKING:
+    from .context import JobContext
+    from .executors import Call, Executor, Outcome
+    from .job import JobRecord
+
+    #: A job taken by a slot: its record, context, the ticket of its "running" write and
+    #: its attempt number.
+    Claim = tuple[JobRecord, JobContext, int, int]
+
+__all__ = ["NestedWaits"]
+
+log = logging.getLogger("nbqup")
+
+
+class NestedWaits:
+    """Waits inside jobs of this queue; mixed into :class:`~nbqup.runtime.Runtime`."""
+
+    # State set up by JobQueue.__init__ (see there).
+    _lock: threading.RLock
+    _done: threading.Condition
+    _live: dict[str, JobRecord]
+    _blocked: dict[str, set[str]]
+    _held: dict[str, str]
+    _running: dict[str, JobContext]
+    _executor: Executor
+    _stopping: bool
+    _closed: bool
+    #: waiting job id -> the job it waits for (to find waits that can never end)
+    _awaiting: dict[str, str]
+    #: threads waiting inside a job: while there are any, a job becoming ready wakes them
+    _helpers: int
+
+    if TYPE_CHECKING:  # provided by Runtime
+
+        def _claim(self, job_id: str) -> Claim: ...
+        def _launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]: ...
+        def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None: ...
+        def _internal_error(self, job_id: str | None, exc: Exception) -> None: ...
+
+    def _job_in_this_thread(self) -> str | None:
+        """The id of the job of this queue that the calling thread runs, or None."""
+        ctx = current_context()
+        return ctx.job.id if ctx is not None and ctx.runtime is self else None
+
+    def _lend_slot(self, waiter: str, job_id: str, deadline: float | None) -> bool:
+        """Inside job ``waiter``: wait for ``job_id``, running it (or what it depends on)
+        here whenever it is ready.  False if ``deadline`` (monotonic) passed first; True
+        once the job is no longer live here (or the queue closed).  A job run here is not
+        cut short by the deadline: it is checked between runs."""
+        with self._lock:
+            self._check_cycle(waiter, job_id)
+            self._awaiting[waiter] = job_id
+            self._helpers += 1
+        try:
+            while True:
+                with self._lock:
+                    if job_id not in self._live or self._closed:
+                        return True
+                    ready = self._ready_for(job_id, waiter)
+                    if ready is None:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return False
+                        self._done.wait(left)  # a job ended or became ready
+                        continue
+                    claim = self._claim(ready)
+                self._run_here(claim)
+        finally:
+            with self._lock:
+                del self._awaiting[waiter]
+                self._helpers -= 1
+
+    def _ready_for(self, job_id: str, waiter: str) -> str | None:
+        """A ready job that ``job_id`` needs run: itself, or one of the jobs it waits for,
+        transitively; None if none is (the caller holds the lock)."""
+        if self._stopping:  # close(): only while close waits for the waiting job to end
+            ctx = self._running.get(waiter)
+            if ctx is None or ctx.stop_reason is not None:
+                return None
+        todo, seen = [job_id], set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            rec = self._live.get(current)
+            if rec is None:
+                continue
+            if current in self._blocked:
+                todo.extend(self._blocked[current])
+            elif rec.status is Status.QUEUED and current not in self._held:
+                return current
+        return None
+
+    def _run_here(self, claim: Claim) -> None:
+        """Run a claimed job in this thread, as a worker slot does."""
+        rec, ctx, call = self._launch(claim)
+        if call is None:  # it could not be loaded: already failed
+            return
+        try:
+            self._finish(rec.id, ctx, self._executor.run(call, ctx))
+        except Exception as exc:  # a bug or a failing store: the job fails, the wait goes on
+            log.exception("nbqup: running job %s in a waiting job's slot", rec.id)
+            self._internal_error(rec.id, exc)
+
+    def _check_cycle(self, waiter: str, job_id: str) -> None:
+        """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or waits for it (lock held)."""
+        chain = [job_id]
+        while chain[-1] != waiter:
+            nxt = self._awaiting.get(chain[-1])
+            if nxt is None:
+                return
+            chain.append(nxt)
+        if len(chain) == 1:
+            raise Deadlock(
+                f"job {waiter} waits for itself: it can never be done while it waits. "
+                "Return from the job instead, or wait for other jobs"
+            )
+        path = ", which waits for job ".join(chain)
+        raise Deadlock(
+            f"job {waiter} waits for job {path}: none of them can ever be done. "
+            "Let one of them return and pass its job as an argument to the next instead"
+        )
+
+    def _refuse_wait_all(self) -> None:
+        """``jq.wait()`` inside a job of this queue would wait for that job too."""
+        waiter = self._job_in_this_thread()
+        if waiter is not None:
+            raise Deadlock(
+                f"jq.wait() inside job {waiter} waits for every job, this one included: "
+                "it can never return. Wait for the jobs it needs (job.result()) instead"
+            )

@@ -1,0 +1,183 @@
+"""A job waiting on another job of its own queue (issue 12, item 11).
+
+With every worker busy, ``inner.result()`` inside a job used to wait forever: the job
+held the slot the awaited job needed.  The waiting job now lends its slot: the awaited
+job (or what it waits for) runs there.  A wait that can never end -- on itself, on a job
+waiting for it, ``jq.wait()`` for every job including itself -- raises at once.
+
+Job functions find their queue in :data:`QUEUES` (a queue cannot be pickled into a job).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jobfns import CALLS, EVENTS
+
+import nbqup
+from nbqup import JobQueue
+from nbqup.clock import ManualClock
+
+WAIT = 30
+QUEUES: dict[str, JobQueue] = {}
+
+
+@pytest.fixture
+def queues(name: str) -> Iterator[dict[str, JobQueue]]:
+    yield QUEUES
+    for jq in list(QUEUES.values()):
+        jq.close()
+    QUEUES.clear()
+
+
+def _queue(name: str) -> JobQueue:
+    return QUEUES[name]
+
+
+def where(name: str, x: int) -> tuple[int, str]:
+    CALLS[name].append(x)
+    return x * x, threading.current_thread().name
+
+
+def outer(name: str, x: int) -> tuple[int, str, str]:
+    """Submit a job to the same queue and wait for its result."""
+    inner = _queue(name).submit(where, name, x)
+    value, ran_in = inner.result(timeout=10)
+    return value + 1, ran_in, threading.current_thread().name
+
+
+def nested(name: str, depth: int) -> int:
+    """A chain of ``depth`` jobs, each waiting on the next."""
+    if depth == 0:
+        return 1
+    child = _queue(name).submit(nested, name, depth - 1)
+    return 1 + int(child.result(timeout=10))
+
+
+def test_one_worker_a_job_waiting_on_its_own_queue_lends_its_slot(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    job = jq.submit(outer, name, 7)
+    value, inner_thread, outer_thread = job.result(timeout=WAIT)
+    assert value == 50
+    assert inner_thread == outer_thread  # the awaited job ran in the waiting job's slot
+    assert CALLS[name] == [7]  # once
+    assert jq.counts()["succeeded"] == 2
+
+
+def test_two_workers_both_busy_two_nested_levels_each(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    chains = [jq.submit(nested, name, 3) for _ in range(4)]  # 4 chains on 2 workers
+    assert [c.result(timeout=WAIT) for c in chains] == [4, 4, 4, 4]
+    assert jq.counts()["succeeded"] == 16
+
+
+def wait_for_running(name: str) -> int:
+    """Wait for a job that another worker is running (no slot needs lending)."""
+    inner = _queue(name).submit(hold, name)
+    assert EVENTS[f"{name}:inner"].wait(WAIT)  # running on the other worker
+    EVENTS[f"{name}:outer-waits"].set()
+    return int(inner.result(timeout=WAIT)) + 1
+
+
+def hold(name: str) -> int:
+    CALLS[name].append(threading.current_thread().name)
+    EVENTS[f"{name}:inner"].set()
+    assert EVENTS[f"{name}:go"].wait(WAIT)
+    return 41
+
+
+def test_a_job_running_on_another_worker_is_just_waited_for(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    job = jq.submit(wait_for_running, name)
+    assert EVENTS[f"{name}:outer-waits"].wait(WAIT)
+    EVENTS[f"{name}:go"].set()
+    assert job.result(timeout=WAIT) == 42
+    assert len(CALLS[name]) == 1  # the inner job ran once, on the other worker
+
+
+def wait_for_delayed(name: str) -> int:
+    later = _queue(name).after("1h").submit(pow, 2, 5)
+    EVENTS[f"{name}:submitted"].set()
+    return int(later.result(timeout=WAIT))
+
+
+def test_a_delayed_job_becoming_due_runs_in_the_waiting_slot(
+    queues: dict[str, JobQueue], name: str, clock: ManualClock
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=1, clock=clock)
+    job = jq.submit(wait_for_delayed, name)
+    assert EVENTS[f"{name}:submitted"].wait(WAIT)
+    clock.advance(3601)
+    assert job.result(timeout=WAIT) == 32
+
+
+def wait_for_dependent(name: str) -> int:
+    jq = _queue(name)
+    first = jq.submit(where, name, 3)
+    second = jq.options(depends_on=[first]).submit(where, name, 4)
+    return int(second.result(timeout=WAIT)[0]) + int(first.result(timeout=WAIT)[0])
+
+
+def test_the_dependencies_of_the_awaited_job_run_in_the_waiting_slot(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    assert jq.submit(wait_for_dependent, name).result(timeout=WAIT) == 25
+    assert CALLS[name] == [3, 4]
+
+
+def wait_briefly_for_delayed(name: str) -> str:
+    later = _queue(name).after("1h").submit(pow, 2, 5)
+    try:
+        later.result(timeout=0.05)
+    except TimeoutError:
+        return "timed out"
+    return "done"
+
+
+def test_a_timeout_inside_a_job_still_expires(queues: dict[str, JobQueue], name: str) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    assert jq.submit(wait_briefly_for_delayed, name).result(timeout=WAIT) == "timed out"
+
+
+def wait_on_itself(name: str) -> Any:
+    me = nbqup.current_job()
+    assert me is not None
+    return _queue(name).get(me.id).result()
+
+
+def wait_on_caller(name: str, caller: str) -> Any:
+    return _queue(name).get(caller).result()
+
+
+def call_back(name: str) -> Any:
+    me = nbqup.current_job()
+    assert me is not None
+    return _queue(name).submit(wait_on_caller, name, me.id).result(timeout=WAIT)
+
+
+def wait_for_all(name: str) -> bool:
+    return _queue(name).wait()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_waits_that_can_never_end_raise_at_once(
+    queues: dict[str, JobQueue], name: str, workers: int
+) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=workers)
+    with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*waits for itself"):
+        jq.submit(wait_on_itself, name).result(timeout=WAIT)
+    with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*which waits for job"):
+        jq.submit(call_back, name).result(timeout=WAIT)
+    with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*jq.wait\(\) inside job"):
+        jq.submit(wait_for_all, name).result(timeout=WAIT)
+    assert jq.submit(pow, 3, 2).result(timeout=WAIT) == 9  # the queue goes on
