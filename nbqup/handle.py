@@ -151,23 +151,27 @@ class Job:
         return self._queue._wait_job(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The return value; raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
+        """The return value; raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError.
+
+        A result the store lost raises :class:`~nbqup.StoreCorrupt`, one that no longer
+        unpickles :class:`~nbqup.SerializationError`, both naming the job.
+        """
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        return self._queue._result(self.id)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error the job ended with (:class:`JobFailed`/:class:`JobCancelled`), or None
+        if it succeeded (its result is not loaded); TimeoutError if not done in time."""
         if not self.wait(timeout):
             raise TimeoutError(f"job {self.id} was not done after {timeout}s")
         rec = self._rec
         if rec.status is Status.SUCCEEDED:
-            return self._queue._result(self.id)
+            return None
         if rec.status is Status.FAILED:
-            raise JobFailed(self.id, rec.error, rec.name)
-        raise JobCancelled(self.id, rec.message)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The error the job ended with (:class:`JobFailed`/:class:`JobCancelled`), or None."""
-        try:
-            self.result(timeout)
-        except (JobFailed, JobCancelled) as exc:
-            return exc
-        return None
+            return JobFailed(self.id, rec.error, rec.name)
+        return JobCancelled(self.id, rec.message)
 
     def cancel(self) -> bool:
         """Cancel the job.  True if it was unfinished: a queued job never runs, a running

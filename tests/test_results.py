@@ -89,6 +89,7 @@ def test_unloadable_result_raises_serialization_error_from_memory_and_store(
         job = jq.submit(make_unloadable)
         assert job.wait(timeout=WAIT)
         assert job.status == "succeeded"
+        assert job.exception() is None  # it succeeded: its result is not loaded
         with pytest.raises(nbqup.SerializationError, match=job.id) as caught:
             job.result()  # answered from memory: a small result of a job finished here
         assert isinstance(caught.value.__cause__, LookupError)
