@@ -49,7 +49,6 @@ class Outbox:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.dirty = False  # read by code that expects a LogBuffer
         self._parts: list[str] = []
         self._size = 0
         self._lock = threading.Lock()

@@ -8,8 +8,9 @@ waiting thread runs it, in the waiting job's slot, as a worker would (same bookk
 marked running, durable, retried, logged).  Otherwise (it runs on another worker, it is
 delayed, it waits for a registration) the waiter sleeps until a job ends or becomes
 ready, and looks again.  The waiting job does no work meanwhile, so no more jobs work at
-once than there are workers, and chains of nested waits of any depth go through on one
-worker.
+once than there are workers, and chains of nested waits go through on one worker (each
+level deeper on the waiting thread's stack: over a hundred levels fit in Python's
+default recursion limit).
 
 Lending was chosen over refusing the wait: refusing needs to know, when ``result()`` is
 called, whether a worker will be free when the awaited job becomes ready, which a delayed
@@ -77,8 +78,8 @@ class NestedWaits:
     def _lend_slot(self, waiter: str, job_id: str, deadline: float | None) -> bool:
         """Inside job ``waiter``: wait for ``job_id``, running it (or what it depends on)
         here whenever it is ready.  False if ``deadline`` (monotonic) passed first; True
-        once the job is no longer live here (or the queue closed).  A job run here is not
-        cut short by the deadline: it is checked between runs."""
+        once the job is no longer live here (or the queue closed).  The deadline is
+        checked before each run here, not during one: ``wait(0)`` only looks."""
         with self._lock:
             self._check_cycle(waiter, job_id)
             self._awaiting[waiter] = job_id
@@ -88,11 +89,11 @@ class NestedWaits:
                 with self._lock:
                     if job_id not in self._live or self._closed:
                         return True
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
                     ready = self._ready_for(job_id, waiter)
                     if ready is None:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
-                            return False
                         self._done.wait(left)  # a job ended or became ready
                         continue
                     claim = self._claim(ready)

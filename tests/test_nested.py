@@ -135,6 +135,17 @@ def test_the_dependencies_of_the_awaited_job_run_in_the_waiting_slot(
     assert CALLS[name] == [3, 4]
 
 
+def look_then_wait(name: str) -> tuple[bool, int]:
+    inner = _queue(name).submit(pow, 2, 6)
+    looked = inner.wait(0)  # only looks: the one worker is this job's
+    return looked, inner.result(timeout=WAIT)
+
+
+def test_wait_zero_inside_a_job_only_looks(queues: dict[str, JobQueue], name: str) -> None:
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    assert jq.submit(look_then_wait, name).result(timeout=WAIT) == (False, 64)
+
+
 def wait_briefly_for_delayed(name: str) -> str:
     later = _queue(name).after("1h").submit(pow, 2, 5)
     try:
