@@ -147,7 +147,11 @@ class Job:
         return self._rec.status.final
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until done; False if ``timeout`` seconds passed first.  Never raises for that."""
+        """Block until done; False if ``timeout`` seconds passed first.  Never raises for that.
+
+        Inside a job of the same queue, the waiting job's worker slot runs this job
+        meanwhile whenever it is ready (see :mod:`nbqup.nested`); a wait that could never
+        end (on the waiting job itself, say) raises :class:`~nbqup.Deadlock`."""
         return self._queue._wait_job(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:

@@ -326,7 +326,10 @@ class JobQueue(Runtime):
         return results_df(self, status=status, name=name, tags=tags)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every job is done (recurring schedules aside); False on timeout."""
+        """Wait until every job is done (recurring schedules aside); False on timeout.
+
+        Inside a job of this queue it raises :class:`~nbqup.Deadlock`: it would wait for
+        that job too.  Wait for the jobs it needs (``job.result()``) instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._closed:  # a closed queue runs nothing more
             return not self._live
