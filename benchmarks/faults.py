@@ -310,11 +310,10 @@ def run_disk(args: argparse.Namespace, workdir: Path) -> FaultReport:
                 grown = True
             if line in ("finished", "timeout"):
                 break
-        if not grown:
+        left = max(5.0, deadline - time.monotonic())
+        _finish(proc, report, "the child on a full disk", timeout=left)
+        if not grown and not report.deaths:
             report.problems.append("the disk never filled: nothing was tested")
-        _finish(
-            proc, report, "the child on a full disk", timeout=max(5.0, deadline - time.monotonic())
-        )
         _account(folder, store, args.disk_jobs, report, pad=PAD)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
