@@ -513,6 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_path", help="write the reports here as JSON")
     p.add_argument("--tmpdir", help="where the stores are made (default: the repository's disk)")
     p.add_argument("--keep", action="store_true", help="keep the stores and logs")
+    p.add_argument(
+        "--faults",
+        default="disk,locks,damage",
+        help="fault scenarios run after the kills (benchmarks.faults), or 'none'",
+    )
+    p.add_argument("--damages", type=int, default=40, help="damaged copies to open (40)")
+    p.add_argument("--lock-rounds", type=int, default=3, help="rounds of deleted locks (3)")
+    p.add_argument("--disk-jobs", type=int, default=400, help="jobs of 30 KB on an 8 MB tmpfs")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -538,15 +546,42 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    faults = _run_faults(args)
     print()
     for r in reports:
         print(r.summary())
+    for f in faults:
+        print(f.summary())
     if args.json_path:
-        doc = {"args": vars(args), "reports": [asdict(r) for r in reports]}
+        doc = {
+            "args": vars(args),
+            "reports": [asdict(r) for r in reports],
+            "faults": [asdict(f) for f in faults],
+        }
         Path(args.json_path).write_text(json.dumps(doc, indent=1) + "\n")
     bad = [r for r in reports if r.system == "nbqup" and (r.lost or r.wrong or r.corrupt)]
     bad += [r for r in reports if any("exited" in p or "final run" in p for p in r.problems)]
-    return 1 if bad else 0
+    return 1 if bad or not all(f.clean for f in faults) else 0
+
+
+def _run_faults(args: argparse.Namespace) -> list[Any]:
+    """The fault scenarios of :mod:`benchmarks.faults`, on stores of at most 150 jobs."""
+    if args.faults in ("", "none"):
+        return []
+    from benchmarks import faults
+
+    print(f"faults: {args.faults}", flush=True)
+    opts = argparse.Namespace(
+        scenarios=args.faults,
+        damages=args.damages,
+        lock_rounds=args.lock_rounds,
+        disk_jobs=args.disk_jobs,
+        jobs=min(args.jobs, 150),
+        seed=args.seed,
+        tmpdir=args.tmpdir,
+        keep=args.keep,
+    )
+    return faults.run(opts)
 
 
 if __name__ == "__main__":
