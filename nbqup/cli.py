@@ -321,19 +321,25 @@ def _alive(pid: int) -> bool:
 
 
 def _find(jq: JobQueue, ident: str) -> JobRecord:
-    """The record of the job ``ident`` names: a job id or a unique prefix of one."""
+    """The record of the job ``ident`` names: a job id, a job's key, or a unique prefix
+    of an id."""
     from .errors import StoreCorrupt
+    from .keys import lookup_key, show_key
 
+    if not ident:
+        raise CliError("ID is empty: give a job id (see 'nbqup jobs PATH')", EXIT_USAGE)
     try:
         job = jq.get(ident)
     except KeyError:
-        matches = [k for k, _ in jq.store.backend.items("meta", ident, 4) if k.startswith(ident)]
+        prefix = lookup_key(ident)  # None: too long or not UTF-8, so no id starts with it
+        found = [] if prefix is None else jq.store.backend.items("meta", prefix, 4)
+        matches = [k for k, _ in found if k.startswith(ident)]
         if len(matches) > 1:
             shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
             raise CliError(
                 f"job id prefix {ident!r} matches several jobs ({shown}); give more of the id"
             ) from None
-        raise CliError(f"no job {ident!r} in store {jq.path}") from None
+        raise CliError(f"no job {show_key(ident)} in store {jq.path}") from None
     try:
         return job.record
     except StoreCorrupt as exc:

@@ -36,6 +36,7 @@ from .errors import SerializationError, StoreCorrupt
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
+from .keys import lookup_key, show_key, stored_key
 from .recurring import RUN_FIELDS, Schedules
 from .runtime import Runtime
 from .schedule import Trigger
@@ -240,21 +241,30 @@ class JobQueue(Runtime):
         self._release_held()
 
     def get(self, job_id: str) -> Job:
-        """The job with this id (or a unique prefix of it); KeyError if there is none."""
+        """The job with this id, else the job holding this ``key=`` (see :meth:`options`),
+        else the one whose id starts with it; KeyError if there is none (or it is empty)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"a job id must be a str, got {type(job_id).__name__} {job_id!r}")
+        if not job_id:
+            raise KeyError("a job id or key is needed, got an empty string")
         with self._lock:
             if job_id in self._live:
                 return Job(self, job_id)
-        if self.store.backend.get("meta", job_id) is not None:
+        backend = self.store.backend
+        exact = lookup_key(job_id)  # None: it cannot be a stored id
+        if exact is not None and backend.get("meta", exact) is not None:
             return Job(self, job_id)
-        matches = [
-            k for k, _ in self.store.backend.items("meta", job_id, 2) if k.startswith(job_id)
-        ]
+        held = backend.get("keys", stored_key(job_id))
+        if held is not None and backend.get("meta", held.decode()) is not None:
+            return Job(self, held.decode())
+        found = [] if exact is None else backend.items("meta", exact, 2)
+        matches = [k for k, _ in found if k.startswith(job_id)]
         if len(matches) == 1:
             return Job(self, matches[0])
         if len(matches) > 1:
             raise KeyError(f"job id prefix {job_id!r} is ambiguous: it matches {matches[0]}, ...")
         where = f"store {self.path}" if self.path else "this queue"
-        raise KeyError(f"no job {job_id!r} in {where}")
+        raise KeyError(f"no job {show_key(job_id)} in {where}")
 
     def jobs(self, status: str | Iterable[str] | None = None) -> list[Job]:
         """Every job recorded, oldest first; only those with ``status`` if given."""
@@ -614,8 +624,9 @@ class JobQueue(Runtime):
                 raise ValueError(f"job {rec.id} cannot depend on itself")
             with self._lock:
                 known = dep in self._live
-            if not known and self.store.backend.get("meta", dep) is None:
-                raise ValueError(f"depends_on names an unknown job {dep!r}")
+            lookup = None if known else lookup_key(dep)
+            if not known and (lookup is None or self.store.backend.get("meta", lookup) is None):
+                raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
 
     def _new_id(self, now: float) -> str:
         # Time-ordered (the store lists jobs in creation order, also within a millisecond
@@ -810,7 +821,7 @@ _RECORDING_WAIT = 10.0  # seconds cancel() waits for a job being written to beco
 def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]]) -> str | None:
     """Inside one transaction: the id of a live job holding ``rec.key``, or insert ``rec``."""
     assert rec.key is not None
-    held = txn.get("keys", rec.key)
+    held = txn.get("keys", stored_key(rec.key))
     if held is not None:
         existing = txn.load(held.decode())
         if existing is not None and existing.status not in (Status.FAILED, Status.CANCELLED):
@@ -818,7 +829,7 @@ def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]])
     for table, key, body in blobs:
         txn.put(table, key, body)
     txn.save(rec)
-    txn.put("keys", rec.key, rec.id.encode())
+    txn.put("keys", stored_key(rec.key), rec.id.encode())
     return None
 
 

@@ -23,6 +23,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from .job import JobRecord, ScheduleRecord, Status, as_datetime
+from .keys import stored_key
 from .schedule import Trigger, plan_missed
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ def dump(srec: ScheduleRecord) -> bytes:
 
 def load(body: bytes) -> ScheduleRecord:
     return ScheduleRecord.from_dict(pickle.loads(body))
+
+
+def key_of(srec: ScheduleRecord) -> str:
+    """The schedule's entry in the ``keys`` table (hashed if too long for LMDB)."""
+    return stored_key("schedule:" + srec.key)
 
 
 class Schedules:
@@ -82,7 +88,7 @@ class Schedules:
         """Record a schedule durably, or return the id of the live one holding its key."""
 
         def insert(txn: Any) -> str:
-            held = txn.get("keys", "schedule:" + srec.key)
+            held = txn.get("keys", key_of(srec))
             if held is not None:
                 body = txn.get("sched", held.decode())
                 if body is not None and load(body).state != "cancelled":
@@ -90,7 +96,7 @@ class Schedules:
             for table, key, value in blobs:
                 txn.put(table, key, value)
             txn.put("sched", srec.id, dump(srec))
-            txn.put("keys", "schedule:" + srec.key, srec.id.encode())
+            txn.put("keys", key_of(srec), srec.id.encode())
             return srec.id
 
         sid: str = self.q.store.transact(insert)
@@ -221,7 +227,7 @@ class Schedules:
                 self._push(srec)
             # A cancelled schedule stays in ``live`` (it never fires again): dropping it would
             # let a periodic check that read the store before this write load it back as active.
-            deletes = [("keys", "schedule:" + srec.key)] if state == "cancelled" else []
+            deletes = [("keys", key_of(srec))] if state == "cancelled" else []
             ticket = q._writer.add(blobs=[("sched", sid, dump(srec))], deletes=deletes)
         q._writer.flush(ticket)
         return True

@@ -31,16 +31,17 @@ Duration = float | int | timedelta | str
 _PAST_START_GRACE = 2.0
 
 
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"name must be a non-empty str, got {value!r}")
-    return value
+def _text(what: str) -> Callable[[Any], str]:
+    """A check for a non-empty str option (any length: a long key is stored hashed)."""
 
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
+        if not value:
+            raise ValueError(f"{what} must be a non-empty str, got ''")
+        return value
 
-def _key(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"key must be a non-empty str, got {value!r}")
-    return value
+    return check
 
 
 def _tags(value: Any) -> tuple[str, ...]:
@@ -97,8 +98,10 @@ def _depends_on(value: Any) -> tuple[str, ...]:
     for item in items:
         if isinstance(item, Job):
             out.append(item.id)
-        elif isinstance(item, str):
+        elif isinstance(item, str) and item:
             out.append(item)
+        elif isinstance(item, str):
+            raise ValueError("depends_on has an empty job id")
         else:
             raise TypeError(f"depends_on takes jobs or job ids, got {item!r}")
     return tuple(out)
@@ -113,8 +116,8 @@ def _missed(value: Any) -> str:
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
-    "name": _name,
-    "key": _key,
+    "name": _text("name"),
+    "key": _text("key"),
     "unique": _bool("unique"),
     "tags": _tags,
     "priority": _int("priority", -(2**31)),

@@ -788,6 +788,23 @@ BAD_INPUT: dict[str, tuple[type[Exception], str, Callable[[JobQueue], Any]]] = {
         "at must be a datetime or epoch seconds",
         lambda jq: jq.at("tomorrow"),  # type: ignore[arg-type]
     ),
+    # issue 12, item 9: ids and keys
+    "key-empty": (ValueError, "key must be a non-empty str, got ''", lambda jq: jq.options(key="")),
+    "depends-on-empty-id": (
+        ValueError,
+        "depends_on has an empty job id",
+        lambda jq: jq.options(depends_on=[""]),
+    ),
+    "depends-on-600-chars": (
+        ValueError,
+        r"depends_on names an unknown job 'xxxx.*' \(600 characters\)",
+        lambda jq: jq.options(depends_on=["x" * 600]).submit(abs, 1),
+    ),
+    "depends-on-not-utf8": (
+        ValueError,
+        "depends_on names an unknown job",
+        lambda jq: jq.options(depends_on=["\udcff"]).submit(abs, 1),
+    ),
     "every-with-depends-on": (
         ValueError,
         "depends_on does not apply to recurring schedules",
