@@ -7,10 +7,16 @@ slots since the last one into jobs:
 
 - a slot that is on time runs;
 - after downtime, the missed slots follow the schedule's ``missed`` policy: ``"once"``
-  (the default) runs the latest and records the others as ``skipped`` jobs, ``"all"``
-  runs each, ``"skip"`` records them all as skipped -- so every slot shows in the history;
+  (the default) runs the latest, ``"all"`` runs each (the latest 1,000 at most),
+  ``"skip"`` none; the slots not run are recorded as *one* ``skipped`` job, whose message
+  says how many and from when to when ("missed 1,234 runs from ... to ..."), however long
+  the downtime -- so every slot shows in the history without one row per slot;
 - if the schedule's previous run is still queued or running, the slot is recorded as
-  skipped rather than starting a second run next to it.
+  skipped rather than starting a second run next to it; the slots skipped while that
+  one run goes on share one row, rewritten as they add up.
+
+A stored schedule this nbqup cannot run (an interval under 10 ms, written by an older
+version; a trigger it does not know) is left alone with a warning naming it, once.
 
 Schedules are keyed (by ``key=``, else by the function's name and the trigger), so
 re-running the cell that creates one returns the existing schedule.
@@ -20,11 +26,13 @@ from __future__ import annotations
 
 import heapq
 import pickle
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from .job import JobRecord, ScheduleRecord, Status, as_datetime
+from .job import JobRecord, ScheduleRecord, Status
 from .keys import stored_key
-from .schedule import Trigger, plan_missed
+from .missed import Burst, plan_missed
+from .schedule import Trigger
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -66,6 +74,11 @@ class Schedules:
         self.q = queue
         self.live: dict[str, ScheduleRecord] = {}
         self.triggers: dict[str, Trigger] = {}
+        #: Schedules whose stored trigger cannot run here (warned about once).
+        self.refused: set[str] = set()
+        #: schedule id -> (the run still going, the skipped row of the slots it covers,
+        #: those slots): further slots while that run goes on join this row.
+        self._open_skip: dict[str, tuple[str, JobRecord, Burst]] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -112,7 +125,7 @@ class Schedules:
     def check_new(self) -> None:
         """Periodic check: schedules created by other processes."""
         with self.q._lock:
-            known = set(self.live)
+            known = set(self.live) | self.refused
         for sid in self.ids():
             if sid not in known:
                 self._load_one(sid)
@@ -126,13 +139,31 @@ class Schedules:
             self.admit(srec)
 
     def admit(self, srec: ScheduleRecord) -> None:
+        try:
+            trigger = Trigger.from_dict(srec.trigger)
+        except (ValueError, TypeError, ImportError) as exc:
+            self._refuse(srec, exc)
+            return
         with self.q._lock:
             if srec.id in self.live:
                 return
             self.live[srec.id] = srec
-            self.triggers[srec.id] = Trigger.from_dict(srec.trigger)
+            self.triggers[srec.id] = trigger
             if srec.state == "active":
                 self._push(srec)
+
+    def _refuse(self, srec: ScheduleRecord, exc: BaseException) -> None:
+        """Leave a schedule whose trigger cannot run here alone, saying so once."""
+        with self.q._lock:
+            if srec.id in self.refused:
+                return
+            self.refused.add(srec.id)
+        warnings.warn(
+            f"nbqup: schedule {srec.id} ({srec.name!r}) in store {self.q.path} does not run: "
+            f"{exc}; cancel it and create it again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _push(self, srec: ScheduleRecord) -> None:
         # caller holds the queue's lock
@@ -148,41 +179,61 @@ class Schedules:
             return
         if srec.next_due > now:  # a stale heap entry: the schedule was moved
             return
-        trigger = self.triggers[sid]
-        catch = plan_missed(trigger, srec.next_due - _EPSILON, now, srec.missed)
-        slots = sorted(catch.run + catch.skipped)
+        catch = plan_missed(self.triggers[sid], srec.next_due - _EPSILON, now, srec.missed)
+        run, burst = catch.run, catch.skipped
+        why = f"no worker ran then (missed={srec.missed!r})"
         on_time = max(2.0, 2 * self.q._poll)
-        run, skipped = list(catch.run), list(catch.skipped)
-        why = f"missed while no worker ran (missed={srec.missed!r})"
-        if len(slots) == 1 and now - slots[0] <= on_time:
-            run, skipped = slots, []
+        if not run and burst is not None and burst.count == 1 and now - burst.last <= on_time:
+            run, burst = [burst.last], None  # a single slot on time runs, whatever the policy
         last = self.q._live.get(srec.last_job) if srec.last_job else None
-        if last is not None and run:
-            skipped, run = sorted(skipped + run), []
-            why = f"the previous run {last.id} was still {last.status}"
-        records = [self._run_record(srec, slot, now, Status.SKIPPED, why) for slot in skipped]
-        started = [self._run_record(srec, slot, now, Status.QUEUED, None) for slot in run]
+        still = None
+        if last is not None and run:  # the previous run goes on: none starts next to it
+            still, why = last.id, f"the previous run {last.id} was still {last.status}"
+            burst, run = Burst(len(run), first=run[0], last=run[-1]).merge(burst), []
+        if still is None:
+            self._open_skip.pop(sid, None)
+        started = [self._run_record(srec, slot, now) for slot in run]
+        records = list(started)
+        if burst is not None:
+            records.append(self._skipped(srec, burst, now, why, still))
+            srec.skipped += burst.count
         if started:
             srec.last_job = started[-1].id
         srec.runs += len(started)
-        srec.skipped += len(skipped)
-        if slots:
-            srec.last_due = slots[-1]
+        if run:
+            srec.last_due = run[-1]
+        elif burst is not None:
+            srec.last_due = burst.last
         srec.next_due = catch.next_due
-        self.q._writer.add([r.copy() for r in records + started], [("sched", sid, dump(srec))])
+        self.q._writer.add([r.copy() for r in records], [("sched", sid, dump(srec))])
         for rec in started:
             self.q._live[rec.id] = rec
             self.q._place(rec)
         self._push(srec)
 
-    def _run_record(
-        self, srec: ScheduleRecord, slot: float, now: float, status: Status, why: str | None
+    def _skipped(
+        self, srec: ScheduleRecord, burst: Burst, now: float, why: str, still: str | None
     ) -> JobRecord:
+        """The one skipped row for ``burst``.  While the same previous run ``still`` goes
+        on, further slots join the row written for the first of them (it is rewritten)."""
+        opened = self._open_skip.get(srec.id)
+        if still is not None and opened is not None and opened[0] == still:
+            rec, burst = opened[1], opened[2].merge(burst)
+        else:
+            rec = self._run_record(srec, burst.first, now)
+            rec.status = Status.SKIPPED
+        rec.finished = now
+        rec.message = f"{burst.describe()}: {why}"
+        if still is not None:
+            self._open_skip[srec.id] = (still, rec, burst)
+        return rec
+
+    def _run_record(self, srec: ScheduleRecord, slot: float, now: float) -> JobRecord:
         rec = JobRecord(
             id=self.q._new_id(now),
             name=srec.name,
             created=now,
-            status=status,
+            status=Status.QUEUED,
             scheduled_for=slot,
             fn=srec.fn,
             fn_name=srec.fn_name,
@@ -197,10 +248,6 @@ class Schedules:
         for name in RUN_FIELDS:
             if name in srec.options:
                 setattr(rec, name, srec.options[name])
-        if status is Status.SKIPPED:
-            rec.finished = now
-            when = as_datetime(slot)
-            rec.message = f"slot {when:%Y-%m-%d %H:%M:%S}Z skipped: {why}"
         return rec
 
     # -- pause, resume, cancel -------------------------------------------------------------
@@ -220,7 +267,11 @@ class Schedules:
         if sid not in self.live:
             self._load_one(sid)  # created by another process, not picked up yet
         with q._lock:
-            srec = self.live[sid]
+            srec = self.live.get(sid)
+            if srec is None:  # refused (see _refuse): it can be paused or cancelled only
+                if state == "active":
+                    raise ValueError(f"schedule {sid} cannot run here; cancel it instead")
+                srec = current
             srec.state = state
             if state == "active":
                 srec.next_due = self.triggers[sid].next_after(q._clock.now())

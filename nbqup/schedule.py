@@ -1,4 +1,4 @@
-"""When things are due: durations, recurring triggers, retry backoff, missed runs.
+"""When things are due: durations, times, recurring triggers, retry backoff.
 
 A pure module: no threads, no store, no clock.  Every function takes the time it
 reasons about as an argument (float epoch seconds, as ``time.time()`` returns),
@@ -11,8 +11,6 @@ It imports only the standard library; ``croniter`` is imported when a
 >>> trigger = IntervalTrigger("15m")
 >>> trigger.next_after(1000.0), trigger.describe()
 (1800.0, 'every 15m')
->>> plan_missed(trigger, last_due=900.0, now=3000.0, policy="once")
-Catchup(run=[2700.0], skipped=[1800.0], next_due=3600.0)
 """
 
 from __future__ import annotations
@@ -22,13 +20,18 @@ import math
 import random
 import re
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-MISSED_POLICIES = ("skip", "once", "all")
+#: The earliest time nbqup keeps: 0001-01-01 00:00 UTC, in epoch seconds.
+MIN_TIMESTAMP = -62_135_596_800.0
+#: Every time nbqup keeps is before this one: 10000-01-01 00:00 UTC (the latest is in 9999).
+MAX_TIMESTAMP = 253_402_300_800.0
+#: The shortest interval of a recurring schedule: 10 ms.  A shorter one could only
+#: pile up runs and skipped slots faster than anything can record them.
+MIN_INTERVAL = 0.01
 
 _UNITS: dict[str, Decimal] = {
     "w": Decimal(604_800), "d": Decimal(86_400), "h": Decimal(3_600),
@@ -124,6 +127,20 @@ def to_timestamp(value: datetime | float | int, *, what: str = "time") -> float:
     )
 
 
+def format_time(ts: float) -> str:
+    """A slot time for messages, in UTC: ``'2024-01-01 09:00:00Z'`` (milliseconds when it
+    has a fraction of a second); the plain number if it is not a time nbqup keeps.
+
+    >>> format_time(1704099600.0), format_time(1704099600.25), format_time(1e300)
+    ('2024-01-01 09:00:00Z', '2024-01-01 09:00:00.250Z', '1e+300')
+    """
+    if not (_is_number(ts) and MIN_TIMESTAMP <= ts < MAX_TIMESTAMP):
+        return _show(ts)
+    when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=ts)
+    text = f"{when:%Y-%m-%d %H:%M:%S}"
+    return (text + f".{when.microsecond // 1000:03d}Z") if when.microsecond >= 1000 else text + "Z"
+
+
 def _format_duration(seconds: float) -> str:
     """The inverse of ``to_seconds`` for display: 5400.0 -> '1h30m'."""
     rest = round(seconds * 1000)
@@ -206,6 +223,17 @@ class Trigger(abc.ABC):
                 return list(latest)
             window *= 2
 
+    def _count(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
+        """How many due times lie in ``(after, upto]``, and whether that is exact: one
+        step per slot, so past ``limit`` slots it stops and answers ``(limit, False)``."""
+        n, slot = 0, self.next_after(after)
+        while slot <= upto:
+            if n == limit:
+                return n, False
+            n += 1
+            slot = self.next_after(slot)
+        return n, True
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Trigger):
             return NotImplemented
@@ -230,6 +258,8 @@ class IntervalTrigger(Trigger):
 
     def __init__(self, every: float | timedelta | str, *, anchor: float = 0.0) -> None:
         self.every = to_seconds(every, what="every", allow_zero=False)
+        if self.every < MIN_INTERVAL:
+            raise ValueError(f"every must be at least 10ms, got {_show(every)}")
         self.anchor = to_timestamp(anchor, what="anchor")
 
     def _index_after(self, t: float) -> int:
@@ -249,6 +279,10 @@ class IntervalTrigger(Trigger):
         # Arithmetic instead of stepping, so a long outage with a short interval is cheap.
         first, end = self._index_after(after), self._index_after(upto)
         return [self.anchor + k * self.every for k in range(max(first, end - limit), end)]
+
+    def _count(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
+        # Exact whatever the outage: the grid is arithmetic.
+        return max(0, self._index_after(upto) - self._index_after(after)), True
 
     def describe(self) -> str:
         return f"every {_format_duration(self.every)}"
@@ -413,50 +447,3 @@ def retry_delay(
         uniform = rng.uniform if rng is not None else random.uniform
         delay = uniform(delay * (1 - jitter), delay)
     return float(delay)
-
-
-@dataclass(frozen=True)
-class Catchup:
-    """What to do about a recurring schedule's slots that passed while nothing ran."""
-
-    #: Slot times to run now, oldest first.
-    run: list[float]
-    #: Slot times to record as skipped, oldest first.
-    skipped: list[float]
-    #: The next slot still in the future (> now).
-    next_due: float
-
-
-def plan_missed(
-    trigger: Trigger, last_due: float, now: float, policy: str = "once", *, limit: int = 1000
-) -> Catchup:
-    """Decide which slots missed during downtime run, given the ``missed`` policy.
-
-    Slots strictly after ``last_due`` (the last slot already handled) and at or
-    before ``now`` are missed.  ``"skip"`` runs none of them, ``"once"`` (the
-    default) runs only the latest, ``"all"`` runs every one; the rest are
-    listed as skipped so the history shows them.  With more than ``limit``
-    missed slots only the latest ``limit`` are listed (run or skipped): older
-    ones are dropped, which bounds the work and history a long outage creates.
-
-    >>> every_minute = IntervalTrigger(60)
-    >>> plan_missed(every_minute, last_due=0, now=200, policy="all")
-    Catchup(run=[60.0, 120.0, 180.0], skipped=[], next_due=240.0)
-    >>> plan_missed(every_minute, last_due=0, now=200, policy="skip", limit=2)
-    Catchup(run=[], skipped=[120.0, 180.0], next_due=240.0)
-    """
-    if policy not in MISSED_POLICIES:
-        choices = ", ".join(MISSED_POLICIES)
-        raise ValueError(f"missed policy must be one of {choices}; got {policy!r}")
-    if not isinstance(trigger, Trigger):
-        raise TypeError(f"trigger must be a Trigger, got {type(trigger).__name__}")
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    last_due, now = to_timestamp(last_due, what="last_due"), to_timestamp(now, what="now")
-    slots = trigger._slots(last_due, now, limit) if now > last_due else []
-    next_due = trigger.next_after(max(now, last_due))
-    if policy == "skip":
-        return Catchup(run=[], skipped=slots, next_due=next_due)
-    if policy == "once":
-        return Catchup(run=slots[-1:], skipped=slots[:-1], next_due=next_due)
-    return Catchup(run=slots, skipped=[], next_due=next_due)

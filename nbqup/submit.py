@@ -108,7 +108,7 @@ def _depends_on(value: Any) -> tuple[str, ...]:
 
 
 def _missed(value: Any) -> str:
-    from .schedule import MISSED_POLICIES
+    from .missed import MISSED_POLICIES
 
     if value not in MISSED_POLICIES:
         raise ValueError(f"missed must be one of {MISSED_POLICIES}, got {value!r}")
@@ -189,9 +189,8 @@ class Submitter:
         return self._with(when=to_timestamp(when, what="at"), delay=None)
 
     def every(self, interval: Duration) -> Submitter:
-        """Make ``submit`` create a recurring schedule with this interval."""
-        seconds = to_seconds(interval, what="every", allow_zero=False)
-        return self._with(trigger=IntervalTrigger(seconds))
+        """Make ``submit`` create a recurring schedule with this interval (10 ms at least)."""
+        return self._with(trigger=IntervalTrigger(interval))
 
     def cron(self, expr: str, tz: str | None = None) -> Submitter:
         """Make ``submit`` create a cron schedule (needs ``nbqup[cron]``)."""

@@ -15,16 +15,20 @@ Time moves only on the injected ManualClock; effects are awaited with a deadline
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from jobfns import EVENTS
 from test_cli import cli, fails, ok
-from test_scheduling import WAIT, tick
+from test_scheduling import HOUR, WAIT, a_run_going, tick, until
 
+import nbqup
 from nbqup import JobQueue
 from nbqup.clock import ManualClock
 from nbqup.keys import stored_key
+from nbqup.recurring import dump
 
 UTC = timezone.utc
 LONG = "k" * 600  # LMDB keys stop at 511 bytes
@@ -32,6 +36,58 @@ LONG = "k" * 600  # LMDB keys stop at 511 bytes
 
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+# ========================================================== item 7: missed slots
+
+
+def test_slots_skipped_while_one_run_goes_on_share_one_row(clock: ManualClock, name: str) -> None:
+    with JobQueue(None, workers=2, clock=clock) as jq:
+        t0, sch, running = a_run_going(jq, clock, name)
+        for k in (1, 2, 3):  # three slots come, one firing each, while the run goes on
+            clock.advance(HOUR)
+            until(lambda k=k: sch.record.skipped == k, f"skip {k}")
+
+        def written() -> list[nbqup.Job]:  # the row is rewritten as slots join it
+            return [j for j in jq.jobs(status="skipped") if "3 runs" in (j.message or "")]
+
+        (skipped,) = until(written, "the skipped row of three slots")
+        assert len(jq.jobs(status="skipped")) == 1
+        assert skipped.record.scheduled_for == t0 + 2 * HOUR
+        assert skipped.message == (
+            f"missed 3 runs from {utc(t0 + 2 * HOUR):%Y-%m-%d %H:%M:%S}Z to "
+            f"{utc(t0 + 4 * HOUR):%Y-%m-%d %H:%M:%S}Z: the previous run {running.id} "
+            "was still running"
+        )
+        EVENTS[name].set()
+        assert running.wait(WAIT)
+        clock.advance(HOUR)  # the run has ended: the next slot runs
+        until(lambda: len(sch.jobs()) == 3 and jq.wait(0), "the next run")
+        assert [str(j.status) for j in sch.jobs()] == ["succeeded", "skipped", "succeeded"]
+        assert jq.counts()["skipped"] == 1
+
+
+def test_a_stored_interval_under_10ms_is_refused_with_a_warning(
+    clock: ManualClock, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=0, clock=clock) as jq:  # as an nbqup without the floor did
+        srec = jq.every("1h").submit(tick, name).record
+        srec.trigger = {"kind": "interval", "every": 1e-9, "anchor": clock.now()}
+        srec.next_due = clock.now()
+        jq.store.commit(blobs=[("sched", srec.id, dump(srec))])
+    with pytest.warns(RuntimeWarning, match=rf"schedule {srec.id} .*every must be at least 10ms"):
+        jq = JobQueue(path, workers=1, clock=clock, poll_interval=0.01)
+    with jq:
+        clock.advance(HOUR)
+        assert jq.submit(abs, -1).result(WAIT) == 1  # the queue goes on
+        time.sleep(0.1)  # a few periodic checks: the schedule does not run
+        assert jq.counts()["succeeded"] == 1 and len(jq.jobs()) == 1
+        (sch,) = jq.schedules()
+        sch.pause()  # it can be paused and cancelled, not resumed
+        with pytest.raises(ValueError, match="cannot run here; cancel it instead"):
+            sch.resume()
+        assert sch.cancel() and sch.state == "cancelled"
 
 
 # ====================================================================== item 9: keys

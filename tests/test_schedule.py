@@ -1,11 +1,10 @@
-"""Tests for nbqup.schedule: durations, triggers (incl. DST), retry backoff, missed runs.
+"""Tests for nbqup.schedule: durations, times, triggers (incl. DST), retry backoff.
 
 Every time is a literal; nothing sleeps.  Cron tests need croniter (the ``cron`` extra).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 import importlib
 import importlib.util
@@ -52,9 +51,7 @@ to_timestamp = schedule.to_timestamp
 Trigger = schedule.Trigger
 IntervalTrigger = schedule.IntervalTrigger
 CronTrigger = schedule.CronTrigger
-Catchup = schedule.Catchup
 retry_delay = schedule.retry_delay
-plan_missed = schedule.plan_missed
 
 needs_croniter = pytest.mark.skipif(find_spec("croniter") is None, reason="croniter missing")
 
@@ -302,7 +299,7 @@ def test_interval_bad_types() -> None:
 @pytest.mark.parametrize(
     ("every", "text"),
     [("1h", "every 1h"), ("1h30m", "every 1h30m"), (90, "every 1m30s"), ("250ms", "every 250ms"),
-     ("2d", "every 2d"), ("1w", "every 7d"), ("25h", "every 1d1h"), (0.0001, "every 0.0001s")],
+     ("2d", "every 2d"), ("1w", "every 7d"), ("25h", "every 1d1h"), ("10ms", "every 10ms")],
 )  # fmt: skip
 def test_interval_describe(every: Any, text: str) -> None:
     assert IntervalTrigger(every).describe() == text
@@ -652,115 +649,23 @@ def test_retry_delay_validates(
     assert str(info.value) == message
 
 
-# --- plan_missed ------------------------------------------------------------------------
+# --- times and durations in range, intervals of 10 ms at least (issue 12, items 6, 7) ---
+
+LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("policy", ["skip", "once", "all"])
-def test_plan_missed_nothing_missed(policy: str) -> None:
-    every_minute = IntervalTrigger(60)
-    assert plan_missed(every_minute, 60, 100, policy) == Catchup(run=[], skipped=[], next_due=120.0)
-    assert plan_missed(every_minute, 60, 60, policy) == Catchup(run=[], skipped=[], next_due=120.0)
+@pytest.mark.parametrize("every", [1e-9, 0.009, "5ms", timedelta(microseconds=1)])
+def test_interval_trigger_refuses_intervals_under_10ms(every: Any) -> None:
+    with pytest.raises(ValueError, match=r"^every must be at least 10ms, got "):
+        IntervalTrigger(every)
+    with pytest.raises(ValueError, match="at least 10ms"):
+        Trigger.from_dict({"kind": "interval", "every": 1e-9, "anchor": 0.0})
+    assert IntervalTrigger("10ms").every == 0.01
 
 
-@pytest.mark.parametrize(
-    ("policy", "run", "skipped"),
-    [
-        ("skip", [], [60.0, 120.0, 180.0]),
-        ("once", [180.0], [60.0, 120.0]),
-        ("all", [60.0, 120.0, 180.0], []),
-    ],
-)
-def test_plan_missed_policies(policy: str, run: list[float], skipped: list[float]) -> None:
-    plan = plan_missed(IntervalTrigger(60), last_due=0, now=200, policy=policy)
-    assert plan == Catchup(run=run, skipped=skipped, next_due=240.0)
-
-
-def test_plan_missed_default_policy_is_once_and_now_on_a_slot_is_missed() -> None:
-    plan = plan_missed(IntervalTrigger(60), last_due=0, now=180)
-    assert plan == Catchup(run=[180.0], skipped=[60.0, 120.0], next_due=240.0)
-
-
-def test_plan_missed_clock_behind_last_due_never_repeats_a_slot() -> None:
-    plan = plan_missed(IntervalTrigger(60), last_due=300, now=100, policy="all")
-    assert plan == Catchup(run=[], skipped=[], next_due=360.0)
-
-
-def test_plan_missed_accepts_datetimes() -> None:
-    trigger = IntervalTrigger("1h")
-    last_due, now = datetime(2024, 1, 1, 9, tzinfo=UTC), datetime(2024, 1, 1, 11, 30, tzinfo=UTC)
-    plan = plan_missed(trigger, last_due, now)  # type: ignore[arg-type]
-    assert plan == Catchup(
-        run=[ts(2024, 1, 1, 11)], skipped=[ts(2024, 1, 1, 10)], next_due=ts(2024, 1, 1, 12)
-    )
-
-
-@pytest.mark.parametrize("policy", ["skip", "once", "all"])
-def test_plan_missed_many_slots_lists_only_the_latest_limit(policy: str) -> None:
-    plan = plan_missed(IntervalTrigger(1), last_due=0, now=1_000_000.5, policy=policy)
-    latest = [float(k) for k in range(999_001, 1_000_001)]
-    assert plan.next_due == 1_000_001.0
-    assert plan.run + plan.skipped == latest or plan.skipped + plan.run == latest
-    assert len(plan.run) == {"skip": 0, "once": 1, "all": 1000}[policy]
-    small = plan_missed(IntervalTrigger(1), last_due=0, now=1_000_000.5, policy=policy, limit=3)
-    assert sorted(small.run + small.skipped) == [999_998.0, 999_999.0, 1_000_000.0]
-
-
-class Squares(Trigger):
-    """Due at n**2: irregular gaps, and no ``_slots`` shortcut of its own."""
-
-    def next_after(self, t: float) -> float:
-        n = max(0, math.isqrt(max(0, int(t))))
-        while n * n <= t:
-            n += 1
-        return float(n * n)
-
-    def describe(self) -> str:
-        return "squares"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "squares"}
-
-    @classmethod
-    def _from_dict(cls, d: dict[str, Any]) -> Squares:
-        return cls()
-
-
-def test_plan_missed_limit_with_a_generic_trigger() -> None:
-    plan = plan_missed(Squares(), last_due=0, now=1_000_000, policy="skip", limit=10)
-    assert plan.skipped == [float(n * n) for n in range(991, 1001)]
-    assert plan.next_due == 1001.0**2
-    every = plan_missed(Squares(), last_due=10, now=100, policy="all", limit=1000)
-    assert every.run == [16.0, 25.0, 36.0, 49.0, 64.0, 81.0, 100.0]
-
-
-@needs_croniter
-def test_plan_missed_with_cron() -> None:
-    minutely = CronTrigger("* * * * *", tz="UTC")
-    plan = plan_missed(minutely, ts(2024, 1, 1), ts(2024, 1, 31, 0, 0, 30), "once", limit=5)
-    assert plan.run == [ts(2024, 1, 31)]
-    assert plan.skipped == [ts(2024, 1, 30, 23, m) for m in range(56, 60)]
-    assert plan.next_due == ts(2024, 1, 31, 0, 1)
-    hourly = CronTrigger("0 * * * *", tz="Europe/Berlin")  # across the fall-back night
-    night = plan_missed(hourly, ts(2024, 10, 26, 22), ts(2024, 10, 27, 3, 30), "all")
-    assert night.run == [ts(2024, 10, 26, 23), ts(2024, 10, 27, 0), ts(2024, 10, 27, 1),
-                         ts(2024, 10, 27, 2), ts(2024, 10, 27, 3)]  # fmt: skip
-    assert night.next_due == ts(2024, 10, 27, 4)
-
-
-def test_plan_missed_validates() -> None:
-    with pytest.raises(ValueError) as info:
-        plan_missed(IntervalTrigger(60), 0, 100, "sometimes")
-    assert str(info.value) == "missed policy must be one of skip, once, all; got 'sometimes'"
-    with pytest.raises(ValueError, match=r"^limit must be an int >= 1, got 0"):
-        plan_missed(IntervalTrigger(60), 0, 100, limit=0)
-    with pytest.raises(TypeError, match=r"^trigger must be a Trigger, got str"):
-        plan_missed("every 1h", 0, 100)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"^now must be finite"):
-        plan_missed(IntervalTrigger(60), 0, math.nan)
-
-
-def test_catchup_is_frozen() -> None:
-    plan = Catchup(run=[], skipped=[], next_due=1.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        plan.next_due = 2.0  # type: ignore[misc]
-    assert schedule.MISSED_POLICIES == ("skip", "once", "all")
+def test_format_time_shows_milliseconds_and_survives_any_value() -> None:
+    assert schedule.format_time(ts(2024, 1, 1, 9)) == "2024-01-01 09:00:00Z"
+    assert schedule.format_time(ts(2024, 1, 1, 9) + 0.5) == "2024-01-01 09:00:00.500Z"
+    assert schedule.format_time(LAST_MOMENT.timestamp()) == "9999-12-31 23:59:59Z"
+    assert schedule.format_time(math.nan) == "nan"
+    assert schedule.format_time(1e300) == "1e+300"

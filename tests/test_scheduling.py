@@ -28,6 +28,7 @@ from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
 import nbqup
 from nbqup import Job, JobQueue, Schedule, Status
 from nbqup.clock import ManualClock
+from nbqup.missed import MAX_CATCHUP
 
 WAIT = 20  # seconds: a generous bound for what should take milliseconds
 QUIET = 0.2  # real seconds to watch for something that must not happen
@@ -418,18 +419,19 @@ def test_paused_and_cancelled_states_survive_a_reopen(
 # ================================================================ missed runs, overlaps
 
 
-POLICIES = {
-    # policy: statuses of the slots t0+2h, t0+3h, t0+4h missed in one go
-    "once": ["skipped", "skipped", "succeeded"],
-    "all": ["succeeded", "succeeded", "succeeded"],
-    "skip": ["skipped", "skipped", "skipped"],
-}
+def catch_up(policy: str, missed: int) -> tuple[list[int], tuple[int, int] | None]:
+    """Of the slots 2 .. missed + 1 missed in one go (slot k is due at t0 + k hours): those
+    that run, and the first and last of those recorded together as one skipped row."""
+    ran = {"once": 1, "all": min(missed, MAX_CATCHUP), "skip": 0}[policy]
+    run_at = list(range(missed + 2 - ran, missed + 2))
+    return run_at, (2, missed + 1 - ran) if ran < missed else None
 
 
+@pytest.mark.parametrize("missed", [3, 10_000])
 @pytest.mark.parametrize("reopen", [False, True], ids=["jump", "reopen"])
-@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("policy", ["once", "all", "skip"])
 def test_missed_run_policies_after_downtime(
-    clock: ManualClock, tmp_path: Path, name: str, policy: str, reopen: bool
+    clock: ManualClock, tmp_path: Path, name: str, policy: str, reopen: bool, missed: int
 ) -> None:
     path = tmp_path / "s"
     jq = JobQueue(path, workers=1, clock=clock)
@@ -439,43 +441,57 @@ def test_missed_run_policies_after_downtime(
         sch = jq.options(**options).every("1h").submit(tick, name)
         clock.advance(HOUR)
         assert settled_runs(sch, 1) == [(t0 + HOUR, "succeeded")]
-        if reopen:  # the kernel is down for 3.5 hours
+        if reopen:  # the kernel is down for `missed` and a half hours
             jq.close()
-            clock.advance(3.5 * HOUR)
+            clock.advance((missed + 0.5) * HOUR)
             jq = JobQueue(path, workers=1, clock=clock)
             (sch,) = jq.schedules()
-        else:  # nothing ran for 3.5 hours
-            clock.advance(3.5 * HOUR)
-        found = settled_runs(sch, 4)
-        assert found[0] == (t0 + HOUR, "succeeded")
-        expected = list(zip((2, 3, 4), POLICIES[policy], strict=True))
-        assert found[1:] == [(t0 + k * HOUR, s) for k, s in expected]
-        ran = [t0 + k * HOUR for k, s in expected if s == "succeeded"]
+        else:  # nothing ran for that long
+            clock.advance((missed + 0.5) * HOUR)
+        run_at, span = catch_up(policy, missed)
+        rows = [(t0 + k * HOUR, "succeeded") for k in run_at]
+        rows += [(t0 + span[0] * HOUR, "skipped")] if span else []
+        found = settled_runs(sch, 1 + len(rows))
+        assert found == [(t0 + HOUR, "succeeded"), *sorted(rows)]
+        ran = [t0 + k * HOUR for k in run_at]
         assert CALLS[name] == [t0 + HOUR, *ran]
         assert sch.runs == 1 + len(ran)
-        assert sch.record.skipped == 3 - len(ran)
-        # every slot is in the history, run or skipped, and says why when skipped
-        assert len(jq.jobs()) == 4
+        assert sch.record.skipped == missed - len(ran)
+        # every slot is in the history: the skipped ones in one row saying which and why,
+        # however many they are (issue 12, item 7)
+        assert len(jq.jobs()) == 1 + len(rows)
         for job in jq.jobs(status="skipped"):
-            assert f"missed={policy!r}" in (job.message or "")
+            assert span is not None
+            first, last = (utc(t0 + k * HOUR) for k in span)
+            assert job.message == (
+                f"missed {span[1] - span[0] + 1:,} runs from {first:%Y-%m-%d %H:%M:%S}Z "
+                f"to {last:%Y-%m-%d %H:%M:%S}Z: no worker ran then (missed={policy!r})"
+            )
             assert job.record.started is None and job.attempts == 0
-            with pytest.raises(nbqup.JobCancelled, match="skipped"):
+            with pytest.raises(nbqup.JobCancelled, match="missed"):
                 job.result(timeout=1)
         # then the cadence goes on from the grid
-        assert sch.next_run == utc(t0 + 5 * HOUR)
-        clock.set(t0 + 5 * HOUR)
-        assert settled_runs(sch, 5)[-1] == (t0 + 5 * HOUR, "succeeded")
+        assert sch.next_run == utc(t0 + (missed + 2) * HOUR)
+        clock.set(t0 + (missed + 2) * HOUR)
+        assert settled_runs(sch, 2 + len(rows))[-1] == (t0 + (missed + 2) * HOUR, "succeeded")
     finally:
         jq.close()
 
 
+def a_run_going(jq: JobQueue, clock: ManualClock, name: str) -> tuple[float, Schedule, Job]:
+    """An hourly schedule whose first run has started and goes on until ``EVENTS[name]``
+    is set: (the time the schedule was created, the schedule, that run)."""
+    t0 = clock.now()
+    sch = jq.every("1h").submit(block, name)
+    clock.advance(HOUR)
+    assert EVENTS[f"{name}:started"].wait(WAIT)
+    (running,) = sch.jobs()
+    return t0, sch, running
+
+
 def test_a_run_still_going_is_not_started_twice(clock: ManualClock, name: str) -> None:
     with JobQueue(None, workers=2, clock=clock) as jq:
-        t0 = clock.now()
-        sch = jq.every("1h").submit(block, name)
-        clock.advance(HOUR)
-        assert EVENTS[f"{name}:started"].wait(WAIT)
-        (running,) = sch.jobs()
+        t0, sch, running = a_run_going(jq, clock, name)
         assert running.status == "running"
         clock.advance(HOUR)  # the next slot comes while the first run still runs
         skipped = until(lambda: [j for j in sch.jobs() if j.status == "skipped"], "a skip")
@@ -788,6 +804,9 @@ BAD_INPUT: dict[str, tuple[type[Exception], str, Callable[[JobQueue], Any]]] = {
         "at must be a datetime or epoch seconds",
         lambda jq: jq.at("tomorrow"),  # type: ignore[arg-type]
     ),
+    # issue 12, item 7: intervals under 10 ms
+    "every-1e-9": (ValueError, "every must be at least 10ms, got 1e-09", lambda jq: jq.every(1e-9)),
+    "every-5ms": (ValueError, "every must be at least 10ms, got '5ms'", lambda jq: jq.every("5ms")),
     # issue 12, item 9: ids and keys
     "key-empty": (ValueError, "key must be a non-empty str, got ''", lambda jq: jq.options(key="")),
     "depends-on-empty-id": (
