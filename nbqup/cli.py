@@ -37,7 +37,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -397,7 +396,8 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[-args.limit :]
     if args.json:
-        print(json.dumps([job_dict(rec) for rec in records], indent=2))
+        # default=str: a stored value JSON cannot hold (damaged by hand) is shown as text
+        print(json.dumps([job_dict(rec) for rec in records], indent=2, default=str))
     else:
         for line in job_table(records):
             print(line)
@@ -420,13 +420,18 @@ def job_dict(rec: JobRecord) -> dict[str, Any]:
         "scheduled_for": _iso(rec.scheduled_for),
         "started": _iso(rec.started),
         "finished": _iso(rec.finished),
-        "progress": rec.progress,
+        "progress": rec.progress if _fraction(rec.progress) else None,
         "message": rec.message,
-        "error": _last_line(rec.error) if rec.error else None,
+        "error": _last_line(str(rec.error)) if rec.error else None,
         "traceback": rec.error,
         "result": rec.result_repr if rec.has_result else None,
-        "tags": list(rec.tags),
+        "tags": list(rec.tags) if isinstance(rec.tags, tuple | list) else [],
     }
+
+
+def _fraction(value: object) -> bool:
+    """Whether a stored progress is one nbqup records: a number in [0, 1]."""
+    return isinstance(value, float | int) and 0.0 <= value <= 1.0
 
 
 def job_table(records: list[JobRecord]) -> list[str]:
@@ -459,14 +464,14 @@ def _info(rec: JobRecord) -> str:
     if status == "succeeded":
         return rec.result_repr or ""
     if status == "failed":
-        return _last_line(rec.error) if rec.error else rec.message or ""
-    if status == "scheduled" and rec.scheduled_for is not None:
+        return _last_line(str(rec.error)) if rec.error else str(rec.message or "")
+    if status == "scheduled" and _local(rec.scheduled_for):
         due = f"due {_local(rec.scheduled_for)}"
         return f"{due}: {rec.message}" if rec.message else due
-    if status == "running" and rec.progress is not None:
+    if status == "running" and _fraction(rec.progress):
         done = f"{rec.progress:.0%}"
         return f"{done} {rec.message}" if rec.message else done
-    return rec.message or ""
+    return str(rec.message or "")
 
 
 def _last_line(text: str) -> str:
@@ -474,20 +479,28 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())  # one line
+def _clip(text: object, width: int) -> str:
+    text = " ".join(str(text).split())  # one line
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _iso(ts: float | None) -> str | None:
+    """ISO 8601 in UTC; None for a missing time or a stored value that is not one."""
     from .job import as_datetime
 
     when = as_datetime(ts)
     return None if when is None else when.isoformat()
 
 
-def _local(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+def _local(ts: float | None) -> str:
+    """Local time to the second; blank for a stored value that is not a time."""
+    from .job import as_datetime
+
+    when = as_datetime(ts)
+    try:
+        return "" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # local time past year 9999 or before 1
+        return ""
 
 
 def _label(rec: JobRecord) -> str:

@@ -8,10 +8,15 @@ sleep for a deadline.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["MAX_WAIT", "Clock", "ManualClock", "SystemClock", "wait_deadline", "wait_left"]
+
+#: The longest single wait on a lock or condition: a longer timeout waits in turns (a
+#: lock cannot wait 1e300 seconds: Python raises OverflowError).
+MAX_WAIT = 3600.0
 
 
 class Clock:
@@ -75,3 +80,36 @@ class ManualClock(Clock):
     def set(self, when: float) -> None:
         """Jump to ``when`` (not before the current time)."""
         self.advance(when - self._now)
+
+
+def wait_deadline(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` deadline of a real-time wait of ``timeout`` seconds, for
+    ``job.wait``/``result`` and ``jq.wait``: None or ``inf`` wait without limit, any
+    length is fine, a negative one does not wait; NaN or a non-number is refused.
+
+    >>> wait_deadline(None), wait_deadline(float("inf"))
+    (None, None)
+    >>> wait_deadline(float("nan"))
+    Traceback (most recent call last):
+    ValueError: timeout must be a number of seconds or None, got nan
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__} {timeout!r}"
+        )
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float: no limit in practice
+        return None
+    if math.isnan(seconds):
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout}")
+    return None if seconds == math.inf else time.monotonic() + seconds
+
+
+def wait_left(deadline: float | None) -> float | None:
+    """Seconds to wait now until ``deadline`` (at most :data:`MAX_WAIT`; None: no limit)."""
+    if deadline is None:
+        return None
+    return min(deadline - time.monotonic(), MAX_WAIT)

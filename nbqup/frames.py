@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import operator
 import warnings
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, StoreCorrupt
 from .job import FINAL, Status
+from .schedule import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,7 +201,10 @@ def _collect(
             rows.append(row if row[0] == job_id else (job_id, *row[1:]))
     # Ids are in creation order to the millisecond; jobs submitted within one (a map())
     # keep their submission order.  Timsort on nearly sorted rows is close to linear.
-    rows.sort(key=_created)
+    try:
+        rows.sort(key=_created)
+    except TypeError:  # a stored `created` that is not a number: such rows go last
+        rows.sort(key=_created_or_last)
     return rows
 
 
@@ -226,17 +231,14 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     n = len(rows)
     col = dict(zip(_FIELDS, map(list, zip(*rows, strict=True)), strict=True)) if rows else {}
     get = lambda field: col.get(field, [])  # noqa: E731
-    times = {
-        t: pd.to_datetime(np.array(get(t), dtype=float), unit="s", utc=True).array.as_unit("ns")
-        for t in _TIMES
-    }
+    times = {t: _utc_times(pd, get(t)) for t in _TIMES}
     codes = np.fromiter(map(_CODES.__getitem__, get("status")), dtype=np.int8, count=n)
     kwargs = get("kwargs")
     data: dict[str, Any] = {
         "name": get("name"),
         "status": pd.Categorical.from_codes(codes, categories=list(STATUS_ORDER)),
-        "attempts": np.array(get("attempts"), dtype=np.int64),
-        "progress": np.array(get("progress"), dtype=float),
+        "attempts": _attempts(pd, get("attempts")),
+        "progress": _progress(get("progress")),
         **times,
         "duration": times["finished"] - times["started"],
         "error": [e[-1] if e else None for e in get("errors")],
@@ -249,6 +251,69 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     for arg in dict.fromkeys(k for names in dict.fromkeys(map(tuple, kwargs)) for k in names):
         data[f"arg.{arg}"] = list(map(dict.get, kwargs, itertools.repeat(arg)))
     return pd.DataFrame(data, index=pd.Index(get("id"), name="id"))
+
+
+# A stored record holds what its writer put there: an older nbqup or a hand may have left
+# a time of 1e300, NaN or a string.  The columns of times and numbers take any value: a
+# time that is not one nbqup keeps (years 1-9999) is NaT, a number that is not one is
+# NaN (or <NA>), never an error.  Each tries the one-call conversion first, which is all
+# that valid records need.
+
+
+def _floats(values: list[Any]) -> Any:
+    """A float array of ``values``; NaN for anything that is not a number."""
+    import numpy as np
+
+    try:
+        return np.array(values, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        return np.fromiter(map(_float, values), dtype=float, count=len(values))
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        return math.nan
+
+
+def _progress(values: list[Any]) -> Any:
+    """Progress fractions; NaN for a value outside [0, 1] (nbqup records none)."""
+    import numpy as np
+
+    fractions = _floats(values)
+    fractions[~((fractions >= 0.0) & (fractions <= 1.0))] = np.nan
+    return fractions
+
+
+def _utc_times(pd: Any, values: list[Any]) -> Any:
+    """Epoch seconds as a ``datetime64[us, UTC]`` array (microseconds reach year 9999,
+    where nanoseconds stop in 2262); NaT for missing values and ones out of range."""
+    import numpy as np
+
+    seconds = _floats(values)
+    ok = (seconds >= MIN_TIMESTAMP) & (seconds < MAX_TIMESTAMP)
+    micros = np.round(np.where(ok, seconds, 0.0) * 1e6).astype(np.int64).view("datetime64[us]")
+    micros[~ok] = np.datetime64("NaT")
+    return pd.DatetimeIndex(micros).tz_localize("UTC").array
+
+
+def _attempts(pd: Any, values: list[Any]) -> Any:
+    """int64; a nullable Int64 column with <NA> where a stored value is not an int."""
+    import numpy as np
+
+    try:
+        return np.array(values, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        ok = [v if type(v) is int and -(2**63) <= v < 2**63 else None for v in values]
+        return pd.array(ok, dtype="Int64")
+
+
+def _created_or_last(row: tuple[Any, ...]) -> float:
+    created = _float(_created(row))
+    return math.inf if math.isnan(created) else created
 
 
 def _objects(values: Iterable[Any]) -> Any:

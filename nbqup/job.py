@@ -296,5 +296,15 @@ _job_to_dict, _job_copy = _job["to_dict"], _job["copy"]
 
 
 def as_datetime(ts: float | None) -> datetime | None:
-    """An epoch timestamp as an aware UTC datetime (``None`` stays ``None``)."""
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+    """An epoch timestamp as an aware UTC datetime (``None`` stays ``None``).
+
+    A stored value that is no time a datetime can hold (NaN, 1e300, a string: a record
+    damaged by hand, or written before nbqup bounded times to the years 1-9999) is
+    ``None`` too, so that views show it as missing instead of failing.
+    """
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None

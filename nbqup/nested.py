@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
+from .clock import wait_left
 from .context import current_context
 from .errors import Deadlock
 from .job import Status
@@ -89,7 +89,7 @@ class NestedWaits:
                 with self._lock:
                     if job_id not in self._live or self._closed:
                         return True
-                    left = None if deadline is None else deadline - time.monotonic()
+                    left = wait_left(deadline)
                     if left is not None and left <= 0:
                         return False
                     ready = self._ready_for(job_id, waiter)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import capture, payload
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
 from .errors import SerializationError, StoreCorrupt
 from .executors import Executor, make_executor
@@ -88,8 +88,8 @@ class JobQueue(Runtime):
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
         if if_locked not in ("client", "raise"):
             raise ValueError(f"if_locked must be 'client' or 'raise', got {if_locked!r}")
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        if not 0 < poll_interval <= 86_400:
+            raise ValueError(f"poll_interval must be > 0 and at most a day, got {poll_interval!r}")
         self._executor: Executor = make_executor(executor)
         self._clock = clock or SystemClock()
         self._poll = poll_interval
@@ -340,7 +340,7 @@ class JobQueue(Runtime):
 
         Inside a job of this queue it raises :class:`~nbqup.Deadlock`: it would wait for
         that job too.  Wait for the jobs it needs (``job.result()``) instead."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         if self._closed:  # a closed queue runs nothing more
             return not self._live
         self._refuse_wait_all()  # inside a job of this queue: it would wait for itself
@@ -349,7 +349,7 @@ class JobQueue(Runtime):
         self._adopt_pending()  # jobs other processes submitted since the last check
         with self._lock:
             while self._live:
-                left = None if deadline is None else deadline - time.monotonic()
+                left = wait_left(deadline)
                 if self._closed or (left is not None and left <= 0):
                     return False  # a closed queue runs nothing more
                 self._done.wait(left)
@@ -657,7 +657,7 @@ class JobQueue(Runtime):
         return stored
 
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         if self.is_owner and not self._closed:
             if job_id not in self._live and job_id in self._finals:  # finished here
                 return True
@@ -667,7 +667,7 @@ class JobQueue(Runtime):
                 return False  # timed out (see nbqup.nested: the slot runs it meanwhile)
             with self._lock:
                 while job_id in self._live and not self._closed:
-                    left = None if deadline is None else deadline - time.monotonic()
+                    left = wait_left(deadline)
                     if left is not None and left <= 0:
                         return False
                     # woken when this job ends, not by every other job that does
@@ -680,7 +680,7 @@ class JobQueue(Runtime):
     def _poll_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
         pause = 0.005
         while not done():
-            left = None if deadline is None else deadline - time.monotonic()
+            left = wait_left(deadline)
             if left is not None and left <= 0:
                 return False
             time.sleep(min(pause, left) if left is not None else pause)

@@ -11,6 +11,10 @@ It imports only the standard library; ``croniter`` is imported when a
 >>> trigger = IntervalTrigger("15m")
 >>> trigger.next_after(1000.0), trigger.describe()
 (1800.0, 'every 15m')
+
+Times nbqup keeps lie between year 1 and year 9999 (:data:`MIN_TIMESTAMP`,
+:data:`MAX_TIMESTAMP`): what ``datetime`` can show, a DataFrame can hold, and a user can
+mean.  Dates and delays that would leave that range are refused where they are given.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from zoneinfo import ZoneInfo
 MIN_TIMESTAMP = -62_135_596_800.0
 #: Every time nbqup keeps is before this one: 10000-01-01 00:00 UTC (the latest is in 9999).
 MAX_TIMESTAMP = 253_402_300_800.0
+#: The longest duration: the whole span of times nbqup keeps (10,000 years).
+MAX_DURATION = MAX_TIMESTAMP - MIN_TIMESTAMP
 #: The shortest interval of a recurring schedule: 10 ms.  A shorter one could only
 #: pile up runs and skipped slots faster than anything can record them.
 MIN_INTERVAL = 0.01
@@ -47,8 +53,9 @@ def _is_number(value: object) -> bool:
 
 
 def _show(value: object) -> str:
-    """Render a bad value for an error message (floats without noise)."""
-    return f"{value:g}" if isinstance(value, float) else repr(value)
+    """Render a bad value for an error message (floats without noise, long ones cut)."""
+    text = f"{value:g}" if isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _parse(text: str, what: str) -> float:
@@ -74,7 +81,8 @@ def _parse(text: str, what: str) -> float:
 def to_seconds(
     value: float | int | timedelta | str, *, what: str = "duration", allow_zero: bool = True
 ) -> float:
-    """Convert a duration to float seconds, checking it is finite and not negative.
+    """Convert a duration to float seconds, checking it is finite, not negative and
+    shorter than :data:`MAX_DURATION` (10,000 years: longer ones could never elapse).
 
     Accepts seconds as int/float, a ``timedelta``, or a string of number-unit
     parts with units ``w d h m s ms`` (each at most once, spaces allowed), or a
@@ -87,44 +95,85 @@ def to_seconds(
     >>> to_seconds("5x", what="delay")
     Traceback (most recent call last):
     ValueError: malformed duration for delay: '5x' (use e.g. 90s, 5m, 1h30m, 2d)
+    >>> to_seconds(1e300, what="timeout")
+    Traceback (most recent call last):
+    ValueError: timeout must be shorter than 10,000 years, got 1e+300
     """
     if isinstance(value, str):
         seconds = _parse(value, what)
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif _is_number(value):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf if value > 0 else -math.inf
     else:
         raise TypeError(
             f"{what} must be seconds (int or float), a timedelta or a string like '5m', "
             f"got {type(value).__name__} {value!r}"
         )
-    if not math.isfinite(seconds):
+    if math.isnan(seconds) or (math.isinf(seconds) and not isinstance(value, int)):
         raise ValueError(f"{what} must be finite, got {_show(value)}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{what} must be {bound}, got {_show(value)}")
+    if seconds >= MAX_DURATION:
+        raise ValueError(f"{what} must be shorter than 10,000 years, got {_show(value)}")
     return seconds
 
 
 def to_timestamp(value: datetime | float | int, *, what: str = "time") -> float:
-    """Convert a point in time to epoch seconds.
+    """Convert a point in time to epoch seconds, checking it lies in years 1 to 9999.
 
     An aware datetime is exact; a naive one is read as the machine's local time
     (as ``datetime.timestamp`` does); numbers are already epoch seconds.
 
     >>> to_timestamp(datetime(1970, 1, 2, tzinfo=timezone.utc)), to_timestamp(60)
     (86400.0, 60.0)
+    >>> to_timestamp(1e300, what="at")
+    Traceback (most recent call last):
+    ValueError: at must be a time in the years 1 to 9999 (before 10000-01-01 UTC), got 1e+300
     """
     if isinstance(value, datetime):
-        return value.timestamp()
-    if _is_number(value):
-        if not math.isfinite(value):
+        try:
+            seconds = value.timestamp()
+        except (OverflowError, ValueError, OSError):  # local time at the ends of the range
+            seconds = math.inf
+    elif _is_number(value):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf if value > 0 else -math.inf
+        if math.isnan(seconds) or (math.isinf(seconds) and not isinstance(value, int)):
             raise ValueError(f"{what} must be finite, got {_show(value)}")
-        return float(value)
-    raise TypeError(
-        f"{what} must be a datetime or epoch seconds, got {type(value).__name__} {value!r}"
-    )
+    else:
+        raise TypeError(
+            f"{what} must be a datetime or epoch seconds, got {type(value).__name__} {value!r}"
+        )
+    if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
+        raise ValueError(
+            f"{what} must be a time in the years 1 to 9999 (before 10000-01-01 UTC), "
+            f"got {_show(value)}"
+        )
+    return seconds
+
+
+def due_after(now: float, delay: float, *, what: str = "delay") -> float:
+    """``now + delay`` in epoch seconds, checked to fall before year 10000.
+
+    >>> due_after(0.0, 90.0)
+    90.0
+    >>> due_after(1_700_000_000.0, 10.0**12)
+    Traceback (most recent call last):
+    ValueError: delay 1e+12s ends after year 9999 (the latest time nbqup keeps)
+    """
+    due = now + delay
+    if not due < MAX_TIMESTAMP:
+        raise ValueError(
+            f"{what} {_show(delay)}s ends after year 9999 (the latest time nbqup keeps)"
+        )
+    return due
 
 
 def format_time(ts: float) -> str:

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .schedule import CronTrigger, IntervalTrigger, Trigger, to_seconds, to_timestamp
+from .schedule import (
+    MAX_TIMESTAMP,
+    CronTrigger,
+    IntervalTrigger,
+    Trigger,
+    due_after,
+    to_seconds,
+    to_timestamp,
+)
 
 if TYPE_CHECKING:
     from .handle import Job, Schedule
@@ -181,11 +189,15 @@ class Submitter:
         return self._with(options={**self._options, **validate_options(options)})
 
     def after(self, delay: Duration) -> Submitter:
-        """Run no sooner than ``delay`` from submit time (``"90s"``, ``"5m"``, seconds...)."""
-        return self._with(delay=to_seconds(delay, what="delay"), when=None)
+        """Run no sooner than ``delay`` from submit time (``"90s"``, ``"5m"``, seconds...).
+        ValueError if that is after year 9999, the latest time nbqup keeps."""
+        seconds = to_seconds(delay, what="delay")
+        due_after(self._queue._clock.now(), seconds)
+        return self._with(delay=seconds, when=None)
 
     def at(self, when: datetime | float) -> Submitter:
-        """Run no sooner than ``when`` (an aware or local datetime, or epoch seconds)."""
+        """Run no sooner than ``when`` (an aware or local datetime, or epoch seconds), a
+        time in the years 1 to 9999."""
         return self._with(when=to_timestamp(when, what="at"), delay=None)
 
     def every(self, interval: Duration) -> Submitter:
@@ -199,12 +211,17 @@ class Submitter:
     def submit(self, fn: Callable[..., Any] | object, /, *args: Any, **kwargs: Any) -> Any:
         """Record a job durably and return its :class:`~nbqup.Job` (see ``JobQueue.submit``);
         with ``every``/``cron``, record a schedule and return its :class:`~nbqup.Schedule`."""
-        due = self._when
-        if self._delay is not None:
-            due = self._queue._clock.now() + self._delay
+        due = self._due()
         if self._trigger is not None:
             return self._submit_schedule(fn, args, kwargs, due)
         return self._queue._submit(fn, args, kwargs, self._options, due)
+
+    def _due(self) -> float | None:
+        """When the next submit's jobs are due (None: at once); checked again here, since
+        the clock moved since ``after()``."""
+        if self._delay is None:
+            return self._when
+        return due_after(self._queue._clock.now(), self._delay)
 
     def _submit_schedule(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None
@@ -213,6 +230,11 @@ class Submitter:
         now = self._queue._clock.now()
         if isinstance(trigger, IntervalTrigger):  # anchor the cadence at the first run
             first = start if start is not None else now + trigger.every
+            if not first < MAX_TIMESTAMP:
+                raise ValueError(
+                    f"every {trigger.every:g}s: the first run would be after year 9999 "
+                    "(the latest time nbqup keeps)"
+                )
             trigger = IntervalTrigger(trigger.every, anchor=first)
             start = first
         if start is not None and start < now - _PAST_START_GRACE:
@@ -236,10 +258,7 @@ class Submitter:
                 calls.append((item, {}))
             else:
                 calls.append(((item,), {}))
-        due = self._when
-        if self._delay is not None:
-            due = self._queue._clock.now() + self._delay
-        return self._queue._submit_many(fn, calls, self._options, due)
+        return self._queue._submit_many(fn, calls, self._options, self._due())
 
 
 class Task(Generic[P, R]):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .job import FINAL, JobRecord, Status
+from .schedule import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -81,14 +82,30 @@ class RowState:
 
 
 def _duration(seconds: float, precise: bool = False) -> str:
-    """``'7s'``, ``'1m05s'``, ``'2h03m'``, ``'1d04h'``; tenths under 10 s if ``precise``."""
+    """``'7s'``, ``'1m05s'``, ``'2h03m'``, ``'1d04h'``, ``'12y200d'``; tenths under 10 s if
+    ``precise``."""
     s = max(0.0, seconds)
     if s < 60:
         return f"{s:.1f}s" if precise and s < 10 else f"{int(s)}s"
     m, sec = divmod(int(s), 60)
     h, m = divmod(m, 60)
     d, h = divmod(h, 24)
+    if d >= 365:
+        return f"{d // 365}y{d % 365}d"
     return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def _time(value: Any) -> float | None:
+    """A stored time as epoch seconds; None if missing or not a time nbqup keeps (years
+    1-9999): a record damaged by hand or written by an older nbqup shows a blank."""
+    number = isinstance(value, float | int) and not isinstance(value, bool)
+    return float(value) if number and MIN_TIMESTAMP <= value < MAX_TIMESTAMP else None
+
+
+def _fraction(value: Any) -> float | None:
+    """Stored progress as a float in [0, 1] (all nbqup records), else None."""
+    number = isinstance(value, float | int) and not isinstance(value, bool)
+    return float(value) if number and 0.0 <= value <= 1.0 else None
 
 
 def _one_line(text: str, limit: int = 120) -> str:
@@ -99,30 +116,32 @@ def _one_line(text: str, limit: int = 120) -> str:
 def row_state(rec: JobRecord, now: float) -> RowState:
     """A job record's row at time ``now`` (epoch seconds, the queue's clock)."""
     st, final = rec.status, rec.status in FINAL
-    if st is Status.RUNNING and rec.started is not None:
-        elapsed = _duration(now - rec.started)
-    elif final and rec.started is not None and rec.finished is not None:
-        elapsed = _duration(rec.finished - rec.started, precise=True)
-    elif st is Status.SCHEDULED and rec.scheduled_for is not None:
-        elapsed = "in " + _duration(rec.scheduled_for - now)
+    started, finished, due = _time(rec.started), _time(rec.finished), _time(rec.scheduled_for)
+    if st is Status.RUNNING and started is not None:
+        elapsed = _duration(now - started)
+    elif final and started is not None and finished is not None:
+        elapsed = _duration(finished - started, precise=True)
+    elif st is Status.SCHEDULED and due is not None:
+        elapsed = "in " + _duration(due - now)
     else:
         elapsed = ""
-    fraction = rec.progress
+    fraction = _fraction(rec.progress)
     percent = "" if fraction is None or st is Status.SUCCEEDED else f"{fraction:.0%}"
     if st is Status.SUCCEEDED and rec.result_repr is not None:
-        message = "→ " + rec.result_repr
+        message = f"→ {rec.result_repr}"
     else:
-        message = rec.message or (rec.errors[-1] if rec.errors and final else "")
+        errors = rec.errors if isinstance(rec.errors, tuple | list) else ()
+        message = rec.message or (errors[-1] if errors and final else "")
     return RowState(
         id=rec.id,
-        name=rec.name or rec.fn_name or rec.id,
+        name=str(rec.name or rec.fn_name or rec.id),
         status=st,
         # quantised, so that tiny steps do not each cost a widget message
         bar=1.0 if final else round(min(1.0, max(0.0, fraction or 0.0)), 3),
         bar_style=_BAR_STYLE.get(st, ""),
         percent=percent,
         elapsed=elapsed,
-        message=_one_line(message),
+        message=_one_line(str(message)),
     )
 
 
@@ -169,11 +188,12 @@ def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
     for name, n in _finished_counts(jq).items():
         tally[Status(name)] += n
     running = sorted(
-        (r for r in records if r.status is Status.RUNNING), key=lambda r: (r.started or 0.0, r.id)
+        (r for r in records if r.status is Status.RUNNING),
+        key=lambda r: (_time(r.started) or 0.0, r.id),
     )
     waiting = sorted(
         (r for r in records if r.status in (Status.QUEUED, Status.SCHEDULED)),
-        key=lambda r: (r.status is Status.SCHEDULED, r.scheduled_for or 0.0, r.id),
+        key=lambda r: (r.status is Status.SCHEDULED, _time(r.scheduled_for) or 0.0, r.id),
     )
     done = [r for r in records if r.status in FINAL]  # newest first, as in the snapshot
     chosen = (running + waiting + done)[:max_rows]

@@ -15,20 +15,30 @@ Time moves only on the injected ManualClock; effects are awaited with a deadline
 
 from __future__ import annotations
 
+import json
+import math
+import pickle
+import re
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 from jobfns import EVENTS
 from test_cli import cli, fails, ok
-from test_scheduling import HOUR, WAIT, a_run_going, tick, until
+from test_scheduling import HOUR, WAIT, a_run_going, block, tick, until
 
 import nbqup
-from nbqup import JobQueue
+from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
+from nbqup.job import JobRecord
 from nbqup.keys import stored_key
 from nbqup.recurring import dump
+from nbqup.store import encode
+from nbqup.viewmodel import queue_state, render_html, render_text, row_state
 
 UTC = timezone.utc
 LONG = "k" * 600  # LMDB keys stop at 511 bytes
@@ -36,6 +46,125 @@ LONG = "k" * 600  # LMDB keys stop at 511 bytes
 
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+# =================================================================== item 6: times
+
+
+def test_a_far_future_job_is_listed_everywhere(clock: ManualClock, tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with JobQueue(path, workers=1, clock=clock) as jq:
+        far = jq.after(10**10).submit(abs, -1)  # year 2343: past pandas' nanoseconds (2262)
+        last = jq.at(datetime(9999, 12, 31, tzinfo=UTC)).submit(abs, -2)
+        df = jq.jobs_df()
+        assert df.loc[far.id, "scheduled_for"] == pd.Timestamp(utc(clock.now() + 1e10))
+        assert df.loc[last.id, "scheduled_for"] == pd.Timestamp("9999-12-31", tz="UTC")
+        assert far.scheduled_for == utc(clock.now() + 1e10)
+        text = render_text(queue_state(jq))
+        assert re.search(rf"{last.id} .* scheduled .* in 79\d\dy\d+d", text), text
+    table = ok(cli("jobs", path))
+    assert any(far.id in line and "due 2343-12-06" in line for line in table), table
+    assert any(last.id in line and "due 9999-12-31 00:00:00" in line for line in table), table
+    rows = {row["id"]: row for row in json.loads("\n".join(ok(cli("jobs", path, "--json"))))}
+    assert rows[last.id]["scheduled_for"] == "9999-12-31T00:00:00+00:00"
+
+
+ABSURD: list[Any] = [1e300, -1e300, math.nan, math.inf, -math.inf, 10**400, "noon", b"\x00"]
+STATUSES = [Status.SCHEDULED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.QUEUED]
+
+
+def _absurd_store(path: Path) -> tuple[str, list[str]]:
+    """A store with one sane job and records whose times and numbers are absurd, written
+    directly (as an older nbqup or a hand could): ids of the sane one and the others."""
+    with JobQueue(path, workers=0) as jq:
+        sane = jq.submit(abs, -1).id
+        records = []
+        for i, value in enumerate(ABSURD):
+            rec = JobRecord(id=f"zz{i:02d}", name=f"absurd-{i}", created=value)
+            rec.status = STATUSES[i % len(STATUSES)]
+            rec.scheduled_for = rec.started = rec.finished = value
+            rec.progress = rec.attempts = value
+            records.append(rec)
+        jq.store.commit(records)
+        old = {"id": "zzold", "name": "old", "created": 1e300, "status": "succeeded",
+               "started": math.nan, "finished": "late", "progress": "half"}  # fmt: skip
+        jq.store.backend.write([("meta", "zzold", encode(pickle.dumps(old)))])  # format 1
+    return sane, [r.id for r in records] + ["zzold"]
+
+
+def test_listings_show_absurd_stored_times_as_missing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    sane, absurd = _absurd_store(path)
+    with JobQueue(path, workers=0) as jq:
+        df = jq.jobs_df()
+        assert set(df.index) == {sane, *absurd}
+        for column in ("created", "scheduled_for", "started", "finished", "duration"):
+            assert df.loc[absurd, column].isna().all(), column
+        assert df.loc[absurd, "progress"].isna().all()  # progress lies in [0, 1]
+        assert df.loc[sane, "created"].year >= 2024 and pd.isna(df.loc[sane, "started"])
+        # the dashboard's model, its renderings, and job handles
+        state = queue_state(jq)
+        assert {row.id for row in state.rows} >= {sane, "zz00", "zz01"}
+        assert "absurd-0" in render_text(state) and "absurd-1" in render_html(state)
+        for job_id in absurd:
+            rec = jq.get(job_id).record
+            row = row_state(rec, now=time.time())
+            assert row.elapsed == "" and row.percent == ""
+            assert jq.get(job_id).scheduled_for is None and jq.get(job_id).finished is None
+    # the command line
+    table = ok(cli("jobs", path))
+    assert len(table) == 1 + 1 + len(absurd)
+    rows = json.loads("\n".join(ok(cli("jobs", path, "--json"))))
+    assert {r["id"] for r in rows} == {sane, *absurd}
+    for r in rows:
+        if r["id"] != sane:
+            assert r["created"] is r["scheduled_for"] is r["finished"] is None, r
+    status = ok(cli("status", path))
+    assert f"total      {1 + len(absurd)}" in status
+
+
+QUEUES: dict[str, JobQueue] = {}  # job functions find their queue here
+
+
+def wait_inside(name: str) -> int:
+    """A job waiting, with an absurd timeout, for a job of its own queue due in an hour."""
+    inner = QUEUES[name].after("1h").submit(abs, -5)
+    return int(inner.result(timeout=1e300))
+
+
+def test_waits_take_any_timeout(clock: ManualClock, name: str) -> None:
+    with JobQueue(None, workers=1, clock=clock) as jq:
+        job = jq.submit(block, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        results: list[Any] = []
+        waiters = [
+            threading.Thread(target=lambda: results.append(job.wait(timeout=1e300))),
+            threading.Thread(target=lambda: results.append(job.result(timeout=math.inf))),
+            threading.Thread(target=lambda: results.append(jq.wait(timeout=10**400))),
+        ]
+        for t in waiters:
+            t.start()
+        assert job.wait(timeout=-1) is False  # a negative timeout does not wait
+        with pytest.raises(ValueError, match="timeout must be a number of seconds or None"):
+            job.wait(timeout=math.nan)
+        with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+            job.result(timeout="5")  # type: ignore[arg-type]
+        EVENTS[name].set()
+        for t in waiters:
+            t.join(WAIT)
+        assert sorted(map(str, results)) == sorted(["True", name, "True"])
+        # inside a job: the wait lends the job's slot, and waits while nothing is ready
+        QUEUES[name] = jq
+        outer = jq.submit(wait_inside, name)
+        until(lambda: jq._helpers == 1, "the job waiting inside")
+        clock.advance(HOUR)
+        assert outer.result(WAIT) == 5
+
+
+@pytest.mark.parametrize("poll", [math.inf, 1e300, math.nan, 0, -1])
+def test_poll_interval_must_be_sane(poll: float) -> None:
+    with pytest.raises(ValueError, match="poll_interval must be > 0 and at most a day"):
+        JobQueue(None, workers=1, poll_interval=poll)
 
 
 # ========================================================== item 7: missed slots

@@ -654,6 +654,39 @@ def test_retry_delay_validates(
 LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [1e300, -1e300, 10**400, schedule.MAX_TIMESTAMP, schedule.MIN_TIMESTAMP - 1, math.inf],
+)
+def test_to_timestamp_refuses_times_outside_years_1_to_9999(value: Any) -> None:
+    with pytest.raises(ValueError) as info:
+        to_timestamp(value, what="at")
+    message = str(info.value)
+    assert message.startswith("at must be ")
+    assert ("finite" in message) or ("in the years 1 to 9999" in message), message
+    assert len(message) < 200  # a huge int is cut short, not printed whole
+
+
+def test_to_timestamp_takes_the_whole_range() -> None:
+    assert to_timestamp(LAST_MOMENT) == schedule.MAX_TIMESTAMP - 1
+    assert to_timestamp(datetime(1, 1, 1, tzinfo=UTC)) == schedule.MIN_TIMESTAMP
+    assert to_timestamp(10**10) == 1e10  # year 2286: past pandas' nanoseconds, still a time
+
+
+@pytest.mark.parametrize("value", [1e300, 10**400, "1000000w", timedelta(days=999_999_999)])
+def test_to_seconds_refuses_durations_of_10000_years_or_more(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"^retry_delay must be shorter than 10,000 years, got "):
+        to_seconds(value, what="retry_delay")
+    assert to_seconds("5000w", what="retry_delay") == 5000 * 604_800.0  # 96 years is fine
+
+
+def test_due_after_stops_before_year_10000() -> None:
+    now = ts(2026, 1, 1)
+    assert schedule.due_after(now, 10.0**10) == now + 1e10
+    with pytest.raises(ValueError, match=r"^delay 1e\+12s ends after year 9999"):
+        schedule.due_after(now, 1e12)
+
+
 @pytest.mark.parametrize("every", [1e-9, 0.009, "5ms", timedelta(microseconds=1)])
 def test_interval_trigger_refuses_intervals_under_10ms(every: Any) -> None:
     with pytest.raises(ValueError, match=r"^every must be at least 10ms, got "):

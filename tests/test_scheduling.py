@@ -804,6 +804,42 @@ BAD_INPUT: dict[str, tuple[type[Exception], str, Callable[[JobQueue], Any]]] = {
         "at must be a datetime or epoch seconds",
         lambda jq: jq.at("tomorrow"),  # type: ignore[arg-type]
     ),
+    # issue 12, item 6: dates and durations past year 9999
+    "after-1e300": (
+        ValueError,
+        "delay must be shorter than 10,000 years, got 1e",
+        lambda jq: jq.after(1e300),
+    ),
+    "after-past-9999": (
+        ValueError,
+        r"delay 2.7216e\+11s ends after year 9999",
+        lambda jq: jq.after("450000w"),
+    ),
+    "at-1e300": (
+        ValueError,
+        r"at must be a time in the years 1 to 9999 \(before 10000-01-01 UTC\), got 1e\+300",
+        lambda jq: jq.at(1e300),
+    ),
+    "at-year-10000": (
+        ValueError,
+        "at must be a time in the years 1 to 9999",
+        lambda jq: jq.at(2.6e11),
+    ),
+    "retry-delay-1e300": (
+        ValueError,
+        "retry_delay must be shorter than 10,000 years",
+        lambda jq: jq.options(retry_delay=1e300),
+    ),
+    "timeout-1e300": (
+        ValueError,
+        "timeout must be shorter than 10,000 years",
+        lambda jq: jq.options(timeout=1e300),
+    ),
+    "every-past-9999": (
+        ValueError,
+        "the first run would be after year 9999",
+        lambda jq: jq.every("450000w").submit(tick, "far"),
+    ),
     # issue 12, item 7: intervals under 10 ms
     "every-1e-9": (ValueError, "every must be at least 10ms, got 1e-09", lambda jq: jq.every(1e-9)),
     "every-5ms": (ValueError, "every must be at least 10ms, got '5ms'", lambda jq: jq.every("5ms")),
