@@ -190,18 +190,21 @@ class JobQueue(Runtime):
         return Submitter(self).options(**options)
 
     def after(self, delay: float | timedelta | str) -> Submitter:
-        """A builder whose jobs run no sooner than ``delay`` after they are submitted."""
+        """A builder whose jobs run no sooner than ``delay`` after they are submitted
+        (ValueError if that is past year 9999, the latest time nbqup keeps)."""
         return Submitter(self).after(delay)
 
     def at(self, when: datetime | float) -> Submitter:
-        """A builder whose jobs run no sooner than ``when``."""
+        """A builder whose jobs run no sooner than ``when`` (in the years 1 to 9999)."""
         return Submitter(self).at(when)
 
     def every(self, interval: float | timedelta | str) -> Submitter:
         """A builder for a recurring schedule: ``jq.every("1h").submit(fn)``.
 
         The first run is one interval from now (or at ``.at(...)``/``.after(...)``); each
-        run is a job of its own.  Returns a :class:`~nbqup.Schedule` handle.
+        run is a job of its own.  Returns a :class:`~nbqup.Schedule` handle.  The interval
+        is 10 ms at least.  Slots missed while no worker ran follow ``options(missed=...)``
+        and those not run are recorded as one ``skipped`` job (see :mod:`nbqup.recurring`).
         """
         return Submitter(self).every(interval)
 
