@@ -98,6 +98,7 @@ def plan_missed(
     schedule counts up to :data:`COUNT_LIMIT` slots, beyond which the burst is
     not ``exact``).
 
+    >>> from nbqup.schedule import IntervalTrigger
     >>> every_minute = IntervalTrigger(60)
     >>> plan_missed(every_minute, last_due=0, now=200, policy="all")
     Catchup(run=[60.0, 120.0, 180.0], skipped=None, next_due=240.0)
