@@ -93,6 +93,8 @@ def test_chaos_loses_nothing(tmp_path: Path) -> None:
             "3",
             "--max-delay",
             "0.5",
+            "--faults",
+            "none",  # the fault scenarios have a test of their own
             "--tmpdir",
             str(tmp_path),
             "--json",
