@@ -664,6 +664,10 @@ class JobQueue(Runtime):
                     cond.wait(left)
                 if job_id not in self._live:
                     return True
+        # Closed (now or meanwhile): a job it left unfinished never ends here, and polling
+        # its live record would spin for ever -- in a job waiting inside a closed queue,
+        # that thread would hold the job back when the store is reopened in this process.
+        self._check_readable(job_id)
         return self._poll_until(lambda: self._record(job_id).status in FINAL, deadline)
 
     def _poll_until(self, done: Callable[[], bool], deadline: float | None) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,58 @@ def test_waits_that_can_never_end_raise_at_once(
     with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*jq.wait\(\) inside job"):
         jq.submit(wait_for_all, name).result(timeout=WAIT)
     assert jq.submit(pow, 3, 2).result(timeout=WAIT) == 9  # the queue goes on
+
+
+def loop_until_released(name: str) -> str:
+    CALLS[name].append("inner")
+    EVENTS[f"{name}:inner"].set()
+    while not EVENTS[f"{name}:release"].is_set():
+        nbqup.progress(0.5)  # raises once close(wait=False) stops the job
+        EVENTS[f"{name}:release"].wait(0.005)
+    return "released"
+
+
+def wait_for_looping(name: str) -> str:
+    CALLS[name].append("outer")
+    if CALLS[name].count("outer") > 1:  # run by the reopened queue: let QUEUES name it
+        assert EVENTS[f"{name}:reopened"].wait(WAIT)
+    return "got " + _queue(name).submit(loop_until_released, name).result()
+
+
+def test_close_without_waiting_while_a_slot_runs_an_awaited_job_resumes_both(
+    queues: dict[str, JobQueue], name: str, tmp_path: Path
+) -> None:
+    # close(wait=False) stops the awaited job; the waiting one must then let go of its
+    # thread too, or the reopened queue holds both jobs ("still running in a thread of a
+    # queue closed with wait=False") for ever.
+    jq = queues[name] = JobQueue(tmp_path / "s", workers=1, poll_interval=0.05)
+    outer = jq.submit(wait_for_looping, name)
+    assert EVENTS[f"{name}:inner"].wait(WAIT)
+    jq.close(wait=False)
+    EVENTS[f"{name}:release"].set()
+    again = queues[name] = JobQueue(tmp_path / "s", workers=1, poll_interval=0.05)
+    EVENTS[f"{name}:reopened"].set()
+    assert again.get(outer.id).result(timeout=WAIT) == "got released"
+    assert CALLS[name].count("outer") == 2  # the stopped run, then the resumed one
+
+
+def test_waiting_on_an_unfinished_job_of_a_closed_queue_raises_at_once(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = JobQueue(path=None, workers=1)
+    job = jq.after("1h").submit(pow, 2, 2)
+    jq.close()
+    answers: list[object] = []
+    answered = threading.Event()
+
+    def wait() -> None:
+        try:
+            answers.append(job.wait())
+        except RuntimeError as exc:
+            answers.append(exc)
+        answered.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    assert answered.wait(WAIT), "job.wait() on a closed queue never returned"
+    assert isinstance(answers[0], RuntimeError) and "is closed" in str(answers[0])
+    assert job.id in str(answers[0])
