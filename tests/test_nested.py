@@ -195,6 +195,44 @@ def test_waits_that_can_never_end_raise_at_once(
     assert jq.submit(pow, 3, 2).result(timeout=WAIT) == 9  # the queue goes on
 
 
+def inner_context(name: str) -> str:
+    print("inner prints")
+    nbqup.progress(0.25, message="inner progress")
+    nbqup.checkpoint({"by": "inner"})
+    me = nbqup.current_job()
+    assert me is not None
+    return me.id
+
+
+def outer_context(name: str) -> tuple[str, str, str, Any]:
+    me = nbqup.current_job()
+    assert me is not None
+    print("outer before")
+    nbqup.progress(0.5, message="outer progress")
+    inner_id = _queue(name).submit(inner_context, name).result(timeout=WAIT)
+    after = nbqup.current_job()
+    assert after is not None
+    print("outer after")
+    return me.id, inner_id, after.id, nbqup.restore("no checkpoint")
+
+
+def test_the_job_run_in_a_waiting_slot_has_its_own_context(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    # current_job(), output, progress and checkpoints belong to the job running, and the
+    # waiting job has its own back once the awaited one is done.
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    outer = jq.submit(outer_context, name)
+    me, inner_id, after, restored = outer.result(timeout=WAIT)
+    inner = jq.get(inner_id)
+    assert me == after == outer.id != inner_id
+    assert restored == "no checkpoint"
+    assert outer.logs == "outer before\nouter after\n"
+    assert inner.logs == "inner prints\n"
+    assert inner.checkpoint == {"by": "inner"} and outer.checkpoint is None
+    assert inner.message == "inner progress" and outer.message == "outer progress"
+
+
 def loop_until_released(name: str) -> str:
     CALLS[name].append("inner")
     EVENTS[f"{name}:inner"].set()
