@@ -16,8 +16,9 @@ Lending was chosen over refusing the wait: refusing needs to know, when ``result
 called, whether a worker will be free when the awaited job becomes ready, which a delayed
 job makes unknowable; lending simply always works.  A wait that can never end, though,
 raises :class:`~nbqup.Deadlock` at once: a job waiting for itself, or for a job that waits
-(directly or through others) for it.  The rule holds for the thread executor (where a job
-runs in its slot's thread); a process job cannot reach the queue object.
+for it -- inside it or through ``depends_on``, directly or through others.  The rule
+holds for the thread executor (where a job runs in its slot's thread); a process job
+cannot reach the queue object.
 """
 
 from __future__ import annotations
@@ -137,13 +138,25 @@ class NestedWaits:
             self._internal_error(rec.id, exc)
 
     def _check_cycle(self, waiter: str, job_id: str) -> None:
-        """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or waits for it (lock held)."""
-        chain = [job_id]
-        while chain[-1] != waiter:
-            nxt = self._awaiting.get(chain[-1])
-            if nxt is None:
-                return
-            chain.append(nxt)
+        """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or cannot end before it:
+        directly or through others, it waits inside it or depends on it (lock held)."""
+        came_from: dict[str, str] = {}
+        todo, seen = [job_id], {job_id}
+        while todo:
+            current = todo.pop()
+            if current == waiter:
+                break
+            for nxt in self._ends_after(current):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    came_from[nxt] = current
+                    todo.append(nxt)
+        else:
+            return
+        chain = [waiter]
+        while chain[-1] in came_from:
+            chain.append(came_from[chain[-1]])
+        chain.reverse()  # job_id, ..., waiter
         if len(chain) == 1:
             raise Deadlock(
                 f"job {waiter} waits for itself: it can never be done while it waits. "
@@ -155,6 +168,18 @@ class NestedWaits:
             "Let one of them return and pass its job as an argument to the next instead"
         )
 
+    def _ends_after(self, job_id: str) -> list[str]:
+        """The unfinished jobs ``job_id`` cannot end before: the one it waits for inside
+        it, and its dependencies (``depends_on``, a delayed job's too) (lock held)."""
+        rec = self._live.get(job_id)
+        if rec is None or rec.status.final:
+            return []
+        out = [dep for dep in rec.depends_on if _unfinished(self._live.get(dep))]
+        awaited = self._awaiting.get(job_id)
+        if awaited is not None:
+            out.append(awaited)
+        return out
+
     def _refuse_wait_all(self) -> None:
         """``jq.wait()`` inside a job of this queue would wait for that job too."""
         waiter = self._job_in_this_thread()
@@ -163,3 +188,7 @@ class NestedWaits:
                 f"jq.wait() inside job {waiter} waits for every job, this one included: "
                 "it can never return. Wait for the jobs it needs (job.result()) instead"
             )
+
+
+def _unfinished(rec: JobRecord | None) -> bool:
+    return rec is not None and not rec.status.final

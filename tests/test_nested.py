@@ -195,6 +195,27 @@ def test_waits_that_can_never_end_raise_at_once(
     assert jq.submit(pow, 3, 2).result(timeout=WAIT) == 9  # the queue goes on
 
 
+def wait_for_a_job_after_me(name: str, delay: str | None) -> Any:
+    me = nbqup.current_job()
+    assert me is not None
+    submitter = _queue(name).options(depends_on=[me])
+    if delay is not None:
+        submitter = submitter.after(delay)
+    then = submitter.submit(pow, 2, 3)
+    return then.result(timeout=WAIT)  # Deadlock at once, not a TimeoutError after WAIT
+
+
+@pytest.mark.parametrize("delay", [None, "1h"])
+def test_a_wait_on_a_job_depending_on_the_waiting_job_raises_at_once(
+    queues: dict[str, JobQueue], name: str, delay: str | None
+) -> None:
+    # The awaited job waits for the waiting one through depends_on (at once, or once
+    # the delayed job is due): neither can ever be done, whatever the number of workers.
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*which waits for job"):
+        jq.submit(wait_for_a_job_after_me, name, delay).result(timeout=2 * WAIT)
+
+
 def inner_context(name: str) -> str:
     print("inner prints")
     nbqup.progress(0.25, message="inner progress")
