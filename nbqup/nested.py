@@ -8,9 +8,11 @@ waiting thread runs it, in the waiting job's slot, as a worker would (same bookk
 marked running, durable, retried, logged).  Otherwise (it runs on another worker, it is
 delayed, it waits for a registration) the waiter sleeps until a job ends or becomes
 ready, and looks again.  The waiting job does no work meanwhile, so no more jobs work at
-once than there are workers, and chains of nested waits go through on one worker (each
-level deeper on the waiting thread's stack: over a hundred levels fit in Python's
-default recursion limit).
+once than there are workers (a job waiting from several threads sharing its context,
+``asyncio.to_thread`` say, lends each of them), and chains of nested waits go through on
+one worker (each level deeper on the waiting thread's stack: over a hundred levels fit
+in Python's default recursion limit).  Threads a job starts without its context wait as
+any thread does: with every worker busy, what they wait for must come from elsewhere.
 
 Lending was chosen over refusing the wait: refusing needs to know, when ``result()`` is
 called, whether a worker will be free when the awaited job becomes ready, which a delayed
@@ -59,10 +61,10 @@ class NestedWaits:
     _executor: Executor
     _stopping: bool
     _closed: bool
-    #: waiting job id -> the job it waits for (to find waits that can never end)
-    _awaiting: dict[str, str]
-    #: threads waiting inside a job: while there are any, a job becoming ready wakes them
-    _helpers: int
+    #: (waiting job id, waiting thread) -> the job it waits for: to find waits that can
+    #: never end, and, while there are any, to wake them when a job becomes ready.  A job
+    #: may wait from several threads at once (``asyncio.to_thread`` copies its context).
+    _awaiting: dict[tuple[str, int], str]
 
     if TYPE_CHECKING:  # provided by Runtime
 
@@ -81,10 +83,10 @@ class NestedWaits:
         here whenever it is ready.  False if ``deadline`` (monotonic) passed first; True
         once the job is no longer live here (or the queue closed).  The deadline is
         checked before each run here, not during one: ``wait(0)`` only looks."""
+        me = (waiter, threading.get_ident())
         with self._lock:
             self._check_cycle(waiter, job_id)
-            self._awaiting[waiter] = job_id
-            self._helpers += 1
+            self._awaiting[me] = job_id
         try:
             while True:
                 with self._lock:
@@ -101,8 +103,7 @@ class NestedWaits:
                 self._run_here(claim)
         finally:
             with self._lock:
-                del self._awaiting[waiter]
-                self._helpers -= 1
+                del self._awaiting[me]
 
     def _ready_for(self, job_id: str, waiter: str) -> str | None:
         """A ready job that ``job_id`` needs run: itself, or one of the jobs it waits for,
@@ -175,9 +176,7 @@ class NestedWaits:
         if rec is None or rec.status.final:
             return []
         out = [dep for dep in rec.depends_on if _unfinished(self._live.get(dep))]
-        awaited = self._awaiting.get(job_id)
-        if awaited is not None:
-            out.append(awaited)
+        out.extend(awaited for (waiter, _), awaited in self._awaiting.items() if waiter == job_id)
         return out
 
     def _refuse_wait_all(self) -> None:

@@ -109,8 +109,7 @@ class JobQueue(Runtime):
         self._running: dict[str, JobContext] = {}
         self._submitting: set[str] = set()
         self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
-        self._awaiting: dict[str, str] = {}  # job waiting inside a job -> awaited job
-        self._helpers = 0  # threads waiting inside jobs (see nbqup.nested)
+        self._awaiting: dict[tuple[str, int], str] = {}  # see nbqup.nested
         # final, write queued (in the batch of this ticket), not yet forgotten
         self._ending: list[tuple[JobRecord, int]] = []
         self._elided: set[str] = set()  # kept in `_finals` without their long error text

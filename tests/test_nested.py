@@ -10,6 +10,7 @@ Job functions find their queue in :data:`QUEUES` (a queue cannot be pickled into
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +215,38 @@ def test_a_wait_on_a_job_depending_on_the_waiting_job_raises_at_once(
     jq = queues[name] = JobQueue(path=None, workers=2)
     with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*which waits for job"):
         jq.submit(wait_for_a_job_after_me, name, delay).result(timeout=2 * WAIT)
+
+
+BARRIERS: dict[str, threading.Barrier] = {}
+
+
+def meet(name: str, x: int) -> int:
+    BARRIERS[name].wait(WAIT)  # both awaited jobs run at once, or neither returns
+    return x
+
+
+def wait_from_two_threads(name: str) -> list[int]:
+    """Wait for two jobs at once from threads that share this job's context."""
+    jq = _queue(name)
+    first, second = jq.submit(meet, name, 1), jq.submit(meet, name, 2)
+
+    async def both() -> list[int]:
+        # asyncio.to_thread copies the context: both threads are "inside" this job
+        waits = (asyncio.to_thread(job.result, WAIT) for job in (first, second))
+        return list(await asyncio.gather(*waits))
+
+    return asyncio.run(both())
+
+
+def test_threads_of_one_job_waiting_at_once_each_lend_their_thread(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    # Two waits of one job at once: the second to end found the first one's bookkeeping
+    # gone (KeyError out of result()).
+    BARRIERS[name] = threading.Barrier(2)
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    assert jq.submit(wait_from_two_threads, name).result(timeout=WAIT) == [1, 2]
+    assert jq.counts()["succeeded"] == 3
 
 
 def inner_context(name: str) -> str:
