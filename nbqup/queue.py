@@ -358,13 +358,12 @@ class JobQueue(Runtime):
             self._stopping = True
             self._work.notify_all()
             self._sched.notify_all()
-            running = dict(self._running)
+            if not wait:  # at once: a waiting job's slot starts nothing meanwhile
+                self._abandon(dict(self._running))
         if wait:
             for t in self._threads:
                 if t is not threading.current_thread():
                     t.join()
-        else:
-            self._abandon(running)
         self._settle()
         widgets = sys.modules.get("nbqup.widgets")
         if widgets is not None:  # live views show the final state before the store closes

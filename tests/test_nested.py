@@ -320,6 +320,45 @@ def test_close_without_waiting_while_a_slot_runs_an_awaited_job_resumes_both(
     assert CALLS[name].count("outer") == 2  # the stopped run, then the resumed one
 
 
+def hold_dependency(name: str) -> str:
+    EVENTS[f"{name}:dependency"].set()
+    assert EVENTS[f"{name}:dependency-go"].wait(WAIT)
+    return "dependency done"
+
+
+def wait_for_blocked(name: str, dependency: str) -> str:
+    inner = _queue(name).options(depends_on=[dependency]).submit(loop_until_released, name)
+    EVENTS[f"{name}:outer-waits"].set()
+    return "got " + inner.result()
+
+
+def test_close_without_waiting_starts_nothing_in_a_waiting_slot(
+    queues: dict[str, JobQueue], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close(wait=False) marked the queue stopping, released its lock, then stopped the
+    # running jobs: a job becoming ready in between was started by a waiting job's slot,
+    # not stopped, not known to be running in a closed queue's thread (so run again,
+    # at once, by a queue reopened in this process).
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    dependency = jq.submit(hold_dependency, name)
+    assert EVENTS[f"{name}:dependency"].wait(WAIT)
+    jq.submit(wait_for_blocked, name, dependency.id)
+    assert EVENTS[f"{name}:outer-waits"].wait(WAIT)
+    stop_running = jq._abandon
+
+    def stop_running_late(running: dict[str, Any]) -> None:
+        EVENTS[f"{name}:dependency-go"].set()  # the awaited job becomes ready...
+        EVENTS[f"{name}:inner"].wait(1)  # ...and the waiting slot would start it now
+        stop_running(running)
+
+    monkeypatch.setattr(jq, "_abandon", stop_running_late)
+    try:
+        jq.close(wait=False)
+        assert "inner" not in CALLS[name]
+    finally:
+        EVENTS[f"{name}:release"].set()
+
+
 def test_waiting_on_an_unfinished_job_of_a_closed_queue_raises_at_once(
     queues: dict[str, JobQueue], name: str
 ) -> None:
