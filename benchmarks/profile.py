@@ -14,6 +14,9 @@
     # one job printing 500,000 lines, under the thread and the process executor (info only)
     python -m benchmarks.profile output --lines 500000
 
+    # jq.counts() with 10,000 unfinished jobs: the owner's, then with a client's among them
+    python -m benchmarks.profile counts --jobs 10000
+
 ``--analyze`` reads py-spy's raw (collapsed-stack) output and prints, per thread role
 (the caller submitting, the worker slots), the functions with the most samples on the
 stack (inclusive) and on top of it (self), as a share of that role's samples.
@@ -153,6 +156,42 @@ def output(lines: int) -> dict[str, float]:
     return took
 
 
+def counts(n: int) -> dict[str, float]:
+    """Median milliseconds of ``jq.counts()`` in the owner of a store holding ``n``
+    unfinished jobs (one running, the rest delayed): with only its own jobs, then with 100
+    jobs a client has just submitted (read from the store's index of unfinished jobs)."""
+    import statistics
+
+    import nbqup
+
+    def median_ms(jq: nbqup.JobQueue) -> float:
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            jq.counts()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+
+    took: dict[str, float] = {}
+    folder = Path(tempfile.mkdtemp(prefix=".profile-", dir=ROOT))
+    try:
+        with nbqup.JobQueue(folder / "store", workers=1, poll_interval=3600) as jq:
+            jq.submit(jobs.pause, 3600)
+            for start in range(1, n, 1000):
+                jq.after("1h").map(jobs.noop, [()] * min(1000, n - start))
+            took["owner"] = median_ms(jq)
+            with nbqup.JobQueue(folder / "store", workers=0) as client:
+                client.after("1h").map(jobs.noop, [()] * 100)
+            took["owner + client's"] = median_ms(jq)
+            print(f"counts: {n} unfinished jobs: {jq.counts()}")
+            jq.close(wait=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    for name, ms in took.items():
+        print(f"counts: {name}: median {ms:.2f} ms")
+    return took
+
+
 _FRAME = re.compile(r"^(?P<fn>[^ ]+) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
@@ -213,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "workload", nargs="?", choices=("throughput", "submit", "output"), default="throughput"
+        "workload",
+        nargs="?",
+        choices=("throughput", "submit", "output", "counts"),
+        default="throughput",
     )
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--lines", type=int, default=500_000, help="lines printed (output)")
@@ -228,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.workload == "output":
         output(args.lines)
+        return 0
+    if args.workload == "counts":
+        counts(args.jobs)
         return 0
     if args.cprofile:
         prof = cProfile.Profile()

@@ -151,7 +151,8 @@ class Job:
 
         Inside a job of the same queue, the waiting job's worker slot runs this job
         meanwhile whenever it is ready (see :mod:`nbqup.nested`); a wait that could never
-        end (on the waiting job itself, say) raises :class:`~nbqup.Deadlock`."""
+        end (on the waiting job itself, say) raises :class:`~nbqup.Deadlock`.  Once the
+        queue is closed, a job it left unfinished raises RuntimeError: it runs no more."""
         return self._queue._wait_job(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:

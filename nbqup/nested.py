@@ -8,16 +8,19 @@ waiting thread runs it, in the waiting job's slot, as a worker would (same bookk
 marked running, durable, retried, logged).  Otherwise (it runs on another worker, it is
 delayed, it waits for a registration) the waiter sleeps until a job ends or becomes
 ready, and looks again.  The waiting job does no work meanwhile, so no more jobs work at
-once than there are workers, and chains of nested waits go through on one worker (each
-level deeper on the waiting thread's stack: over a hundred levels fit in Python's
-default recursion limit).
+once than there are workers (a job waiting from several threads sharing its context,
+``asyncio.to_thread`` say, lends each of them), and chains of nested waits go through on
+one worker (each level deeper on the waiting thread's stack: over a hundred levels fit
+in Python's default recursion limit).  Threads a job starts without its context wait as
+any thread does: with every worker busy, what they wait for must come from elsewhere.
 
 Lending was chosen over refusing the wait: refusing needs to know, when ``result()`` is
 called, whether a worker will be free when the awaited job becomes ready, which a delayed
 job makes unknowable; lending simply always works.  A wait that can never end, though,
 raises :class:`~nbqup.Deadlock` at once: a job waiting for itself, or for a job that waits
-(directly or through others) for it.  The rule holds for the thread executor (where a job
-runs in its slot's thread); a process job cannot reach the queue object.
+for it -- inside it or through ``depends_on``, directly or through others.  The rule
+holds for the thread executor (where a job runs in its slot's thread); a process job
+cannot reach the queue object.
 """
 
 from __future__ import annotations
@@ -58,10 +61,10 @@ class NestedWaits:
     _executor: Executor
     _stopping: bool
     _closed: bool
-    #: waiting job id -> the job it waits for (to find waits that can never end)
-    _awaiting: dict[str, str]
-    #: threads waiting inside a job: while there are any, a job becoming ready wakes them
-    _helpers: int
+    #: (waiting job id, waiting thread) -> the job it waits for: to find waits that can
+    #: never end, and, while there are any, to wake them when a job becomes ready.  A job
+    #: may wait from several threads at once (``asyncio.to_thread`` copies its context).
+    _awaiting: dict[tuple[str, int], str]
 
     if TYPE_CHECKING:  # provided by Runtime
 
@@ -80,10 +83,10 @@ class NestedWaits:
         here whenever it is ready.  False if ``deadline`` (monotonic) passed first; True
         once the job is no longer live here (or the queue closed).  The deadline is
         checked before each run here, not during one: ``wait(0)`` only looks."""
+        me = (waiter, threading.get_ident())
         with self._lock:
             self._check_cycle(waiter, job_id)
-            self._awaiting[waiter] = job_id
-            self._helpers += 1
+            self._awaiting[me] = job_id
         try:
             while True:
                 with self._lock:
@@ -100,8 +103,7 @@ class NestedWaits:
                 self._run_here(claim)
         finally:
             with self._lock:
-                del self._awaiting[waiter]
-                self._helpers -= 1
+                del self._awaiting[me]
 
     def _ready_for(self, job_id: str, waiter: str) -> str | None:
         """A ready job that ``job_id`` needs run: itself, or one of the jobs it waits for,
@@ -137,13 +139,25 @@ class NestedWaits:
             self._internal_error(rec.id, exc)
 
     def _check_cycle(self, waiter: str, job_id: str) -> None:
-        """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or waits for it (lock held)."""
-        chain = [job_id]
-        while chain[-1] != waiter:
-            nxt = self._awaiting.get(chain[-1])
-            if nxt is None:
-                return
-            chain.append(nxt)
+        """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or cannot end before it:
+        directly or through others, it waits inside it or depends on it (lock held)."""
+        came_from: dict[str, str] = {}
+        todo, seen = [job_id], {job_id}
+        while todo:
+            current = todo.pop()
+            if current == waiter:
+                break
+            for nxt in self._ends_after(current):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    came_from[nxt] = current
+                    todo.append(nxt)
+        else:
+            return
+        chain = [waiter]
+        while chain[-1] in came_from:
+            chain.append(came_from[chain[-1]])
+        chain.reverse()  # job_id, ..., waiter
         if len(chain) == 1:
             raise Deadlock(
                 f"job {waiter} waits for itself: it can never be done while it waits. "
@@ -155,6 +169,16 @@ class NestedWaits:
             "Let one of them return and pass its job as an argument to the next instead"
         )
 
+    def _ends_after(self, job_id: str) -> list[str]:
+        """The unfinished jobs ``job_id`` cannot end before: the one it waits for inside
+        it, and its dependencies (``depends_on``, a delayed job's too) (lock held)."""
+        rec = self._live.get(job_id)
+        if rec is None or rec.status.final:
+            return []
+        out = [dep for dep in rec.depends_on if _unfinished(self._live.get(dep))]
+        out.extend(awaited for (waiter, _), awaited in self._awaiting.items() if waiter == job_id)
+        return out
+
     def _refuse_wait_all(self) -> None:
         """``jq.wait()`` inside a job of this queue would wait for that job too."""
         waiter = self._job_in_this_thread()
@@ -163,3 +187,7 @@ class NestedWaits:
                 f"jq.wait() inside job {waiter} waits for every job, this one included: "
                 "it can never return. Wait for the jobs it needs (job.result()) instead"
             )
+
+
+def _unfinished(rec: JobRecord | None) -> bool:
+    return rec is not None and not rec.status.final

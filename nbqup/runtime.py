@@ -191,7 +191,7 @@ class Runtime(NestedWaits):
         rec.status = Status.QUEUED
         heapq.heappush(self._ready, (-rec.priority, next(self._seq), rec.id))
         self._work.notify()
-        if self._helpers:  # jobs waiting inside jobs may run it (see nbqup.nested)
+        if self._awaiting:  # jobs waiting inside jobs may run it (see nbqup.nested)
             self._done.notify_all()
 
     def _unmet_dependencies(self, rec: JobRecord) -> set[str] | None:

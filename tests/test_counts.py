@@ -103,3 +103,31 @@ def test_owner_counts_include_jobs_a_client_process_just_submitted(tmp_path: Pat
         assert jq.wait(timeout=WAIT)  # wait() takes them on and runs them
         counts = jq.counts()
         assert counts["succeeded"] == 50 and counts["queued"] == 0, counts
+
+
+def test_owner_counts_its_own_jobs_and_a_client_processs_together(tmp_path: Path) -> None:
+    # The owner's live jobs are counted from memory, the store's index is read for the
+    # others only: both kinds at once, and a count of every job either way.
+    with JobQueue(tmp_path / "store", workers=1, poll_interval=3600) as jq:
+        own = jq.after("1h").map(pow, [(2, i) for i in range(20)])
+        assert jq.counts()["scheduled"] == 20
+        client = start(
+            tmp_path,
+            """
+            jq = nbqup.JobQueue(STORE, workers=0)
+            jq.after("1h").map(pow, [(3, i) for i in range(7)])
+            jq.close()
+            print("SUBMITTED", flush=True)
+            """,
+        )
+        read_until(client, "SUBMITTED")
+        assert client.wait(timeout=WAIT) == 0
+        counts = jq.counts()
+        assert counts["scheduled"] == 27 and sum(counts.values()) == 27, counts
+        for job in own[:5]:
+            job.cancel()
+        counts = jq.counts()
+        assert counts["scheduled"] == 22 and counts["cancelled"] == 5, counts
+        assert sum(counts.values()) == 27, counts
+        for job in jq.jobs("scheduled"):
+            job.cancel()

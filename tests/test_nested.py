@@ -10,8 +10,10 @@ Job functions find their queue in :data:`QUEUES` (a queue cannot be pickled into
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +194,188 @@ def test_waits_that_can_never_end_raise_at_once(
     with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*jq.wait\(\) inside job"):
         jq.submit(wait_for_all, name).result(timeout=WAIT)
     assert jq.submit(pow, 3, 2).result(timeout=WAIT) == 9  # the queue goes on
+
+
+def wait_for_a_job_after_me(name: str, delay: str | None) -> Any:
+    me = nbqup.current_job()
+    assert me is not None
+    submitter = _queue(name).options(depends_on=[me])
+    if delay is not None:
+        submitter = submitter.after(delay)
+    then = submitter.submit(pow, 2, 3)
+    return then.result(timeout=WAIT)  # Deadlock at once, not a TimeoutError after WAIT
+
+
+@pytest.mark.parametrize("delay", [None, "1h"])
+def test_a_wait_on_a_job_depending_on_the_waiting_job_raises_at_once(
+    queues: dict[str, JobQueue], name: str, delay: str | None
+) -> None:
+    # The awaited job waits for the waiting one through depends_on (at once, or once
+    # the delayed job is due): neither can ever be done, whatever the number of workers.
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    with pytest.raises(nbqup.JobFailed, match=r"(?s)Deadlock.*which waits for job"):
+        jq.submit(wait_for_a_job_after_me, name, delay).result(timeout=2 * WAIT)
+
+
+BARRIERS: dict[str, threading.Barrier] = {}
+
+
+def meet(name: str, x: int) -> int:
+    BARRIERS[name].wait(WAIT)  # both awaited jobs run at once, or neither returns
+    return x
+
+
+def wait_from_two_threads(name: str) -> list[int]:
+    """Wait for two jobs at once from threads that share this job's context."""
+    jq = _queue(name)
+    first, second = jq.submit(meet, name, 1), jq.submit(meet, name, 2)
+
+    async def both() -> list[int]:
+        # asyncio.to_thread copies the context: both threads are "inside" this job
+        waits = (asyncio.to_thread(job.result, WAIT) for job in (first, second))
+        return list(await asyncio.gather(*waits))
+
+    return asyncio.run(both())
+
+
+def test_threads_of_one_job_waiting_at_once_each_lend_their_thread(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    # Two waits of one job at once: the second to end found the first one's bookkeeping
+    # gone (KeyError out of result()).
+    BARRIERS[name] = threading.Barrier(2)
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    assert jq.submit(wait_from_two_threads, name).result(timeout=WAIT) == [1, 2]
+    assert jq.counts()["succeeded"] == 3
+
+
+def inner_context(name: str) -> str:
+    print("inner prints")
+    nbqup.progress(0.25, message="inner progress")
+    nbqup.checkpoint({"by": "inner"})
+    me = nbqup.current_job()
+    assert me is not None
+    return me.id
+
+
+def outer_context(name: str) -> tuple[str, str, str, Any]:
+    me = nbqup.current_job()
+    assert me is not None
+    print("outer before")
+    nbqup.progress(0.5, message="outer progress")
+    inner_id = _queue(name).submit(inner_context, name).result(timeout=WAIT)
+    after = nbqup.current_job()
+    assert after is not None
+    print("outer after")
+    return me.id, inner_id, after.id, nbqup.restore("no checkpoint")
+
+
+def test_the_job_run_in_a_waiting_slot_has_its_own_context(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    # current_job(), output, progress and checkpoints belong to the job running, and the
+    # waiting job has its own back once the awaited one is done.
+    jq = queues[name] = JobQueue(path=None, workers=1)
+    outer = jq.submit(outer_context, name)
+    me, inner_id, after, restored = outer.result(timeout=WAIT)
+    inner = jq.get(inner_id)
+    assert me == after == outer.id != inner_id
+    assert restored == "no checkpoint"
+    assert outer.logs == "outer before\nouter after\n"
+    assert inner.logs == "inner prints\n"
+    assert inner.checkpoint == {"by": "inner"} and outer.checkpoint is None
+    assert inner.message == "inner progress" and outer.message == "outer progress"
+
+
+def loop_until_released(name: str) -> str:
+    CALLS[name].append("inner")
+    EVENTS[f"{name}:inner"].set()
+    while not EVENTS[f"{name}:release"].is_set():
+        nbqup.progress(0.5)  # raises once close(wait=False) stops the job
+        EVENTS[f"{name}:release"].wait(0.005)
+    return "released"
+
+
+def wait_for_looping(name: str) -> str:
+    CALLS[name].append("outer")
+    if CALLS[name].count("outer") > 1:  # run by the reopened queue: let QUEUES name it
+        assert EVENTS[f"{name}:reopened"].wait(WAIT)
+    return "got " + _queue(name).submit(loop_until_released, name).result()
+
+
+def test_close_without_waiting_while_a_slot_runs_an_awaited_job_resumes_both(
+    queues: dict[str, JobQueue], name: str, tmp_path: Path
+) -> None:
+    # close(wait=False) stops the awaited job; the waiting one must then let go of its
+    # thread too, or the reopened queue holds both jobs ("still running in a thread of a
+    # queue closed with wait=False") for ever.
+    jq = queues[name] = JobQueue(tmp_path / "s", workers=1, poll_interval=0.05)
+    outer = jq.submit(wait_for_looping, name)
+    assert EVENTS[f"{name}:inner"].wait(WAIT)
+    jq.close(wait=False)
+    EVENTS[f"{name}:release"].set()
+    again = queues[name] = JobQueue(tmp_path / "s", workers=1, poll_interval=0.05)
+    EVENTS[f"{name}:reopened"].set()
+    assert again.get(outer.id).result(timeout=WAIT) == "got released"
+    assert CALLS[name].count("outer") == 2  # the stopped run, then the resumed one
+
+
+def hold_dependency(name: str) -> str:
+    EVENTS[f"{name}:dependency"].set()
+    assert EVENTS[f"{name}:dependency-go"].wait(WAIT)
+    return "dependency done"
+
+
+def wait_for_blocked(name: str, dependency: str) -> str:
+    inner = _queue(name).options(depends_on=[dependency]).submit(loop_until_released, name)
+    EVENTS[f"{name}:outer-waits"].set()
+    return "got " + inner.result()
+
+
+def test_close_without_waiting_starts_nothing_in_a_waiting_slot(
+    queues: dict[str, JobQueue], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close(wait=False) marked the queue stopping, released its lock, then stopped the
+    # running jobs: a job becoming ready in between was started by a waiting job's slot,
+    # not stopped, not known to be running in a closed queue's thread (so run again,
+    # at once, by a queue reopened in this process).
+    jq = queues[name] = JobQueue(path=None, workers=2)
+    dependency = jq.submit(hold_dependency, name)
+    assert EVENTS[f"{name}:dependency"].wait(WAIT)
+    jq.submit(wait_for_blocked, name, dependency.id)
+    assert EVENTS[f"{name}:outer-waits"].wait(WAIT)
+    stop_running = jq._abandon
+
+    def stop_running_late(running: dict[str, Any]) -> None:
+        EVENTS[f"{name}:dependency-go"].set()  # the awaited job becomes ready...
+        EVENTS[f"{name}:inner"].wait(1)  # ...and the waiting slot would start it now
+        stop_running(running)
+
+    monkeypatch.setattr(jq, "_abandon", stop_running_late)
+    try:
+        jq.close(wait=False)
+        assert "inner" not in CALLS[name]
+    finally:
+        EVENTS[f"{name}:release"].set()
+
+
+def test_waiting_on_an_unfinished_job_of_a_closed_queue_raises_at_once(
+    queues: dict[str, JobQueue], name: str
+) -> None:
+    jq = JobQueue(path=None, workers=1)
+    job = jq.after("1h").submit(pow, 2, 2)
+    jq.close()
+    answers: list[object] = []
+    answered = threading.Event()
+
+    def wait() -> None:
+        try:
+            answers.append(job.wait())
+        except RuntimeError as exc:
+            answers.append(exc)
+        answered.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    assert answered.wait(WAIT), "job.wait() on a closed queue never returned"
+    assert isinstance(answers[0], RuntimeError) and "is closed" in str(answers[0])
+    assert job.id in str(answers[0])
