@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from .context import checkpoint, current_job, progress, restore, track
 from .errors import (
+    DiskFull,
     JobCancelled,
     JobFailed,
     JobTimedOut,
     NbqupError,
     SerializationError,
     StoreCorrupt,
+    StoreFailed,
     StoreLocked,
+    StoreWriteError,
 )
 from .handle import Job, Schedule
 from .job import Status
@@ -44,6 +47,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "DiskFull",
     "Job",
     "JobCancelled",
     "JobFailed",
@@ -54,7 +58,9 @@ __all__ = [
     "SerializationError",
     "Status",
     "StoreCorrupt",
+    "StoreFailed",
     "StoreLocked",
+    "StoreWriteError",
     "checkpoint",
     "current_job",
     "progress",

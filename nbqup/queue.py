@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock
 from .context import JobContext
-from .errors import StoreCorrupt
+from .errors import StoreCorrupt, StoreFailed
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
@@ -41,6 +41,7 @@ from .runtime import Runtime
 from .schedule import Trigger
 from .store import GroupCommit, Store
 from .submit import Submitter, Task, validate_options
+from .trouble import WriteTrouble
 
 __all__ = ["JobQueue"]
 
@@ -96,6 +97,8 @@ class JobQueue(Runtime):
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
         self._writer = GroupCommit(self.store)
+        self._failure: StoreFailed | None = None  # the store failed for good
+        self._trouble = WriteTrouble()  # the runtime's writes fail for now (a full disk)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._sched = threading.Condition(self._lock)
@@ -110,7 +113,7 @@ class JobQueue(Runtime):
         self._submitting: set[str] = set()
         self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
         # final, write queued (in the batch of this ticket), not yet forgotten
-        self._ending: list[tuple[JobRecord, int]] = []
+        self._ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]] = []
         self._elided: set[str] = set()  # kept in `_finals` without their long error text
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
@@ -130,6 +133,7 @@ class JobQueue(Runtime):
         self.corrupt: list[tuple[str, str]] = []
         self.is_owner = False
         self._schedules = Schedules(self)
+        self.store.backend.on_failure(self._store_failed)  # see nbqup.trouble
         if workers > 0:
             self.is_owner = self.store.acquire_owner()
             if not self.is_owner and if_locked == "raise":
@@ -153,7 +157,7 @@ class JobQueue(Runtime):
         stall.  It checks about once a second."""
         while not self._takeover_stop.wait(max(1.0, self._poll)):
             with self._lock:
-                if self._closed or self._stopping:
+                if self._closed or self._stopping or self._failure is not None:
                     return
                 if not self.store.acquire_owner():
                     continue
@@ -326,6 +330,8 @@ class JobQueue(Runtime):
         self._adopt_pending()  # jobs other processes submitted since the last check
         with self._lock:
             while self._live:
+                if self._failure is not None:
+                    raise self._failed_error()
                 left = None if deadline is None else deadline - time.monotonic()
                 if self._closed or (left is not None and left <= 0):
                     return False  # a closed queue runs nothing more
@@ -338,6 +344,7 @@ class JobQueue(Runtime):
         ``wait=True`` lets running jobs finish first; ``wait=False`` returns within about a
         second, leaving running jobs to be resumed when the store is reopened (that run
         does not count as an attempt).  Queued and scheduled jobs stay in the store.
+        After the store failed (:class:`~nbqup.StoreFailed`) it returns at once either way.
         """
         self._takeover_stop.set()
         with self._lock:
@@ -346,14 +353,15 @@ class JobQueue(Runtime):
             self._stopping = True
             self._work.notify_all()
             self._sched.notify_all()
-            running = dict(self._running)
         if wait:
-            for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join()
-        else:
+            self._join_threads()
+        with self._lock:
+            running = dict(self._running)
+        failed = self._failure is not None
+        if running and (failed or not wait):
             self._abandon(running)
-        self._settle()
+        with contextlib.suppress(StoreFailed):  # told once already; nothing to write
+            self._settle()
         widgets = sys.modules.get("nbqup.widgets")
         if widgets is not None:  # live views show the final state before the store closes
             with contextlib.suppress(Exception):
@@ -364,13 +372,23 @@ class JobQueue(Runtime):
             for cond in self._job_waits.values():
                 cond.notify_all()
         try:
-            self._executor.close(wait=wait)
+            self._executor.close(wait=wait and not failed)
         finally:
             self._close_store()
 
+    def _join_threads(self) -> None:
+        """Wait for the worker threads to finish their jobs -- unless the store fails
+        meanwhile: then what runs is not waited for (it resumes on reopen)."""
+        for t in self._threads:
+            while t is not threading.current_thread() and t.is_alive():
+                if self._failure is not None:
+                    return
+                t.join(0.05)
+
     def _close_store(self) -> None:
         try:
-            self._writer.flush()
+            with contextlib.suppress(StoreFailed):  # told once already
+                self._writer.flush()
         finally:
             if self._capturing:
                 self._capturing = False
@@ -640,6 +658,8 @@ class JobQueue(Runtime):
             self._adopt(job_id)  # submitted by another process and not picked up yet
             with self._lock:
                 while job_id in self._live and not self._closed:
+                    if self._failure is not None:
+                        raise self._failed_error()
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
