@@ -15,13 +15,16 @@ from __future__ import annotations
 from .context import checkpoint, current_job, progress, restore, track
 from .errors import (
     Deadlock,
+    DiskFull,
     JobCancelled,
     JobFailed,
     JobTimedOut,
     NbqupError,
     SerializationError,
     StoreCorrupt,
+    StoreFailed,
     StoreLocked,
+    StoreWriteError,
 )
 from .handle import Job, Schedule
 from .job import Status
@@ -46,6 +49,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "Deadlock",
+    "DiskFull",
     "Job",
     "JobCancelled",
     "JobFailed",
@@ -56,7 +60,9 @@ __all__ = [
     "SerializationError",
     "Status",
     "StoreCorrupt",
+    "StoreFailed",
     "StoreLocked",
+    "StoreWriteError",
     "checkpoint",
     "current_job",
     "progress",

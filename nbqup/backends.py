@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from zict.common import ZictBase
 
-from .errors import NbqupError
+from .errors import NbqupError, StoreFailed
+from .health import StoreHealth, write_error
 
 __all__ = [
     "DURABILITIES",
@@ -107,6 +108,10 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release the backend's resources; further calls fail."""
+
+    def on_failure(self, hook: Callable[[StoreFailed], None]) -> None:  # noqa: B027
+        """Call ``hook(error)`` once if the backend fails for good: from then on every
+        call raises :class:`~nbqup.StoreFailed`.  The in-memory twin never fails."""
 
 
 class MemoryBackend(Backend):
@@ -225,6 +230,14 @@ class LMDBBackend(Backend):
         with _envs_lock:
             found = _env_key(self.path)
             shared = _envs.get(found) if found is not None else None
+            if shared is not None and shared.health.failure is not None:
+                # LMDB cannot open an environment twice in one process: the failed one
+                # goes once every queue on it is closed.
+                raise StoreFailed(
+                    str(self.path),
+                    f"{shared.health.failure[0]} (close every queue still open on it in "
+                    "this process, then open it again)",
+                )
             if found is None or shared is None:
                 shared = _open_env(lmdb, self.path)
                 found = _env_key(self.path)
@@ -234,7 +247,10 @@ class LMDBBackend(Backend):
             shared.users += 1
         self._key = found
         self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
-        self._gate = shared.gate
+        self._gate, self._health = shared.gate, shared.health
+
+    def on_failure(self, hook: Callable[[StoreFailed], None]) -> None:
+        self._health.watch(self, hook)
 
     def _db(self, table: str) -> Any:
         try:
@@ -255,10 +271,20 @@ class LMDBBackend(Backend):
         """``fn(txn)`` in a read transaction, run again if the map was resized under it."""
         while True:
             try:
+                self._health.check()
                 with self._gate.reading(self), self.env.begin(db=db) as txn:
                     return fn(txn)
             except _Retry:
                 continue
+            except StoreFailed:
+                self._health.announce()
+                raise
+            except self._lmdb.Error as exc:
+                failed = self._health.judge(self._lmdb, exc)
+                if failed is None:
+                    raise
+                self._health.announce()
+                raise failed from failed.__cause__
 
     def items(
         self, table: str, start: str = "", limit: int | None = None
@@ -321,34 +347,61 @@ class LMDBBackend(Backend):
         return box[0]
 
     def _write_txn(self, apply: Callable[[Any], None]) -> None:
+        """Run ``apply(txn)`` in a write transaction and commit it.
+
+        A commit that does not fit on the disk raises :class:`~nbqup.DiskFull` (nothing
+        of it is stored; the next one may succeed); an environment that cannot be used
+        any more raises :class:`~nbqup.StoreFailed`, as does every call after it.
+        """
+        try:
+            with self._lock:
+                self._write_locked(apply)
+        except StoreFailed:
+            self._health.announce()  # outside the lock: the hooks may take their own
+            raise
+
+    def _write_locked(self, apply: Callable[[Any], None]) -> None:
         lmdb = self._lmdb
-        with self._lock:
-            for _ in range(64):
-                try:
-                    txn = self.env.begin(write=True)
-                except lmdb.MapResizedError:  # another process grew the map
-                    self.resize()
-                    continue
-                try:
-                    apply(txn)
-                    txn.commit()
-                except BaseException as exc:
-                    # py-lmdb's abort waits until no read is in flight: with readers
-                    # coming and going it could wait forever, so hold new ones back.
-                    with self._gate.exclusive(), contextlib.suppress(lmdb.Error):
-                        txn.abort()
-                    if isinstance(exc, lmdb.MapFullError | lmdb.MapResizedError):
-                        self.resize(grow=isinstance(exc, lmdb.MapFullError))
-                        continue
-                    if isinstance(exc, lmdb.DiskError):
-                        raise NbqupError(f"cannot write to store {self.path}: {exc}") from exc
-                    if isinstance(exc, lmdb.Error) and "No space left" in str(exc):
-                        raise NbqupError(f"disk full: cannot write to store {self.path}") from exc
+        for _ in range(64):
+            self._health.check()
+            try:
+                txn = self.env.begin(write=True)
+            except lmdb.MapResizedError:  # another process grew the map
+                self.resize()
+                continue
+            except lmdb.Error as exc:
+                failed = self._health.judge(lmdb, exc)
+                if failed is None:
                     raise
-                if self._fsync:
+                raise failed from failed.__cause__
+            try:
+                apply(txn)
+                txn.commit()
+            except BaseException as exc:
+                # py-lmdb's abort waits until no read is in flight: with readers
+                # coming and going it could wait forever, so hold new ones back.
+                with self._gate.exclusive(), contextlib.suppress(lmdb.Error):
+                    txn.abort()
+                if isinstance(exc, lmdb.MapFullError | lmdb.MapResizedError):
+                    self.resize(grow=isinstance(exc, lmdb.MapFullError))
+                    continue
+                if not isinstance(exc, lmdb.Error):
+                    raise
+                failed = self._health.judge(lmdb, exc)
+                if failed is not None:
+                    raise failed from failed.__cause__
+                transient = write_error(lmdb, exc, str(self.path))
+                if transient is None:
+                    raise
+                raise transient from exc
+            if self._fsync:
+                try:
                     self.env.sync(True)
-                return
-            raise NbqupError(f"cannot write to store {self.path}: the map keeps changing")
+                except lmdb.Error as exc:  # the kernel may have dropped the pages
+                    why = f"a commit could not be synced to disk ({exc})"
+                    raise self._health.fail(why, exc) from exc
+            return
+        raise NbqupError(f"cannot write to store {self.path}: the map keeps changing")
 
     def resize(self, grow: bool = False) -> None:
         """Adopt a map grown by another process, or (``grow``) double it ourselves.
@@ -357,8 +410,13 @@ class LMDBBackend(Backend):
         waits for the readers to leave and holds new ones back meanwhile.
         """
         with self._gate.exclusive():
+            self._health.check()
             size = self.env.info()["map_size"]
-            self.env.set_mapsize(size * 2 if grow else 0)
+            try:
+                self.env.set_mapsize(size * 2 if grow else 0)
+            except self._lmdb.Error as exc:  # py-lmdb has invalidated the environment
+                what = f"grow its map to {size * 2:,} bytes" if grow else "adopt its grown map"
+                raise self._health.fail(f"could not {what} ({exc})", exc) from exc
 
     def close(self) -> None:
         with _envs_lock:
@@ -366,6 +424,7 @@ class LMDBBackend(Backend):
                 return
             self._closed = True
             shared = _envs[self._key]
+            shared.health.unwatch(self)
             shared.users -= 1
             if shared.users == 0:
                 del _envs[self._key]
@@ -374,10 +433,11 @@ class LMDBBackend(Backend):
 
 
 class _SharedEnv:
-    def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
+    def __init__(self, env: Any, dbs: dict[str, Any], path: Path) -> None:
         self.env, self.dbs = env, dbs
         self.lock = threading.RLock()  # one writer at a time
         self.gate = _Gate()  # transactions in, or the map resized
+        self.health = StoreHealth(str(path))  # failed for good, and who to tell
         self.users = 0
 
 
@@ -449,7 +509,7 @@ def _env_key(path: Path) -> tuple[int, int, int] | None:
     return (os.getpid(), st.st_dev, st.st_ino)
 
 
-#: The map (and the data file's apparent size) a new store starts with.
+#: The map (address space, not disk) a new store starts with.
 INITIAL_MAP_SIZE = 256 * 2**20
 
 
@@ -470,21 +530,25 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
             create=True,
             mode=0o600,
             max_dbs=len(TABLES) + 4,
-            # With writemap the file's apparent size is the map size: start small (the
-            # file is sparse) and double when full (LMDBBackend.resize).
+            # The map only reserves address space (the file grows as pages are written);
+            # it doubles when full (LMDBBackend.resize) and other processes adopt it.
             map_size=max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb")),
             sync=False,  # durability="fsync" syncs after each commit instead
             metasync=False,
-            # Writes go straight to the shared mapping: a commit is a few memory writes,
-            # in the page cache at once, so it survives a SIGKILL of this process.
-            writemap=True,
+            # No writemap: a commit pwrite()s its pages, so a full disk is an ENOSPC
+            # error for that commit (DiskFull) -- with writemap it was a SIGBUS that
+            # killed the process, a page written into a sparse file the filesystem
+            # could not back.  The pages are in the page cache when the commit returns,
+            # so it still survives a SIGKILL of this process; the cost is within noise
+            # (benchmarks/RESULTS.md, "Disk full").
+            writemap=False,
             readahead=False,
             max_readers=256,
         )
     except (OSError, lmdb.Error) as exc:
         raise NbqupError(f"cannot open store {path}: {exc}") from exc
     env.reader_check()  # clear reader slots left behind by killed processes
-    return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES})
+    return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES}, path)
 
 
 class _LMDBTxn(Txn):

@@ -7,15 +7,21 @@ job, path or argument at fault.
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
 __all__ = [
     "Deadlock",
+    "DiskFull",
     "JobCancelled",
     "JobFailed",
     "JobTimedOut",
     "NbqupError",
     "SerializationError",
     "StoreCorrupt",
+    "StoreFailed",
     "StoreLocked",
+    "StoreWriteError",
 ]
 
 
@@ -89,3 +95,61 @@ class JobTimedOut(NbqupError, TimeoutError):
 class Deadlock(NbqupError, RuntimeError):
     """A wait inside a job that could never end: on the job itself, on a job waiting
     (directly or through others) for it, or ``jq.wait()`` for every job, itself included."""
+
+
+class StoreWriteError(NbqupError, OSError):
+    """A write to the store failed and nothing of it was stored; the store still works.
+
+    The write can be made again (a submit by calling it again; the workers retry their
+    own writes).  ``errno`` and ``filename`` are set as for any ``OSError``.
+    """
+
+    def __init__(self, path: str, reason: str, code: int = errno.EIO) -> None:
+        super().__init__(f"cannot write to store {path}: {reason}; nothing of it was stored")
+        self.errno, self.strerror, self.filename = code, reason, path
+        self.path = path
+        self._remake: tuple[Any, ...] = (path, reason, code)
+
+    def __str__(self) -> str:  # OSError would show only "[Errno N] strerror: filename"
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self._remake)
+
+
+class DiskFull(StoreWriteError):
+    """The disk holding the store is full: that write was refused, nothing was stored.
+
+    Free some space and go on: the queue keeps its jobs and its workers retry their writes.
+    """
+
+    def __init__(self, path: str, free: int | None = None) -> None:
+        room = "" if free is None else f" ({free:,} bytes free)"
+        OSError.__init__(
+            self,
+            f"disk full: cannot write to store {path}{room}; nothing of it was stored, "
+            "free some space and try again",
+        )
+        self.errno, self.strerror, self.filename = errno.ENOSPC, "disk full", path
+        self.path = path
+        self.free = free
+        self._remake = (path, free)
+
+
+class StoreFailed(NbqupError, RuntimeError):
+    """The store stopped working for good in this process (its map cannot grow, LMDB
+    panicked, a page is damaged): every later call raises this, naming the store and the
+    cause (chained as ``__cause__``).
+
+    The queue's workers stop and waiters are woken with this error; ``close()`` returns
+    at once.  Nothing recorded is lost: once the cause is gone, reopening the store
+    resumes its unfinished jobs.
+    """
+
+    def __init__(self, path: str, cause: str) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(
+            f"store {path} failed and accepts no more reads or writes in this process: "
+            f"{cause}; its jobs are kept, reopen it once the cause is gone"
+        )

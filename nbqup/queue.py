@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
-from .errors import SerializationError, StoreCorrupt
+from .errors import SerializationError, StoreCorrupt, StoreFailed
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
@@ -43,6 +43,7 @@ from .runtime import Runtime
 from .schedule import Trigger
 from .store import GroupCommit, Store
 from .submit import Submitter, Task, validate_options
+from .trouble import WriteTrouble
 
 __all__ = ["JobQueue"]
 
@@ -98,6 +99,8 @@ class JobQueue(Runtime):
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
         self._writer = GroupCommit(self.store)
+        self._failure: StoreFailed | None = None  # the store failed for good
+        self._trouble = WriteTrouble()  # the runtime's writes fail for now (a full disk)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._sched = threading.Condition(self._lock)
@@ -113,7 +116,7 @@ class JobQueue(Runtime):
         self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
         self._awaiting: dict[tuple[str, int], str] = {}  # see nbqup.nested
         # final, write queued (in the batch of this ticket), not yet forgotten
-        self._ending: list[tuple[JobRecord, int]] = []
+        self._ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]] = []
         self._elided: set[str] = set()  # kept in `_finals` without their long error text
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
@@ -133,6 +136,7 @@ class JobQueue(Runtime):
         self.corrupt: list[tuple[str, str]] = []
         self.is_owner = False
         self._schedules = Schedules(self)
+        self.store.backend.on_failure(self._store_failed)  # see nbqup.trouble
         if workers > 0:
             self.is_owner = self.store.acquire_owner()
             if not self.is_owner and if_locked == "raise":
@@ -156,7 +160,7 @@ class JobQueue(Runtime):
         stall.  It checks about once a second."""
         while not self._takeover_stop.wait(max(1.0, self._poll)):
             with self._lock:
-                if self._closed or self._stopping:
+                if self._closed or self._stopping or self._failure is not None:
                     return
                 if not self.store.acquire_owner():
                     continue
@@ -359,6 +363,8 @@ class JobQueue(Runtime):
         self._adopt_pending()  # jobs other processes submitted since the last check
         with self._lock:
             while self._live:
+                if self._failure is not None:
+                    raise self._failed_error()
                 left = wait_left(deadline)
                 if self._closed or (left is not None and left <= 0):
                     return False  # a closed queue runs nothing more
@@ -371,6 +377,7 @@ class JobQueue(Runtime):
         ``wait=True`` lets running jobs finish first; ``wait=False`` returns within about a
         second, leaving running jobs to be resumed when the store is reopened (that run
         does not count as an attempt).  Queued and scheduled jobs stay in the store.
+        After the store failed (:class:`~nbqup.StoreFailed`) it returns at once either way.
         """
         self._takeover_stop.set()
         with self._lock:
@@ -379,13 +386,18 @@ class JobQueue(Runtime):
             self._stopping = True
             self._work.notify_all()
             self._sched.notify_all()
-            if not wait:  # at once: a waiting job's slot starts nothing meanwhile
+            failed = self._failure is not None
+            if not wait or failed:  # at once: a waiting job's slot starts nothing meanwhile
                 self._abandon(dict(self._running))
-        if wait:
-            for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join()
-        self._settle()
+        if wait and not failed:
+            self._join_threads()
+            if self._failure is not None:  # the store failed while the jobs finished
+                with self._lock:
+                    running = dict(self._running)
+                if running:
+                    self._abandon(running)
+        with contextlib.suppress(StoreFailed):  # told once already; nothing to write
+            self._settle()
         widgets = sys.modules.get("nbqup.widgets")
         if widgets is not None:  # live views show the final state before the store closes
             with contextlib.suppress(Exception):
@@ -396,13 +408,23 @@ class JobQueue(Runtime):
             for cond in self._job_waits.values():
                 cond.notify_all()
         try:
-            self._executor.close(wait=wait)
+            self._executor.close(wait=wait and not failed)
         finally:
             self._close_store()
 
+    def _join_threads(self) -> None:
+        """Wait for the worker threads to finish their jobs -- unless the store fails
+        meanwhile: then what runs is not waited for (it resumes on reopen)."""
+        for t in self._threads:
+            while t is not threading.current_thread() and t.is_alive():
+                if self._failure is not None:
+                    return
+                t.join(0.05)
+
     def _close_store(self) -> None:
         try:
-            self._writer.flush()
+            with contextlib.suppress(StoreFailed):  # told once already
+                self._writer.flush()
         finally:
             if self._capturing:
                 self._capturing = False
@@ -676,6 +698,8 @@ class JobQueue(Runtime):
                 return False  # timed out (see nbqup.nested: the slot runs it meanwhile)
             with self._lock:
                 while job_id in self._live and not self._closed:
+                    if self._failure is not None:
+                        raise self._failed_error()
                     left = wait_left(deadline)
                     if left is not None and left <= 0:
                         return False

@@ -33,13 +33,14 @@ from . import capture, payload
 from .capture import LogBuffer, RichOutputs
 from .clock import Clock
 from .context import JobContext, current_log, current_outputs
-from .errors import NbqupError, SerializationError, StoreCorrupt
+from .errors import NbqupError, SerializationError, StoreCorrupt, StoreFailed, StoreWriteError
 from .executors import Call, Executor, Outcome
 from .handle import Job
 from .job import FINAL, JobRecord, Status
 from .nested import NestedWaits
 from .schedule import retry_delay
 from .store import GroupCommit, Store
+from .trouble import STORE_FAILED, StoreTrouble, WriteTrouble
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,7 +69,7 @@ _ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the sto
 _zombies: dict[str, dict[str, threading.Thread]] = {}
 
 
-class Runtime(NestedWaits):
+class Runtime(NestedWaits, StoreTrouble):
     """Recovery, scheduling and running of jobs; mixed into :class:`~nbqup.JobQueue`."""
 
     # State set up by JobQueue.__init__ (see there).
@@ -94,7 +95,7 @@ class Runtime(NestedWaits):
     _running: dict[str, JobContext]
     _submitting: set[str]
     _job_waits: dict[str, threading.Condition]
-    _ending: list[tuple[JobRecord, int]]
+    _ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]]
     _elided: set[str]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
@@ -108,6 +109,8 @@ class Runtime(NestedWaits):
     _threads: list[threading.Thread]
     _stopping: bool
     _closed: bool
+    _failure: StoreFailed | None
+    _trouble: WriteTrouble
     _capturing: bool
     _schedules: Schedules
 
@@ -253,7 +256,7 @@ class Runtime(NestedWaits):
         next_check = time.monotonic() + self._poll
         while True:
             with self._lock:
-                if self._stopping:
+                if self._stopping or self._failure is not None:
                     return
                 now = self._clock.now()
                 self._release_due(now)
@@ -264,16 +267,13 @@ class Runtime(NestedWaits):
                     self._clock.wait(self._sched, wait)
                 if self._stopping:
                     return
-            try:
-                self._settle()
-            except Exception:  # the write is queued again; the next turn retries it
-                log.exception("nbqup: writing finished jobs failed")
+            # a final write that failed is queued again: the next turn retries it
+            if not self._guarded(self._settle, "writing finished jobs"):
+                return
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._poll
-                try:
-                    self._periodic_check()
-                except Exception:  # keep scheduling whatever one check hit
-                    log.exception("nbqup: periodic check failed")
+                if not self._guarded(self._periodic_check, "periodic check"):
+                    return
 
     def _release_due(self, now: float) -> None:
         # caller holds the lock
@@ -371,14 +371,17 @@ class Runtime(NestedWaits):
                 # The final write is committed together with the next job's "running"
                 # mark (one commit instead of two); its waiters wake once it is durable.
                 self._finish(rec.id, ctx, outcome, settle=False)
+            except StoreFailed:  # told once by _store_failed; nothing can be written now
+                return
+            except StoreWriteError as exc:  # a full disk: the jobs stay, written later
+                self._trouble.failed(exc)
+                self._pause()
             except Exception as exc:  # a bug of ours must not silently stop a worker
                 log.exception("nbqup: worker slot error")
                 if self._closed:
                     return
                 self._internal_error(job_id, exc)
-                with self._lock:  # a failing store (disk full): do not spin on it
-                    if not self._stopping:
-                        self._work.wait(min(self._poll, 0.5))
+                self._pause()
 
     def _internal_error(self, job_id: str | None, exc: Exception) -> None:
         """Fail the job a slot was handling when the runtime itself raised."""
@@ -400,6 +403,8 @@ class Runtime(NestedWaits):
         """
         while True:
             with self._lock:
+                if self._failure is not None:
+                    return None
                 job_id = self._pop_ready()
                 if job_id is None and not self._ending and not self._stopping:
                     self._work.wait()
@@ -440,6 +445,7 @@ class Runtime(NestedWaits):
             # Durable before the job runs (a job that kills its process is counted next
             # time); this also commits what earlier attempts wrote (their logs).
             self._writer.flush(ticket)
+            self._trouble.ok()
             self._settle()
             if rec.output_attempt:  # keep earlier runs' output, mark where this one starts
                 earlier = self.store.get_blob("logs", job_id)
@@ -452,6 +458,9 @@ class Runtime(NestedWaits):
                 if shown:
                     ctx.outputs = RichOutputs(payload.loads(shown))
             call = self._load_call(rec)
+        except (StoreFailed, StoreWriteError):
+            self._unstart(rec, ctx)  # the store refused: the job did not start
+            raise
         except Exception as exc:
             self._finish(
                 job_id, ctx, Outcome(ok=False, error=exc, traceback=traceback.format_exc())
@@ -459,9 +468,24 @@ class Runtime(NestedWaits):
             return rec, ctx, None
         return rec, ctx, call
 
+    def _unstart(self, rec: JobRecord, ctx: JobContext) -> None:
+        """Put a job whose running mark could not be written back in the queue, the
+        attempt not counted (or end it, if it was cancelled meanwhile)."""
+        with self._lock:
+            self._running.pop(rec.id, None)
+            self._runners.pop(rec.id, None)
+            if self._live.get(rec.id) is not rec or rec.status is not Status.RUNNING:
+                return
+            rec.attempts -= 1
+            if ctx.stop_reason is not None and ctx.stop_reason != STORE_FAILED:
+                self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
+            elif self._failure is None:
+                rec.status = Status.QUEUED
+                self._place(rec)
+
     def _pop_ready(self) -> str | None:
         """The next ready job's id, or None (the caller holds the lock)."""
-        if self._stopping:
+        if self._stopping or self._failure is not None:
             return None
         while self._ready:
             _, _, job_id = heapq.heappop(self._ready)
@@ -510,18 +534,17 @@ class Runtime(NestedWaits):
             self._running.pop(job_id, None)
             self._runners.pop(job_id, None)
             rec = self._live.get(job_id)
-            if self._closed or rec is None or ctx.stop_reason == SHUTDOWN:
+            if self._closed or rec is None or ctx.stop_reason == SHUTDOWN or self._failure:
                 return
             now = self._clock.now()
             if any(table in ("logs", "rich") for table, _, _ in blobs):
                 rec.output_attempt = rec.attempts
-            self._writer.add(blobs=blobs)  # same batch as the record written below
             cancelled = ctx.stop_reason is not None
             if outcome.crashed and not cancelled:
                 if _count_crash(rec, _last_line(outcome.traceback or str(outcome.error))):
-                    self._end(rec, Status.FAILED)
+                    self._end(rec, Status.FAILED, blobs=blobs)
                 else:
-                    self._writer.add([rec.copy()])
+                    self._writer.add([rec.copy()], blobs)
                     self._place(rec)
             elif outcome.ok and not cancelled:
                 blob = blobs[-1][2]  # the result, appended last above
@@ -531,16 +554,18 @@ class Runtime(NestedWaits):
                 rec.has_result = True
                 if rec.progress is not None:
                     rec.progress = 1.0
-                self._end(rec, Status.SUCCEEDED)
+                self._end(rec, Status.SUCCEEDED, blobs=blobs)
             elif cancelled:
-                self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
+                self._end(rec, Status.CANCELLED, message=ctx.stop_reason, blobs=blobs)
             else:
-                self._failed(rec, outcome, now)
+                self._failed(rec, outcome, now, blobs)
         if settle:
             self._settle()
 
-    def _failed(self, rec: JobRecord, outcome: Outcome, now: float) -> None:
-        # caller holds the lock
+    def _failed(
+        self, rec: JobRecord, outcome: Outcome, now: float, blobs: list[tuple[str, str, bytes]]
+    ) -> None:
+        # caller holds the lock; ``blobs``: the run's outputs, written with the record
         text = outcome.traceback or repr(outcome.error)
         rec.error = text
         rec.errors += (_last_line(text),)
@@ -556,7 +581,7 @@ class Runtime(NestedWaits):
             rec.status = Status.SCHEDULED
             rec.scheduled_for = now + delay
             rec.message = f"retry {runs} of {rec.retries} after: {_last_line(text)}"
-            self._writer.add([rec.copy()])
+            self._writer.add([rec.copy()], blobs)
             if delay <= 0:
                 rec.status = Status.QUEUED
                 self._place(rec)
@@ -564,7 +589,7 @@ class Runtime(NestedWaits):
                 heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
                 self._sched.notify()
         else:
-            self._end(rec, Status.FAILED, message=_last_line(text))
+            self._end(rec, Status.FAILED, message=_last_line(text), blobs=blobs)
 
     def _end(
         self,
@@ -572,44 +597,51 @@ class Runtime(NestedWaits):
         status: Status,
         *,
         message: str | None = None,
+        blobs: list[tuple[str, str, bytes]] | None = None,
     ) -> None:
-        """Make a live job final and queue its write; :meth:`_settle` finishes the job off."""
+        """Make a live job final and queue its write, with ``blobs`` (its result and
+        outputs) in the same batch; :meth:`_settle` finishes the job off."""
         # caller holds the lock
         if rec.status in FINAL:  # ended already (a cancel racing its end, say): once only
+            if blobs:
+                self._writer.add(blobs=blobs)
             return
         rec.status = status
         rec.finished = self._clock.now()
         if message is not None:
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
-        self._ending.append((rec, self._writer.add([rec])))
+        blobs = blobs or []
+        self._ending.append((rec, self._writer.add([rec], blobs), blobs))
 
     def _settle(self) -> None:
         """Once final states are durable, forget those jobs and wake their waiters.
 
         Only then, so that whoever wakes up reads the final record from the store.
         Finishing a job can end others (a failed dependency), hence the loop.  A final
-        write whose commit failed is queued again (the job stays live) and the error is
-        raised: the next settle tries again.
+        write whose commit failed is queued again with its result and outputs (the job
+        stays live) and the error is raised: the next settle tries again.  Once the store
+        has failed for good nothing is written: the jobs resume when it is reopened.
         """
         while True:
             with self._lock:
-                if not self._ending:
+                if not self._ending or self._failure is not None:
                     return
                 ending, self._ending = self._ending, []
             with contextlib.suppress(Exception):  # each record's own batch is checked below
-                self._writer.flush(max(ticket for _, ticket in ending))
-            failed = [(rec, self._writer.failed(ticket)) for rec, ticket in ending]
+                self._writer.flush(max(ticket for _, ticket, _ in ending))
+            failed = [(rec, self._writer.failed(ticket), blobs) for rec, ticket, blobs in ending]
             with self._lock:
                 error = None
-                for rec, exc in failed:
+                for rec, exc, blobs in failed:
                     if exc is None:
                         self._finalized(rec)
                     else:
                         error = exc
-                        self._ending.append((rec, self._writer.add([rec])))
+                        self._ending.append((rec, self._writer.add([rec], blobs), blobs))
             if error is not None:
                 raise error
+            self._trouble.ok()
 
     def _finalized(self, rec: JobRecord) -> None:
         """Forget a final job and wake what waited on it (lock held, write durable)."""

@@ -25,11 +25,12 @@ Why LMDB as the leaf
 file into a key; ``zict.LMDB`` is a single table with a 1 TiB map and not thread-safe.
 The ``lmdb`` package itself is what we want: an embedded transactional key-value store
 (the closest relative of the seed's BadgerDB), safe across processes, with atomic
-multi-table commits.  With ``writemap`` a commit is a few writes into a shared mapping,
-in the OS page cache at once, so it survives a SIGKILL of the process
-(``durability="process"``, the default); ``durability="fsync"`` also syncs each commit to
-disk, so it survives power loss.  The map starts at 256 MiB (the data file is sparse) and
-doubles when full; other processes adopt the new size.  :class:`LMDBTable` is the
+multi-table commits.  A commit ``pwrite``s its pages: they are in the OS page cache when
+it returns, so it survives a SIGKILL of the process (``durability="process"``, the
+default); ``durability="fsync"`` also syncs each commit to disk, so it survives power
+loss.  Not ``writemap``: with it a full disk was a SIGBUS that killed the process, here
+it is :class:`~nbqup.DiskFull` for that write.  The map (address space only) starts at
+256 MiB and doubles when full; other processes adopt the new size.  :class:`LMDBTable` is the
 zict-style leaf mapping over one table and ``zict.Func`` adds the codec on top;
 multi-table commits go through :meth:`Backend.write`, one writer at a time.  Reads take no
 lock (LMDB readers never wait for the writer) and copy what they read out into lists, so

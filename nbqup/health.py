@@ -1,0 +1,146 @@
+"""How the LMDB leaf's errors become nbqup's: a write that did not fit, or a store that
+failed for good.
+
+*Transient*: the disk is full (``ENOSPC``; LMDB reports a short write as ``EIO``, told
+apart here by the space left), over quota, or a write hit an I/O error.  LMDB aborted
+that transaction and its environment is intact: nothing of the write was stored and the
+next one may succeed -- :class:`~nbqup.StoreWriteError` (:class:`~nbqup.DiskFull`).
+
+*Fatal*: the environment cannot be used any more in this process -- its map could not be
+remapped (``set_mapsize`` failed: py-lmdb then invalidates the environment), LMDB
+panicked (a meta page write failed), a page is damaged, or an fsync failed (the kernel
+may have dropped the dirty pages: what is on disk is unknown, as PostgreSQL learnt).
+:class:`StoreHealth` records the first such failure; from then on every call raises
+:class:`~nbqup.StoreFailed` naming the store and that cause, and the hooks of those
+using the store (the queue's runtime) are told once, so they stop instead of looping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .errors import DiskFull, StoreFailed, StoreWriteError
+
+__all__ = ["LOW_SPACE", "StoreHealth", "free_bytes", "is_fatal", "write_error"]
+
+#: Less free space than this after a failed write means the disk was full.
+LOW_SPACE = 1 << 20
+#: LMDB errors after which the environment is not to be used again, and what they mean.
+#: ``BadTxnError``: an operation of a fresh transaction failed before (a page that is not
+#: there: LMDB flags the transaction and py-lmdb reports it at the next operation).
+_FATAL = {
+    "PanicError": "LMDB panicked (a write of its meta page failed)",
+    "CorruptedError": "a page of its data file is damaged",
+    "PageNotFoundError": "a page of its data file is damaged or missing",
+    "BadTxnError": "a page of its data file is damaged or missing",
+    "InvalidError": "its data file is not an LMDB file any more",
+    "VersionMismatchError": "its data file is not an LMDB file any more",
+}
+
+
+class StoreHealth:
+    """Whether one LMDB environment still works, shared by every user of it in a process.
+
+    ``check()`` is on every call's path: one attribute test while all is well.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.failure: tuple[str, BaseException] | None = None
+        self._lock = threading.Lock()
+        self._hooks: dict[int, list[Callable[[StoreFailed], None]]] = {}
+        self._announced = False
+
+    def check(self) -> None:
+        """Raise :class:`~nbqup.StoreFailed` if the store has failed."""
+        if self.failure is not None:
+            raise self.error()
+
+    def error(self) -> StoreFailed:
+        """A new error for the recorded failure, the original exception as its cause.
+
+        A new one each time: raising one object again and again (from several threads)
+        would grow its traceback without end.
+        """
+        assert self.failure is not None
+        why, cause = self.failure
+        exc = StoreFailed(self.path, why)
+        exc.__cause__ = cause
+        exc.__suppress_context__ = True
+        return exc
+
+    def fail(self, why: str, cause: BaseException) -> StoreFailed:
+        """Record that the store failed for good (the first cause wins); returns the error
+        to raise.  Call :meth:`announce` once no lock of the store is held."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = (why, cause)
+        return self.error()
+
+    def judge(self, lmdb: Any, exc: BaseException) -> StoreFailed | None:
+        """The error to raise for an LMDB error if the store has failed (before, or now
+        because of ``exc``: then recorded), else None (``exc`` is raised as it is)."""
+        if self.failure is None and not is_fatal(lmdb, exc):
+            return None
+        meaning = _FATAL.get(type(exc).__name__, "LMDB failed")
+        return self.fail(f"{meaning} ({type(exc).__name__}: {exc})", exc)
+
+    def announce(self) -> None:
+        """Tell the hooks, once, that the store failed.  Hooks run in the calling thread,
+        which must hold none of the store's locks (a hook may take its caller's)."""
+        with self._lock:
+            if self.failure is None or self._announced:
+                return
+            self._announced = True
+            hooks = [hook for hooks in self._hooks.values() for hook in hooks]
+        error = self.error()
+        for hook in hooks:
+            with contextlib.suppress(Exception):  # one user's hook must not stop the others
+                hook(error)
+
+    def watch(self, user: object, hook: Callable[[StoreFailed], None]) -> None:
+        """Call ``hook(error)`` when the store fails (at once if it has) until
+        :meth:`unwatch` of the same ``user``."""
+        with self._lock:
+            self._hooks.setdefault(id(user), []).append(hook)
+            told = self._announced
+        if told:
+            hook(self.error())
+
+    def unwatch(self, user: object) -> None:
+        with self._lock:
+            self._hooks.pop(id(user), None)
+
+
+def is_fatal(lmdb: Any, exc: BaseException) -> bool:
+    """Whether an LMDB error means the environment must not be used again."""
+    return type(exc).__name__ in _FATAL and isinstance(exc, lmdb.Error)
+
+
+def write_error(lmdb: Any, exc: BaseException, path: str) -> StoreWriteError | None:
+    """The transient error a failed commit of an LMDB write means, or ``None`` if it is
+    none of those (a bad key, say: the caller raises it as it is)."""
+    if isinstance(exc, lmdb.DiskError):
+        return DiskFull(path, free_bytes(path))
+    if type(exc) is not lmdb.Error:  # a specific LMDB condition, not an errno
+        return None
+    reason = str(exc).rpartition(": ")[2] or str(exc)
+    free = free_bytes(path)
+    if "quota" in reason.lower() or (free is not None and free < LOW_SPACE):
+        return DiskFull(path, free)
+    return StoreWriteError(path, reason)
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes this process may still write on the filesystem holding ``path`` (root may
+    use the blocks reserved for it), or None if that cannot be told."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize

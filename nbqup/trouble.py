@@ -1,0 +1,119 @@
+"""How the owner's runtime meets a store that refuses writes, or fails for good.
+
+A write that does not fit (:class:`~nbqup.StoreWriteError`, a full disk) is transient:
+the jobs stay in memory, their writes are queued again and a worker retries them a moment
+later; it is logged once, not once per retry.  A store that failed for good
+(:class:`~nbqup.StoreFailed`) stops the runtime: the backend calls
+:meth:`StoreTrouble._store_failed` once, which stops the workers and the scheduler, asks
+running jobs to stop and wakes every waiter, who raise the error; nothing more is
+written, so the jobs resume when the store is reopened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import StoreFailed, StoreWriteError
+
+__all__ = ["STORE_FAILED", "StoreTrouble", "WriteTrouble"]
+
+log = logging.getLogger("nbqup")
+
+#: Reason given to running jobs when the store fails for good (they are not written).
+STORE_FAILED = "the store failed; the job resumes when the store is reopened"
+
+
+class WriteTrouble:
+    """The runtime's writes failing for a while (a full disk): logged once when it starts
+    and once when writes succeed again -- not once per retry, by every worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.failing:
+                return
+            self.failing = True
+        log.warning("nbqup: %s (the workers keep their jobs and write them again)", exc)
+
+    def ok(self) -> None:
+        """A write of the runtime went through (cheap while nothing failed)."""
+        if not self.failing:
+            return
+        with self._lock:
+            if not self.failing:
+                return
+            self.failing = False
+        log.info("nbqup: writes to the store succeed again")
+
+
+class StoreTrouble:
+    """The runtime's side of store trouble; mixed into :class:`~nbqup.runtime.Runtime`."""
+
+    # State set up by JobQueue.__init__.
+    is_owner: bool
+    _poll: float
+    _lock: threading.RLock
+    _work: threading.Condition
+    _sched: threading.Condition
+    _done: threading.Condition
+    _job_waits: dict[str, threading.Condition]
+    _running: dict[str, Any]  # job id -> its JobContext (not imported: no cycle)
+    _stopping: bool
+    _failure: StoreFailed | None
+    _trouble: WriteTrouble
+
+    def _guarded(self, step: Callable[[], None], what: str) -> bool:
+        """Run one step of a runtime thread, whatever it hits; False once the store failed
+        for good (told once, by :meth:`_store_failed`).  A write that did not fit (a full
+        disk) is logged once until writes succeed again, other errors with a traceback."""
+        try:
+            step()
+        except StoreFailed:
+            return False
+        except StoreWriteError as exc:
+            self._trouble.failed(exc)
+        except Exception:
+            log.exception("nbqup: %s failed", what)
+        return True
+
+    def _pause(self) -> None:
+        """Wait a moment before writing again to a store that refused a write: ready jobs
+        queued again meanwhile do not wake this slot, only close() or a failure does."""
+        deadline = time.monotonic() + min(self._poll, 0.5)
+        with self._lock:
+            while not self._stopping and self._failure is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._work.wait(left)
+
+    def _store_failed(self, error: StoreFailed) -> None:
+        """The store failed for good (a hook of the backend, run once): stop the workers
+        and the scheduler, ask running jobs to stop, wake every waiter; say so once."""
+        with self._lock:
+            if self._failure is not None:
+                return
+            self._failure = error
+            for ctx in self._running.values():
+                ctx.stop_reason = STORE_FAILED
+            self._work.notify_all()
+            self._sched.notify_all()
+            self._done.notify_all()
+            for cond in self._job_waits.values():
+                cond.notify_all()
+        if self.is_owner:
+            log.error("nbqup: %s; its workers stopped", error)
+
+    def _failed_error(self) -> StoreFailed:
+        """A new error saying the store failed (for a waiter to raise)."""
+        assert self._failure is not None
+        error = StoreFailed(self._failure.path, self._failure.cause)
+        error.__cause__ = self._failure.__cause__
+        return error
