@@ -25,6 +25,7 @@ cannot reach the queue object.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -54,7 +55,9 @@ class NestedWaits:
     # State set up by JobQueue.__init__ (see there).
     _lock: threading.RLock
     _done: threading.Condition
+    _sched: threading.Condition
     _live: dict[str, JobRecord]
+    _timed: list[tuple[float, int, str]]
     _blocked: dict[str, set[str]]
     _held: dict[str, str]
     _running: dict[str, JobContext]
@@ -72,6 +75,7 @@ class NestedWaits:
         def _launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]: ...
         def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None: ...
         def _internal_error(self, job_id: str | None, exc: Exception) -> None: ...
+        def _release(self, job_id: str, now: float) -> None: ...
 
     def _job_in_this_thread(self) -> str | None:
         """The id of the job of this queue that the calling thread runs, or None."""
@@ -87,6 +91,8 @@ class NestedWaits:
         with self._lock:
             self._check_cycle(waiter, job_id)
             self._awaiting[me] = job_id
+            if self._stopping:  # close(wait=True): the scheduler releases what it needs
+                self._sched.notify()
         try:
             while True:
                 with self._lock:
@@ -104,6 +110,43 @@ class NestedWaits:
         finally:
             with self._lock:
                 del self._awaiting[me]
+
+    def _release_awaited(self, now: float) -> float | None:
+        """While ``close(wait=True)`` waits for the running jobs: release the delayed jobs
+        they wait for -- or that those depend on -- once due, and no other (recurring
+        runs, delays nobody waits on stay for the next open).  Seconds until the next
+        such job is due, None if there is none (the scheduler then sleeps until a new
+        wait or the end of the close wakes it).  The caller holds the lock."""
+        needed = self._awaited_now()
+        if not needed:
+            return None
+        due = [entry for entry in self._timed if entry[2] in needed and entry[0] <= now]
+        if due:
+            released = set(due)
+            self._timed = [entry for entry in self._timed if entry not in released]
+            heapq.heapify(self._timed)
+            for _, _, job_id in sorted(due):
+                self._release(job_id, now)
+        later = [when for when, _, job_id in self._timed if job_id in needed]
+        return min(later) - now if later else None
+
+    def _awaited_now(self) -> set[str]:
+        """The jobs that waits inside running, unstopped jobs need to end: those awaited
+        and, transitively, what they depend on (the caller holds the lock)."""
+        todo = []
+        for (waiter, _), awaited in self._awaiting.items():
+            ctx = self._running.get(waiter)
+            if ctx is not None and ctx.stop_reason is None:
+                todo.append(awaited)
+        needed: set[str] = set()
+        while todo:
+            current = todo.pop()
+            rec = self._live.get(current)
+            if current in needed or rec is None:
+                continue
+            needed.add(current)
+            todo.extend(rec.depends_on)
+        return needed
 
     def _ready_for(self, job_id: str, waiter: str) -> str | None:
         """A ready job that ``job_id`` needs run: itself, or one of the jobs it waits for,

@@ -131,6 +131,7 @@ class JobQueue(Runtime):
         self._known_fns: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._draining = False  # close(wait=True) waits for the workers (see _release_awaited)
         self._closed = False
         self._capturing = False
         self.corrupt: list[tuple[str, str]] = []
@@ -377,6 +378,13 @@ class JobQueue(Runtime):
         ``wait=True`` lets running jobs finish first; ``wait=False`` returns within about a
         second, leaving running jobs to be resumed when the store is reopened (that run
         does not count as an attempt).  Queued and scheduled jobs stay in the store.
+
+        Meanwhile nothing new starts -- but for what running jobs wait on: a running job
+        waiting on another job of this queue (``inner.result()``, see
+        :mod:`nbqup.nested`) runs it in its slot when it is ready, and a delayed one is
+        still released when due (so ``wait=True`` takes as long as that delay: the
+        running job takes that long).  Other delayed jobs and recurring runs stay for
+        the next open.
         After the store failed (:class:`~nbqup.StoreFailed`) it returns at once either way.
         """
         self._takeover_stop.set()
@@ -384,9 +392,10 @@ class JobQueue(Runtime):
             if self._closed:
                 return
             self._stopping = True
+            failed = self._failure is not None
+            self._draining = wait and not failed
             self._work.notify_all()
             self._sched.notify_all()
-            failed = self._failure is not None
             if not wait or failed:  # at once: a waiting job's slot starts nothing meanwhile
                 self._abandon(dict(self._running))
         if wait and not failed:
@@ -413,9 +422,14 @@ class JobQueue(Runtime):
             self._close_store()
 
     def _join_threads(self) -> None:
-        """Wait for the worker threads to finish their jobs -- unless the store fails
+        """Wait for the worker threads to finish their jobs, then for the scheduler, which
+        meanwhile releases the delayed jobs they wait for -- unless the store fails
         meanwhile: then what runs is not waited for (it resumes on reopen)."""
         for t in self._threads:
+            if t.name == "nbqup-scheduler":  # started last: every worker has stopped
+                with self._lock:
+                    self._draining = False
+                    self._sched.notify_all()
             while t is not threading.current_thread() and t.is_alive():
                 if self._failure is not None:
                     return

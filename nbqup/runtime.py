@@ -108,6 +108,7 @@ class Runtime(NestedWaits, StoreTrouble):
     _task_executors: dict[str, Any]
     _threads: list[threading.Thread]
     _stopping: bool
+    _draining: bool
     _closed: bool
     _failure: StoreFailed | None
     _trouble: WriteTrouble
@@ -254,23 +255,27 @@ class Runtime(NestedWaits, StoreTrouble):
 
     def _scheduler(self) -> None:
         next_check = time.monotonic() + self._poll
+        wait: float | None
         while True:
             with self._lock:
-                if self._stopping or self._failure is not None:
+                if self._failure is not None or (self._stopping and not self._draining):
                     return
                 now = self._clock.now()
-                self._release_due(now)
-                wait = next_check - time.monotonic()
-                if self._timed:
-                    wait = min(wait, self._timed[0][0] - now)
-                if wait > 0:
+                if self._stopping:  # close(wait=True) waits for the running jobs
+                    wait = self._release_awaited(now)  # only what they wait for
+                else:
+                    self._release_due(now)
+                    wait = next_check - time.monotonic()
+                    if self._timed:
+                        wait = min(wait, self._timed[0][0] - now)
+                if wait is None or wait > 0:
                     self._clock.wait(self._sched, wait)
-                if self._stopping:
+                if self._stopping and not self._draining:
                     return
             # a final write that failed is queued again: the next turn retries it
             if not self._guarded(self._settle, "writing finished jobs"):
                 return
-            if time.monotonic() >= next_check:
+            if not self._stopping and time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._poll
                 if not self._guarded(self._periodic_check, "periodic check"):
                     return
@@ -282,13 +287,17 @@ class Runtime(NestedWaits, StoreTrouble):
             if job_id.startswith("@"):
                 self._schedules.fire(job_id[1:], now)
                 continue
-            rec = self._live.get(job_id)
-            if rec is None or rec.status is not Status.SCHEDULED:
-                continue
-            if rec.scheduled_for is not None and rec.scheduled_for > now:
-                continue  # rescheduled later; another heap entry exists
-            rec.status = Status.QUEUED
-            self._place(rec)
+            self._release(job_id, now)
+
+    def _release(self, job_id: str, now: float) -> None:
+        """Queue a delayed job whose entry left the timed heap, if it is due (lock held)."""
+        rec = self._live.get(job_id)
+        if rec is None or rec.status is not Status.SCHEDULED:
+            return
+        if rec.scheduled_for is not None and rec.scheduled_for > now:
+            return  # rescheduled later; another heap entry exists
+        rec.status = Status.QUEUED
+        self._place(rec)
 
     def _periodic_check(self) -> None:
         """The seed's periodic check: find jobs and requests from other processes."""

@@ -379,3 +379,47 @@ def test_waiting_on_an_unfinished_job_of_a_closed_queue_raises_at_once(
     assert answered.wait(WAIT), "job.wait() on a closed queue never returned"
     assert isinstance(answers[0], RuntimeError) and "is closed" in str(answers[0])
     assert job.id in str(answers[0])
+
+
+def wait_for_a_delayed_job_during_close(name: str) -> int:
+    later = _queue(name).after("2s").submit(record_value, name, 32)
+    EVENTS[f"{name}:submitted"].set()
+    return int(later.result(timeout=WAIT)) + 1
+
+
+def record_value(name: str, value: int) -> int:
+    CALLS[name].append(value)
+    return value
+
+
+def test_close_waits_for_a_running_job_waiting_on_a_delayed_job(
+    name: str, tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close(wait=True) waits for running jobs; the scheduler stopped at close, so the
+    # delayed job a running job waited on was never released: close() never returned.
+    # Now the jobs running jobs wait on are still released (and run in the waiting
+    # slot); other delayed jobs are not.
+    jq = QUEUES[name] = JobQueue(tmp_path / "s", workers=1, clock=clock)
+    try:
+        other = jq.after("1s").submit(record_value, name, 7)  # due too, but nobody waits
+        outer = jq.submit(wait_for_a_delayed_job_during_close, name)
+        assert EVENTS[f"{name}:submitted"].wait(WAIT)
+        join_threads = jq._join_threads
+
+        def closing() -> None:
+            EVENTS[f"{name}:closing"].set()  # the queue is stopping; its workers finish
+            join_threads()
+
+        monkeypatch.setattr(jq, "_join_threads", closing)
+        closer = threading.Thread(target=jq.close, name="closer", daemon=True)
+        closer.start()
+        assert EVENTS[f"{name}:closing"].wait(WAIT)
+        clock.advance(2)
+        closer.join(10)
+        assert not closer.is_alive(), "close(wait=True) never returned"
+    finally:
+        del QUEUES[name]
+    assert CALLS[name] == [32]  # the awaited job ran, the one nobody waited for did not
+    with JobQueue(tmp_path / "s", workers=0) as again:
+        assert again.get(outer.id).result(timeout=0) == 33
+        assert again.get(other.id).status == "scheduled"
