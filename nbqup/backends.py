@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from zict.common import ZictBase
 
-from .errors import NbqupError, StoreFailed
-from .health import StoreHealth, write_error
+from .errors import DiskFull, NbqupError, StoreFailed
+from .health import StoreHealth, disk_full, reserve, write_error
 
 __all__ = [
     "DURABILITIES",
@@ -511,6 +511,10 @@ def _env_key(path: Path) -> tuple[int, int, int] | None:
 
 #: The map (address space, not disk) a new store starts with.
 INITIAL_MAP_SIZE = 256 * 2**20
+_MAX_READERS = 256
+#: LMDB's lock file: a 192-byte header, then 64 bytes per reader slot but the first
+#: (mdb.c, ``mdb_env_setup_locks``; checked by tests/test_disk_full.py).
+LOCK_FILE_SIZE = 192 + (_MAX_READERS - 1) * 64
 
 
 def _file_size(path: Path) -> int:
@@ -521,9 +525,12 @@ def _file_size(path: Path) -> int:
 
 
 def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
+    fresh = _file_size(path / "data.mdb") == 0  # a new store: LMDB writes its first pages
+    env = None
     try:
         # lmdb would create the directory with the files' mode (0o600): not searchable.
         path.mkdir(mode=0o700, exist_ok=True)
+        reserve(path / "lock.mdb", LOCK_FILE_SIZE)  # written through a map: no SIGBUS
         env = lmdb.open(
             str(path),
             subdir=True,
@@ -543,12 +550,35 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
             # (benchmarks/RESULTS.md, "Disk full").
             writemap=False,
             readahead=False,
-            max_readers=256,
+            max_readers=_MAX_READERS,
         )
-    except (OSError, lmdb.Error) as exc:
-        raise NbqupError(f"cannot open store {path}: {exc}") from exc
-    env.reader_check()  # clear reader slots left behind by killed processes
-    return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES}, path)
+        env.reader_check()  # clear reader slots left behind by killed processes
+        dbs = {t: env.open_db(t.encode()) for t in TABLES}  # a new store's: a write
+    except BaseException as exc:
+        if env is not None:
+            env.close()
+        error = _open_error(lmdb, exc, path)
+        if isinstance(error, DiskFull) and fresh and env is None:
+            # Its first pages did not all fit: half a header would read as "not an
+            # LMDB file" for good.  Nothing was in it; the next open starts afresh.
+            with contextlib.suppress(OSError):
+                (path / "data.mdb").unlink()
+        if error is exc:
+            raise
+        raise error from exc
+    return _SharedEnv(env, dbs, path)
+
+
+def _open_error(lmdb: Any, exc: BaseException, path: Path) -> BaseException:
+    """What to raise for ``exc``, raised while opening the environment in ``path``:
+    :class:`~nbqup.DiskFull` for a full disk, an :class:`~nbqup.NbqupError` naming the
+    store for another OS or LMDB error, anything else as it is."""
+    if isinstance(exc, DiskFull) or not isinstance(exc, OSError | lmdb.Error):
+        return exc
+    full = disk_full(exc, path) or write_error(lmdb, exc, str(path))
+    if isinstance(full, DiskFull):
+        return full
+    return NbqupError(f"cannot open store {path}: {exc}")
 
 
 class _LMDBTxn(Txn):

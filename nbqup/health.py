@@ -13,11 +13,16 @@ may have dropped the dirty pages: what is on disk is unknown, as PostgreSQL lear
 :class:`StoreHealth` records the first such failure; from then on every call raises
 :class:`~nbqup.StoreFailed` naming the store and that cause, and the hooks of those
 using the store (the queue's runtime) are told once, so they stop instead of looping.
+
+*At open*: LMDB writes its lock file through a shared map, so its blocks are reserved
+first (:func:`reserve`); a full disk is then :class:`~nbqup.DiskFull`, not a SIGBUS.
+Files written beside LMDB raise a plain ``OSError``, which :func:`disk_full` names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -25,7 +30,15 @@ from typing import Any
 
 from .errors import DiskFull, StoreFailed, StoreWriteError
 
-__all__ = ["LOW_SPACE", "StoreHealth", "free_bytes", "is_fatal", "write_error"]
+__all__ = [
+    "LOW_SPACE",
+    "StoreHealth",
+    "disk_full",
+    "free_bytes",
+    "is_fatal",
+    "reserve",
+    "write_error",
+]
 
 #: Less free space than this after a failed write means the disk was full.
 LOW_SPACE = 1 << 20
@@ -144,3 +157,40 @@ def free_bytes(path: str) -> int | None:
         return None
     blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
     return blocks * st.f_frsize
+
+
+#: errnos that mean the filesystem has no room for what was written.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException, path: str | os.PathLike[str]) -> DiskFull | None:
+    """The :class:`~nbqup.DiskFull` naming store ``path`` that a plain ``OSError`` of a
+    full disk (or quota) means -- raised by a file nbqup writes beside LMDB (the owner's
+    pid file, the store directory) -- else None (``exc`` is raised as it is)."""
+    if isinstance(exc, StoreWriteError) or not isinstance(exc, OSError):
+        return None
+    if exc.errno not in _NO_ROOM:
+        return None
+    return DiskFull(str(path), free_bytes(str(path)))
+
+
+def reserve(path: str | os.PathLike[str], size: int) -> None:
+    """Give the file ``path`` (created, mode 0600, if missing) disk blocks for its first
+    ``size`` bytes, or raise :class:`~nbqup.DiskFull`.
+
+    For a file that is written through a shared map (LMDB's ``lock.mdb``): a page of it
+    the filesystem cannot back is a SIGBUS at the first write, where reserving it is an
+    error.  Blocks it has keep their content; a filesystem that cannot reserve
+    (``EOPNOTSUPP``, ``EINVAL``) is left to allocate as it writes.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        full = disk_full(exc, os.path.dirname(os.fspath(path)))
+        if full is not None:
+            raise full from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)

@@ -33,9 +33,10 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
-from .errors import SerializationError, StoreCorrupt, StoreFailed
+from .errors import SerializationError, StoreCorrupt, StoreFailed, StoreWriteError
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
+from .health import disk_full
 from .job import FINAL, JobRecord, ScheduleRecord, Status
 from .keys import lookup_key, show_key, stored_key
 from .recurring import RUN_FIELDS, Schedules
@@ -69,7 +70,9 @@ class JobQueue(Runtime):
     Reopening a path (in a restarted kernel) resumes what was unfinished there.  Only one
     process at a time runs a store's workers; another one opening it becomes a client
     (it can submit, read and cancel) -- or, with ``if_locked="raise"``, gets
-    :class:`~nbqup.StoreLocked` naming the owner's pid.
+    :class:`~nbqup.StoreLocked` naming the owner's pid.  On a full disk, opening with
+    workers raises :class:`~nbqup.DiskFull` and keeps nothing open or locked (free some
+    space and open it again); ``workers=0`` opens an existing store there to read it.
 
     .. warning:: a store holds pickles; opening one runs code from it, like
        ``pickle.load``.  Open only stores you trust.
@@ -139,14 +142,9 @@ class JobQueue(Runtime):
         self._schedules = Schedules(self)
         self.store.backend.on_failure(self._store_failed)  # see nbqup.trouble
         if workers > 0:
-            self.is_owner = self.store.acquire_owner()
-            if not self.is_owner and if_locked == "raise":
-                error = self.store.locked_error()
-                self.store.close()
-                raise error
+            self._open_as_owner(if_locked)
         self._takeover_stop = threading.Event()
         if self.is_owner:
-            self._recover()
             self._start_threads()
         elif workers > 0:
             threading.Thread(target=self._take_over, name="nbqup-takeover", daemon=True).start()
@@ -154,6 +152,29 @@ class JobQueue(Runtime):
             if entry not in self.corrupt:
                 self.corrupt.append(entry)
         _open_queues.add(self)
+
+    def _open_as_owner(self, if_locked: str) -> None:
+        """Take the owner lock and recover, if no other process holds it.
+
+        If that fails -- the store is locked and ``if_locked="raise"``, the disk is full
+        (:class:`~nbqup.DiskFull`, whatever wrote: the owner's pid file or recovery) --
+        the store is closed before the error is raised: its environment and owner lock
+        are released at once, not at garbage collection, so opening it again in this
+        process (once space is freed) works.
+        """
+        try:
+            self.is_owner = self.store.acquire_owner()
+            if not self.is_owner and if_locked == "raise":
+                raise self.store.locked_error()
+            if self.is_owner:
+                self._recover()
+        except BaseException as exc:
+            self.is_owner = False
+            self.store.close()
+            full = None if self.path is None else disk_full(exc, self.path)
+            if full is None:
+                raise
+            raise full from exc
 
     def _take_over(self) -> None:
         """A client that asked for workers becomes the owner once the owner goes away (a
@@ -163,15 +184,45 @@ class JobQueue(Runtime):
             with self._lock:
                 if self._closed or self._stopping or self._failure is not None:
                     return
-                if not self.store.acquire_owner():
+                if not self._try_to_own():
                     continue
             log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
-            self._recover()  # is_owner turns true once every unfinished job is loaded
+            if not self._recover_when_room():  # closed meanwhile
+                return
             with self._lock:
                 if self._closed or self._stopping:  # closed while recovering
                     return
             self._start_threads()
             return
+
+    def _try_to_own(self) -> bool:
+        """Take the owner lock for a take-over.  If writing the owner's pid file finds the
+        disk full, let go of the lock, say so (once) and try again next time."""
+        try:
+            return self.store.acquire_owner()
+        except OSError as exc:
+            self.store.release_owner()
+            full = None if self.path is None else disk_full(exc, self.path)
+            if full is None:
+                raise
+            self._trouble.failed(full)
+            return False
+
+    def _recover_when_room(self) -> bool:
+        """Recover as the new owner (:attr:`is_owner` turns true once every unfinished
+        job is loaded).  While the disk is full, keep the lock -- no other process can
+        run the jobs either -- say so once, and try again about once a second (what was
+        loaded stays; recovery skips it).  False if the queue was closed meanwhile."""
+        while True:
+            try:
+                self._recover()
+            except StoreWriteError as exc:
+                self._trouble.failed(exc)
+            else:
+                self._trouble.ok()
+                return True
+            if self._takeover_stop.wait(max(1.0, self._poll)):
+                return False
 
     # ================================================================= public surface
 

@@ -77,6 +77,7 @@ from .backends import (
     Txn,
 )
 from .errors import NbqupError, StoreCorrupt, StoreLocked
+from .health import disk_full
 from .job import _JOB_DEFAULTS, _REQUIRED, FINAL, JOB_FIELDS, JobRecord, Status
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "GroupCommit", "Store", "decode", "encode"]
@@ -296,8 +297,14 @@ class Store:
             if self.path is None:
                 backend = MemoryBackend()
             else:
-                _make_private_dir(self.path)
-                backend = LMDBBackend(self.path / "lmdb", durability=durability)
+                try:
+                    _make_private_dir(self.path)
+                    backend = LMDBBackend(self.path / "lmdb", durability=durability)
+                except OSError as exc:  # no room for the directory (DiskFull is kept)
+                    full = disk_full(exc, self.path)
+                    if full is None:
+                        raise
+                    raise full from exc
         self.backend = backend
         try:
             self._check_format()
