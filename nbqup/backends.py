@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from zict.common import ZictBase
 
-from .errors import NbqupError
+from .errors import NbqupError, StoreCorrupt
 
 __all__ = [
     "DURABILITIES",
@@ -252,13 +252,22 @@ class LMDBBackend(Backend):
         return value if value is None else bytes(value)
 
     def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
-        """``fn(txn)`` in a read transaction, run again if the map was resized under it."""
+        """``fn(txn)`` in a read transaction, run again if the map was resized under it.
+        LMDB's reports of a damaged file become :class:`~nbqup.StoreCorrupt`."""
+        damaged = self._lmdb.CorruptedError, self._lmdb.PageNotFoundError
         while True:
             try:
                 with self._gate.reading(self), self.env.begin(db=db) as txn:
                     return fn(txn)
             except _Retry:
                 continue
+            except damaged as exc:
+                raise StoreCorrupt(None, f"LMDB reports: {exc}", str(self.path.parent)) from exc
+
+    def snapshot(self, fn: Callable[[int], T]) -> T:
+        """``fn(txnid)`` while a read transaction holds the snapshot of transaction
+        ``txnid``: LMDB reuses none of its pages until ``fn`` returns."""
+        return self._read(None, lambda txn: fn(txn.id()))
 
     def items(
         self, table: str, start: str = "", limit: int | None = None

@@ -609,7 +609,7 @@ class _Signals:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .errors import StoreLocked
+    from .errors import StoreCorrupt, StoreLocked
     from .queue import JobQueue
 
     path = Path(args.path).expanduser()
@@ -633,6 +633,8 @@ def _worker(args: argparse.Namespace) -> int:
                 f"store {exc.path} is already run by {holder}; stop that process first "
                 "(notebooks can submit to it as clients meanwhile)"
             ) from None
+        except StoreCorrupt:  # a ValueError too, but not a usage error
+            raise
         except ValueError as exc:  # a bad --executor
             raise CliError(_one_line(exc), EXIT_USAGE) from None
         if created:

@@ -292,7 +292,10 @@ def test_unreadable_store(tmp_path: Path) -> None:
     (garbage / "lmdb" / "data.mdb").write_bytes(b"not lmdb at all" * 1000)
     for args in (["status"], ["jobs"], ["cancel", "x"], ["worker"]):
         line = fails(cli(args[0], garbage, *args[1:]), 1)
-        assert line.startswith(f"nbqup: cannot open store {garbage / 'lmdb'}: ")
+        assert line.startswith(f"nbqup: store {garbage} is damaged: lmdb/data.mdb: not an LMDB")
+        assert line.endswith(
+            f"run 'nbqup salvage {garbage}' to copy what still reads into a fresh store"
+        )
     newer = tmp_path / "newer"
     JobQueue(newer, workers=0).close()
     s = Store(newer)
