@@ -254,14 +254,13 @@ class LMDBBackend(Backend):
     def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
         """``fn(txn)`` in a read transaction, run again if the map was resized under it.
         LMDB's reports of a damaged file become :class:`~nbqup.StoreCorrupt`."""
-        damaged = self._lmdb.CorruptedError, self._lmdb.PageNotFoundError
         while True:
             try:
                 with self._gate.reading(self), self.env.begin(db=db) as txn:
                     return fn(txn)
             except _Retry:
                 continue
-            except damaged as exc:
+            except (self._lmdb.CorruptedError, self._lmdb.PageNotFoundError) as exc:
                 raise StoreCorrupt(None, f"LMDB reports: {exc}", str(self.path.parent)) from exc
 
     def snapshot(self, fn: Callable[[int], T]) -> T:

@@ -38,7 +38,7 @@ from pathlib import Path
 from .backends import LMDBBackend
 from .errors import StoreCorrupt
 from .lmdbcheck import check
-from .lmdbfile import SUPPORTED, Damage, DataFile, Meta, check_meta, newest_txnid, read_metas
+from .lmdbfile import SUPPORTED, Damage, DataFile, Meta, check_meta, read_metas
 
 __all__ = ["MARK", "after_open", "before_open", "existed", "format_number", "mark"]
 
@@ -102,10 +102,11 @@ def before_open(path: Path) -> None:
     """Check what LMDB reads as it opens the store in ``path`` (see the module's doc);
     raises :class:`StoreCorrupt`.
 
-    The check reads the newest snapshot without a reader slot: a writer in another
-    process may reuse its pages once two newer transactions have committed.  So a
-    fault counts only if at most one commit happened while it was found; else the file
-    is looked at again (and :func:`after_open` walks it all under a read transaction).
+    This reads the newest snapshot without a reader slot, so a writer in another process
+    may commit meanwhile (and then reuse pages of older snapshots): a fault counts only
+    if the meta pages did not change while it was found; else the file is looked at
+    again.  A writer that commits during every look is using the store as it is, and
+    :func:`after_open` walks it all under a read transaction.
     """
     data = path / DATA
     try:
@@ -124,15 +125,12 @@ def before_open(path: Path) -> None:
         with DataFile(data) as f:
             if _blank(f) and existed(path) is None:
                 return  # being created by another process: LMDB waits for it
+            metas = read_metas(f)
             try:
-                meta = check_meta(f)
-            except Damage as exc:  # metas are written last: this one is stable
-                raise damaged(path, f"{DATA}: {exc}") from None
-            try:
-                check(f, meta, tables=False)
+                check(f, check_meta(f), tables=False)
                 return
             except Damage as exc:
-                if newest_txnid(f) <= meta.txnid + 1:
+                if read_metas(f) == metas:  # no commit meanwhile: the file is like that
                     raise damaged(path, f"{DATA}: {exc}") from None
 
 
@@ -147,11 +145,11 @@ def after_open(path: Path, backend: LMDBBackend) -> None:
 
     def walk(txnid: int) -> bool:
         with DataFile(path / DATA) as f:
-            metas = read_metas(f)
+            metas = read_metas(f)  # at once: its slot is rewritten two commits later
             meta = next((m for m in metas if isinstance(m, Meta) and m.txnid == txnid), None)
-            if meta is None:  # two commits since the transaction began: its meta was reused
+            if meta is None or read_metas(f)[meta.slot] != meta:  # rewritten, or being so
                 return False
-            check(f, meta)
+            check(f, meta)  # the pages of that snapshot stay as they are: it is held
             return True
 
     if not SUPPORTED:

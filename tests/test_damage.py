@@ -252,3 +252,56 @@ def test_a_format_record_that_is_not_a_number_is_refused(tmp_path: Path, value: 
     s.close()
     shown = repr(value.decode("ascii", "backslashreplace"))
     refused(path, f"its format record (info/format) holds {shown}, not a format number")
+
+
+# ------------------------------------------------------------- no false alarms
+
+
+def test_a_store_being_written_by_another_process_is_never_taken_for_damaged(
+    tmp_path: Path,
+) -> None:
+    """The check before LMDB opens the file reads without a reader slot while the owner
+    in another process commits all the time (reusing freed pages, rewriting the meta
+    pages; thousands of commits a second): clients opening meanwhile are never refused."""
+    import children
+
+    owner = children.start(
+        tmp_path,
+        """
+        def churn(n):  # a commit per checkpoint, rewriting the same records
+            while not os.path.exists(LOG):
+                nbqup.checkpoint(os.urandom(n))
+
+        jq = nbqup.JobQueue(STORE, workers=2)
+        jobs = [jq.submit(pow, 2, i) for i in range(300)] + [jq.submit(churn, 3000)]
+        jobs[0].wait(60)
+        print("ready", flush=True)
+        jq.wait(60)
+        jq.close()
+        """,
+    )
+    try:
+        assert children.read_line(owner) == "ready"
+        for _ in range(80):
+            with JobQueue(tmp_path / "store", workers=0) as jq:
+                jq.submit(pow, 2, 3)
+                assert len(jq.jobs_df()) > 0
+    finally:
+        (tmp_path / "log").write_text("stop")
+        assert owner.wait(WAIT) == 0
+
+
+def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """A data file being created by another process (blank meta pages, tables not yet
+    there, no format record) is a new store, not a damaged one."""
+    code = "import sys, nbqup; nbqup.JobQueue(sys.argv[1], workers=0).submit(pow, 2, 3)"
+    for n in range(5):
+        path = tmp_path / f"store{n}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(path)], stderr=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=WAIT)[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        with JobQueue(path, workers=0) as jq:
+            assert jq.counts()["queued"] == 4
