@@ -113,22 +113,9 @@ def test_chaos_loses_nothing(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_damaged_pages_never_kill_and_lose_nothing_silently(tmp_path: Path) -> None:
     out = tmp_path / "damage.json"
-    proc = _run(
-        [
-            "benchmarks.damage",
-            "--copies",
-            "3",
-            "--jobs",
-            "20",
-            "--kills",
-            "1",
-            "--tmpdir",
-            str(tmp_path),
-            "--json",
-            str(out),
-        ],
-        timeout=110,
-    )
+    chaos = "--jobs 20 --kills 1"
+    args = ["benchmarks.damage", "--copies", "3", "--chaos", chaos, "--tmpdir", str(tmp_path)]
+    proc = _run([*args, "--json", str(out)], timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["opens"] == {"refused": 3}
