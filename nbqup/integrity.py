@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from .backends import LMDBBackend
-from .errors import StoreCorrupt
+from .errors import NbqupError, StoreCorrupt
 from .lmdbcheck import check
 from .lmdbfile import SUPPORTED, Damage, DataFile, Meta, check_meta, read_metas
 
@@ -113,6 +113,8 @@ def before_open(path: Path) -> None:
         size = data.stat().st_size
     except FileNotFoundError:
         size = None
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
     if not size:
         why = existed(path)
         if why is not None:
@@ -121,6 +123,20 @@ def before_open(path: Path) -> None:
         return  # a new store
     if not SUPPORTED:
         return
+    try:
+        _look(path)
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
+
+
+def _unopenable(path: Path, exc: OSError) -> NbqupError:
+    """The error LMDB's own failure to open the file gives (see backends._open_env)."""
+    return NbqupError(f"cannot open store {path / DATA.parent}: {exc}")
+
+
+def _look(path: Path) -> None:
+    """:func:`before_open`'s looks at an existing data file."""
+    data = path / DATA
     for _ in range(_LOOKS):
         with DataFile(data) as f:
             if _blank(f) and existed(path) is None:
@@ -160,3 +176,5 @@ def after_open(path: Path, backend: LMDBBackend) -> None:
                 return
     except Damage as exc:
         raise damaged(path, f"{DATA}: {exc}") from None
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc

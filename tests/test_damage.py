@@ -23,7 +23,7 @@ from damage import PSIZE, WAIT, build, damaged_copies, page_kinds
 
 from nbqup import JobQueue, lmdbcheck, lmdbfile
 from nbqup.backends import TABLES
-from nbqup.errors import StoreCorrupt
+from nbqup.errors import NbqupError, StoreCorrupt
 from nbqup.store import Store
 
 
@@ -241,6 +241,12 @@ def test_new_stores_are_still_created(tmp_path: Path) -> None:
         assert (path / "store.json").exists()
         with JobQueue(path, workers=0) as jq:
             assert jq.counts()["succeeded"] == 1
+
+
+def test_a_data_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "store" / "lmdb" / "data.mdb").mkdir(parents=True)
+    with pytest.raises(NbqupError, match=f"^cannot open store {tmp_path / 'store' / 'lmdb'}: "):
+        Store(tmp_path / "store")
 
 
 @pytest.mark.parametrize("value", [b"abc", b"", b"0", b"-1", b" 2", b"2\n", b"\xff\xfe"])
