@@ -278,7 +278,9 @@ class Store:
     ``Store(path)`` opens (creating it, owner-only) the LMDB store under ``path``;
     ``Store(None)`` keeps everything in memory.  Typed zict mappings over the tables are
     available as attributes (``store.meta``, ``store.blobs["fn"]``) for reading; writes
-    that must be atomic go through :meth:`commit`.
+    that must be atomic go through :meth:`commit`.  A store whose file is damaged, or that
+    lost its data or its format record, is refused with :class:`~nbqup.StoreCorrupt`
+    before LMDB reads it (:mod:`nbqup.integrity`).
     """
 
     def __init__(
