@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chaos = subprocess.run(
             [sys.executable, "-m", "benchmarks.chaos", *args.chaos.split(), "--systems",
-             "nbqup", "--keep", "--tmpdir", str(workdir)],
+             "nbqup", "--faults", "none", "--keep", "--tmpdir", str(workdir)],
             capture_output=True, text=True, cwd=ROOT,
         )  # fmt: skip
         if chaos.returncode != 0:
