@@ -30,9 +30,9 @@ Scenarios:
 ``locks``  a child owns a store and runs jobs; the run deletes the store's lock files
            (``owner.lock``, ``owner.json``, ``lmdb/lock.mdb``) and starts a second process
            with workers on the same store, then deletes ``lock.mdb`` again while both run.
-``damage`` a finished store is copied and one byte of one page is flipped (page headers
-           most of the time), ``--damages`` times, plus a zero-length data file; a child
-           opens each copy and reads every job.  Refused copies are salvaged.
+``damage`` :mod:`benchmarks.damage` on the store of a short chaos run (3 SIGKILLs):
+           ``--damages`` copies, each with one live page damaged, opened by a child
+           that reads everything, then salvaged and run to the end.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("disk", "locks", "damage")
-PAGE = 4096
 PAD = 30_000  # bytes of argument per job in the disk scenario
 
 
@@ -124,37 +123,6 @@ def child_run(args: argparse.Namespace) -> int:
     jq.close()
     print("finished" if done else "timeout", flush=True)
     return 0 if done else 4
-
-
-_PROBE = """
-import json, sys
-import nbqup
-store, ids = sys.argv[1], json.loads(sys.argv[2])
-out = {"outcome": "ok", "wrong": [], "reported": []}
-try:
-    jq = nbqup.JobQueue(store, workers=0)
-    try:
-        jq.jobs_df()
-        jq.counts()
-        told = {key for key, _why in jq.corrupt}  # set aside, and a warning named them
-        for i, job_id in ids.items():
-            try:
-                if jq.get(job_id).result(timeout=0) != int(i) * 2:
-                    out["wrong"].append(i)
-            except (nbqup.StoreCorrupt, nbqup.SerializationError):
-                out["reported"].append(i)
-            except KeyError:
-                out["reported" if job_id in told else "wrong"].append(i)
-            except (TimeoutError, nbqup.JobFailed, nbqup.JobCancelled):
-                out["wrong"].append(i)
-    finally:
-        jq.close()
-except nbqup.StoreCorrupt as exc:
-    out = {"outcome": "refused", "message": str(exc)}
-except nbqup.NbqupError as exc:
-    out = {"outcome": "error", "message": f"{type(exc).__name__}: {exc}"}
-print(json.dumps(out))
-"""
 
 
 # ------------------------------------------------------------------------------- parent
@@ -354,112 +322,33 @@ def run_locks(args: argparse.Namespace, workdir: Path) -> FaultReport:
     return report
 
 
-def _probe(store: Path, ids: dict[int, str], report: FaultReport, what: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", _PROBE, str(store), json.dumps(ids)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env())
-    except subprocess.TimeoutExpired:
-        report.hangs += 1
-        report.problems.append(f"{what}: opening it hung")
-        return {"outcome": "hang"}
-    if proc.returncode < 0:
-        report.deaths += 1
-        report.problems.append(f"{what}: the reader died by signal {-proc.returncode}")
-        return {"outcome": "death"}
-    try:
-        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-    except (ValueError, IndexError):
-        report.raw_errors += 1
-        report.problems.append(f"{what}: the reader failed: {proc.stderr.strip()[-300:]}")
-        return {"outcome": "crash"}
-
-
-def _salvage(store: Path, ids: dict[int, str], report: FaultReport, what: str) -> None:
-    """Salvage a refused store; the salvaged copy must open and answer what it kept."""
-    target = store.with_name(store.name + ".salvaged")
-    cmd = [sys.executable, "-m", "nbqup", "salvage", str(store), "--to", str(target)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env())
-    except subprocess.TimeoutExpired:
-        report.hangs += 1
-        report.problems.append(f"{what}: salvage hung")
-        return
-    if proc.returncode < 0:
-        report.deaths += 1
-        report.problems.append(f"{what}: salvage died by signal {-proc.returncode}")
-        return
-    if not target.exists():
-        report.problems.append(
-            f"{what}: salvage made nothing: {proc.stdout[-200:]}{proc.stderr[-200:]}"
-        )
-        return
-    out = _probe(target, ids, report, f"{what} (salvaged)")
-    if out.get("outcome") != "ok":
-        report.problems.append(f"{what}: the salvaged store does not open: {out}")
-        return
-    lost = len(out["wrong"]) + len(out["reported"])
-    report.salvaged_jobs += len(ids) - lost
-    report.salvage_lost_jobs += lost
-
-
 def run_damage(args: argparse.Namespace, workdir: Path) -> FaultReport:
-    from benchmarks.chaos import read_journal
+    """:mod:`benchmarks.damage` on a store written by a short chaos run, as a report."""
+    from benchmarks import damage
 
     report = FaultReport("damage")
-    folder = workdir / "damage"
-    folder.mkdir()
-    healthy = folder / "store"
-    proc = _spawn_run(folder, healthy, args, jobs=args.jobs, max_pause=0.0)
-    _finish(proc, report, "building the store", timeout=120)
-    ids = {i: job_id for i, job_id in read_journal(folder).items()}
-    data = healthy / "lmdb" / "data.mdb"
-    used = _used_pages(data)
-    rng = random.Random(args.seed)
-    cases: list[tuple[str, int | None, int, int]] = [("truncated to 0 bytes", None, 0, 0)]
-    for _ in range(args.damages):
-        page = rng.randrange(used)
-        offset = rng.randrange(16) if rng.random() < 0.75 else rng.randrange(16, PAGE)
-        cases.append((f"page {page} byte {offset}", page, offset, 1 << rng.randrange(8)))
-    for n, (what, page, offset, mask) in enumerate(cases):
-        copy = folder / f"copy-{n}"
-        shutil.copytree(healthy, copy)
-        target = copy / "lmdb" / "data.mdb"
-        if page is None:
-            os.truncate(target, 0)
-        else:
-            with open(target, "r+b") as f:
-                f.seek(page * PAGE + offset)
-                byte = f.read(1)[0]
-                f.seek(page * PAGE + offset)
-                f.write(bytes([byte ^ mask]))
-        out = _probe(copy, ids, report, what)
+    out = workdir / "damage.json"
+    chaos = f"--jobs {args.jobs} --kills 3 --seed {args.seed}"
+    argv = ["--copies", str(args.damages), "--seed", str(args.seed), "--chaos", chaos]
+    damage.main([*argv, "--tmpdir", str(workdir), "--json", str(out)])
+    if not out.exists():
+        report.problems.append("the damage run wrote no results (its chaos run failed)")
+        report.raw_errors += 1
+        return report
+    doc = json.loads(out.read_text())
+    for row in doc["rows"]:
         report.rounds += 1
-        if out.get("outcome") == "refused":
-            report.refused += 1
-            _salvage(copy, ids, report, what)
-        elif out.get("outcome") == "ok" and out["wrong"]:
-            report.silent_losses += 1
-            report.problems.append(f"{what}: opened but {len(out['wrong'])} jobs read wrong")
-        elif out.get("outcome") == "error":
-            report.problems.append(f"{what}: {out['message'][:200]}")
-        shutil.rmtree(copy, ignore_errors=True)
+        ends = [row["open"], row["salvage"], row.get("ran", "")]
+        report.deaths += sum(e.startswith("died") for e in ends)
+        report.hangs += sum(e in ("hung", "timed out") for e in ends)
+        report.raw_errors += row["open"] not in ("worked", "refused")
+        report.refused += row["open"] == "refused"
+        report.silent_losses += int(row.get("silent", 0))
+        report.salvaged_jobs += int(row.get("kept", 0))
+        report.salvage_lost_jobs += int(row.get("named", 0)) + int(row.get("counted", 0))
+        if row["open"] not in ("worked", "refused") or row.get("silent"):
+            report.problems.append(f"{row['damage']}: {row}")
     return report
-
-
-def _used_pages(data: Path) -> int:
-    """Pages in use: LMDB's last page number, from the newer of its two meta pages."""
-    import struct
-
-    raw = data.read_bytes()[: 2 * PAGE]
-    best = (0, 2)
-    for page in (0, 1):
-        base = page * PAGE + 16  # page header
-        magic, _version = struct.unpack_from("<II", raw, base)
-        if magic != 0xBEEFC0DE:
-            continue
-        last_pg, txnid = struct.unpack_from("<QQ", raw, base + 24 + 2 * 48)
-        best = max(best, (txnid, last_pg + 1))
-    return best[1]
 
 
 RUNNERS = {"disk": run_disk, "locks": run_locks, "damage": run_damage}

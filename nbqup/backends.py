@@ -268,7 +268,8 @@ class LMDBBackend(Backend):
         return value if value is None else bytes(value)
 
     def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
-        """``fn(txn)`` in a read transaction, run again if the map was resized under it."""
+        """``fn(txn)`` in a read transaction, run again if the map was resized under it.
+        LMDB errors that mean the store cannot be used again become :class:`~nbqup.StoreFailed`."""
         while True:
             try:
                 self._health.check()
@@ -285,6 +286,11 @@ class LMDBBackend(Backend):
                     raise
                 self._health.announce()
                 raise failed from failed.__cause__
+
+    def snapshot(self, fn: Callable[[int], T]) -> T:
+        """``fn(txnid)`` while a read transaction holds the snapshot of transaction
+        ``txnid``: LMDB reuses none of its pages until ``fn`` returns."""
+        return self._read(None, lambda txn: fn(txn.id()))
 
     def items(
         self, table: str, start: str = "", limit: int | None = None

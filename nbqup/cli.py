@@ -7,6 +7,7 @@
     nbqup cancel PATH ID              ID: a job id or a unique prefix of one
     nbqup retry PATH ID
     nbqup worker PATH [-w N]          run the store's jobs here until SIGTERM / Ctrl-C
+    nbqup salvage PATH [--to NEW]     copy what still reads of a damaged store (nbqup.salvage)
     nbqup demo
 
 Reading commands open the store with ``workers=0`` (as a client: they never run a job and
@@ -201,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_worker)
 
     p = command(
+        "salvage",
+        "copy what still reads of a damaged store into a fresh one",
+        "Copy every record of the store at PATH that still reads into a fresh store "
+        "(PATH.salvaged, or NEW), reading the damaged file without LMDB, and say what was "
+        "lost: job ids, records on damaged pages, payloads that fail their checksum.  PATH "
+        "is only read; stop the processes using it first.",
+    )
+    p.add_argument("path", metavar="PATH", help="the damaged store's directory")
+    p.add_argument(
+        "--to", metavar="NEW", help="where to create the fresh store (default: PATH.salvaged)"
+    )
+    p.set_defaults(run=_salvage)
+
+    p = command(
         "demo",
         "submit jobs, kill the process, reopen and resume",
         "A child process submits jobs defined in its __main__ and is SIGKILLed while they "
@@ -256,11 +271,8 @@ def _one_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------------ opening stores
 
 
-@contextlib.contextmanager
-def _open_store(path_arg: str) -> Iterator[JobQueue]:
-    """Open an existing store as a client (``workers=0``); never create one."""
-    from .queue import JobQueue
-
+def _store_dir(path_arg: str) -> Path:
+    """The directory of an existing store; a usage error if there is none."""
     path = Path(path_arg).expanduser()
     if not path.exists():
         raise CliError(f"no store at {path_arg}: no such directory", EXIT_USAGE)
@@ -268,7 +280,15 @@ def _open_store(path_arg: str) -> Iterator[JobQueue]:
         raise CliError(f"no store at {path_arg}: it is not a directory", EXIT_USAGE)
     if not (path / "lmdb" / "data.mdb").is_file():
         raise CliError(f"no store at {path_arg}: the directory holds no nbqup store", EXIT_USAGE)
-    jq = JobQueue(path, workers=0)
+    return path
+
+
+@contextlib.contextmanager
+def _open_store(path_arg: str) -> Iterator[JobQueue]:
+    """Open an existing store as a client (``workers=0``); never create one."""
+    from .queue import JobQueue
+
+    jq = JobQueue(_store_dir(path_arg), workers=0)
     try:
         yield jq
     finally:
@@ -577,6 +597,14 @@ def _follow(jq: JobQueue, job_id: str, done: Callable[[JobRecord], bool]) -> Job
         pause = min(pause * 2, 0.05)
 
 
+def _salvage(args: argparse.Namespace) -> int:
+    from .salvage import salvage
+
+    for line in salvage(_store_dir(args.path), args.to).lines():
+        print(line)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -628,7 +656,7 @@ class _Signals:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .errors import StoreLocked
+    from .errors import StoreCorrupt, StoreLocked
     from .queue import JobQueue
 
     path = Path(args.path).expanduser()
@@ -652,6 +680,8 @@ def _worker(args: argparse.Namespace) -> int:
                 f"store {exc.path} is already run by {holder}; stop that process first "
                 "(notebooks can submit to it as clients meanwhile)"
             ) from None
+        except StoreCorrupt:  # a ValueError too, but not a usage error
+            raise
         except ValueError as exc:  # a bad --executor
             raise CliError(_one_line(exc), EXIT_USAGE) from None
         if created:

@@ -8,6 +8,7 @@ job, path or argument at fault.
 from __future__ import annotations
 
 import errno
+import shlex
 from typing import Any
 
 __all__ = [
@@ -64,13 +65,24 @@ class StoreLocked(NbqupError, RuntimeError):
 
 
 class StoreCorrupt(NbqupError, ValueError):
-    """A record failed its checksum or could not be decoded."""
+    """A record failed its checksum or could not be decoded -- or, with ``key`` None, the
+    store as a whole is damaged (the structure of its data file, its format record), and
+    the message says how to copy out what still reads: ``nbqup salvage PATH``."""
 
-    def __init__(self, key: str, reason: str, path: str | None = None) -> None:
+    def __init__(self, key: str | None, reason: str, path: str | None = None) -> None:
         self.key = key
         self.reason = reason
-        where = f" in store {path}" if path else ""
-        super().__init__(f"corrupt record {key!r}{where}: {reason}")
+        self.path = path
+        if key is not None:
+            where = f" in store {path}" if path else ""
+            super().__init__(f"corrupt record {key!r}{where}: {reason}")
+        elif path:
+            super().__init__(
+                f"store {path} is damaged: {reason}; run 'nbqup salvage {shlex.quote(path)}' "
+                "to copy what still reads into a fresh store"
+            )
+        else:
+            super().__init__(f"the store is damaged: {reason}")
 
 
 class SerializationError(NbqupError, TypeError):

@@ -53,6 +53,8 @@ _FATAL = {
     "InvalidError": "its data file is not an LMDB file any more",
     "VersionMismatchError": "its data file is not an LMDB file any more",
 }
+#: The failures that mean the data file is damaged (the message points to salvage).
+_DAMAGE = frozenset({"CorruptedError", "PageNotFoundError", "BadTxnError"})
 
 
 class StoreHealth:
@@ -99,8 +101,11 @@ class StoreHealth:
         because of ``exc``: then recorded), else None (``exc`` is raised as it is)."""
         if self.failure is None and not is_fatal(lmdb, exc):
             return None
-        meaning = _FATAL.get(type(exc).__name__, "LMDB failed")
-        return self.fail(f"{meaning} ({type(exc).__name__}: {exc})", exc)
+        kind = type(exc).__name__
+        meaning = _FATAL.get(kind, "LMDB failed")
+        if kind in _DAMAGE:
+            meaning += "; 'nbqup salvage' on it copies what still reads into a fresh store"
+        return self.fail(f"{meaning} ({kind}: {exc})", exc)
 
     def announce(self) -> None:
         """Tell the hooks, once, that the store failed.  Hooks run in the calling thread,

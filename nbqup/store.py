@@ -67,8 +67,10 @@ from typing import Any, TypeVar
 
 import zict
 
+from . import integrity
 from .backends import (
     DURABILITIES,
+    TABLES,
     Backend,
     Conflict,
     LMDBBackend,
@@ -278,7 +280,9 @@ class Store:
     ``Store(path)`` opens (creating it, owner-only) the LMDB store under ``path``;
     ``Store(None)`` keeps everything in memory.  Typed zict mappings over the tables are
     available as attributes (``store.meta``, ``store.blobs["fn"]``) for reading; writes
-    that must be atomic go through :meth:`commit`.
+    that must be atomic go through :meth:`commit`.  A store whose file is damaged, or that
+    lost its data or its format record, is refused with :class:`~nbqup.StoreCorrupt`
+    before LMDB reads it (:mod:`nbqup.integrity`).
     """
 
     def __init__(
@@ -299,6 +303,7 @@ class Store:
             else:
                 try:
                     _make_private_dir(self.path)
+                    integrity.before_open(self.path)  # what LMDB reads as it opens the file
                     backend = LMDBBackend(self.path / "lmdb", durability=durability)
                 except OSError as exc:  # no room for the directory (DiskFull is kept)
                     full = disk_full(exc, self.path)
@@ -307,6 +312,8 @@ class Store:
                     raise full from exc
         self.backend = backend
         try:
+            if own_backend and self.path is not None and isinstance(backend, LMDBBackend):
+                integrity.after_open(self.path, backend)  # every table, before any read
             self._check_format()
         except BaseException:
             if own_backend:  # do not leave the environment open behind a refusal
@@ -325,23 +332,28 @@ class Store:
     # -- format ------------------------------------------------------------------------
 
     def _check_format(self) -> None:
+        """Record the format of a new store; refuse one of a newer format, or one that
+        shows it is not new but lost its format record (see :mod:`nbqup.integrity`)."""
         raw = self.backend.get("info", "format")
-        if raw is None:  # a new store: nothing finished yet
-            self.backend.write(
-                [
-                    ("info", "format", str(STORE_FORMAT).encode()),
-                    ("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0)),
-                ]
-            )
-            return
-        found = int(raw)
-        if found > STORE_FORMAT:
-            raise NbqupError(
-                f"store {self.path} has format {found}, newer than this nbqup understands "
-                f"({STORE_FORMAT}); upgrade nbqup to open it"
-            )
-        if found < STORE_FORMAT:  # records of both forms read; new ones are written as 2
-            self.backend.write([("info", "format", str(STORE_FORMAT).encode())])
+        if raw is None:
+            held = {t: n for t in TABLES if (n := self.backend.count(t))}
+            why = integrity.not_new(self.path, held)
+            if why is not None:
+                raise integrity.damaged(
+                    self.path, f"its format record (info/format) is missing, yet {why}"
+                )
+            self.backend.transact(_create)
+        else:
+            found = integrity.format_number(raw, self.path)
+            if found > STORE_FORMAT:
+                raise NbqupError(
+                    f"store {self.path} has format {found}, newer than this nbqup "
+                    f"understands ({STORE_FORMAT}); upgrade nbqup to open it"
+                )
+            if found < STORE_FORMAT:  # records of both forms read; new ones are written as 2
+                self.backend.write([("info", "format", str(STORE_FORMAT).encode())])
+        if self.path is not None:
+            integrity.mark(self.path)
 
     # -- job records -------------------------------------------------------------------
 
@@ -593,6 +605,13 @@ class _StoreTxn:
 
     def delete(self, table: str, key: str) -> None:
         self.txn.delete(table, key)
+
+
+def _create(txn: Txn) -> None:
+    """Record a new store's format (unless another process just did): nothing finished."""
+    if txn.get("info", "format") is None:
+        txn.put("info", "format", str(STORE_FORMAT).encode())
+        txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
 
 
 def _frame(table: str, body: bytes) -> bytes:

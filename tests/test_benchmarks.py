@@ -1,8 +1,9 @@
-"""The benchmark runner and the chaos run work, on a tiny size.
+"""The benchmark runner, the chaos run and the damage run work, on a tiny size.
 
 Nothing here is timed: the figures come from ``python -m benchmarks`` (see
-``benchmarks/RESULTS.md``).  These only check that both scripts run end to end, write
-their JSON, and that nbqup loses nothing when its process is SIGKILLed.
+``benchmarks/RESULTS.md``).  These only check that the scripts run end to end, write
+their JSON, that nbqup loses nothing when its process is SIGKILLed, and that a damaged
+page kills no process and loses no job silently.
 """
 
 from __future__ import annotations
@@ -109,3 +110,16 @@ def test_chaos_loses_nothing(tmp_path: Path) -> None:
     assert (nb["lost"], nb["wrong"], nb["corrupt"], nb["duplicates"]) == (0, 0, 0, 0), nb
     assert nb["acknowledged"] == 30
     assert "huey" in reports  # Huey's losses are reported, not asserted
+
+
+@pytest.mark.timeout(120)
+def test_damaged_pages_never_kill_and_lose_nothing_silently(tmp_path: Path) -> None:
+    out = tmp_path / "damage.json"
+    chaos = "--jobs 20 --kills 1"
+    args = ["benchmarks.damage", "--copies", "3", "--chaos", chaos, "--tmpdir", str(tmp_path)]
+    proc = _run([*args, "--json", str(out)], timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["opens"] == {"refused": 3}
+    assert doc["totals"]["acknowledged"] == 60 and doc["totals"]["silent"] == 0
+    assert all(row["ran"] == "ran" for row in doc["rows"])

@@ -259,7 +259,7 @@ def test_cancel_and_retry_applied_by_a_live_owner(store: Prepared) -> None:
 # ------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("command", ["status", "jobs", "cancel", "retry"])
+@pytest.mark.parametrize("command", ["status", "jobs", "cancel", "retry", "salvage"])
 def test_missing_store_is_not_created(tmp_path: Path, command: str) -> None:
     extra = ["abc"] if command in ("cancel", "retry") else []
     missing = tmp_path / "nope"
@@ -292,7 +292,10 @@ def test_unreadable_store(tmp_path: Path) -> None:
     (garbage / "lmdb" / "data.mdb").write_bytes(b"not lmdb at all" * 1000)
     for args in (["status"], ["jobs"], ["cancel", "x"], ["worker"]):
         line = fails(cli(args[0], garbage, *args[1:]), 1)
-        assert line.startswith(f"nbqup: cannot open store {garbage / 'lmdb'}: ")
+        assert line.startswith(f"nbqup: store {garbage} is damaged: lmdb/data.mdb: not an LMDB")
+        assert line.endswith(
+            f"run 'nbqup salvage {garbage}' to copy what still reads into a fresh store"
+        )
     newer = tmp_path / "newer"
     JobQueue(newer, workers=0).close()
     s = Store(newer)
@@ -354,6 +357,7 @@ def test_help_lists_every_command() -> None:
         ("cancel", "cancel a job"),
         ("retry", "run a failed or cancelled job again"),
         ("worker", "run a store's jobs in this process until SIGTERM or Ctrl-C"),
+        ("salvage", "copy what still reads of a damaged store into a fresh one"),
         ("demo", "submit jobs, kill the process, reopen and resume"),
     ]:
         assert re.search(rf"^\s+{command}\s+{re.escape(summary)}$", text, re.M), command
@@ -378,6 +382,7 @@ def test_help_lists_every_command() -> None:
             "[--executor EXECUTOR] [--poll SECONDS] PATH",
             "does not count as an attempt",
         ),
+        ("salvage", "usage: nbqup salvage [-h] [--to NEW] PATH", "reading the damaged file"),
         ("demo", "usage: nbqup demo [-h] [--path PATH]", "SIGKILLed while they run"),
     ],
 )

@@ -19,7 +19,7 @@ import json
 DISK, WORKERS, DURABILITY = sys.argv[3], int(sys.argv[4]), sys.argv[5]
 spare = os.path.join(DISK, "spare")        # freed once the disk is full
 with open(spare, "wb") as f:
-    f.write(b"\\0" * (2 << 20))
+    f.write(b"\\0" * (4 << 20))          # half the disk: room for the jobs to finish
 store = os.path.join(DISK, "store")
 jq = nbqup.JobQueue(store, workers=WORKERS, durability=DURABILITY)
 ok = []

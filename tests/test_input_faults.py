@@ -15,7 +15,6 @@ Time moves only on the injected ManualClock; effects are awaited with a deadline
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 import pickle
@@ -33,8 +32,7 @@ from test_cli import cli, fails, ok
 from test_scheduling import HOUR, WAIT, a_run_going, block, tick, until
 
 import nbqup
-from nbqup import JobQueue, Status, keys
-from nbqup import clock as clock_module
+from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
 from nbqup.job import JobRecord
 from nbqup.keys import stored_key
@@ -315,8 +313,3 @@ def test_cli_ids_that_cannot_name_a_job(tmp_path: Path) -> None:
         f"cancel of job {keyed.id} (abs) recorded; no process is running the store, "
         "the next one to run it applies it before running anything"
     ]
-
-
-def test_doctests_of_keys_and_clock_run_and_pass() -> None:
-    assert doctest.testmod(keys).failed == 0
-    assert doctest.testmod(clock_module).failed == 0

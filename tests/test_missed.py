@@ -7,7 +7,6 @@ run make one :class:`Burst` (issue 12, item 7), and the work stays bounded.
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import math
 import time
 from datetime import datetime, timezone
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from nbqup import missed
 from nbqup.missed import COUNT_LIMIT, MAX_CATCHUP, MISSED_POLICIES, Burst, Catchup, plan_missed
 from nbqup.schedule import CronTrigger, IntervalTrigger, Trigger
 
@@ -159,7 +157,3 @@ def test_catchup_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.next_due = 2.0  # type: ignore[misc]
     assert MISSED_POLICIES == ("skip", "once", "all")
-
-
-def test_doctests_run_and_pass() -> None:
-    assert doctest.testmod(missed).failed == 0
