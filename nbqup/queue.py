@@ -429,14 +429,13 @@ class JobQueue(Runtime):
         ``wait=True`` lets running jobs finish first; ``wait=False`` returns within about a
         second, leaving running jobs to be resumed when the store is reopened (that run
         does not count as an attempt).  Queued and scheduled jobs stay in the store.
-
-        Meanwhile nothing new starts -- but for what running jobs wait on: a running job
-        waiting on another job of this queue (``inner.result()``, see
-        :mod:`nbqup.nested`) runs it in its slot when it is ready, and a delayed one is
-        still released when due (so ``wait=True`` takes as long as that delay: the
-        running job takes that long).  Other delayed jobs and recurring runs stay for
-        the next open.
         After the store failed (:class:`~nbqup.StoreFailed`) it returns at once either way.
+
+        While ``wait=True`` waits, nothing new starts -- but for what running jobs wait
+        on: a running job waiting on another job of this queue (``inner.result()``, see
+        :mod:`nbqup.nested`) runs it in its slot when it is ready, and a delayed one is
+        still released when due (so close takes as long as that delay: the running job
+        does).  Other delayed jobs and recurring runs stay for the next open.
         """
         self._takeover_stop.set()
         with self._lock:
