@@ -21,6 +21,8 @@ from .errors import (
     SerializationError,
     StoreCorrupt,
     StoreLocked,
+    StoreOwnerWarning,
+    StorePermissionError,
 )
 from .handle import Job, Schedule
 from .job import Status
@@ -55,6 +57,8 @@ __all__ = [
     "Status",
     "StoreCorrupt",
     "StoreLocked",
+    "StoreOwnerWarning",
+    "StorePermissionError",
     "checkpoint",
     "current_job",
     "progress",

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock
 from .context import JobContext
-from .errors import StoreCorrupt
+from .errors import StoreCorrupt, StorePermissionError
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .job import FINAL, JobRecord, ScheduleRecord, Status
@@ -131,11 +131,13 @@ class JobQueue(Runtime):
         self.is_owner = False
         self._schedules = Schedules(self)
         if workers > 0:
-            self.is_owner = self.store.acquire_owner()
-            if not self.is_owner and if_locked == "raise":
-                error = self.store.locked_error()
+            try:
+                self.is_owner = self.store.acquire_owner()
+                if not self.is_owner and if_locked == "raise":
+                    raise self.store.locked_error()
+            except BaseException:
                 self.store.close()
-                raise error
+                raise
         self._takeover_stop = threading.Event()
         if self.is_owner:
             self._recover()
@@ -155,8 +157,12 @@ class JobQueue(Runtime):
             with self._lock:
                 if self._closed or self._stopping:
                     return
-                if not self.store.acquire_owner():
-                    continue
+                try:
+                    if not self.store.acquire_owner():
+                        continue
+                except StorePermissionError as exc:  # the owner left; we cannot run it
+                    log.error("nbqup: %s; this process stays a client", exc)
+                    return
                 self.is_owner = True
             log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
             self._recover()
