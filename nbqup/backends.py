@@ -9,6 +9,7 @@ Why LMDB is the leaf is written in :mod:`nbqup.store`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from zict.common import ZictBase
 
 from .errors import NbqupError
+from .writelock import WriterLock
 
 __all__ = [
     "DURABILITIES",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("nbqup")
 
 TABLES = (
     "meta", "pending", "fn", "args", "result", "ckpt", "logs",
@@ -210,6 +213,8 @@ class LMDBBackend(Backend):
 
     ``durability="process"``: a returned write survives a SIGKILL of this process.
     ``durability="fsync"``: it survives power loss too (each commit is fsynced).
+    Writes are also serialised across processes by a :class:`~nbqup.writelock.WriterLock`,
+    which reopens the environment if its ``lock.mdb`` is deleted under it.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "process") -> None:
@@ -233,8 +238,13 @@ class LMDBBackend(Backend):
                 _envs[found] = shared
             shared.users += 1
         self._key = found
-        self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
-        self._gate = shared.gate
+        self._shared = shared
+        self._dbs, self._lock, self._gate = shared.dbs, shared.lock, shared.gate
+
+    @property
+    def env(self) -> Any:
+        """The LMDB environment (reopened if ``lock.mdb`` is deleted: see writelock)."""
+        return self._shared.env
 
     def _db(self, table: str) -> Any:
         try:
@@ -246,16 +256,19 @@ class LMDBBackend(Backend):
         # Reads never wait for a writer: LMDB readers see the last commit (py-lmdb
         # environments are thread-safe; each transaction stays in its thread).  They
         # only pass the gate that lets the map grow while no transaction is open.
-        db = self._db(table)
         encoded = key.encode()
-        value = self._read(db, lambda txn: txn.get(encoded))
+        value = self._read(table, lambda txn: txn.get(encoded))
         return value if value is None else bytes(value)
 
-    def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
-        """``fn(txn)`` in a read transaction, run again if the map was resized under it."""
+    def _read(self, table: str, fn: Callable[[Any], T]) -> T:
+        """``fn(txn)`` in a read transaction of ``table``, run again if the map was
+        resized under it.  The table's handle is looked up inside the gate: the
+        environment may have been reopened meanwhile (see :mod:`nbqup.writelock`)."""
+        self._db(table)  # KeyError for an unknown table
+        self._shared.writer.refresh(self._lock)
         while True:
             try:
-                with self._gate.reading(self), self.env.begin(db=db) as txn:
+                with self._gate.reading(self), self.env.begin(db=self._dbs[table]) as txn:
                     return fn(txn)
             except _Retry:
                 continue
@@ -263,7 +276,7 @@ class LMDBBackend(Backend):
     def items(
         self, table: str, start: str = "", limit: int | None = None
     ) -> list[tuple[str, bytes]]:
-        db = self._db(table)
+        self._db(table)
         if limit is not None and limit <= 0:
             return []
 
@@ -278,17 +291,16 @@ class LMDBBackend(Backend):
                     break
             return out
 
-        return self._read(db, scan)
+        return self._read(table, scan)
 
     def keys(self, table: str) -> list[str]:
-        db = self._db(table)
         return self._read(
-            db, lambda txn: [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+            table,
+            lambda txn: [k.decode() for k in txn.cursor().iternext(keys=True, values=False)],
         )
 
     def count(self, table: str) -> int:
-        db = self._db(table)
-        return self._read(db, lambda txn: int(txn.stat(db)["entries"]))
+        return self._read(table, lambda txn: int(txn.stat(self._dbs[table])["entries"]))
 
     def write(
         self,
@@ -297,21 +309,27 @@ class LMDBBackend(Backend):
         expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
         puts, deletes = list(puts), list(deletes)
-        ops = [(self._db(t), k.encode(), v) for t, k, v in puts]
-        dels = [(self._db(t), k.encode()) for t, k in deletes]
-        checks = [(self._db(t), k.encode(), v) for t, k, v in expect]
-        for _db, _key, value in ops:
+        # Tables are named here and their handles looked up inside the transaction: the
+        # environment may be reopened before it begins (see nbqup.writelock).
+        expect = list(expect)
+        for table in {t for t, _, _ in puts} | {t for t, _ in deletes} | {t for t, _, _ in expect}:
+            self._db(table)  # KeyError for an unknown table, before anything is written
+        ops = [(t, k.encode(), v) for t, k, v in puts]
+        dels = [(t, k.encode()) for t, k in deletes]
+        checks = [(t, k.encode(), v) for t, k, v in expect]
+        for _table, _key, value in ops:
             if not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
 
         def apply(txn: Any) -> None:
-            for db, key, value in checks:
-                if txn.get(key, db=db) != value:
+            dbs = self._dbs
+            for table, key, value in checks:
+                if txn.get(key, db=dbs[table]) != value:
                     raise Conflict(f"{key.decode()} changed")
-            for db, key, value in ops:
-                txn.put(key, value, db=db)
-            for db, key in dels:
-                txn.delete(key, db=db)
+            for table, key, value in ops:
+                txn.put(key, value, db=dbs[table])
+            for table, key in dels:
+                txn.delete(key, db=dbs[table])
 
         self._write_txn(apply)
 
@@ -322,7 +340,7 @@ class LMDBBackend(Backend):
 
     def _write_txn(self, apply: Callable[[Any], None]) -> None:
         lmdb = self._lmdb
-        with self._lock:
+        with self._lock, self._shared.writer:
             for _ in range(64):
                 try:
                     txn = self.env.begin(write=True)
@@ -371,14 +389,30 @@ class LMDBBackend(Backend):
                 del _envs[self._key]
                 with shared.lock:
                     shared.env.close()
+                    shared.writer.close()
 
 
 class _SharedEnv:
-    def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
+    def __init__(self, env: Any, dbs: dict[str, Any], writer: WriterLock, lmdb: Any) -> None:
         self.env, self.dbs = env, dbs
-        self.lock = threading.RLock()  # one writer at a time
+        self.lock = threading.RLock()  # one writer at a time in this process
+        self.writer = writer  # and across processes, whatever happens to lock.mdb
+        writer.on_moved = lambda: self.reopen(lmdb, writer.directory)
         self.gate = _Gate()  # transactions in, or the map resized
         self.users = 0
+
+    def reopen(self, lmdb: Any, path: Path) -> None:
+        """Reopen the environment on the current ``lock.mdb`` (the one it opened was
+        deleted or replaced).  Called holding the writer locks; waits for this
+        process's readers to leave."""
+        with self.gate.exclusive():
+            with contextlib.suppress(lmdb.Error):
+                self.env.close()
+            self.env, dbs = _open_lmdb(lmdb, path)
+            self.dbs.clear()
+            self.dbs.update(dbs)  # the dict every LMDBBackend of this env shares
+            self.writer.opened()
+        log.warning("nbqup: %s was deleted or replaced; reopened the store", path / "lock.mdb")
 
 
 class _Gate:
@@ -461,9 +495,31 @@ def _file_size(path: Path) -> int:
 
 
 def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
+    writer = env = None
     try:
         # lmdb would create the directory with the files' mode (0o600): not searchable.
         path.mkdir(mode=0o700, exist_ok=True)
+        # Opened holding the writer lock, so that the lock.mdb seen after is the one LMDB
+        # opened (a new store has no data file to lock yet, nor anyone writing it).
+        if (path / "data.mdb").exists():
+            writer = WriterLock(path)
+        with writer or contextlib.nullcontext():
+            env, dbs = _open_lmdb(lmdb, path)
+            writer = writer or WriterLock(path)
+            writer.opened()
+    except BaseException as exc:
+        if writer is not None:
+            writer.close()
+        if env is not None:
+            env.close()
+        if isinstance(exc, OSError):
+            raise NbqupError(f"cannot open store {path}: {exc}") from exc
+        raise
+    return _SharedEnv(env, dbs, writer, lmdb)
+
+
+def _open_lmdb(lmdb: Any, path: Path) -> tuple[Any, dict[str, Any]]:
+    try:
         env = lmdb.open(
             str(path),
             subdir=True,
@@ -484,7 +540,7 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
     except (OSError, lmdb.Error) as exc:
         raise NbqupError(f"cannot open store {path}: {exc}") from exc
     env.reader_check()  # clear reader slots left behind by killed processes
-    return _SharedEnv(env, {t: env.open_db(t.encode()) for t in TABLES})
+    return env, {t: env.open_db(t.encode()) for t in TABLES}
 
 
 class _LMDBTxn(Txn):
