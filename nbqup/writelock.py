@@ -39,7 +39,7 @@ from pathlib import Path
 __all__ = ["READ_CHECK_EVERY", "WriterLock"]
 
 #: Seconds between two checks of ``lock.mdb`` by a process's reads (writes check always).
-READ_CHECK_EVERY = 0.05
+READ_CHECK_EVERY = 0.01
 
 
 class WriterLock:
