@@ -55,8 +55,12 @@ class WriterLock:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._lock_path = os.path.join(directory, "lock.mdb")
         self._fd: int | None = os.open(directory / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # lock.mdb is looked up from here: half the cost of a full path
+            self._dir: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._depth = 0
         self._holder: int | None = None
         self._lock_id: tuple[int, int] | None = None
@@ -101,28 +105,31 @@ class WriterLock:
 
     def opened(self) -> None:
         """Remember the ``lock.mdb`` the environment just opened (called holding the lock)."""
-        self._lock_id = _file_id(self._lock_path)
+        self._lock_id = self._lock_file()
         self._next_read_check = time.monotonic() + READ_CHECK_EVERY
 
     def moved(self) -> bool:
         """True if ``lock.mdb`` is no longer the file this environment opened (deleted,
         or replaced by another process's new one)."""
-        found = _file_id(self._lock_path)
+        found = self._lock_file()
         return found is None or found != self._lock_id
 
+    def _lock_file(self) -> tuple[int, int] | None:
+        """(device, inode) of ``lock.mdb`` now; None if missing."""
+        if self._dir is None:  # closed: the environment is closed too, nothing moves
+            return self._lock_id
+        try:
+            st = os.stat("lock.mdb", dir_fd=self._dir)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     def close(self) -> None:
-        fd, self._fd = self._fd, None
+        fds, self._fd, self._dir = (self._fd, self._dir), None, None
         _open_locks.discard(self)
-        if fd is not None:
-            os.close(fd)
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
 
 _open_locks: weakref.WeakSet[WriterLock] = weakref.WeakSet()
@@ -132,10 +139,11 @@ def _forget_in_child() -> None:
     """A ``fork`` child closes its copies: a parent killed mid-write must not leave the
     lock held by a child that never writes."""
     for lock in list(_open_locks):
-        fd, lock._fd = lock._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        fds, lock._fd, lock._dir = (lock._fd, lock._dir), None, None
+        for fd in fds:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
     _open_locks.clear()
 
 
