@@ -39,13 +39,14 @@ class Ownership:
     """This process's claim on running the workers of the store at ``path``.
 
     >>> import tempfile
-    >>> d = tempfile.mkdtemp()
-    >>> a, b = Ownership(d), Ownership(d)
-    >>> a.acquire(), b.acquire()
-    (True, False)
-    >>> a.release(); b.acquire()
+    >>> with tempfile.TemporaryDirectory() as store:
+    ...     a, b = Ownership(store), Ownership(store)
+    ...     print(a.acquire(), b.acquire())
+    ...     a.release()
+    ...     print(b.acquire())
+    ...     b.release()
+    True False
     True
-    >>> b.release()
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -64,7 +65,12 @@ class Ownership:
         store directory cannot be written."""
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorePermissionError(
+                str(self.path), f"cannot open the store directory to lock it ({exc.strerror})"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
