@@ -246,6 +246,11 @@ class LMDBBackend(Backend):
         """The LMDB environment (reopened if ``lock.mdb`` is deleted: see writelock)."""
         return self._shared.env
 
+    def _table(self, table: str) -> str:
+        if table not in self._dbs:
+            raise KeyError(f"unknown table {table!r}")
+        return table
+
     def _db(self, table: str) -> Any:
         try:
             return self._dbs[table]
@@ -264,7 +269,7 @@ class LMDBBackend(Backend):
         """``fn(txn)`` in a read transaction of ``table``, run again if the map was
         resized under it.  The table's handle is looked up inside the gate: the
         environment may have been reopened meanwhile (see :mod:`nbqup.writelock`)."""
-        self._db(table)  # KeyError for an unknown table
+        self._table(table)
         self._shared.writer.refresh(self._lock)
         while True:
             try:
@@ -276,7 +281,7 @@ class LMDBBackend(Backend):
     def items(
         self, table: str, start: str = "", limit: int | None = None
     ) -> list[tuple[str, bytes]]:
-        self._db(table)
+        self._table(table)
         if limit is not None and limit <= 0:
             return []
 
@@ -308,15 +313,12 @@ class LMDBBackend(Backend):
         deletes: Iterable[tuple[str, str]] = (),
         expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
-        puts, deletes = list(puts), list(deletes)
-        # Tables are named here and their handles looked up inside the transaction: the
-        # environment may be reopened before it begins (see nbqup.writelock).
-        expect = list(expect)
-        for table in {t for t, _, _ in puts} | {t for t, _ in deletes} | {t for t, _, _ in expect}:
-            self._db(table)  # KeyError for an unknown table, before anything is written
-        ops = [(t, k.encode(), v) for t, k, v in puts]
-        dels = [(t, k.encode()) for t, k in deletes]
-        checks = [(t, k.encode(), v) for t, k, v in expect]
+        # Tables are checked here (KeyError before anything is written) and their handles
+        # looked up inside the transaction: the environment may be reopened before it
+        # begins (see nbqup.writelock).
+        ops = [(self._table(t), k.encode(), v) for t, k, v in puts]
+        dels = [(self._table(t), k.encode()) for t, k in deletes]
+        checks = [(self._table(t), k.encode(), v) for t, k, v in expect]
         for _table, _key, value in ops:
             if not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
