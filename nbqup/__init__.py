@@ -24,6 +24,8 @@ from .errors import (
     StoreCorrupt,
     StoreFailed,
     StoreLocked,
+    StoreOwnerWarning,
+    StorePermissionError,
     StoreWriteError,
 )
 from .handle import Job, Schedule
@@ -62,6 +64,8 @@ __all__ = [
     "StoreCorrupt",
     "StoreFailed",
     "StoreLocked",
+    "StoreOwnerWarning",
+    "StorePermissionError",
     "StoreWriteError",
     "checkpoint",
     "current_job",

@@ -9,6 +9,7 @@ Why LMDB is the leaf is written in :mod:`nbqup.store`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -20,6 +21,7 @@ from zict.common import ZictBase
 
 from .errors import DiskFull, NbqupError, StoreFailed
 from .health import StoreHealth, disk_full, reserve, write_error
+from .writelock import WriterLock
 
 __all__ = [
     "DURABILITIES",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("nbqup")
 
 TABLES = (
     "meta", "pending", "fn", "args", "result", "ckpt", "logs",
@@ -215,6 +218,8 @@ class LMDBBackend(Backend):
 
     ``durability="process"``: a returned write survives a SIGKILL of this process.
     ``durability="fsync"``: it survives power loss too (each commit is fsynced).
+    Writes are also serialised across processes by a :class:`~nbqup.writelock.WriterLock`,
+    which reopens the environment if its ``lock.mdb`` is deleted under it.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "process") -> None:
@@ -246,11 +251,26 @@ class LMDBBackend(Backend):
                 _envs[found] = shared
             shared.users += 1
         self._key = found
-        self.env, self._dbs, self._lock = shared.env, shared.dbs, shared.lock
-        self._gate, self._health = shared.gate, shared.health
+        self._shared = shared
+        self._dbs, self._lock, self._gate = shared.dbs, shared.lock, shared.gate
+        self._health = shared.health
 
     def on_failure(self, hook: Callable[[StoreFailed], None]) -> None:
         self._health.watch(self, hook)
+
+    @property
+    def env(self) -> Any:
+        """The LMDB environment (reopened if ``lock.mdb`` is deleted: see writelock)."""
+        return self._shared.env
+
+    def _handle(self, table: str | None) -> Any:
+        """The table's handle in the environment as it is now (None: the main table)."""
+        return None if table is None else self._dbs[table]
+
+    def _table(self, table: str) -> str:
+        if table not in self._dbs:
+            raise KeyError(f"unknown table {table!r}")
+        return table
 
     def _db(self, table: str) -> Any:
         try:
@@ -262,18 +282,23 @@ class LMDBBackend(Backend):
         # Reads never wait for a writer: LMDB readers see the last commit (py-lmdb
         # environments are thread-safe; each transaction stays in its thread).  They
         # only pass the gate that lets the map grow while no transaction is open.
-        db = self._db(table)
         encoded = key.encode()
-        value = self._read(db, lambda txn: txn.get(encoded))
+        value = self._read(table, lambda txn: txn.get(encoded))
         return value if value is None else bytes(value)
 
-    def _read(self, db: Any, fn: Callable[[Any], T]) -> T:
-        """``fn(txn)`` in a read transaction, run again if the map was resized under it.
-        LMDB errors that mean the store cannot be used again become :class:`~nbqup.StoreFailed`."""
+    def _read(self, table: str | None, fn: Callable[[Any], T]) -> T:
+        """``fn(txn)`` in a read transaction of ``table`` (None: the main table), run
+        again if the map was resized under it.  The table's handle is looked up inside
+        the gate: the environment may have been reopened meanwhile (see
+        :mod:`nbqup.writelock`).  LMDB errors that mean the store cannot be used again
+        become :class:`~nbqup.StoreFailed`."""
+        if table is not None:
+            self._table(table)
+        self._shared.writer.refresh(self._lock)
         while True:
             try:
                 self._health.check()
-                with self._gate.reading(self), self.env.begin(db=db) as txn:
+                with self._gate.reading(self), self.env.begin(db=self._handle(table)) as txn:
                     return fn(txn)
             except _Retry:
                 continue
@@ -295,7 +320,7 @@ class LMDBBackend(Backend):
     def items(
         self, table: str, start: str = "", limit: int | None = None
     ) -> list[tuple[str, bytes]]:
-        db = self._db(table)
+        self._table(table)
         if limit is not None and limit <= 0:
             return []
 
@@ -310,17 +335,16 @@ class LMDBBackend(Backend):
                     break
             return out
 
-        return self._read(db, scan)
+        return self._read(table, scan)
 
     def keys(self, table: str) -> list[str]:
-        db = self._db(table)
         return self._read(
-            db, lambda txn: [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+            table,
+            lambda txn: [k.decode() for k in txn.cursor().iternext(keys=True, values=False)],
         )
 
     def count(self, table: str) -> int:
-        db = self._db(table)
-        return self._read(db, lambda txn: int(txn.stat(db)["entries"]))
+        return self._read(table, lambda txn: int(txn.stat(self._dbs[table])["entries"]))
 
     def write(
         self,
@@ -328,22 +352,25 @@ class LMDBBackend(Backend):
         deletes: Iterable[tuple[str, str]] = (),
         expect: Iterable[tuple[str, str, bytes | None]] = (),
     ) -> None:
-        puts, deletes = list(puts), list(deletes)
-        ops = [(self._db(t), k.encode(), v) for t, k, v in puts]
-        dels = [(self._db(t), k.encode()) for t, k in deletes]
-        checks = [(self._db(t), k.encode(), v) for t, k, v in expect]
-        for _db, _key, value in ops:
+        # Tables are checked here (KeyError before anything is written) and their handles
+        # looked up inside the transaction: the environment may be reopened before it
+        # begins (see nbqup.writelock).
+        ops = [(self._table(t), k.encode(), v) for t, k, v in puts]
+        dels = [(self._table(t), k.encode()) for t, k in deletes]
+        checks = [(self._table(t), k.encode(), v) for t, k, v in expect]
+        for _table, _key, value in ops:
             if not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
 
         def apply(txn: Any) -> None:
-            for db, key, value in checks:
-                if txn.get(key, db=db) != value:
+            dbs = self._dbs
+            for table, key, value in checks:
+                if txn.get(key, db=dbs[table]) != value:
                     raise Conflict(f"{key.decode()} changed")
-            for db, key, value in ops:
-                txn.put(key, value, db=db)
-            for db, key in dels:
-                txn.delete(key, db=db)
+            for table, key, value in ops:
+                txn.put(key, value, db=dbs[table])
+            for table, key in dels:
+                txn.delete(key, db=dbs[table])
 
         self._write_txn(apply)
 
@@ -358,9 +385,11 @@ class LMDBBackend(Backend):
         A commit that does not fit on the disk raises :class:`~nbqup.DiskFull` (nothing
         of it is stored; the next one may succeed); an environment that cannot be used
         any more raises :class:`~nbqup.StoreFailed`, as does every call after it.
+        One writer at a time in this process (the lock) and across processes, whatever
+        happens to ``lock.mdb`` (the writer lock: :mod:`nbqup.writelock`).
         """
         try:
-            with self._lock:
+            with self._lock, self._shared.writer:
                 self._write_locked(apply)
         except StoreFailed:
             self._health.announce()  # outside the lock: the hooks may take their own
@@ -436,15 +465,34 @@ class LMDBBackend(Backend):
                 del _envs[self._key]
                 with shared.lock:
                     shared.env.close()
+                    shared.writer.close()
 
 
 class _SharedEnv:
-    def __init__(self, env: Any, dbs: dict[str, Any], path: Path) -> None:
+    def __init__(
+        self, env: Any, dbs: dict[str, Any], writer: WriterLock, lmdb: Any, path: Path
+    ) -> None:
         self.env, self.dbs = env, dbs
-        self.lock = threading.RLock()  # one writer at a time
+        self.lock = threading.RLock()  # one writer at a time in this process
+        self.writer = writer  # and across processes, whatever happens to lock.mdb
+        writer.on_moved = lambda: self.reopen(lmdb, writer.directory)
         self.gate = _Gate()  # transactions in, or the map resized
         self.health = StoreHealth(str(path))  # failed for good, and who to tell
         self.users = 0
+
+    def reopen(self, lmdb: Any, path: Path) -> None:
+        """Reopen the environment on the current ``lock.mdb`` (the one it opened was
+        deleted or replaced).  Called holding the writer locks; waits for this
+        process's readers to leave."""
+        with self.gate.exclusive():
+            with contextlib.suppress(lmdb.Error):
+                self.env.close()
+            self.env = _open_lmdb(lmdb, path)
+            dbs = _tables(self.env)
+            self.dbs.clear()
+            self.dbs.update(dbs)  # the dict every LMDBBackend of this env shares
+            self.writer.opened()
+        log.warning("nbqup: %s was deleted or replaced; reopened the store", path / "lock.mdb")
 
 
 class _Gate:
@@ -532,35 +580,23 @@ def _file_size(path: Path) -> int:
 
 def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
     fresh = _file_size(path / "data.mdb") == 0  # a new store: LMDB writes its first pages
-    env = None
+    writer = env = None
     try:
         # lmdb would create the directory with the files' mode (0o600): not searchable.
         path.mkdir(mode=0o700, exist_ok=True)
         reserve(path / "lock.mdb", LOCK_FILE_SIZE)  # written through a map: no SIGBUS
-        env = lmdb.open(
-            str(path),
-            subdir=True,
-            create=True,
-            mode=0o600,
-            max_dbs=len(TABLES) + 4,
-            # The map only reserves address space (the file grows as pages are written);
-            # it doubles when full (LMDBBackend.resize) and other processes adopt it.
-            map_size=max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb")),
-            sync=False,  # durability="fsync" syncs after each commit instead
-            metasync=False,
-            # No writemap: a commit pwrite()s its pages, so a full disk is an ENOSPC
-            # error for that commit (DiskFull) -- with writemap it was a SIGBUS that
-            # killed the process, a page written into a sparse file the filesystem
-            # could not back.  The pages are in the page cache when the commit returns,
-            # so it still survives a SIGKILL of this process; the cost is within noise
-            # (benchmarks/RESULTS.md, "Disk full").
-            writemap=False,
-            readahead=False,
-            max_readers=_MAX_READERS,
-        )
-        env.reader_check()  # clear reader slots left behind by killed processes
-        dbs = {t: env.open_db(t.encode()) for t in TABLES}  # a new store's: a write
+        # Opened holding the writer lock, so that the lock.mdb seen after is the one LMDB
+        # opened (a new store has no data file to lock yet, nor anyone writing it).
+        if (path / "data.mdb").exists():
+            writer = WriterLock(path)
+        with writer or contextlib.nullcontext():
+            env = _open_lmdb(lmdb, path)
+            dbs = _tables(env)  # a new store's: a write
+            writer = writer or WriterLock(path)
+            writer.opened()
     except BaseException as exc:
+        if writer is not None:
+            writer.close()
         if env is not None:
             env.close()
         error = _open_error(lmdb, exc, path)
@@ -572,7 +608,38 @@ def _open_env(lmdb: Any, path: Path) -> _SharedEnv:
         if error is exc:
             raise
         raise error from exc
-    return _SharedEnv(env, dbs, path)
+    return _SharedEnv(env, dbs, writer, lmdb, path)
+
+
+def _open_lmdb(lmdb: Any, path: Path) -> Any:
+    """Open the LMDB environment in ``path`` (creating it)."""
+    return lmdb.open(
+        str(path),
+        subdir=True,
+        create=True,
+        mode=0o600,
+        max_dbs=len(TABLES) + 4,
+        # The map only reserves address space (the file grows as pages are written);
+        # it doubles when full (LMDBBackend.resize) and other processes adopt it.
+        map_size=max(INITIAL_MAP_SIZE, _file_size(path / "data.mdb")),
+        sync=False,  # durability="fsync" syncs after each commit instead
+        metasync=False,
+        # No writemap: a commit pwrite()s its pages, so a full disk is an ENOSPC
+        # error for that commit (DiskFull) -- with writemap it was a SIGBUS that
+        # killed the process, a page written into a sparse file the filesystem
+        # could not back.  The pages are in the page cache when the commit returns,
+        # so it still survives a SIGKILL of this process; the cost is within noise
+        # (benchmarks/RESULTS.md, "Disk full").
+        writemap=False,
+        readahead=False,
+        max_readers=_MAX_READERS,
+    )
+
+
+def _tables(env: Any) -> dict[str, Any]:
+    """The handles of the store's tables (creating them in a new store)."""
+    env.reader_check()  # clear reader slots left behind by killed processes
+    return {t: env.open_db(t.encode()) for t in TABLES}
 
 
 def _open_error(lmdb: Any, exc: BaseException, path: Path) -> BaseException:

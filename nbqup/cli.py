@@ -42,6 +42,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import ownership
+
 if TYPE_CHECKING:
     from .job import JobRecord
     from .queue import JobQueue
@@ -296,47 +298,10 @@ def _open_store(path_arg: str) -> Iterator[JobQueue]:
 
 
 def _owner(jq: JobQueue) -> int | None:
-    """Pid of the live process holding the store's owner lock (running its jobs), or None.
-
-    Looked up without taking the lock, which would make a worker starting at that moment
-    refuse the store: ``/proc/locks`` (Linux) tells whether the lock file is held; elsewhere
-    the pid the owner wrote beside the lock must belong to a live process.
-    """
+    """Pid of the live process holding the store's owner lock (running its jobs), or None
+    (see :func:`nbqup.ownership.holder`: asked of the kernel, never by taking the lock)."""
     assert jq.path is not None
-    recorded = jq.store.owner_pid()
-    try:
-        st = os.stat(jq.path / "owner.lock")
-    except OSError:
-        return None
-    try:
-        with open("/proc/locks") as f:
-            table = f.read()
-    except OSError:
-        return recorded if recorded is not None and _alive(recorded) else None
-    for line in table.splitlines():
-        fields = line.split()
-        if "->" in fields or len(fields) < 6:
-            continue  # a process waiting for a lock, not holding it
-        try:
-            holder = int(fields[4])
-            major, minor, inode = fields[5].split(":")
-            dev = (int(major, 16), int(minor, 16))
-            same_dev = dev == (os.major(st.st_dev), os.minor(st.st_dev))
-            if int(inode) == st.st_ino and (same_dev or holder == recorded):
-                return recorded if recorded is not None else holder
-        except ValueError:
-            continue
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return ownership.holder(jq.path)
 
 
 def _find(jq: JobQueue, ident: str) -> JobRecord:

@@ -22,6 +22,8 @@ __all__ = [
     "StoreCorrupt",
     "StoreFailed",
     "StoreLocked",
+    "StoreOwnerWarning",
+    "StorePermissionError",
     "StoreWriteError",
 ]
 
@@ -62,6 +64,20 @@ class StoreLocked(NbqupError, RuntimeError):
             f"store {path} is locked: its workers run in {holder}; open it with "
             "workers=0 to use it as a client, or stop that process"
         )
+
+
+class StorePermissionError(NbqupError, PermissionError):
+    """A store directory nbqup may not use as asked: it cannot write where it must, or
+    the directory is writable by others and nbqup cannot make it private."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"store {path}: {reason}")
+
+
+class StoreOwnerWarning(UserWarning):
+    """The store was written by another user: its pickles run with your rights."""
 
 
 class StoreCorrupt(NbqupError, ValueError):

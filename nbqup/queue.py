@@ -33,7 +33,14 @@ from typing import Any, TypeVar
 from . import capture, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
-from .errors import SerializationError, StoreCorrupt, StoreFailed, StoreWriteError
+from .errors import (
+    DiskFull,
+    SerializationError,
+    StoreCorrupt,
+    StoreFailed,
+    StorePermissionError,
+    StoreWriteError,
+)
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .health import disk_full
@@ -184,8 +191,12 @@ class JobQueue(Runtime):
             with self._lock:
                 if self._closed or self._stopping or self._failure is not None:
                     return
-                if not self._try_to_own():
-                    continue
+                try:
+                    if not self._try_to_own():
+                        continue
+                except StorePermissionError as exc:  # the owner left; we cannot run it
+                    log.error("nbqup: %s; this process stays a client", exc)
+                    return
             log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
             if not self._recover_when_room():  # closed meanwhile
                 return
@@ -202,7 +213,9 @@ class JobQueue(Runtime):
             return self.store.acquire_owner()
         except OSError as exc:
             self.store.release_owner()
-            full = None if self.path is None else disk_full(exc, self.path)
+            full = exc if isinstance(exc, DiskFull) else None
+            if full is None and self.path is not None:
+                full = disk_full(exc, self.path)
             if full is None:
                 raise
             self._trouble.failed(full)

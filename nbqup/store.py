@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 
 import zict
 
-from . import integrity
+from . import integrity, ownership, storedir
 from .backends import (
     DURABILITIES,
     TABLES,
@@ -302,7 +302,7 @@ class Store:
                 backend = MemoryBackend()
             else:
                 try:
-                    _make_private_dir(self.path)
+                    storedir.prepare(self.path)
                     integrity.before_open(self.path)  # what LMDB reads as it opens the file
                     backend = LMDBBackend(self.path / "lmdb", durability=durability)
                 except OSError as exc:  # no room for the directory (DiskFull is kept)
@@ -326,7 +326,7 @@ class Store:
             t: zict.Func(encode, decode, LMDBTable(backend, t))
             for t in ("fn", "args", "result", "ckpt", "logs", "rich", "sched", "corrupt")
         }
-        self._owner: Any = None
+        self._owner = None if self.path is None else ownership.Ownership(self.path)
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
     # -- format ------------------------------------------------------------------------
@@ -521,53 +521,36 @@ class Store:
     def count(self, table: str = "meta") -> int:
         return self.backend.count(table)
 
-    # -- the owner lock ----------------------------------------------------------------
+    # -- the owner lock (see nbqup.ownership) -----------------------------------------
 
     def acquire_owner(self) -> bool:
         """Become the one process that runs this store's workers; False if another is.
 
-        The lock is an OS file lock, released by the kernel when the process dies; the
-        holder's pid is written beside it for messages.
+        The lock is a ``flock`` on the store directory itself (deleting files in the
+        store cannot release it), released by the kernel when the process dies; the
+        holder's pid is written beside it for messages.  Raises
+        :class:`~nbqup.StorePermissionError` when the store directory cannot be written.
         """
-        if self.path is None or self._owner is not None:
-            return True
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(
-            str(self.path / "owner.lock"), timeout=0, thread_local=False, is_singleton=False
-        )
-        try:
-            lock.acquire()
-        except Timeout:
-            return False
-        self._owner = lock
-        info = json.dumps({"pid": os.getpid()})
-        tmp = self.path / "owner.json.tmp"
-        tmp.write_text(info)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path / "owner.json")
-        return True
+        return self._owner is None or self._owner.acquire()
 
     def owner_pid(self) -> int | None:
-        """Pid of the process holding the owner lock (as it wrote it), if known."""
+        """Pid of the live process holding the owner lock, if known."""
         if self.path is None:
             return None
-        try:
-            return int(json.loads((self.path / "owner.json").read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return ownership.holder(self.path)
 
     def locked_error(self) -> StoreLocked:
-        return StoreLocked(str(self.path), self.owner_pid())
+        assert self.path is not None
+        pid = ownership.holder(self.path) or ownership.recorded_pid(self.path)
+        return StoreLocked(str(self.path), pid)
 
     @property
     def is_owner(self) -> bool:
-        return self._owner is not None or self.path is None
+        return self._owner is None or self._owner.held
 
     def release_owner(self) -> None:
         if self._owner is not None:
             self._owner.release()
-            self._owner = None
 
     def close(self) -> None:
         self.release_owner()
@@ -616,17 +599,6 @@ def _create(txn: Txn) -> None:
 
 def _frame(table: str, body: bytes) -> bytes:
     return body if table in RAW_TABLES else encode(body)
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` readable by its owner only; refuse a path that is a file."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"store path {path} exists and is not a directory")
-    old = os.umask(0o077)
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    finally:
-        os.umask(old)
 
 
 _ERRORS_KEPT = 10_000  # batches after which a failed batch's error is dropped

@@ -30,12 +30,14 @@ def log(line):
 """
 
 
-def start(tmp_path: Path, body: str, *extra: str) -> subprocess.Popen[str]:
-    """Run ``PRELUDE + body`` as a script with the store and log paths as arguments."""
+def start(tmp_path: Path, body: str, *extra: str, stdin: bool = False) -> subprocess.Popen[str]:
+    """Run ``PRELUDE + body`` as a script with the store and log paths as arguments
+    (``stdin``: with a pipe to its standard input, to tell it when to go on)."""
     script = tmp_path / f"child{time.monotonic_ns()}.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
     args = [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "log"), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    pipe = subprocess.PIPE if stdin else None
+    return subprocess.Popen(args, stdin=pipe, stdout=subprocess.PIPE, text=True)
 
 
 def read_line(proc: subprocess.Popen[str]) -> str:
