@@ -1,4 +1,4 @@
-"""The benchmark runner, the chaos run and the damage run work, on a tiny size.
+"""The benchmark runner, the chaos, damage and fault runs work, on a tiny size.
 
 Nothing here is timed: the figures come from ``python -m benchmarks`` (see
 ``benchmarks/RESULTS.md``).  These only check that the scripts run end to end, write
@@ -123,3 +123,23 @@ def test_damaged_pages_never_kill_and_lose_nothing_silently(tmp_path: Path) -> N
     assert doc["opens"] == {"refused": 3}
     assert doc["totals"]["acknowledged"] == 60 and doc["totals"]["silent"] == 0
     assert all(row["ran"] == "ran" for row in doc["rows"])
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_and_deleted_lock_files_kill_nothing_and_run_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The fault run's full disk (a real tmpfs: root only) and its lock files deleted
+    under two live processes, on a small size: no death, no hang, nothing lost or run
+    twice.  The damage scenario is the test above."""
+    out = tmp_path / "faults.json"
+    scenarios = "disk,locks" if os.geteuid() == 0 else "locks"
+    args = ["benchmarks.faults", "--scenarios", scenarios, "--jobs", "40", "--lock-rounds", "1"]
+    proc = _run([*args, "--disk-jobs", "350", "--tmpdir", str(tmp_path), "--json", str(out)], 170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = {r["scenario"]: r for r in json.loads(out.read_text())["reports"]}
+    for report in reports.values():
+        counts = [report[k] for k in ("deaths", "hangs", "lost", "run_twice", "silent_losses")]
+        assert counts == [0, 0, 0, 0, 0] and report["rounds"] >= 1, report
+    if "disk" in reports:  # the disk really filled: the child heard DiskFull and went on
+        assert any("disk full" in p for p in reports["disk"]["problems"]), reports["disk"]
