@@ -26,6 +26,7 @@ from typing import Any
 from . import capture, payload
 from .capture import LogBuffer, RichOutputs
 from .context import JobContext, _current, current_log, current_outputs
+from .errors import last_line
 from .executors import Call, Executor, Outcome, load_fn
 
 __all__ = ["DaskExecutor"]
@@ -124,7 +125,7 @@ class DaskExecutor(Executor):
             return stopping
         if ok:
             return Outcome(ok=True, result_blob=blob, result_repr=text)
-        return Outcome(ok=False, error=RuntimeError(tb.strip().splitlines()[-1]), traceback=tb)
+        return Outcome(ok=False, error=RuntimeError(last_line(tb, "job failed")), traceback=tb)
 
     def _drain(self, channel: tuple[Any, Any], runtime: Any, job_id: str) -> None:
         inbox, outbox = channel

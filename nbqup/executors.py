@@ -22,6 +22,7 @@ from typing import Any
 
 from . import payload
 from .context import JobContext, _current
+from .errors import last_line
 
 __all__ = ["Call", "Executor", "Outcome", "ProcessExecutor", "ThreadExecutor", "make_executor"]
 
@@ -301,7 +302,8 @@ class ProcessExecutor(Executor):
                 _, ok, blob, text, tb = message
                 if ok:
                     return Outcome(ok=True, result_blob=blob, result_repr=text)
-                return Outcome(ok=False, error=RuntimeError(_last(tb)), traceback=tb)
+                failure = RuntimeError(last_line(tb, "job failed"))
+                return Outcome(ok=False, error=failure, traceback=tb)
             if kind == "log":
                 ctx.logs.write(message[1])
             elif kind == "rich":
@@ -329,11 +331,6 @@ class ProcessExecutor(Executor):
         for child in children:
             with contextlib.suppress(Exception):  # kill every child, whatever one does
                 child.kill()
-
-
-def _last(text: str | None) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "job failed"
 
 
 def make_executor(spec: object) -> Executor:
