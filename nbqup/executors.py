@@ -15,39 +15,16 @@ import sys
 import threading
 import traceback
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import payload
-from .context import JobContext, _current
+from .context import JobContext, RunningJob, call_in
 from .errors import last_line
+from .remote import Done, Receiver, Task
 
 __all__ = ["Call", "Executor", "Outcome", "ProcessExecutor", "ThreadExecutor", "make_executor"]
-
-
-_FN_CACHE_SIZE = 256
-_fn_cache: OrderedDict[str, Callable[..., Any]] = OrderedDict()
-_fn_cache_lock = threading.Lock()
-
-
-def load_fn(fn_hash: str, blob: bytes | Callable[[], bytes]) -> Callable[..., Any]:
-    """Unpickle a stored function, reusing the last few hundred by their content hash.
-
-    ``blob`` may be a function reading the pickle, called only when it is not cached.
-    """
-    with _fn_cache_lock:
-        fn = _fn_cache.get(fn_hash)
-        if fn is not None:
-            _fn_cache.move_to_end(fn_hash)
-            return fn
-    fn = payload.loads(blob() if callable(blob) else blob)
-    with _fn_cache_lock:
-        _fn_cache[fn_hash] = fn
-        if len(_fn_cache) > _FN_CACHE_SIZE:
-            _fn_cache.popitem(last=False)
-    return fn
 
 
 @dataclass
@@ -81,11 +58,11 @@ class Call:
         if self.local_fn is not None:
             return self.local_fn
         assert self.fn_hash is not None and self.fn_source is not None
-        return load_fn(self.fn_hash, self.fn_source)
+        return payload.load_fn(self.fn_hash, self.fn_source)
 
     def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self._loaded is None:
-            self._loaded = ((), {}) if self.args_blob is None else payload.loads(self.args_blob)
+            self._loaded = payload.loads_args(self.args_blob)
         return self._loaded
 
     @property
@@ -95,6 +72,18 @@ class Call:
     @property
     def kwargs(self) -> dict[str, Any]:
         return self._arguments()[1]
+
+    def invoke(self) -> Any:
+        """Call the function with the arguments, here."""
+        return self.fn(*self.args, **self.kwargs)
+
+    def task(self, job: RunningJob) -> Task:
+        """What runs this call in another process: the pickles as stored (a live callable
+        is pickled now)."""
+        fn_hash, fn_blob = self.fn_hash, self.fn_blob
+        if fn_hash is None or fn_blob is None:
+            fn_hash, fn_blob = payload.dumps_fn(self.fn)
+        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, self.args_blob)
 
 
 @dataclass
@@ -114,6 +103,25 @@ class Outcome:
     #: The process running the job died (or the cluster went away): the run did not fail,
     #: it is run again without using a retry, up to the job's ``max_crashes``.
     crashed: bool = False
+
+    @classmethod
+    def raised(cls, exc: BaseException) -> Outcome:
+        """The run raised ``exc``, being handled now (its traceback is taken here)."""
+        return cls(ok=False, error=exc, traceback=traceback.format_exc())
+
+    @classmethod
+    def stopped(cls, exc: BaseException, *, crashed: bool = False) -> Outcome:
+        """The run was stopped from outside (cancel, timeout) or lost (``crashed``):
+        ``exc`` says why; it has no traceback of its own."""
+        return cls(ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n", crashed=crashed)
+
+    @classmethod
+    def of(cls, done: Done) -> Outcome:
+        """How a run in another process ended, from its :class:`~nbqup.remote.Done`."""
+        if done.ok:
+            return cls(ok=True, result_blob=done.result_blob, result_repr=done.result_repr)
+        error = RuntimeError(last_line(done.traceback, "job failed"))
+        return cls(ok=False, error=error, traceback=done.traceback)
 
 
 class Executor(ABC):
@@ -140,14 +148,10 @@ class ThreadExecutor(Executor):
     name = "thread"
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
-        token = _current.set(ctx)
         try:
-            fn, args, kwargs = call.fn, call.args, call.kwargs
-            return Outcome(ok=True, value=fn(*args, **kwargs))
+            return Outcome(ok=True, value=call_in(ctx, call.invoke))
         except BaseException as exc:  # the job's error, whatever it is, is its outcome
-            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-        finally:
-            _current.reset(token)
+            return Outcome.raised(exc)
 
 
 class WorkerDied(RuntimeError):
@@ -249,32 +253,22 @@ class ProcessExecutor(Executor):
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
         try:
-            fn_hash, fn_blob = call.fn_hash, call.fn_blob
-            if fn_blob is None:  # a live callable: a task run by name, a registered executor
-                fn_hash, fn_blob = payload.dumps_fn(call.fn)
-            job = ctx.job
+            task = call.task(ctx.job)
             child = self._child()
-            child.send_conn.send(
-                ("run", call.job_id, job.name, job.attempts, fn_hash, fn_blob, call.args_blob)
-            )
+            child.send_conn.send(task)
         except Exception as exc:
-            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-        return self._follow(child, ctx)
-
-    def _follow(self, child: _Child, ctx: JobContext) -> Outcome:
-        """Relay the child's messages until it reports, dies, or must be stopped."""
-        received = [0]
+            return Outcome.raised(exc)
+        receiver = Receiver(ctx, reply=child.send_conn.send)
         try:
-            return self._relay(child, ctx, received)
+            return self._relay(child, ctx, receiver)
         finally:
             with self._lock:
-                self.messages_received += received[0]
+                self.messages_received += receiver.received
 
-    def _relay(self, child: _Child, ctx: JobContext, received: list[int]) -> Outcome:
-        runtime = ctx.runtime
-        job_id = ctx.job.id
+    def _relay(self, child: _Child, ctx: JobContext, receiver: Receiver) -> Outcome:
+        """Relay the child's messages until it reports, dies, or must be stopped."""
         while True:
-            stop = self._must_stop(ctx)
+            stop = must_stop(ctx)
             if stop is not None:
                 self._drop(child)
                 return stop
@@ -284,46 +278,14 @@ class ProcessExecutor(Executor):
                         raise EOFError
                     continue
                 message = child.recv_conn.recv()
-                received[0] += 1
             except (EOFError, OSError):
                 code = child.proc.wait()
                 self._drop(child)
-                error = WorkerDied(
-                    f"the worker process running job {job_id} died (exit code {code})"
-                )
-                return Outcome(
-                    ok=False,
-                    error=error,
-                    traceback=f"{type(error).__name__}: {error}\n",
-                    crashed=True,
-                )
-            kind = message[0]
-            if kind == "done":
-                _, ok, blob, text, tb = message
-                if ok:
-                    return Outcome(ok=True, result_blob=blob, result_repr=text)
-                failure = RuntimeError(last_line(tb, "job failed"))
-                return Outcome(ok=False, error=failure, traceback=tb)
-            if kind == "log":
-                ctx.logs.write(message[1])
-            elif kind == "rich":
-                ctx.outputs.add(message[1], message[2])
-            elif kind == "progress":
-                runtime.report_progress(job_id, message[1], message[2])
-            elif kind == "checkpoint":
-                runtime.save_checkpoint_blob(job_id, message[1])
-                child.send_conn.send(("ack",))
-            elif kind == "restore":
-                found, state = runtime.load_checkpoint(job_id)
-                blob = payload.dumps_result(state) if found else None
-                child.send_conn.send(("state", found, blob))
-
-    def _must_stop(self, ctx: JobContext) -> Outcome | None:
-        try:
-            ctx.check()
-        except BaseException as exc:  # JobCancelled or JobTimedOut: kill the process
-            return Outcome(ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n")
-        return None
+                why = f"the worker process running job {ctx.job.id} died (exit code {code})"
+                return Outcome.stopped(WorkerDied(why), crashed=True)
+            done = receiver.apply(message)
+            if done is not None:
+                return Outcome.of(done)
 
     def close(self, wait: bool = True) -> None:
         with self._lock:
@@ -331,6 +293,16 @@ class ProcessExecutor(Executor):
         for child in children:
             with contextlib.suppress(Exception):  # kill every child, whatever one does
                 child.kill()
+
+
+def must_stop(ctx: JobContext) -> Outcome | None:
+    """The outcome of a run asked to stop (cancelled, timed out), or ``None`` to go on:
+    what an executor whose job runs elsewhere checks while it waits."""
+    try:
+        ctx.check()
+    except BaseException as exc:  # JobCancelled or JobTimedOut
+        return Outcome.stopped(exc)
+    return None
 
 
 def make_executor(spec: object) -> Executor:

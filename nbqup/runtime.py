@@ -25,7 +25,6 @@ import itertools
 import logging
 import threading
 import time
-import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
@@ -478,9 +477,7 @@ class Runtime(NestedWaits, StoreTrouble):
             self._unstart(rec, ctx)  # the store refused: the job did not start
             raise
         except Exception as exc:
-            self._finish(
-                job_id, ctx, Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-            )
+            self._finish(job_id, ctx, Outcome.raised(exc))
             return rec, ctx, None
         return rec, ctx, call
 
