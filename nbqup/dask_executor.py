@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 from . import capture, remote
+from .calls import Call, Executor, Outcome, must_stop
 from .capture import LogBuffer, RichOutputs
 from .context import JobContext, current_log, current_outputs
-from .executors import Call, Executor, Outcome, must_stop
 
 __all__ = ["DaskExecutor"]
 
