@@ -12,7 +12,7 @@ jobs whose function was defined in the notebook.
 
 from __future__ import annotations
 
-from .context import checkpoint, current_job, progress, restore, track
+from .context import checkpoint, progress, restore, track
 from .errors import (
     Deadlock,
     DiskFull,
@@ -28,7 +28,7 @@ from .errors import (
     StorePermissionError,
     StoreWriteError,
 )
-from .handle import Job, Schedule
+from .handle import Job, Schedule, current_job
 from .job import Status
 from .queue import JobQueue
 

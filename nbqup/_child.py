@@ -1,10 +1,12 @@
 """The process side of ``executor="process"``: ``python -m nbqup._child READ_FD WRITE_FD``.
 
-A child runs one job at a time for its parent's worker slot.  It receives the pickled
-function and arguments (never the parent's open store), runs the call with a job context
-whose progress, checkpoints and output travel back over the pipe, and reports the
-outcome.  It is started with ``subprocess`` rather than ``multiprocessing`` so that the
-parent's ``__main__`` (a notebook or a script) is never imported again in the child.
+A child runs one job at a time for its parent's worker slot.  It receives the job's
+:class:`~nbqup.remote.Task` (the pickled function and arguments, never the parent's open
+store), runs it with a :class:`~nbqup.remote.Sender` as its runtime so that progress,
+checkpoints and output travel back over the pipe as :mod:`nbqup.remote` messages, and
+reports how it ended.  It is started with ``subprocess`` rather than ``multiprocessing``
+so that the parent's ``__main__`` (a notebook or a script) is never imported again in the
+child.
 """
 
 from __future__ import annotations
@@ -14,29 +16,16 @@ import os
 import sys
 import threading
 import time
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import capture, payload
-from .context import JobContext, _current, current_log, current_outputs
-from .executors import load_fn
-
-
-class ChildJob:
-    """What ``nbqup.current_job()`` returns inside a process job: the job's identity."""
-
-    def __init__(self, job_id: str, name: str, attempts: int) -> None:
-        self.id = job_id
-        self.name = name
-        self.attempts = attempts
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} {self.name!r} running attempts={self.attempts}>"
+from . import capture, remote
+from .context import current_log, current_outputs
 
 
 class Outbox:
-    """The child's end of the pipe to its parent: every message in order, output batched.
+    """The child's end of the pipe to its parent (a :class:`~nbqup.remote.Link`): every
+    message in order, output batched.
 
     Sending one pipe message per ``print`` made a job printing 500,000 lines 13x slower
     than under the thread executor.  What a job prints is gathered here and sent as one
@@ -61,6 +50,10 @@ class Outbox:
             self._flush()
             self.conn.send(message)
 
+    def recv(self) -> tuple[Any, ...]:
+        """The parent's reply to a request."""
+        return self.conn.recv()
+
     def write(self, text: str) -> int:
         """What the job printed or logged: kept until a flush (see the class)."""
         with self._lock:
@@ -81,7 +74,7 @@ class Outbox:
         if self._parts:
             text = "".join(self._parts)
             self._parts, self._size = [], 0
-            self.conn.send(("log", text))
+            self.conn.send((remote.LOG, text))
 
     def _flusher(self) -> None:
         while True:
@@ -101,76 +94,21 @@ FLUSH_BYTES = 64 * 1024
 FLUSH_EVERY = 0.1
 
 
-class PipeRuntime:
-    """The runtime a job context talks to: everything goes to the parent."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
-
-    def now(self) -> float:
-        return time.time()
-
-    def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
-        self.outbox.send(("progress", fraction, message))
-
-    def save_checkpoint(self, job_id: str, state: Any) -> None:
-        self.outbox.send(("checkpoint", payload.dumps_result(state)))
-        reply = self.outbox.conn.recv()  # durable in the parent's store when this arrives
-        if reply[0] != "ack":
-            raise RuntimeError(f"checkpoint not saved: {reply!r}")
-
-    def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
-        self.outbox.send(("restore",))
-        _, found, blob = self.outbox.conn.recv()
-        return (True, payload.loads(blob)) if found else (False, None)
-
-
-class _PipeOutputs:
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
-        self.dirty = False
-
-    def add(self, data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
-        self.outbox.send(("rich", data, metadata or {}))
-
-
 def serve(conn: Connection) -> None:
     """Run jobs sent by the parent until it closes the pipe."""
     capture.install(current_log, current_outputs)
     outbox = Outbox(conn)
-    runtime = PipeRuntime(outbox)
+    runtime = remote.Sender(outbox)
+    outputs = remote.SentOutputs(outbox)
     while True:
         try:
-            message = conn.recv()
+            task = conn.recv()
         except EOFError:
             return
-        _, job_id, name, attempts, fn_hash, fn_blob, args_blob = message
-        ctx = JobContext(ChildJob(job_id, name, attempts), runtime)  # type: ignore[arg-type]
-        ctx.logs = outbox  # type: ignore[assignment]
-        ctx.outputs = _PipeOutputs(outbox)  # type: ignore[assignment]
-        token = _current.set(ctx)
-        result: tuple[str, bool, bytes | None, str | None, str | None]
-        try:
-            fn = load_fn(fn_hash, fn_blob)
-            args, kwargs = ((), {}) if args_blob is None else payload.loads(args_blob)
-            value = fn(*args, **kwargs)
-            try:
-                result = (
-                    "done",
-                    True,
-                    payload.dumps_result(value),
-                    payload.short_repr(value),
-                    None,
-                )
-            except Exception as exc:  # an unpicklable result fails the job, not the child
-                result = ("done", False, None, None, f"{exc}\n")
-        except BaseException:
-            result = ("done", False, None, None, traceback.format_exc())
-        finally:
-            _current.reset(token)
-            sys.stdout.flush()
-            sys.stderr.flush()
-        outbox.send(result)  # after the job's last output
+        done = remote.run(task, runtime, outbox, outputs)  # type: ignore[arg-type]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        outbox.send((remote.DONE, *done))  # after the job's last output
 
 
 def _die_with_parent(parent: int) -> None:

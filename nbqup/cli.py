@@ -43,6 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import ownership
+from .errors import last_line
 
 if TYPE_CHECKING:
     from .job import JobRecord
@@ -407,7 +408,7 @@ def job_dict(rec: JobRecord) -> dict[str, Any]:
         "finished": _iso(rec.finished),
         "progress": rec.progress if _fraction(rec.progress) else None,
         "message": rec.message,
-        "error": _last_line(str(rec.error)) if rec.error else None,
+        "error": last_line(str(rec.error)) if rec.error else None,
         "traceback": rec.error,
         "result": rec.result_repr if rec.has_result else None,
         "tags": list(rec.tags) if isinstance(rec.tags, tuple | list) else [],
@@ -449,7 +450,7 @@ def _info(rec: JobRecord) -> str:
     if status == "succeeded":
         return rec.result_repr or ""
     if status == "failed":
-        return _last_line(str(rec.error)) if rec.error else str(rec.message or "")
+        return last_line(str(rec.error)) if rec.error else str(rec.message or "")
     if status == "scheduled" and _local(rec.scheduled_for):
         due = f"due {_local(rec.scheduled_for)}"
         return f"{due}: {rec.message}" if rec.message else due
@@ -457,11 +458,6 @@ def _info(rec: JobRecord) -> str:
         done = f"{rec.progress:.0%}"
         return f"{done} {rec.message}" if rec.message else done
     return str(rec.message or "")
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
 
 
 def _clip(text: object, width: int) -> str:

@@ -9,19 +9,38 @@ it at its next :func:`progress`, :func:`track` or :func:`checkpoint` call, which
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .capture import LogBuffer, RichOutputs
 from .errors import JobCancelled, JobTimedOut
 
-if TYPE_CHECKING:
-    from .handle import Job
-
-__all__ = ["JobContext", "checkpoint", "current_job", "progress", "restore", "track"]
+__all__ = [
+    "JobContext",
+    "RunningJob",
+    "Runtime",
+    "call_in",
+    "checkpoint",
+    "current_context",
+    "progress",
+    "restore",
+    "track",
+]
 
 T = TypeVar("T")
+
+
+class RunningJob(Protocol):
+    """What a context knows of the job it runs: in the queue's process the job's
+    :class:`~nbqup.Job` handle, in a worker process or a Dask task its identity only."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
 
 
 class Runtime(Protocol):
@@ -39,7 +58,7 @@ class JobContext:
 
     def __init__(
         self,
-        job: Job,
+        job: RunningJob,
         runtime: Runtime,
         *,
         deadline: float | None = None,
@@ -69,7 +88,18 @@ _current: ContextVar[JobContext | None] = ContextVar("nbqup_current_job", defaul
 
 
 def current_context() -> JobContext | None:
+    """The context of the job running in this thread, ``None`` outside a job."""
     return _current.get()
+
+
+def call_in(ctx: JobContext, fn: Callable[[], T]) -> T:
+    """``fn()`` run as the job of ``ctx``: what every executor does around a job's call, so
+    that :func:`progress`, ``print`` and ``display`` inside it reach that job."""
+    token = _current.set(ctx)
+    try:
+        return fn()
+    finally:
+        _current.reset(token)
 
 
 def current_log() -> LogBuffer | None:
@@ -82,12 +112,6 @@ def current_outputs() -> RichOutputs | None:
     """The rich outputs of the job running in this thread (used by :mod:`nbqup.capture`)."""
     ctx = _current.get()
     return None if ctx is None else ctx.outputs
-
-
-def current_job() -> Job | None:
-    """The :class:`~nbqup.Job` the calling code runs in, or ``None`` outside a job."""
-    ctx = _current.get()
-    return None if ctx is None else ctx.job
 
 
 def progress(i: float, total: float | None = None, message: str | None = None) -> None:

@@ -20,17 +20,17 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-import traceback
 from typing import Any
 
-from . import capture, payload
+from . import capture, remote
+from .calls import Call, Executor, Outcome, must_stop
 from .capture import LogBuffer, RichOutputs
-from .context import JobContext, _current, current_log, current_outputs
-from .executors import Call, Executor, Outcome, load_fn
+from .context import JobContext, current_log, current_outputs
 
 __all__ = ["DaskExecutor"]
 
-#: Seconds between progress messages sent from a task (the newest one wins).
+#: Seconds between progress messages sent from a task (the newest one wins), and between
+#: its looks at its stop event.
 PROGRESS_EVERY = 0.25
 
 
@@ -57,91 +57,54 @@ class DaskExecutor(Executor):
     def run(self, call: Call, ctx: JobContext) -> Outcome:
         try:
             self._wait_for_cluster(ctx)
-            fn_hash, fn_blob = call.fn_hash, call.fn_blob
-            if fn_blob is None:
-                fn_hash, fn_blob = payload.dumps_fn(call.fn)
-            tag = f"nbqup-{call.job_id}-{ctx.job.attempts}-{secrets.token_hex(3)}"
-            job = ctx.job
-            future = self.client.submit(
-                _run_task, call.job_id, job.name, job.attempts, fn_hash, fn_blob,
-                call.args_blob, tag, key=tag, pure=False,
-            )  # fmt: skip
+            task = call.task(ctx.job)
+            tag = f"nbqup-{call.job_id}-{task.attempts}-{secrets.token_hex(3)}"
+            future = self.client.submit(_run_task, task, tag, key=tag, pure=False)
         except Exception as exc:
-            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
+            return Outcome.raised(exc)
         try:
             return self._follow(future, tag, ctx)
         except Exception as exc:  # the cluster or the connection failed, not the job
             error = ClusterLost(f"the Dask cluster failed while running job {call.job_id}: {exc!r}")
-            return Outcome(ok=False, error=error, traceback=f"{error}\n", crashed=True)
+            return Outcome.stopped(error, crashed=True)
 
     def _follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
         """Wait for the task; talk to it only if it runs on past the first wait.
 
         The channel (two scheduler queues) and the stop event cost scheduler round trips
-        each, so a short task never makes them: its outcome comes back with the result.
+        each, so a short task never makes them: what it held back comes with its result.
         """
         from distributed import Event, Queue, wait
 
-        runtime, job_id = ctx.runtime, ctx.job.id
         stopping: Outcome | None = None
-        channel: tuple[Any, Any] | None = None
+        channel: list[Any] = []  # the task's queues up and down, once it runs on
+        receiver = remote.Receiver(ctx, reply=lambda message: channel[1].put(message))
         while True:
             if stopping is None:
-                try:
-                    ctx.check()
-                except BaseException as exc:  # cancelled or timed out: ask the task to stop
+                stopping = must_stop(ctx)
+                if stopping is not None:  # cancelled or timed out: ask the task to stop
                     Event(tag + "-stop", client=self.client).set()
-                    stopping = Outcome(
-                        ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n"
-                    )
-            if channel is not None:
-                self._drain(channel, runtime, job_id)
+            if channel:
+                _drain(channel[0], receiver)
             if future.done():
                 break
             # wait client-side: a timed-out Queue.get logs errors on the scheduler
             with contextlib.suppress(TimeoutError):
                 wait([future], timeout=self.check_every)
-            if channel is None and not future.done():  # it runs on: listen to it
-                channel = (
-                    Queue(tag + "-up", client=self.client),
-                    Queue(tag + "-down", client=self.client),
-                )
+            if not channel and not future.done():  # it runs on: listen to it
+                channel = [Queue(tag + suffix, client=self.client) for suffix in _QUEUES]
         if future.status == "cancelled":
-            raise ClusterLost(f"the task of job {job_id} was cancelled by the cluster")
-        ok, blob, text, tb, logs, bundles, last_progress = future.result()
-        if channel is not None:
-            self._drain(channel, runtime, job_id)
-            for queue in channel:  # the scheduler forgets a queue once all sides close it
-                with contextlib.suppress(Exception):
-                    queue.close()
-        if last_progress is not None:  # the last report, whether or not it came through
-            runtime.report_progress(job_id, *last_progress)
-        if logs:
-            ctx.logs.write(logs)
-        for bundle in bundles:
-            ctx.outputs.add(bundle["data"], bundle["metadata"])
+            raise ClusterLost(f"the task of job {ctx.job.id} was cancelled by the cluster")
+        held = future.result()
+        if channel:
+            _drain(channel[0], receiver)
+            _close(channel)
+        done = receiver.apply_all(held)
         if stopping is not None:
             return stopping
-        if ok:
-            return Outcome(ok=True, result_blob=blob, result_repr=text)
-        return Outcome(ok=False, error=RuntimeError(tb.strip().splitlines()[-1]), traceback=tb)
-
-    def _drain(self, channel: tuple[Any, Any], runtime: Any, job_id: str) -> None:
-        inbox, outbox = channel
-        for _ in range(inbox.qsize()):
-            self._handle(inbox.get(), outbox, runtime, job_id)
-
-    @staticmethod
-    def _handle(message: Any, outbox: Any, runtime: Any, job_id: str) -> None:
-        kind = message[0]
-        if kind == "progress":
-            runtime.report_progress(job_id, message[1], message[2])
-        elif kind == "checkpoint":
-            runtime.save_checkpoint_blob(job_id, message[1])
-            outbox.put(("ack",))
-        elif kind == "restore":
-            found, state = runtime.load_checkpoint(job_id)
-            outbox.put(("state", found, payload.dumps_result(state) if found else None))
+        if done is None:
+            raise remote.ProtocolError(ctx.job.id, "its Dask task ended without saying how")
+        return Outcome.of(done)
 
     def _wait_for_cluster(self, ctx: JobContext) -> None:
         while self.client.status != "running":
@@ -153,112 +116,81 @@ class DaskExecutor(Executor):
             self.client.close()
 
 
-class _TaskRuntime:
-    """The runtime a job context talks to inside a Dask task.
+#: Name suffixes of a task's scheduler queues: messages up, replies down.
+_QUEUES = ("-up", "-down")
 
-    Its channel to the queue's process (two scheduler queues) and the stop event are made
-    on first use: a task that reports nothing costs no scheduler round trip for them.
+
+def _drain(queue: Any, receiver: remote.Receiver) -> None:
+    for _ in range(queue.qsize()):
+        receiver.apply(queue.get())
+
+
+def _close(queues: list[Any]) -> None:
+    for queue in queues:  # the scheduler forgets a queue once all sides close it
+        with contextlib.suppress(Exception):
+            queue.close()
+
+
+class _TaskLink:
+    """A Dask task's :class:`~nbqup.remote.Link` to the queue's process, and its stop event.
+
+    The two scheduler queues and the event are made on first use: a task that reports
+    nothing costs no scheduler round trip for them.
     """
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
-        self._channel: tuple[Any, Any] | None = None
+        self._queues: list[Any] = []
         self._stop: Any = None
-        self._last_progress = 0.0
-        self._last_stop_check = time.monotonic()
-        self.ctx: JobContext | None = None
-        #: ``(fraction, message)`` of the last progress report, sent or not
-        self.last_progress: tuple[float | None, str | None] | None = None
+        self._last_look = time.monotonic()
 
-    def _open(self) -> tuple[Any, Any]:
-        if self._channel is None:
+    def _open(self) -> list[Any]:
+        if not self._queues:
             from distributed import Queue
 
-            self._channel = (Queue(self.tag + "-up"), Queue(self.tag + "-down"))
-        return self._channel
+            self._queues = [Queue(self.tag + suffix) for suffix in _QUEUES]
+        return self._queues
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._open()[0].put(message)
+
+    def recv(self) -> tuple[Any, ...]:
+        return self._open()[1].get()
+
+    def stop_asked(self) -> bool:
+        """Whether the queue's process set the stop event (looked at every
+        :data:`PROGRESS_EVERY` seconds at most)."""
+        now = time.monotonic()
+        if now - self._last_look <= PROGRESS_EVERY:
+            return False
+        self._last_look = now
+        if self._stop is None:
+            from distributed import Event
+
+            self._stop = Event(self.tag + "-stop")
+        return bool(self._stop.is_set())
 
     def close(self) -> None:
-        for queue in self._channel or ():
-            with contextlib.suppress(Exception):
-                queue.close()
-
-    @property
-    def up(self) -> Any:
-        return self._open()[0]
-
-    @property
-    def down(self) -> Any:
-        return self._open()[1]
-
-    def now(self) -> float:
-        return time.time()
-
-    def _check_stop(self) -> None:
-        now = time.monotonic()
-        if self.ctx is not None and now - self._last_stop_check > PROGRESS_EVERY:
-            self._last_stop_check = now
-            if self._stop is None:
-                from distributed import Event
-
-                self._stop = Event(self.tag + "-stop")
-            if self._stop.is_set():
-                self.ctx.stop_reason = "cancelled"
-
-    def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
-        self._check_stop()
-        self.last_progress = (fraction, message)
-        now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY or fraction == 1.0:
-            self._last_progress = now
-            self.up.put(("progress", fraction, message))
-
-    def save_checkpoint(self, job_id: str, state: Any) -> None:
-        self.save_checkpoint_blob(job_id, payload.dumps_result(state))
-
-    def save_checkpoint_blob(self, job_id: str, blob: bytes) -> None:
-        self._check_stop()
-        self.up.put(("checkpoint", blob))
-        self.down.get()  # durable in the ledger when this arrives
-
-    def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
-        self.up.put(("restore",))
-        _, found, blob = self.down.get()
-        return (True, payload.loads(blob)) if found else (False, None)
+        _close(self._queues)
 
 
 _captured = False
 
 
-class _TaskJob:
-    """What ``nbqup.current_job()`` returns inside a Dask task."""
-
-    def __init__(self, job_id: str, name: str, attempts: int) -> None:
-        self.id, self.name, self.attempts = job_id, name, attempts
-
-
-def _run_task(job_id: str, name: str, attempts: int, fn_hash: str, fn_blob: bytes,
-              args_blob: bytes | None, tag: str) -> tuple[Any, ...]:  # fmt: skip
-    """The Dask task: run the call; return (ok, result, repr, traceback, logs, outputs,
-    its last progress report or None)."""
+def _run_task(task: remote.Task, tag: str) -> list[tuple[Any, ...]]:
+    """The Dask task: run the job; return the messages it held back (its last progress
+    report, its output) and how it ended (:func:`nbqup.remote.held`)."""
     global _captured
     if not _captured and not capture.routing():
         # A worker process of its own: route its jobs' print/display for good.  (In the
         # queue's own process the queue has installed the routing already.)
         capture.install(current_log, current_outputs)
         _captured = True
-    runtime = _TaskRuntime(tag)
-    ctx = JobContext(_TaskJob(job_id, name, attempts), runtime, logs=LogBuffer())  # type: ignore[arg-type]
-    ctx.outputs = RichOutputs()
-    runtime.ctx = ctx
-    token = _current.set(ctx)
+    link = _TaskLink(tag)
+    sender = remote.Sender(link, progress_every=PROGRESS_EVERY, should_stop=link.stop_asked)
+    logs, outputs = LogBuffer(), RichOutputs()
     try:
-        fn = load_fn(fn_hash, fn_blob)
-        args, kwargs = ((), {}) if args_blob is None else payload.loads(args_blob)
-        value = fn(*args, **kwargs)
-        out: tuple[Any, ...] = (True, payload.dumps_result(value), payload.short_repr(value), None)
-    except BaseException:
-        out = (False, None, None, traceback.format_exc())
+        done = remote.run(task, sender, logs, outputs)
     finally:
-        _current.reset(token)
-        runtime.close()
-    return (*out, ctx.logs.text(), ctx.outputs.bundles(), runtime.last_progress)
+        link.close()
+    return remote.held(sender, logs, outputs, done)

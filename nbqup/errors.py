@@ -28,6 +28,23 @@ __all__ = [
 ]
 
 
+def last_line(text: str | None, default: str = "") -> str:
+    """The last non-blank line of ``text``, stripped; ``default`` if it has none.
+
+    A traceback's last line names the error (``ValueError: bad input``): what a job's
+    record, ``JobFailed`` and the command line show of a failure in one line.
+
+    >>> last_line("Traceback (most recent call last):\\n  ...\\nValueError: bad\\n\\n")
+    'ValueError: bad'
+    >>> last_line("  ", default="job failed")
+    'job failed'
+    """
+    for line in reversed((text or "").splitlines()):
+        if line.strip():
+            return line.strip()
+    return default
+
+
 class NbqupError(Exception):
     """Base class of every error nbqup raises on purpose."""
 
@@ -40,7 +57,7 @@ class JobFailed(NbqupError, RuntimeError):
         self.error = error or "unknown error"
         self.remote_traceback = self.error
         label = f"{name!r} ({job_id})" if name else job_id
-        last = self.error.strip().splitlines()[-1] if self.error.strip() else self.error
+        last = last_line(self.error, self.error)
         super().__init__(f"job {label} failed: {last}\n\nRemote traceback:\n{self.error}")
 
 

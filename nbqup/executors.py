@@ -3,7 +3,9 @@
 The queue owns a fixed number of worker slots (one thread each).  A slot takes a ready
 job from the queue and hands it to the executor's :meth:`Executor.run`, which returns the
 outcome; so whatever the executor, no more jobs run than there are slots and nothing
-busy-waits.  :class:`ThreadExecutor` runs the call inline in the slot's thread.
+busy-waits.  :class:`ThreadExecutor` runs the call inline in the slot's thread,
+:class:`ProcessExecutor` in a worker process of the slot's own; the interface they share
+is in :mod:`nbqup.calls`.
 """
 
 from __future__ import annotations
@@ -13,120 +15,12 @@ import os
 import subprocess
 import sys
 import threading
-import traceback
-from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from . import payload
-from .context import JobContext, _current
+from .calls import Call, Executor, Outcome, must_stop
+from .context import JobContext, call_in
+from .remote import Receiver
 
 __all__ = ["Call", "Executor", "Outcome", "ProcessExecutor", "ThreadExecutor", "make_executor"]
-
-
-_FN_CACHE_SIZE = 256
-_fn_cache: OrderedDict[str, Callable[..., Any]] = OrderedDict()
-_fn_cache_lock = threading.Lock()
-
-
-def load_fn(fn_hash: str, blob: bytes | Callable[[], bytes]) -> Callable[..., Any]:
-    """Unpickle a stored function, reusing the last few hundred by their content hash.
-
-    ``blob`` may be a function reading the pickle, called only when it is not cached.
-    """
-    with _fn_cache_lock:
-        fn = _fn_cache.get(fn_hash)
-        if fn is not None:
-            _fn_cache.move_to_end(fn_hash)
-            return fn
-    fn = payload.loads(blob() if callable(blob) else blob)
-    with _fn_cache_lock:
-        _fn_cache[fn_hash] = fn
-        if len(_fn_cache) > _FN_CACHE_SIZE:
-            _fn_cache.popitem(last=False)
-    return fn
-
-
-@dataclass
-class Call:
-    """A job ready to run.
-
-    In-process executors use :attr:`fn`, :attr:`args` and :attr:`kwargs` (unpickled on
-    first use; a function already unpickled in this process is not read again);
-    executors in other processes ship :attr:`fn_blob` and :attr:`args_blob` as they are.
-    ``local_fn`` is set instead of a pickle when the job runs a live object: a task
-    registered by name, or a registered executor's ``execute``.
-    """
-
-    job_id: str
-    fn_hash: str | None = None
-    #: Reads the pickled function (from the store) when it is needed.
-    fn_source: Callable[[], bytes] | None = None
-    args_blob: bytes | None = None
-    local_fn: Callable[..., Any] | None = None
-    _fn_blob: bytes | None = field(default=None, repr=False)
-    _loaded: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False)
-
-    @property
-    def fn_blob(self) -> bytes | None:
-        if self._fn_blob is None and self.fn_source is not None:
-            self._fn_blob = self.fn_source()
-        return self._fn_blob
-
-    @property
-    def fn(self) -> Callable[..., Any]:
-        if self.local_fn is not None:
-            return self.local_fn
-        assert self.fn_hash is not None and self.fn_source is not None
-        return load_fn(self.fn_hash, self.fn_source)
-
-    def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if self._loaded is None:
-            self._loaded = ((), {}) if self.args_blob is None else payload.loads(self.args_blob)
-        return self._loaded
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return self._arguments()[0]
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return self._arguments()[1]
-
-
-@dataclass
-class Outcome:
-    """How a run ended: a value, or an exception with its traceback text.
-
-    An executor in another process may hand back the result already pickled
-    (``result_blob``, with ``result_repr``) instead of ``value``.
-    """
-
-    ok: bool
-    value: Any = None
-    error: BaseException | None = None
-    traceback: str | None = None
-    result_blob: bytes | None = None
-    result_repr: str | None = None
-    #: The process running the job died (or the cluster went away): the run did not fail,
-    #: it is run again without using a retry, up to the job's ``max_crashes``.
-    crashed: bool = False
-
-
-class Executor(ABC):
-    """Runs one call at a time per worker slot."""
-
-    #: Short name for messages and the dashboard.
-    name = "executor"
-
-    @abstractmethod
-    def run(self, call: Call, ctx: JobContext) -> Outcome:
-        """Run ``call`` to completion in the context ``ctx``; never raises for the job's errors."""
-
-    def close(self, wait: bool = True) -> None:  # noqa: B027 - nothing to release by default
-        """Release resources (processes, connections)."""
 
 
 class ThreadExecutor(Executor):
@@ -139,14 +33,10 @@ class ThreadExecutor(Executor):
     name = "thread"
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
-        token = _current.set(ctx)
         try:
-            fn, args, kwargs = call.fn, call.args, call.kwargs
-            return Outcome(ok=True, value=fn(*args, **kwargs))
+            return Outcome(ok=True, value=call_in(ctx, call.invoke))
         except BaseException as exc:  # the job's error, whatever it is, is its outcome
-            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-        finally:
-            _current.reset(token)
+            return Outcome.raised(exc)
 
 
 class WorkerDied(RuntimeError):
@@ -248,32 +138,22 @@ class ProcessExecutor(Executor):
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
         try:
-            fn_hash, fn_blob = call.fn_hash, call.fn_blob
-            if fn_blob is None:  # a live callable: a task run by name, a registered executor
-                fn_hash, fn_blob = payload.dumps_fn(call.fn)
-            job = ctx.job
+            task = call.task(ctx.job)
             child = self._child()
-            child.send_conn.send(
-                ("run", call.job_id, job.name, job.attempts, fn_hash, fn_blob, call.args_blob)
-            )
+            child.send_conn.send(task)
         except Exception as exc:
-            return Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-        return self._follow(child, ctx)
-
-    def _follow(self, child: _Child, ctx: JobContext) -> Outcome:
-        """Relay the child's messages until it reports, dies, or must be stopped."""
-        received = [0]
+            return Outcome.raised(exc)
+        receiver = Receiver(ctx, reply=child.send_conn.send)
         try:
-            return self._relay(child, ctx, received)
+            return self._relay(child, ctx, receiver)
         finally:
             with self._lock:
-                self.messages_received += received[0]
+                self.messages_received += receiver.received
 
-    def _relay(self, child: _Child, ctx: JobContext, received: list[int]) -> Outcome:
-        runtime = ctx.runtime
-        job_id = ctx.job.id
+    def _relay(self, child: _Child, ctx: JobContext, receiver: Receiver) -> Outcome:
+        """Relay the child's messages until it reports, dies, or must be stopped."""
         while True:
-            stop = self._must_stop(ctx)
+            stop = must_stop(ctx)
             if stop is not None:
                 self._drop(child)
                 return stop
@@ -283,45 +163,14 @@ class ProcessExecutor(Executor):
                         raise EOFError
                     continue
                 message = child.recv_conn.recv()
-                received[0] += 1
             except (EOFError, OSError):
                 code = child.proc.wait()
                 self._drop(child)
-                error = WorkerDied(
-                    f"the worker process running job {job_id} died (exit code {code})"
-                )
-                return Outcome(
-                    ok=False,
-                    error=error,
-                    traceback=f"{type(error).__name__}: {error}\n",
-                    crashed=True,
-                )
-            kind = message[0]
-            if kind == "done":
-                _, ok, blob, text, tb = message
-                if ok:
-                    return Outcome(ok=True, result_blob=blob, result_repr=text)
-                return Outcome(ok=False, error=RuntimeError(_last(tb)), traceback=tb)
-            if kind == "log":
-                ctx.logs.write(message[1])
-            elif kind == "rich":
-                ctx.outputs.add(message[1], message[2])
-            elif kind == "progress":
-                runtime.report_progress(job_id, message[1], message[2])
-            elif kind == "checkpoint":
-                runtime.save_checkpoint_blob(job_id, message[1])
-                child.send_conn.send(("ack",))
-            elif kind == "restore":
-                found, state = runtime.load_checkpoint(job_id)
-                blob = payload.dumps_result(state) if found else None
-                child.send_conn.send(("state", found, blob))
-
-    def _must_stop(self, ctx: JobContext) -> Outcome | None:
-        try:
-            ctx.check()
-        except BaseException as exc:  # JobCancelled or JobTimedOut: kill the process
-            return Outcome(ok=False, error=exc, traceback=f"{type(exc).__name__}: {exc}\n")
-        return None
+                why = f"the worker process running job {ctx.job.id} died (exit code {code})"
+                return Outcome.stopped(WorkerDied(why), crashed=True)
+            done = receiver.apply(message)
+            if done is not None:
+                return Outcome.of(done)
 
     def close(self, wait: bool = True) -> None:
         with self._lock:
@@ -329,11 +178,6 @@ class ProcessExecutor(Executor):
         for child in children:
             with contextlib.suppress(Exception):  # kill every child, whatever one does
                 child.kill()
-
-
-def _last(text: str | None) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "job failed"
 
 
 def make_executor(spec: object) -> Executor:

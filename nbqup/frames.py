@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, StoreCorrupt
-from .job import FINAL, Status
+from .job import FINAL, Status, statuses
 from .schedule import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def _collect(
     missing fields, unknown status) is skipped.  Unfinished jobs are overlaid with their
     live, in-memory state.
     """
-    wanted = _statuses(status)
+    wanted = statuses(status)
     need = None if tags is None else frozenset([tags] if isinstance(tags, str) else tags)
     snap = operator.attrgetter(*_LIVE_FIELDS)
     # Live state first, then the store: a job ending in between is final in the scan (and
@@ -206,19 +206,6 @@ def _collect(
     except TypeError:  # a stored `created` that is not a number: such rows go last
         rows.sort(key=_created_or_last)
     return rows
-
-
-def _statuses(status: str | Iterable[str] | None) -> frozenset[str] | None:
-    if status is None:
-        return None
-    names = [status] if isinstance(status, str) else list(status)
-    unknown = [s for s in names if str(s) not in _CODES]
-    if unknown:
-        raise ValueError(
-            f"unknown status {', '.join(map(repr, unknown))}; "
-            f"statuses are: {', '.join(STATUS_ORDER)}"
-        )
-    return frozenset(str(s) for s in names)
 
 
 # ------------------------------------------------------------------------------ building

@@ -8,15 +8,16 @@ from before a kernel restart (``jq.get(id)``) is as good as a fresh one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from .context import current_context
 from .errors import JobCancelled, JobFailed
 from .job import JobRecord, ScheduleRecord, Status, as_datetime
 
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["Job", "Schedule"]
+__all__ = ["Job", "Schedule", "current_job"]
 
 
 class Job:
@@ -276,3 +277,16 @@ class Schedule:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def current_job() -> Job | None:
+    """The :class:`Job` the calling code runs in, or ``None`` outside a job.
+
+    In a worker process or a Dask task the queue is not at hand: there it is the job's
+    identity, with its ``id``, ``name`` and ``attempts``.
+
+    >>> current_job() is None   # outside a job
+    True
+    """
+    ctx = current_context()
+    return None if ctx is None else cast(Job, ctx.job)

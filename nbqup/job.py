@@ -10,6 +10,7 @@ fields that are missing (an older one did not write them).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -24,6 +25,7 @@ __all__ = [
     "ScheduleRecord",
     "Status",
     "as_datetime",
+    "statuses",
 ]
 
 #: Format version of :class:`JobRecord` as written by this nbqup.
@@ -61,6 +63,33 @@ class Status(str, Enum):
 
 FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
 UNFINISHED = frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING})
+
+
+def statuses(status: str | Iterable[str] | None) -> frozenset[Status] | None:
+    """The statuses a ``status=`` filter names (one or several); ``None`` for no filter.
+
+    Members hash and compare as their plain strings, so a stored ``"failed"`` is found in
+    the set as well as ``Status.FAILED``.  An unknown name is a ``ValueError`` naming it.
+
+    >>> statuses(["failed", Status.QUEUED]) == {"queued", "failed"}
+    True
+    >>> statuses("sleeping")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown status 'sleeping'; statuses are: scheduled, queued, running, ...
+    """
+    if status is None:
+        return None
+    names = [status] if isinstance(status, str) else list(status)
+    unknown = [name for name in names if str(name) not in _BY_VALUE]
+    if unknown:
+        raise ValueError(
+            f"unknown status {', '.join(map(repr, unknown))}; statuses are: {', '.join(_BY_VALUE)}"
+        )
+    return frozenset(_BY_VALUE[str(name)] for name in names)
+
+
+_BY_VALUE = {s.value: s for s in Status}
 
 
 @dataclass(kw_only=True, slots=True)

@@ -19,7 +19,9 @@ import hashlib
 import pickle
 import reprlib
 import sys
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,9 @@ __all__ = [
     "dumps_fn",
     "dumps_result",
     "kwargs_summary",
+    "load_fn",
     "loads",
+    "loads_args",
     "short_repr",
 ]
 
@@ -126,6 +130,36 @@ def dumps_result(value: Any) -> bytes:
 def loads(blob: bytes) -> Any:
     """Unpickle a payload (runs code, like any ``pickle.loads``)."""
     return pickle.loads(blob)
+
+
+def loads_args(blob: bytes | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` from :func:`dumps_args`' pickle (``None``: no arguments)."""
+    return ((), {}) if blob is None else pickle.loads(blob)
+
+
+#: Functions unpickled by :func:`load_fn` and kept, the most recently used.
+FN_CACHE_SIZE = 256
+_loaded_fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+_loaded_fns_lock = threading.Lock()
+
+
+def load_fn(fn_hash: str, blob: bytes | Callable[[], bytes]) -> Callable[..., Any]:
+    """Unpickle a stored function, reusing the last few hundred by their content hash:
+    a job run a thousand times is unpickled once per process.
+
+    ``blob`` may be a function reading the pickle, called only when it is not cached.
+    """
+    with _loaded_fns_lock:
+        fn = _loaded_fns.get(fn_hash)
+        if fn is not None:
+            _loaded_fns.move_to_end(fn_hash)
+            return fn
+    fn = loads(blob() if callable(blob) else blob)
+    with _loaded_fns_lock:
+        _loaded_fns[fn_hash] = fn
+        if len(_loaded_fns) > FN_CACHE_SIZE:
+            _loaded_fns.popitem(last=False)
+    return fn
 
 
 def compatible(python: str, pickler: str) -> str | None:

@@ -44,7 +44,7 @@ from .errors import (
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .health import disk_full
-from .job import FINAL, JobRecord, ScheduleRecord, Status
+from .job import FINAL, JobRecord, ScheduleRecord, Status, statuses
 from .keys import lookup_key, show_key, stored_key
 from .recurring import RUN_FIELDS, Schedules
 from .runtime import Runtime
@@ -340,7 +340,7 @@ class JobQueue(Runtime):
 
     def jobs(self, status: str | Iterable[str] | None = None) -> list[Job]:
         """Every job recorded, oldest first; only those with ``status`` if given."""
-        wanted = _statuses(status)
+        wanted = statuses(status)
         out = []
         for rec in self.store.scan():
             if isinstance(rec, StoreCorrupt):
@@ -976,17 +976,6 @@ def _schedule_key(fn: Any, fn_name: str, trigger: Trigger, args_blob: bytes | No
 
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _statuses(status: str | Iterable[str] | None) -> set[Status] | None:
-    if status is None:
-        return None
-    names = [status] if isinstance(status, str) else list(status)
-    try:
-        return {Status(s) for s in names}
-    except ValueError:
-        known = ", ".join(s.value for s in Status)
-        raise ValueError(f"unknown status in {status!r}; statuses are: {known}") from None
 
 
 @atexit.register

@@ -25,7 +25,6 @@ import itertools
 import logging
 import threading
 import time
-import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,7 +32,14 @@ from . import capture, payload
 from .capture import LogBuffer, RichOutputs
 from .clock import Clock
 from .context import JobContext, current_log, current_outputs
-from .errors import NbqupError, SerializationError, StoreCorrupt, StoreFailed, StoreWriteError
+from .errors import (
+    NbqupError,
+    SerializationError,
+    StoreCorrupt,
+    StoreFailed,
+    StoreWriteError,
+    last_line,
+)
 from .executors import Call, Executor, Outcome
 from .handle import Job
 from .job import FINAL, JobRecord, Status
@@ -471,9 +477,7 @@ class Runtime(NestedWaits, StoreTrouble):
             self._unstart(rec, ctx)  # the store refused: the job did not start
             raise
         except Exception as exc:
-            self._finish(
-                job_id, ctx, Outcome(ok=False, error=exc, traceback=traceback.format_exc())
-            )
+            self._finish(job_id, ctx, Outcome.raised(exc))
             return rec, ctx, None
         return rec, ctx, call
 
@@ -550,7 +554,7 @@ class Runtime(NestedWaits, StoreTrouble):
                 rec.output_attempt = rec.attempts
             cancelled = ctx.stop_reason is not None
             if outcome.crashed and not cancelled:
-                if _count_crash(rec, _last_line(outcome.traceback or str(outcome.error))):
+                if _count_crash(rec, last_line(outcome.traceback or str(outcome.error))):
                     self._end(rec, Status.FAILED, blobs=blobs)
                 else:
                     self._writer.add([rec.copy()], blobs)
@@ -577,7 +581,7 @@ class Runtime(NestedWaits, StoreTrouble):
         # caller holds the lock; ``blobs``: the run's outputs, written with the record
         text = outcome.traceback or repr(outcome.error)
         rec.error = text
-        rec.errors += (_last_line(text),)
+        rec.errors += (last_line(text),)
         runs = rec.attempts - rec.crashes - rec.run_base
         if runs <= rec.retries:
             delay = retry_delay(
@@ -589,7 +593,7 @@ class Runtime(NestedWaits, StoreTrouble):
             )
             rec.status = Status.SCHEDULED
             rec.scheduled_for = now + delay
-            rec.message = f"retry {runs} of {rec.retries} after: {_last_line(text)}"
+            rec.message = f"retry {runs} of {rec.retries} after: {last_line(text)}"
             self._writer.add([rec.copy()], blobs)
             if delay <= 0:
                 rec.status = Status.QUEUED
@@ -598,7 +602,7 @@ class Runtime(NestedWaits, StoreTrouble):
                 heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
                 self._sched.notify()
         else:
-            self._end(rec, Status.FAILED, message=_last_line(text), blobs=blobs)
+            self._end(rec, Status.FAILED, message=last_line(text), blobs=blobs)
 
     def _end(
         self,
@@ -774,11 +778,6 @@ class Runtime(NestedWaits, StoreTrouble):
     def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
         blob = self.store.get_blob("ckpt", job_id)
         return (False, None) if blob is None else (True, payload.loads(blob))
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
 
 
 def _output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:

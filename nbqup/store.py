@@ -173,6 +173,18 @@ def _load_record(data: bytes) -> JobRecord:
         raise _Corrupt(f"undecodable job record: {exc!r}") from exc
 
 
+def _stored_record(job_id: str, raw: bytes | None, path: Path | None) -> JobRecord | None:
+    """The record read as ``raw`` (``None`` if absent); :class:`StoreCorrupt` naming the
+    job and the store if it is damaged.  What :meth:`Store.load` and a transaction's
+    ``load`` both return."""
+    if raw is None:
+        return None
+    try:
+        return _load_record(raw)
+    except _Corrupt as exc:
+        raise StoreCorrupt(job_id, str(exc), str(path)) from None
+
+
 #: ``info`` key of the finished jobs' counts by status, kept by every record write.
 _COUNTS = "finished"
 _UNREAD: Any = object()  # Store._counts_seen before the first commit that changes counts
@@ -359,13 +371,7 @@ class Store:
 
     def load(self, job_id: str) -> JobRecord | None:
         """The job's record, ``None`` if absent; :class:`StoreCorrupt` if it is damaged."""
-        raw = self.backend.get("meta", job_id)
-        if raw is None:
-            return None
-        try:
-            return _load_record(raw)
-        except _Corrupt as exc:
-            raise StoreCorrupt(job_id, str(exc), str(self.path)) from None
+        return _stored_record(job_id, self.backend.get("meta", job_id), self.path)
 
     def pending_ids(self) -> list[str]:
         """Ids of the unfinished jobs, read without touching finished ones."""
@@ -564,13 +570,7 @@ class _StoreTxn:
         self.txn, self.store = txn, store
 
     def load(self, job_id: str) -> JobRecord | None:
-        raw = self.txn.get("meta", job_id)
-        if raw is None:
-            return None
-        try:
-            return _load_record(raw)
-        except _Corrupt as exc:
-            raise StoreCorrupt(job_id, str(exc), str(self.store.path)) from None
+        return _stored_record(job_id, self.txn.get("meta", job_id), self.store.path)
 
     def save(self, rec: JobRecord) -> None:
         """Write a record, keeping the pending index and the finished counts in step

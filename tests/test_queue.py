@@ -109,6 +109,16 @@ def test_wait_all_and_jobs_listing(jq: JobQueue) -> None:
         jq.jobs(status="finished")
 
 
+def test_status_filters_name_the_unknown_status_alike(jq: JobQueue) -> None:
+    # jobs() and jobs_df() take the same filter, and say which name in it is unknown.
+    pytest.importorskip("pandas")
+    for listing in (jq.jobs, jq.jobs_df):
+        with pytest.raises(ValueError, match=r"unknown status 'finshed'; statuses are: sch"):
+            listing(status=["failed", "finshed"])
+    assert jq.jobs(status=Status.FAILED) == []
+    assert len(jq.jobs_df(status=[Status.FAILED, "queued"])) == 0
+
+
 def test_get_by_id_and_prefix(jq: JobQueue) -> None:
     job = jq.submit(add, 1)
     job.wait(WAIT)

@@ -216,6 +216,11 @@ def test_a_record_that_unframes_but_is_not_a_record_is_corrupt(store: Store) -> 
     store.backend.write([("meta", "j2", encode(pickle.dumps({"name": "no id"})))])
     with pytest.raises(StoreCorrupt, match="'j2'"):
         store.load("j2")
+    # read inside a transaction: the same error, naming the job and the store
+    for read in (store.load, lambda job_id: store.transact(lambda txn: txn.load(job_id))):
+        with pytest.raises(StoreCorrupt, match="'j2'") as err:
+            read("j2")
+        assert err.value.key == "j2" and err.value.path == str(store.path)
 
 
 def test_scan_yields_records_and_store_corrupt_in_id_order(store: Store) -> None:
