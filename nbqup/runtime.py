@@ -41,6 +41,7 @@ from .nested import NestedWaits
 from .schedule import retry_delay
 from .store import GroupCommit, Store
 from .trouble import STORE_FAILED, StoreTrouble, WriteTrouble
+from .turns import SchedulerTurns
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,7 +70,7 @@ _ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the sto
 _zombies: dict[str, dict[str, threading.Thread]] = {}
 
 
-class Runtime(NestedWaits, StoreTrouble):
+class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
     """Recovery, scheduling and running of jobs; mixed into :class:`~nbqup.JobQueue`."""
 
     # State set up by JobQueue.__init__ (see there).
@@ -258,22 +259,26 @@ class Runtime(NestedWaits, StoreTrouble):
             with self._lock:
                 if self._stopping or self._failure is not None:
                     return
+                turn = self._turn_begins()  # a pass wait_turn() waits for: no sleep
                 now = self._clock.now()
                 self._release_due(now)
                 wait = next_check - time.monotonic()
                 if self._timed:
                     wait = min(wait, self._timed[0][0] - now)
-                if wait > 0:
+                if wait > 0 and not turn:
                     self._clock.wait(self._sched, wait)
                 if self._stopping:
                     return
             # a final write that failed is queued again: the next turn retries it
             if not self._guarded(self._settle, "writing finished jobs"):
                 return
-            if time.monotonic() >= next_check:
+            if turn or time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._poll
                 if not self._guarded(self._periodic_check, "periodic check"):
                     return
+            if turn:
+                with self._lock:
+                    self._turn_ends(turn)
 
     def _release_due(self, now: float) -> None:
         # caller holds the lock
