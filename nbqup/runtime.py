@@ -47,6 +47,7 @@ from .nested import NestedWaits
 from .schedule import retry_delay
 from .store import GroupCommit, Store
 from .trouble import STORE_FAILED, StoreTrouble, WriteTrouble
+from .turns import SchedulerTurns
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -75,7 +76,7 @@ _ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the sto
 _zombies: dict[str, dict[str, threading.Thread]] = {}
 
 
-class Runtime(NestedWaits, StoreTrouble):
+class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
     """Recovery, scheduling and running of jobs; mixed into :class:`~nbqup.JobQueue`."""
 
     # State set up by JobQueue.__init__ (see there).
@@ -266,6 +267,7 @@ class Runtime(NestedWaits, StoreTrouble):
             with self._lock:
                 if self._failure is not None or (self._stopping and not self._draining):
                     return
+                turn = self._turn_begins()  # a pass wait_turn() waits for: no sleep
                 now = self._clock.now()
                 if self._stopping:  # close(wait=True) waits for the running jobs
                     wait = self._release_awaited(now)  # only what they wait for
@@ -274,17 +276,20 @@ class Runtime(NestedWaits, StoreTrouble):
                     wait = next_check - time.monotonic()
                     if self._timed:
                         wait = min(wait, self._timed[0][0] - now)
-                if wait is None or wait > 0:
+                if (wait is None or wait > 0) and not turn:
                     self._clock.wait(self._sched, wait)
                 if self._stopping and not self._draining:
                     return
             # a final write that failed is queued again: the next turn retries it
             if not self._guarded(self._settle, "writing finished jobs"):
                 return
-            if not self._stopping and time.monotonic() >= next_check:
+            if not self._stopping and (turn or time.monotonic() >= next_check):
                 next_check = time.monotonic() + self._poll
                 if not self._guarded(self._periodic_check, "periodic check"):
                     return
+            if turn:
+                with self._lock:
+                    self._turn_ends(turn)
 
     def _release_due(self, now: float) -> None:
         # caller holds the lock

@@ -8,13 +8,15 @@ reference), never in a closure (pickled by value: the job would get a copy).
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import nbqup
 
 EVENTS: defaultdict[str, threading.Event] = defaultdict(threading.Event)
 CALLS: defaultdict[str, list[Any]] = defaultdict(list)
+#: Progress calls :func:`cooperative_loop` made, by name: where it looks at the clock.
+LOOKS: Counter[str] = Counter()
 
 
 def record(name: str, value: Any = None) -> Any:
@@ -31,4 +33,5 @@ def cooperative_loop(name: str) -> str:
     EVENTS[f"{name}:started"].set()
     while True:
         nbqup.progress(0.5)
+        LOOKS[name] += 1
         EVENTS[name].wait(0.001)

@@ -102,7 +102,8 @@ store = os.path.join(DISK, "store")
 jq = nbqup.JobQueue(store, workers=1)
 job = jq.submit(fill_then_return)
 print("WARNED", warned.wait(60), flush=True)    # its final write found the disk full
-print("WAITING", job.wait(timeout=0.2), flush=True)   # not done: not durable yet
+print("TURNED", jq.wait_turn(60), flush=True)  # a scheduler pass retried the final write
+print("WAITING", job.wait(0), flush=True)   # only looks: not done, not durable yet
 os.remove(FILLER)
 print("RESULT", job.result(timeout=60) == RESULT, flush=True)
 jq.close()
@@ -119,6 +120,7 @@ def test_a_final_write_that_finds_the_disk_full_is_retried_with_its_result(
     assert done.returncode == 0, outcome(done)
     out = results(done)
     assert out["WARNED"] == "True", outcome(done)
+    assert out["TURNED"] == "True", outcome(done)
     assert out["WAITING"] == "False", "the job was done before its final write was durable"
     assert out["RESULT"] == "True", outcome(done)
     assert out["REOPENED"] == "True", outcome(done)

@@ -210,7 +210,7 @@ def test_a_stored_interval_under_10ms_is_refused_with_a_warning(
     with jq:
         clock.advance(HOUR)
         assert jq.submit(abs, -1).result(WAIT) == 1  # the queue goes on
-        time.sleep(0.1)  # a few periodic checks: the schedule does not run
+        assert jq.wait_turn(WAIT)  # the scheduler looked (and checked): the schedule did not run
         assert jq.counts()["succeeded"] == 1 and len(jq.jobs()) == 1
         (sch,) = jq.schedules()
         sch.pause()  # it can be paused and cancelled, not resumed

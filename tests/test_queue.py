@@ -512,9 +512,9 @@ def test_delayed_job_with_manual_clock(tmp_path: Path, clock: ManualClock) -> No
         job = jq.after("5m").submit(add, 1)
         assert job.status == "scheduled"
         assert job.scheduled_for == datetime.fromtimestamp(clock.now() + 300, timezone.utc)
-        assert job.wait(timeout=0.2) is False  # real time passes, the clock does not
+        assert jq.wait_turn(WAIT) and job.status == "scheduled"  # the clock did not move
         clock.advance(299)
-        assert job.wait(timeout=0.2) is False
+        assert jq.wait_turn(WAIT) and job.status == "scheduled"  # it looked at 4:59
         clock.advance(1)
         assert job.result(timeout=WAIT) == 1
 
@@ -596,8 +596,10 @@ def test_close_without_wait_returns_fast_and_run_does_not_count(tmp_path: Path, 
     with JobQueue(path, workers=1) as again:
         job = again.get(job_id)
         assert job.attempts == 0  # the interrupted run does not count
-        # the old thread still runs it: the new queue must not start it twice
-        assert job.wait(timeout=0.3) is False and job.status == "queued"
+        # the old thread still runs it: the new queue must not start it twice (a turn
+        # runs the periodic check that lets it go once that thread ended)
+        assert again.wait_turn(WAIT)
+        assert job.status == "queued" and job.attempts == 0
         EVENTS[name].set()
         assert job.wait(WAIT)
         assert job.attempts == 1
@@ -615,7 +617,7 @@ def test_pickle_from_another_python_waits_until_a_task_of_its_name_exists(
         jq.store.commit([rec])
     with JobQueue(path, workers=1) as jq:
         job = jq.get(job_id)
-        assert job.wait(timeout=0.3) is False
+        assert jq.wait_turn(WAIT)  # the free worker took nothing
         assert job.status == "queued"
         assert "Python 3.99" in (job.message or "") and "register a task" in (job.message or "")
 

@@ -6,7 +6,9 @@ dependencies, the owner's periodic check, and bad input.
 
 Time only moves when a test calls ``clock.advance``/``clock.set``; the effect is then
 awaited with ``job.wait(timeout)`` or by polling a condition against a real-time deadline.
-A short real wait is used only to show that something does *not* happen.
+That something does *not* happen is checked after :func:`looked`: the scheduler has done a
+pass at the time the test set and free workers took what was ready (``jq.wait_turn``) --
+never after a pause, which on a slow scheduler thread would check nothing.
 
 Job functions live at module level and share state through module-level ``EVENTS`` and
 ``CALLS``: each run unpickles its function from the store, and module-level functions are
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
+from jobfns import CALLS, EVENTS, LOOKS, boom, cooperative_loop, record
 
 import nbqup
 from nbqup import Job, JobQueue, Schedule, Status
@@ -31,7 +33,6 @@ from nbqup.clock import ManualClock
 from nbqup.missed import MAX_CATCHUP
 
 WAIT = 20  # seconds: a generous bound for what should take milliseconds
-QUIET = 0.2  # real seconds to watch for something that must not happen
 HOUR = 3600.0
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -57,6 +58,13 @@ def block(name: str) -> str:
 def always_fails(name: str) -> None:
     CALLS[name].append(len(CALLS[name]) + 1)
     raise RuntimeError(f"attempt {len(CALLS[name])} failed")
+
+
+def looked(jq: JobQueue) -> None:
+    """Return once the scheduler has looked at the clock's current time (a full pass begun
+    now) and free workers have taken what became ready: what has not happened by then
+    does not happen at this time."""
+    assert jq.wait_turn(WAIT), "the scheduler did not finish a pass in time"
 
 
 def until(predicate: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -114,7 +122,7 @@ def test_after_runs_at_its_due_time_not_before(clock: ManualClock, name: str) ->
         assert job.record.scheduled_for == t0 + 90
         assert job.scheduled_for == utc(t0 + 90)
         clock.advance(89.999)
-        assert job.wait(timeout=QUIET) is False
+        looked(jq)
         assert job.status == "scheduled" and CALLS[name] == []
         clock.advance(0.001)
         assert job.result(timeout=WAIT) == "late"
@@ -132,7 +140,8 @@ def test_after_accepts_seconds_and_timedelta(clock: ManualClock) -> None:
         assert [j.record.scheduled_for for j in (a, b, c)] == [t0 + 30, t0 + 90, t0 + 5400]
         clock.advance(90)
         assert a.result(timeout=WAIT) == 1 and b.result(timeout=WAIT) == 2
-        assert c.wait(timeout=QUIET) is False
+        looked(jq)
+        assert c.status == "scheduled"
         clock.advance(5400 - 90)
         assert c.result(timeout=WAIT) == 3
 
@@ -144,7 +153,8 @@ def test_at_runs_at_the_wall_clock_time(clock: ManualClock, name: str) -> None:
         assert job.status == "scheduled"
         assert job.scheduled_for == datetime(2027, 2, 1, 8, 0, tzinfo=UTC)
         clock.set(when.timestamp() - 1)
-        assert job.wait(timeout=QUIET) is False
+        looked(jq)
+        assert job.status == "scheduled"
         clock.set(when.timestamp())
         assert job.result(timeout=WAIT) == "report"
         assert job.record.started == when.timestamp()
@@ -178,7 +188,7 @@ def test_every_runs_on_a_fixed_cadence_each_run_its_own_job(clock: ManualClock, 
         assert sch.runs == 0 and sch.jobs() == []
         assert sch.record.trigger["anchor"] == t0 + HOUR
         clock.advance(HOUR - 1)
-        time.sleep(QUIET)
+        looked(jq)
         assert sch.jobs() == [] and CALLS[name] == []
         clock.advance(1)
         assert settled_runs(sch, 1) == [(t0 + HOUR, "succeeded")]
@@ -234,7 +244,7 @@ def test_every_at_a_past_time_keeps_its_grid_and_records_nothing_before(
         anchor = now - 30 * 86_400 - HOUR  # 30 days and an hour ago
         sch = jq.every("1d").at(anchor).submit(tick, name)
         assert sch.next_run == utc(anchor + 31 * 86_400)  # 23 h from now, on the grid
-        time.sleep(QUIET)
+        looked(jq)
         assert sch.jobs() == []
         clock.set(anchor + 31 * 86_400)
         assert settled_runs(sch, 1) == [(anchor + 31 * 86_400, "succeeded")]
@@ -247,7 +257,7 @@ def test_every_at_a_past_time_keeps_its_grid_and_records_nothing_before(
         soon = jq.every("1h").at(now - 1).submit(record, name, "soon")
         assert settled_runs(soon, 1) == [(now - 1, "succeeded")]
         assert soon.next_run == utc(now - 1 + HOUR)
-        time.sleep(QUIET)
+        looked(jq)
         assert cron.jobs() == [] and len(jq.jobs()) == 2
 
 
@@ -270,7 +280,7 @@ def test_cron_weekly_in_berlin_fires_at_literal_times_across_dst(
         for n, when in enumerate(expected, 1):
             assert sch.next_run == when
             clock.set(when.timestamp() - 1)
-            time.sleep(QUIET if n == 1 else 0)
+            looked(jq)
             assert len(sch.jobs()) == n - 1
             clock.set(when.timestamp())
             assert settled_runs(sch, n)[-1] == (when.timestamp(), "succeeded")
@@ -360,7 +370,7 @@ def test_cancel_is_not_undone_by_a_concurrent_periodic_check(tmp_path: Path, nam
             sch = jq.options(key=f"k{i}").every("1h").submit(tick, name)
             assert sch.cancel() is True
             schedules.append(sch)
-        time.sleep(QUIET)  # many periodic checks
+        looked(jq)  # a check in flight has ended, and a whole one ran after the cancels
         assert [s.state for s in schedules] == ["cancelled"] * 400
         assert jq.schedules(state="active") == []
 
@@ -379,12 +389,12 @@ def test_pause_skips_its_slots_and_resume_continues_from_the_next(
         sch.pause()
         assert sch.state == "paused" and sch.next_run is None
         clock.advance(2.5 * HOUR)  # slots t0+2h and t0+3h pass while paused
-        time.sleep(QUIET)
+        looked(jq)
         assert len(sch.jobs()) == 1
         sch.resume()
         assert sch.state == "active"
         assert sch.next_run == utc(t0 + 4 * HOUR)  # the next slot on the same grid
-        time.sleep(QUIET)
+        looked(jq)
         assert len(sch.jobs()) == 1  # resuming does not catch up the paused slots
         clock.advance(0.5 * HOUR)
         assert settled_runs(sch, 2) == [(t0 + HOUR, "succeeded"), (t0 + 4 * HOUR, "succeeded")]
@@ -405,7 +415,7 @@ def test_paused_and_cancelled_states_survive_a_reopen(
     with JobQueue(path, workers=1, clock=clock) as jq:
         states = {s.key: s.state for s in jq.schedules()}
         assert states == {"p": "paused", "c": "cancelled"}
-        time.sleep(QUIET)
+        looked(jq)
         assert jq.jobs() == []  # neither fired, nothing was recorded as missed
         (paused,) = jq.schedules(state="paused")
         paused.resume()
@@ -525,7 +535,7 @@ def test_retry_delays_back_off_on_the_clock(clock: ManualClock, name: str) -> No
             assert rec.scheduled_for == clock.now() + delay
             assert rec.message == f"retry {n} of 3 after: RuntimeError: attempt {n} failed"
             clock.advance(delay - 0.5)
-            time.sleep(QUIET if n == 1 else 0)
+            looked(jq)
             assert job.attempts == n and job.status == "scheduled"
             clock.advance(0.5)
         assert job.wait(WAIT) and job.status == "failed"
@@ -580,7 +590,8 @@ def test_retry_wait_delay_and_dependency_survive_a_reopen(
         assert failing.record.scheduled_for == t0 + 10  # the due times were kept
         assert delayed.record.scheduled_for == t0 + 60
         clock.advance(4.5)
-        assert failing.wait(timeout=QUIET) is False and failing.attempts == 1
+        looked(jq)
+        assert failing.status == "scheduled" and failing.attempts == 1
         clock.advance(0.5)
         until(lambda: failing.attempts == 2 and failing.status == "scheduled", "retry 2")
         assert failing.record.scheduled_for == t0 + 10 + 30  # the backoff goes on
@@ -621,7 +632,11 @@ def test_timeout_fails_a_cooperative_job(clock: ManualClock, name: str) -> None:
         job = jq.options(timeout="10s").submit(cooperative_loop, name)
         assert EVENTS[f"{name}:started"].wait(WAIT)
         clock.advance(9)
-        assert job.wait(timeout=QUIET) is False and job.status == "running"
+        # the job checks its deadline at each progress call: one began after the advance
+        # once two more have ended (the first may have begun before it)
+        seen = LOOKS[name]
+        until(lambda: LOOKS[name] >= seen + 2 or job.done(), "the job to look at the clock")
+        assert job.status == "running"
         clock.advance(2)
         assert job.wait(WAIT)
         assert job.status == "failed" and job.attempts == 1
@@ -643,7 +658,8 @@ def test_dependency_chain_runs_in_order(clock: ManualClock, name: str) -> None:
         assert EVENTS[f"{name}:started"].wait(WAIT)
         assert b.status == "queued" and b.message == f"waiting for {a.id}"
         assert c.status == "queued" and c.message == f"waiting for {b.id}"
-        assert c.wait(timeout=QUIET) is False and CALLS[name] == []
+        looked(jq)  # the idle workers took nothing: b and c are not ready
+        assert (b.status, c.status) == ("queued", "queued") and CALLS[name] == []
         EVENTS[name].set()
         assert c.result(timeout=WAIT) == "c"
         assert CALLS[name] == ["b", "c"]
@@ -652,7 +668,8 @@ def test_dependency_chain_runs_in_order(clock: ManualClock, name: str) -> None:
         # a dependency that is delayed holds its dependents until it has run
         d = jq.after("1h").submit(record, name, "d")
         e = jq.options(depends_on=[d, a]).submit(record, name, "e")
-        assert e.wait(timeout=QUIET) is False
+        looked(jq)
+        assert (d.status, e.status) == ("scheduled", "queued")
         clock.advance(HOUR)
         assert e.result(timeout=WAIT) == "e"
         assert CALLS[name][-2:] == ["d", "e"]
@@ -730,7 +747,7 @@ def test_owner_runs_schedules_created_by_a_client(
         sch.pause()  # a request the owner applies on its next check
         until(lambda: owner.schedules()[0].state == "paused", "the pause")
         clock.advance(HOUR)
-        time.sleep(QUIET)
+        looked(owner)
         assert len(sch.jobs()) == 1
         assert CALLS[name] == [t0 + HOUR]
 
@@ -903,7 +920,9 @@ def test_bad_input_is_refused_and_records_nothing(
         assert {t: jq.store.count(t) for t in tables} == before
         assert len(jq.jobs()) == 1 and len(jq.schedules()) == 1
         # and the queue goes on normally
-        assert jq.after("1s").submit(abs, -3).wait(timeout=0.01) is False
+        later = jq.after("1s").submit(abs, -3)
+        looked(jq)
+        assert later.status == "scheduled"
         clock.advance(1)
         assert jq.wait(WAIT)
 

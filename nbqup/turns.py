@@ -1,0 +1,142 @@
+"""Knowing the scheduler has looked: :meth:`SchedulerTurns.wait_turn`.
+
+A test that checks that something does *not* happen -- a delayed job not yet due, a
+paused schedule that does not fire -- proves nothing by pausing first: on a slow machine
+the scheduler thread may not have looked at the new time yet, and the check passes
+whether or not the code is right.  ``jq.wait_turn()`` returns once the scheduler has
+done a full pass that began after the call: it read the clock (so it saw every
+``ManualClock.advance`` made before the call), released what was due, made final states
+durable, ran the periodic check (jobs, requests and schedules of other processes) and
+flushed what it wrote; and free worker slots have then taken every job that was ready.
+Whatever should have happened by then has happened, so a check right after it means
+something.
+
+The scheduler counts its passes under the queue's lock (:meth:`_turn_begins`,
+:meth:`_turn_ends`): an increment and a comparison per pass, nothing per job.  A pass
+someone waits for does not sleep before it ends, and always runs the periodic check.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .clock import wait_deadline, wait_left
+from .job import Status
+
+if TYPE_CHECKING:
+    from .errors import StoreFailed
+    from .job import JobRecord
+
+__all__ = ["SchedulerTurns"]
+
+#: Real seconds between looks at the worker slots while free ones may still take ready
+#: jobs (slots do not signal when they take one: that would cost every job).
+_SLOT_LOOK = 0.002
+#: Real seconds between looks at whether the queue closed or its store failed meanwhile
+#: (the scheduler then stops without ending the pass).
+_STOP_LOOK = 0.05
+
+
+class SchedulerTurns:
+    """Waiting for a scheduler pass; mixed into :class:`~nbqup.runtime.Runtime`."""
+
+    # State set up by JobQueue.__init__ (see there).
+    workers: int
+    is_owner: bool
+    _lock: threading.RLock
+    _sched: threading.Condition
+    _live: dict[str, JobRecord]
+    _ready: list[tuple[int, int, str]]
+    _running: dict[str, Any]  # job id -> its JobContext
+    _threads: list[threading.Thread]
+    _stopping: bool
+    _closed: bool
+    _failure: StoreFailed | None
+
+    #: Passes the scheduler began, and the last one it ended that someone waited for.
+    _turns_begun = 0
+    _turns_ended = 0
+    #: The highest pass number a :meth:`wait_turn` waits for.
+    _turn_wanted = 0
+    #: Woken at the end of a pass someone waited for; made by the first wait_turn.
+    _turn_cond: threading.Condition | None = None
+
+    if TYPE_CHECKING:  # provided by StoreTrouble
+
+        def _failed_error(self) -> StoreFailed: ...
+
+    def wait_turn(self, timeout: float | None = None) -> bool:
+        """Wait until the scheduler has done a full pass begun after this call, then until
+        free workers have taken what was ready; False if ``timeout`` (real seconds, None:
+        no limit) expired first.
+
+        For tests on a :class:`~nbqup.clock.ManualClock`: advance the clock, call this,
+        then check that nothing ran -- the scheduler has looked at the new time.  Raises
+        RuntimeError if this queue runs no scheduler (a client, or closed, also while
+        waiting), :class:`~nbqup.StoreFailed` if its store failed.
+
+        >>> from nbqup import JobQueue
+        >>> from nbqup.clock import ManualClock
+        >>> clock = ManualClock()
+        >>> with JobQueue(None, workers=1, clock=clock) as jq:
+        ...     job = jq.after("1h").submit(abs, -1)
+        ...     clock.advance(3599)
+        ...     print(jq.wait_turn(10), job.status)  # looked at 59:59: not due yet
+        ...     clock.advance(1)
+        ...     print(jq.wait_turn(10), job.status != "scheduled")  # released and taken
+        True scheduled
+        True True
+        """
+        deadline = wait_deadline(timeout)
+        with self._lock:
+            self._check_scheduler()
+            if self._turn_cond is None:
+                self._turn_cond = threading.Condition(self._lock)
+            want = self._turns_begun + 1  # begins after this: it reads the clock after us
+            self._turn_wanted = max(self._turn_wanted, want)
+            self._sched.notify_all()  # a sleeping scheduler starts that pass now
+            while self._turns_ended < want or self._ready_untaken():
+                left = wait_left(deadline)
+                if left is not None and left <= 0:
+                    return False
+                look = _SLOT_LOOK if self._turns_ended >= want else _STOP_LOOK
+                self._turn_cond.wait(look if left is None else min(left, look))
+                self._check_scheduler()
+        return True
+
+    def _check_scheduler(self) -> None:
+        """Raise unless a scheduler runs here (the caller holds the lock)."""
+        if self._failure is not None:
+            raise self._failed_error()
+        if self._closed or self._stopping:
+            raise RuntimeError(f"{self!r} is closed: its scheduler takes no more turns")
+        if not self.is_owner or not self._threads:
+            raise RuntimeError(
+                f"{self!r} runs no scheduler: only the process that owns the store "
+                "(opened with workers > 0 while no other did) takes scheduler turns"
+            )
+
+    def _ready_untaken(self) -> bool:
+        """Whether a ready job waits while a worker slot is free (the caller holds the
+        lock).  Slots running jobs in a waiting job's slot count once per job here."""
+        if len(self._running) >= self.workers:
+            return False
+        for _, _, job_id in self._ready:
+            rec = self._live.get(job_id)
+            if rec is not None and rec.status is Status.QUEUED:
+                return True
+        return False
+
+    # -- the scheduler's side (the caller holds the lock) --------------------------------
+
+    def _turn_begins(self) -> int:
+        """Count a pass beginning; its number if someone waits for it, else 0."""
+        self._turns_begun += 1
+        return self._turns_begun if self._turns_begun <= self._turn_wanted else 0
+
+    def _turn_ends(self, number: int) -> None:
+        """Pass ``number``, which someone waited for, is over: wake the waiters."""
+        self._turns_ended = number
+        if self._turn_cond is not None:
+            self._turn_cond.notify_all()
