@@ -21,7 +21,6 @@ import operator
 import os
 import random
 import secrets
-import sys
 import threading
 import time
 import weakref
@@ -30,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import capture, payload
+from . import capture, closing, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
 from .errors import (
@@ -470,10 +469,7 @@ class JobQueue(Runtime):
                     self._abandon(running)
         with contextlib.suppress(StoreFailed):  # told once already; nothing to write
             self._settle()
-        widgets = sys.modules.get("nbqup.widgets")
-        if widgets is not None:  # live views show the final state before the store closes
-            with contextlib.suppress(Exception):
-                widgets.before_close(self)
+        closing.run(self)  # views (registered hooks) show the final state; the store is open
         with self._lock:
             self._closed = True
             self._done.notify_all()
