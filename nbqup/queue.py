@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import capture, closing, payload
+from . import capture, closing, display_hooks, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
 from .errors import (
@@ -536,14 +536,10 @@ class JobQueue(Runtime):
 
     def widget(self) -> Any:
         """A live dashboard of this queue (ipywidgets; ``nbqup[notebook]``)."""
-        from .widgets import queue_widget
-
-        return queue_widget(self)
+        return display_hooks.display(repr(self)).queue_widget(self)
 
     def _ipython_display_(self) -> None:
-        from .widgets import display_queue
-
-        display_queue(self)
+        display_hooks.display(repr(self)).display_queue(self)
 
     def __enter__(self) -> JobQueue:
         return self

@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import closing
+from . import closing, display_hooks
 from .viewmodel import _now, _queue_closed, queue_state, render_html, render_text, row_state
 from .widget_refresher import BURST, HZ, MAX_MESSAGES, Refresher, refresher
 from .widget_views import (
@@ -191,3 +191,12 @@ def show_outputs(job: Job) -> None:
 
 
 closing.register(before_close)
+display_hooks.register(
+    display_hooks.Display(
+        queue_widget=queue_widget,
+        display_queue=display_queue,
+        job_widget=job_widget,
+        display_job=display_job,
+        show_outputs=show_outputs,
+    )
+)
