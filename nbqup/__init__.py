@@ -12,6 +12,7 @@ jobs whose function was defined in the notebook.
 
 from __future__ import annotations
 
+from . import widgets  # noqa: F401  (registers how queues and jobs show themselves)
 from .context import checkpoint, progress, restore, track
 from .errors import (
     Deadlock,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from . import display_hooks
 from .context import current_context
 from .errors import JobCancelled, JobFailed
 from .job import JobRecord, ScheduleRecord, Status, as_datetime
@@ -121,20 +122,14 @@ class Job:
     def show(self) -> None:
         """Display the job's rich outputs (figures, tables...) here, also after a restart;
         the job's text log when it displayed nothing."""
-        from .widgets import show_outputs
-
-        show_outputs(self)
+        display_hooks.display(f"job {self.id}").show_outputs(self)
 
     def widget(self) -> Any:
         """A live progress bar for this job (ipywidgets; ``nbqup[notebook]``)."""
-        from .widgets import job_widget
-
-        return job_widget(self)
+        return display_hooks.display(f"job {self.id}").job_widget(self)
 
     def _ipython_display_(self) -> None:
-        from .widgets import display_job
-
-        display_job(self)
+        display_hooks.display(f"job {self.id}").display_job(self)
 
     @property
     def checkpoint(self) -> Any:

@@ -21,7 +21,6 @@ import operator
 import os
 import random
 import secrets
-import sys
 import threading
 import time
 import weakref
@@ -30,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import capture, payload
+from . import capture, closing, display_hooks, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .context import JobContext
 from .errors import (
@@ -470,10 +469,7 @@ class JobQueue(Runtime):
                     self._abandon(running)
         with contextlib.suppress(StoreFailed):  # told once already; nothing to write
             self._settle()
-        widgets = sys.modules.get("nbqup.widgets")
-        if widgets is not None:  # live views show the final state before the store closes
-            with contextlib.suppress(Exception):
-                widgets.before_close(self)
+        closing.run(self)  # views (registered hooks) show the final state; the store is open
         with self._lock:
             self._closed = True
             self._done.notify_all()
@@ -540,14 +536,10 @@ class JobQueue(Runtime):
 
     def widget(self) -> Any:
         """A live dashboard of this queue (ipywidgets; ``nbqup[notebook]``)."""
-        from .widgets import queue_widget
-
-        return queue_widget(self)
+        return display_hooks.display(repr(self)).queue_widget(self)
 
     def _ipython_display_(self) -> None:
-        from .widgets import display_queue
-
-        display_queue(self)
+        display_hooks.display(repr(self)).display_queue(self)
 
     def __enter__(self) -> JobQueue:
         return self

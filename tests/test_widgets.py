@@ -16,7 +16,7 @@ import pytest
 from kernel_helpers import Kernel, widget_messages
 
 import nbqup
-from nbqup import widgets
+from nbqup import widget_refresher, widgets
 from nbqup.job import JobRecord, Status
 from nbqup.widgets import QueueView, Refresher, row_state
 
@@ -535,7 +535,7 @@ def test_closing_the_queue_shows_every_view_its_final_state(
     """Views stop updating once their queue is closed: close() first shows them the end,
     whatever the message budget left (a job ending just before close stayed 'running')."""
     ref = Refresher(thread=False, max_messages=0.001, burst=0)  # no budget at all
-    monkeypatch.setattr(widgets, "_REFRESHER", ref)
+    monkeypatch.setattr(widget_refresher, "_REFRESHER", ref)
     STOP.set()
     jq = nbqup.JobQueue(path=None, workers=1)
     job = jq.submit(waits)

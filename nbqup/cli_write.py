@@ -1,0 +1,112 @@
+"""The commands that change a store: ``nbqup cancel`` and ``nbqup retry`` (a request the
+process running the store's workers applies; they wait a few seconds to report what it
+did), ``nbqup salvage`` (a fresh copy of a damaged store) and ``nbqup demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .cli_store import CliError, find_job, one_line, open_store, owner_pid, store_dir
+
+if TYPE_CHECKING:
+    from .job import JobRecord
+    from .queue import JobQueue
+
+__all__ = ["run_cancel", "run_demo", "run_retry", "run_salvage"]
+
+#: How long cancel/retry wait for a live owner to apply their request before reporting.
+APPLY_WAIT = 5.0
+#: Once the owner took the request, how long to wait for the job to change as expected.
+SETTLE_WAIT = 0.5
+
+
+def _label(rec: JobRecord) -> str:
+    return f"{rec.id} ({rec.name})"
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    with open_store(args.path) as jq:
+        rec = find_job(jq, args.id)
+        if not jq.get(rec.id).cancel():
+            raise CliError(f"job {_label(rec)} already {rec.status}; nothing to cancel")
+        owner = owner_pid(jq)
+        if owner is None:
+            print(
+                f"cancel of job {_label(rec)} recorded; no process is running the store, "
+                "the next one to run it applies it before running anything"
+            )
+            return 0
+        now = _follow(jq, rec.id, lambda r: r.status.final)
+    if now.status == "cancelled":
+        print(f"cancelled job {_label(rec)}")
+    elif now.status.final:
+        raise CliError(f"job {_label(rec)} {now.status} before the cancel took effect")
+    elif now.status == "running":
+        print(
+            f"job {_label(rec)} is running; process {owner} asked it to stop (a thread job "
+            "stops at its next progress or checkpoint call)"
+        )
+    else:
+        print(f"cancel of job {_label(rec)} requested; process {owner} has not applied it yet")
+    return 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    with open_store(args.path) as jq:
+        rec = find_job(jq, args.id)
+        try:
+            jq.get(rec.id).retry()
+        except ValueError as exc:
+            raise CliError(one_line(exc)) from None
+        owner = owner_pid(jq)
+        if owner is None:
+            print(
+                f"retry of job {_label(rec)} recorded; no process is running the store, "
+                "the next one to run it runs the job"
+            )
+            return 0
+        before = (rec.status, rec.attempts, rec.finished)
+        now = _follow(jq, rec.id, lambda r: (r.status, r.attempts, r.finished) != before)
+    if (now.status, now.attempts, now.finished) != before:
+        print(f"retried job {_label(rec)}: now {now.status}")
+    else:
+        print(f"retry of job {_label(rec)} requested; process {owner} has not applied it yet")
+    return 0
+
+
+def _follow(jq: JobQueue, job_id: str, done: Callable[[JobRecord], bool]) -> JobRecord:
+    """Poll the job until ``done``, or until its request was taken and it settled a bit."""
+    deadline = time.monotonic() + APPLY_WAIT
+    taken_at = None
+    pause = 0.005
+    while True:
+        rec = jq.store.load(job_id)
+        if rec is None:  # pragma: no cover - records are never deleted
+            raise CliError(f"job {job_id} vanished from store {jq.path}")
+        now = time.monotonic()
+        if done(rec) or now >= deadline:
+            return rec
+        if taken_at is None and jq.store.backend.get("requests", job_id) is None:
+            taken_at = now
+        if taken_at is not None and now - taken_at >= SETTLE_WAIT:
+            return rec
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def run_salvage(args: argparse.Namespace) -> int:
+    from .salvage import salvage
+
+    for line in salvage(store_dir(args.path), args.to).lines():
+        print(line)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.path)

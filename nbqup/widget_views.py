@@ -1,0 +1,333 @@
+"""The live views: a queue's dashboard (:class:`QueueView`) and one job's progress bar
+(:class:`JobView`), built from ipywidgets.
+
+As in ``tqdm.notebook`` the model computes and the widgets only render: what a view shows
+comes from :mod:`nbqup.viewmodel`; its widgets are built once (in the calling thread) and
+afterwards only the refresher (:mod:`nbqup.widget_refresher`) writes their values.  Button
+callbacks call ``job.cancel()`` / ``job.retry()`` and leave every widget write to it.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import widget_refresher
+from .job import Status
+from .viewmodel import (
+    _TEXT,
+    MAX_ROWS,
+    QueueState,
+    RowState,
+    _counts_html,
+    _css_bar,
+    _now,
+    _queue_closed,
+    _row_html,
+    _status_html,
+    queue_state,
+    render_html,
+    render_text,
+    row_state,
+)
+from .widget_refresher import Refresher, Want
+
+if TYPE_CHECKING:
+    from .handle import Job
+    from .queue import JobQueue
+
+__all__ = ["ROWS_PER_TICK", "JobView", "QueueView", "import_ipywidgets", "job_html", "job_text"]
+
+#: Rows a dashboard builds per tick for jobs that appear (a row opens 5 widget comms).
+ROWS_PER_TICK = 4
+_INSTALL = "nbqup's live views need ipywidgets: pip install 'nbqup[notebook]'"
+
+
+def import_ipywidgets() -> Any:
+    """``ipywidgets``, imported on first use; an ImportError saying what to install."""
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError(_INSTALL) from exc
+    return ipywidgets
+
+
+def _style(widget_class: Any) -> Any:
+    """A style object for ``widget_class``, to share between many widgets (one comm)."""
+    return widget_class.class_traits()["style"].klass()
+
+
+class _Row:
+    """One dashboard row, built once per job: an HTML widget and three buttons."""
+
+    def __init__(self, view: QueueView, rs: RowState) -> None:
+        w, shared = view._w, view._shared
+        self.html = w.HTML(_row_html(rs), layout=shared["html"], style=shared["html_style"])
+        self.buttons = []
+        for label, tip, action in (
+            ("Output", "show what this job displayed and printed", view._on_show),
+            ("Cancel", "cancel this job: job.cancel()", view._on_cancel),
+            ("Retry", "run this failed or cancelled job again: job.retry()", view._on_retry),
+        ):
+            button = w.Button(
+                description=label,
+                tooltip=tip,
+                layout=shared["button"],
+                style=shared["button_style"],
+            )
+            button.on_click(lambda _b, action=action, job_id=rs.id: action(job_id))
+            self.buttons.append(button)
+        self.show, self.cancel, self.retry = self.buttons
+        self.cancel.disabled, self.retry.disabled = rs.final, not rs.can_retry
+        self.box = w.HBox([self.html, *self.buttons], layout=shared["row"])
+
+    def want(self, rs: RowState, want: Want, shown: bool) -> None:
+        want(self.html, 1 if rs.status is Status.RUNNING else 0, value=_row_html(rs))
+        want(self.show, 0, button_style="info" if shown else "")
+        want(self.cancel, 0, disabled=rs.final)
+        want(self.retry, 0, disabled=not rs.can_retry)
+
+    def widgets(self) -> list[Any]:
+        """The row's widgets, the box holding them last."""
+        return [self.html, *self.buttons, self.box]
+
+    def close(self) -> None:
+        for widget in self.widgets():
+            widget.close()
+
+
+class _LiveView:
+    """What both views share: a widget that keeps its view alive, registration with the
+    refresher, and closing (under the refresher's write lock, the one other writer)."""
+
+    widget: Any
+    done: bool
+    _closed: bool
+    _refresher: Refresher
+
+    def _start(self, done: bool) -> None:
+        """Called once the widgets are built: from now on only the refresher writes them."""
+        self.widget._nbqup_view = self  # the widget keeps its view alive until closed
+        self.done = done
+        if not done:
+            self._refresher.add(self)
+
+    @property
+    def closed(self) -> bool:
+        """Closed by :meth:`close`, or its widget was closed."""
+        return self._closed or self.widget.comm is None
+
+    def _close_widgets(self, widgets: list[Any]) -> None:
+        with self._refresher.write_lock:
+            self._closed = self.done = True
+            for widget in widgets:
+                widget.close()
+        self._refresher.wake()
+
+
+class QueueView(_LiveView):
+    """A queue's live dashboard; ``.widget`` is its ipywidgets ``VBox``.
+
+    Its widgets are built in the calling thread before the refresher knows of the view;
+    from then on only the refresher writes to them (:meth:`close` takes its write lock).
+    """
+
+    def __init__(
+        self, jq: JobQueue, max_rows: int = MAX_ROWS, refresher: Refresher | None = None
+    ) -> None:
+        self._w = w = import_ipywidgets()
+        self.jq = jq
+        self.max_rows = max_rows
+        self._closed = False
+        #: Shown under the counts: what went wrong with the last button click.
+        self.notice = ""
+        self._refresher = refresher or widget_refresher.refresher()
+        self._rows: dict[str, _Row] = {}
+        self._retired: list[_Row] = []
+        self._shown: str | None = None  # the job whose output is shown below the rows
+        self._panel: tuple[dict[str, Any], ...] = ()
+        self._panel_key: tuple[str | None, float] = (None, 0.0)
+        self._shared = {  # one layout and style per kind, not one per widget
+            "html": w.Layout(width="780px"),
+            "button": w.Layout(width="68px"),
+            "row": w.Layout(align_items="center"),
+            "html_style": _style(w.HTML),
+            "button_style": _style(w.Button),
+        }
+        state = self.state()
+        self.header = w.HTML(self._header(state))
+        self._rows = {rs.id: _Row(self, rs) for rs in state.rows}
+        self.rows_box = w.VBox([row.box for row in self._rows.values()])
+        self.output = w.Output()
+        self.widget = w.VBox([self.header, self.rows_box, self.output])
+        self._start(done=state.closed)
+
+    def state(self) -> QueueState:
+        """The model, computed now (reads only)."""
+        return queue_state(self.jq, self.max_rows)
+
+    def _header(self, state: QueueState) -> str:
+        notice = f'<br><span style="color:{_TEXT["danger"]}">{html.escape(self.notice)}</span>'
+        return _counts_html(state) + (notice if self.notice else "")
+
+    def refresh(self, want: Want) -> None:
+        state = self.state()
+        want(self.header, 0, value=self._header(state))
+        if state.closed:
+            for row in self._rows.values():
+                want(row.cancel, 0, disabled=True)
+                want(row.retry, 0, disabled=True)
+            self.done = True
+            return
+        built = 0
+        for rs in state.rows:
+            if rs.id not in self._rows:
+                if built == ROWS_PER_TICK:
+                    continue  # new rows are built a few per tick
+                self._rows[rs.id] = _Row(self, rs)
+                built += 1
+            self._rows[rs.id].want(rs, want, shown=rs.id == self._shown)
+        boxes = tuple(self._rows[rs.id].box for rs in state.rows if rs.id in self._rows)
+        want(self.rows_box, 0, children=boxes)
+        wanted = {rs.id for rs in state.rows}
+        self._retired += [self._rows.pop(j) for j in list(self._rows) if j not in wanted]
+        on_screen = set(map(id, self.rows_box.children))
+        for row in [r for r in self._retired if id(r.box) not in on_screen]:
+            row.close()  # closed once the children update that removed it was written
+            self._retired.remove(row)
+        want(self.output, 0, outputs=self._output_panel(state))
+
+    def _output_panel(self, state: QueueState) -> tuple[dict[str, Any], ...]:
+        """The Output area: the shown job's display() outputs and log, re-read every
+        second while the job runs."""
+        job_id = self._shown
+        if job_id is None:
+            return ()
+        final = next((rs.final for rs in state.rows if rs.id == job_id), True)
+        key, at = self._panel_key
+        if key == job_id and (final or time.monotonic() - at < 1.0):
+            return self._panel
+        try:
+            job = self.jq.get(job_id)
+            title, bundles, logs = f"── {job.name} ({job_id}) ──\n", job.outputs, job.logs
+        except Exception as exc:  # the job is gone, the store is closing...
+            title, bundles, logs = f"── {job_id}: {exc} ──\n", [], ""
+        panel = [{"output_type": "stream", "name": "stdout", "text": title}]
+        panel += [
+            {
+                "output_type": "display_data",
+                "data": b.get("data", {}),
+                "metadata": b.get("metadata", {}),
+            }
+            for b in bundles
+        ]
+        if logs or not bundles:
+            text = logs[-20_000:] or "(nothing displayed or printed)\n"
+            panel.append({"output_type": "stream", "name": "stdout", "text": text})
+        self._panel, self._panel_key = tuple(panel), (job_id, time.monotonic())
+        return self._panel
+
+    # Button callbacks run on the kernel's main thread: they call the queue and leave
+    # every widget write to the refresher.
+    def _on_cancel(self, job_id: str) -> None:
+        self._act(job_id, "cancel", lambda job: job.cancel())
+
+    def _on_retry(self, job_id: str) -> None:
+        self._act(job_id, "retry", lambda job: job.retry())
+
+    def _on_show(self, job_id: str) -> None:
+        self._shown = None if self._shown == job_id else job_id
+        self._panel_key = (None, 0.0)
+        self._refresher.wake()
+
+    def _act(self, job_id: str, what: str, action: Callable[[Job], Any]) -> None:
+        try:
+            action(self.jq.get(job_id))
+            self.notice = ""
+        except Exception as exc:
+            self.notice = f"{what} {job_id}: {exc}"
+        self._refresher.wake()
+
+    def close(self) -> None:
+        """Close the dashboard's widgets and stop updating it."""
+        rows = [*self._rows.values(), *self._retired]
+        widgets = [w for row in rows for w in row.widgets()]
+        self._close_widgets([*widgets, self.header, self.rows_box, self.output, self.widget])
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        state = self.state()
+        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        data.update({"text/plain": render_text(state), "text/html": render_html(state)})
+        return data
+
+    def __repr__(self) -> str:
+        return render_text(self.state())
+
+    def _repr_html_(self) -> str:
+        return render_html(self.state())
+
+
+class JobView(_LiveView):
+    """One job's live progress bar; ``.widget`` is its ipywidgets ``HBox``."""
+
+    def __init__(self, job: Job, refresher: Refresher | None = None) -> None:
+        w = import_ipywidgets()
+        self.job = job
+        self._closed = False
+        self._refresher = refresher or widget_refresher.refresher()
+        rs = self.state()
+        self.label = w.HTML(self._label(rs), layout=w.Layout(max_width="320px"))
+        self.bar = w.FloatProgress(value=rs.bar, min=0.0, max=1.0, bar_style=rs.bar_style)
+        self.info = w.HTML(html.escape(rs.info), layout=w.Layout(max_width="420px"))
+        self.widget = w.HBox(
+            [self.label, self.bar, self.info], layout=w.Layout(align_items="center")
+        )
+        self._start(done=rs.final)
+
+    def state(self) -> RowState:
+        return row_state(self.job.record, _now(getattr(self.job, "_queue", None)))
+
+    @staticmethod
+    def _label(rs: RowState) -> str:
+        return f"<b>{html.escape(rs.name)}</b> {_status_html(rs)}"
+
+    def refresh(self, want: Want) -> None:
+        if _queue_closed(getattr(self.job, "_queue", None)):
+            self.done = True
+            return
+        rs = self.state()
+        want(self.label, 0, value=self._label(rs))
+        want(self.bar, 0 if rs.final else 1, bar_style=rs.bar_style, value=rs.bar)
+        want(self.info, 0 if rs.final else 1, value=html.escape(rs.info))
+        self.done = rs.final
+
+    def close(self) -> None:
+        """Close the progress bar's widgets and stop updating it."""
+        self._close_widgets([self.label, self.bar, self.info, self.widget])
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        data.update({"text/plain": repr(self), "text/html": self._repr_html_()})
+        return data
+
+    def __repr__(self) -> str:
+        return job_text(self.state())
+
+    def _repr_html_(self) -> str:
+        return job_html(self.state())
+
+
+def job_text(rs: RowState) -> str:
+    filled = round(rs.bar * 10)
+    bar = "[" + "#" * filled + "." * (10 - filled) + "]"
+    return f"{rs.name} {bar} {rs.status} {rs.info}".rstrip() + f"  ({rs.id})"
+
+
+def job_html(rs: RowState) -> str:
+    e = html.escape
+    return (
+        f"<div><b>{e(rs.name)}</b> {_status_html(rs)} {_css_bar(rs, 200)} "
+        f"{e(rs.info)} <code>{e(rs.id)}</code></div>"
+    )
