@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from . import capture, closing, display_hooks, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
+from .commits import GroupCommit
 from .context import JobContext
 from .errors import (
     DiskFull,
@@ -48,7 +49,7 @@ from .keys import lookup_key, show_key, stored_key
 from .recurring import RUN_FIELDS, Schedules
 from .runtime import Runtime
 from .schedule import Trigger
-from .store import GroupCommit, Store
+from .store import Store
 from .submit import Submitter, Task, validate_options
 from .trouble import WriteTrouble
 

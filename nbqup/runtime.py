@@ -8,7 +8,7 @@ scheduler thread watches; worker slots take ready jobs and hand them to the exec
 Threads and locks: one lock guards the in-memory state; three conditions on it wake the
 workers (``_work``), the scheduler (``_sched``) and whoever waits for jobs (``_done``).
 Store writes happen *outside* that lock, through a group commit
-(:class:`~nbqup.store.GroupCommit`): writers that arrive while a commit is running are
+(:class:`~nbqup.commits.GroupCommit`): writers that arrive while a commit is running are
 written together in the next one.  A snapshot is queued for writing while the lock is
 held, so the writes of one job reach the store in the order its states were taken.  A
 final state is made durable before the job is forgotten and its waiters wake
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import capture, payload
 from .capture import LogBuffer, RichOutputs
 from .clock import Clock
+from .commits import GroupCommit
 from .context import JobContext, current_log, current_outputs
 from .errors import (
     NbqupError,
@@ -45,7 +46,7 @@ from .handle import Job
 from .job import FINAL, JobRecord, Status
 from .nested import NestedWaits
 from .schedule import retry_delay
-from .store import GroupCommit, Store
+from .store import Store
 from .trouble import STORE_FAILED, StoreTrouble, WriteTrouble
 from .turns import SchedulerTurns
 

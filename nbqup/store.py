@@ -39,14 +39,10 @@ no read transaction outlives a call; see :mod:`nbqup.backends` for the one excep
 
 Records
 -------
-A job record is stored as the tuple of its fields' values in a fixed, append-only order
-(:data:`~nbqup.job.JOB_FIELDS`): reading 100,000 of them back (``jobs_df``) costs half
-what a dict of the fields did, field names not being unpickled for every record.  Each
-value is framed as ``format version | codec | crc32 | body``, the CRC covering the
-codec mark and the body; bodies over a few KiB are zlib-compressed (``zlib.compress``
-costs about 30 us even on 100 bytes, more than an LMDB write, so small records are not).
-A torn or tampered record fails its checksum and is reported as
-:class:`~nbqup.StoreCorrupt` naming its key.
+How each value is framed (format, codec, CRC, compression) and the stored form of a job
+record are in :mod:`nbqup.codec`; the finished counts every record write keeps in step
+are in :mod:`nbqup.counts`.  A torn or tampered record fails its checksum and is reported
+as :class:`~nbqup.StoreCorrupt` naming its key.
 
 .. warning:: A store holds pickles.  Opening one and running its jobs runs code, exactly
    like ``pickle.load``: only open stores you (or someone you trust) wrote.
@@ -58,9 +54,6 @@ import json
 import operator
 import os
 import pickle
-import struct
-import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,11 +71,36 @@ from .backends import (
     MemoryBackend,
     Txn,
 )
+from .codec import (
+    _DEFAULT_VALUES,
+    _FIELD_AT,
+    _REQUIRED_FIELDS,
+    RAW_TABLES,
+    _Corrupt,
+    _dump_record,
+    _frame,
+    _load_record,
+    _stored_record,
+    _unframe,
+    decode,
+    encode,
+)
+from .counts import (
+    _COUNTED,
+    _COUNTS,
+    _COUNTS_FORMAT,
+    _UNREAD,
+    _add_counts,
+    _count_in,
+    _establish_counts,
+    _write_one,
+    _write_reading,
+)
 from .errors import NbqupError, StoreCorrupt, StoreLocked
 from .health import disk_full
-from .job import _JOB_DEFAULTS, _REQUIRED, FINAL, JOB_FIELDS, JobRecord, Status
+from .job import FINAL, JOB_FIELDS, JobRecord
 
-__all__ = ["RAW_TABLES", "STORE_FORMAT", "GroupCommit", "Store", "decode", "encode"]
+__all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
 
 T = TypeVar("T")
 
@@ -91,197 +109,6 @@ T = TypeVar("T")
 #: of a dict of fields; format-1 stores open (their records read as before) and are
 #: marked 2, so that an nbqup that only knows format 1 refuses them.
 STORE_FORMAT = 2
-#: Tables of tiny values (ids, flags) stored as they are; every other value is framed.
-RAW_TABLES = frozenset({"pending", "keys", "requests", "info"})
-
-# ---------------------------------------------------------------------------- codec
-
-_HEADER = struct.Struct("<BBI")
-_RECORD_FORMAT = 1
-_RAW, _ZLIB = 0, 1
-#: Bodies larger than this are compressed.
-COMPRESS_ABOVE = 4096
-
-
-class _Corrupt(ValueError):
-    """A value failed to decode (the caller adds the key)."""
-
-
-def encode(body: bytes) -> bytes:
-    """Frame ``body`` with a format version, a codec mark and a CRC32.
-
-    >>> decode(encode(b"hello")) == b"hello"
-    True
-    """
-    if len(body) > COMPRESS_ABOVE:
-        packed = zlib.compress(body, 1)
-        if len(packed) < len(body):
-            return _HEADER.pack(_RECORD_FORMAT, _ZLIB, _crc(_ZLIB, packed)) + packed
-    return _HEADER.pack(_RECORD_FORMAT, _RAW, _crc(_RAW, body)) + body
-
-
-def decode(data: bytes) -> bytes:
-    """Check and unframe a value written by :func:`encode`; raise ``ValueError`` if bad."""
-    body = _unframe(data)
-    return body if type(body) is bytes else bytes(body)
-
-
-def _unframe(data: bytes) -> bytes | memoryview:
-    """:func:`decode` without copying an uncompressed body out of ``data``."""
-    if len(data) < _HEADER.size:
-        raise _Corrupt(f"truncated record ({len(data)} bytes)")
-    fmt, codec, crc = _HEADER.unpack_from(data)
-    body = memoryview(data)[_HEADER.size :]
-    if fmt != _RECORD_FORMAT:
-        raise _Corrupt(f"unknown record format {fmt}")
-    if _crc(codec, body) != crc:
-        raise _Corrupt("checksum mismatch")
-    if codec == _RAW:
-        return body
-    if codec == _ZLIB:
-        try:
-            return zlib.decompress(body)
-        except zlib.error as exc:
-            raise _Corrupt(f"cannot decompress: {exc}") from None
-    raise _Corrupt(f"unknown codec {codec}")
-
-
-def _crc(codec: int, body: bytes | memoryview) -> int:
-    """CRC32 of the codec mark and the body: a flipped codec byte fails the check too."""
-    seed = _CRC_OF_CODEC[codec] if codec < len(_CRC_OF_CODEC) else zlib.crc32(bytes((codec,)))
-    return zlib.crc32(body, seed)
-
-
-_CRC_OF_CODEC = tuple(zlib.crc32(bytes((codec,))) for codec in (_RAW, _ZLIB))
-
-
-def _dump_record(rec: JobRecord) -> bytes:
-    return encode(pickle.dumps(rec.to_values(), protocol=5))
-
-
-def _load_record(data: bytes) -> JobRecord:
-    try:
-        values = pickle.loads(_unframe(data))
-        if type(values) is tuple:
-            return JobRecord.from_values(values)
-        if type(values) is dict:  # written by nbqup before store format 2
-            return JobRecord.from_dict(values)
-        raise TypeError(f"a {type(values).__name__}, not a tuple of values")
-    except _Corrupt:
-        raise
-    except Exception as exc:  # a record that unframes but does not make sense
-        raise _Corrupt(f"undecodable job record: {exc!r}") from exc
-
-
-def _stored_record(job_id: str, raw: bytes | None, path: Path | None) -> JobRecord | None:
-    """The record read as ``raw`` (``None`` if absent); :class:`StoreCorrupt` naming the
-    job and the store if it is damaged.  What :meth:`Store.load` and a transaction's
-    ``load`` both return."""
-    if raw is None:
-        return None
-    try:
-        return _load_record(raw)
-    except _Corrupt as exc:
-        raise StoreCorrupt(job_id, str(exc), str(path)) from None
-
-
-#: ``info`` key of the finished jobs' counts by status, kept by every record write.
-_COUNTS = "finished"
-_UNREAD: Any = object()  # Store._counts_seen before the first commit that changes counts
-
-
-def _write_reading(
-    txn: Txn,
-    puts: list[tuple[str, str, bytes]],
-    dels: list[tuple[str, str]],
-    records: dict[str, tuple[Status, bytes]],
-) -> bytes | None:
-    """Write inside ``txn``, the finished counts worked out from each record's stored
-    state; returns the counts written (None: the store has none yet)."""
-    for table, key, value in puts:
-        txn.put(table, key, value)
-    for table, key in dels:
-        txn.delete(table, key)
-    delta: dict[str, int] = {}
-    for job_id, (status, body) in records.items():
-        _write_one(txn, job_id, status, body, delta)
-    return _count_in(txn, delta)
-
-
-def _count_in(txn: Txn, delta: dict[str, int]) -> bytes | None:
-    """Change the stored finished counts by ``delta`` inside ``txn``; returns them (None:
-    the store has none yet, and ``finished_counts()`` will count every record)."""
-    raw = txn.get("info", _COUNTS)
-    if raw is not None and any(delta.values()):
-        raw = _add_counts(raw, delta)
-        txn.put("info", _COUNTS, raw)
-    return raw
-
-
-def _write_one(txn: Txn, job_id: str, status: Status, body: bytes, delta: dict[str, int]) -> None:
-    """Write one job record and its pending mark; count in ``delta`` how the finished
-    counts change, from the status the store held before."""
-    pending = txn.get("pending", job_id)
-    before = None if pending is not None else txn.get("meta", job_id)
-    old = None if before is None else _stored_status(before)
-    if old in _COUNTED:
-        delta[old] = delta.get(old, 0) - 1
-    txn.put("meta", job_id, body)
-    if status in FINAL:
-        delta[status.value] = delta.get(status.value, 0) + 1
-        txn.delete("pending", job_id)
-    else:
-        txn.put("pending", job_id, b"")
-
-
-def _add_counts(raw: bytes, delta: dict[str, int]) -> bytes:
-    try:
-        counts = list(_COUNTS_FORMAT.unpack(raw))
-    except struct.error:  # damaged: counted again by the next finished_counts()
-        return b""
-    for name, change in delta.items():
-        counts[_COUNTED.index(name)] += change
-    return _COUNTS_FORMAT.pack(*counts)
-
-
-def _stored_status(raw: bytes) -> str | None:
-    """The status a stored record holds, or None if it cannot be read."""
-    try:
-        values = pickle.loads(_unframe(raw))
-    except Exception:
-        return None
-    if type(values) is tuple and len(values) > _STATUS_AT:
-        return str(values[_STATUS_AT])
-    if type(values) is dict:
-        return str(values.get("status", Status.QUEUED.value))
-    return None
-
-
-def _establish_counts(txn: Txn) -> bytes:
-    """Count every readable finished record (inside one exclusive transaction)."""
-    raw = txn.get("info", _COUNTS)
-    if raw is not None and len(raw) == _COUNTS_FORMAT.size:  # counted meanwhile
-        return raw
-    counts = dict.fromkeys(_COUNTED, 0)
-    for value in txn.values("meta"):
-        status = _stored_status(value)
-        if status in counts:
-            counts[status] += 1
-    raw = _COUNTS_FORMAT.pack(*counts.values())
-    txn.put("info", _COUNTS, raw)
-    return raw
-
-
-#: The finished counts as stored: one signed 64-bit integer per final status, in this order.
-_COUNTED = ("succeeded", "failed", "cancelled", "skipped")
-_COUNTS_FORMAT = struct.Struct("<4q")
-_FIELD_AT = {name: i for i, name in enumerate(JOB_FIELDS)}
-_STATUS_AT = JOB_FIELDS.index("status")
-_REQUIRED_FIELDS = sum(1 for d in _JOB_DEFAULTS.values() if d is _REQUIRED)
-#: A field's default as a stored value reads (statuses as strings; shared: read only).
-_DEFAULT_VALUES = tuple(
-    None if d is _REQUIRED else getattr(d, "value", d) for d in _JOB_DEFAULTS.values()
-)
 
 # ---------------------------------------------------------------------------- store
 
@@ -595,123 +422,3 @@ def _create(txn: Txn) -> None:
     if txn.get("info", "format") is None:
         txn.put("info", "format", str(STORE_FORMAT).encode())
         txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
-
-
-def _frame(table: str, body: bytes) -> bytes:
-    return body if table in RAW_TABLES else encode(body)
-
-
-_ERRORS_KEPT = 10_000  # batches after which a failed batch's error is dropped
-
-
-class GroupCommit:
-    """Group commit: callers queue writes, one of them commits everything queued.
-
-    Writes queued while a commit runs form the next batch.  Its writers wait on that
-    batch's own condition, so each is woken once, when its batch is durable (not by every
-    commit before it); the thread that committed a batch hands the lead for the next one
-    to one of its writers and goes on with its own work (committing it itself would keep
-    that thread waiting on one more commit: with ``durability="fsync"``, 0.5 ms).
-    ``flush`` returns only once its batch is committed.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._records: dict[str, JobRecord] = {}
-        self._blobs: list[tuple[str, str, bytes]] = []
-        self._deletes: list[tuple[str, str]] = []
-        self._reopened: list[str] = []
-        self._batch = 0  # number of the batch being filled
-        self._done = -1  # number of the last batch committed
-        self._busy = False
-        self._waiting: dict[int, threading.Condition] = {}  # batch -> its writers' condition
-        self._errors: dict[int, BaseException] = {}  # batch -> why its commit failed
-
-    def add(
-        self,
-        records: Iterable[JobRecord] = (),
-        blobs: Iterable[tuple[str, str, bytes]] = (),
-        deletes: Iterable[tuple[str, str]] = (),
-        reopened: Iterable[str] = (),
-    ) -> int:
-        """Queue writes; returns a ticket for :meth:`flush`.  Records must be snapshots;
-        ``reopened`` as for :meth:`Store.commit`."""
-        with self._lock:
-            for rec in records:
-                self._records[rec.id] = rec
-            self._blobs.extend(blobs)
-            self._deletes.extend(deletes)
-            self._reopened.extend(reopened)
-            return self._batch
-
-    def flush(self, ticket: int | None = None) -> None:
-        """Return once batch ``ticket`` (default: everything queued so far) is committed;
-        raise what its commit raised, if it failed.
-
-        Without a ticket the error heard is the last batch's, which may hold other
-        writers' writes and not (all of) the caller's: a writer that must know whether
-        its own writes failed flushes the ticket :meth:`add` gave it, or asks
-        :meth:`failed` about it.
-        """
-        with self._lock:
-            if ticket is None:
-                ticket = self._batch
-            mine = True
-            if ticket == self._batch and not self._queued():
-                ticket -= 1  # nothing queued in it: the batches before are what counts
-                mine = False  # and their failures were their writers' to hear about
-            while self._done < ticket:
-                if self._busy:
-                    cond = self._waiting.get(ticket)
-                    if cond is None:
-                        cond = self._waiting[ticket] = threading.Condition(self._lock)
-                    try:
-                        cond.wait()
-                    except BaseException:  # interrupted: if handed the lead, pass it on
-                        if not self._busy and self._done < ticket:
-                            cond.notify()
-                        raise
-                    continue
-                self._lead()
-            error = self._errors.get(ticket) if mine else None
-        if error is not None:
-            raise error
-
-    def failed(self, ticket: int) -> BaseException | None:
-        """What the commit of batch ``ticket`` raised, if it failed (and was recent)."""
-        with self._lock:
-            return self._errors.get(ticket)
-
-    def _queued(self) -> bool:
-        return bool(self._records or self._blobs or self._deletes or self._reopened)
-
-    def _lead(self) -> None:
-        """Commit the batch being filled, then hand the lead for the next one to one of
-        its writers, if any wait (lock held; released while committing)."""
-        number, blobs, deletes = self._batch, self._blobs, self._deletes
-        records, reopened = list(self._records.values()), self._reopened
-        self._records, self._blobs, self._deletes, self._reopened = {}, [], [], []
-        self._batch += 1
-        self._busy = True
-        self._lock.release()
-        error = None
-        try:
-            self._store.commit(records, blobs, deletes, reopened)
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._lock.acquire()
-            self._busy = False
-            self._done = number
-            if error is not None:
-                self._errors[number] = error
-            if self._errors:  # kept for the batch's writers; theirs waited long enough
-                for old in [n for n in self._errors if n < number - _ERRORS_KEPT]:
-                    del self._errors[old]
-            done = self._waiting.pop(number, None)
-            if done is not None:
-                done.notify_all()
-        next_writers = self._waiting.get(self._batch)
-        if next_writers is not None:
-            next_writers.notify()  # one of them commits it

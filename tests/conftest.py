@@ -1,4 +1,4 @@
-"""Shared fixtures: store paths, a manual clock, and a check for leaked threads."""
+"""Shared fixtures: stores (in memory, on LMDB), store paths, a manual clock, leaked threads."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 
 from nbqup.clock import ManualClock
+from nbqup.store import Store
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A :class:`Store` in memory, then one on LMDB: what both must do alike."""
+    s = Store(None if request.param == "memory" else tmp_path / "store")
+    yield s
+    s.close()
 
 
 @pytest.fixture

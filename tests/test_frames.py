@@ -20,8 +20,8 @@ import pytest
 
 import nbqup
 from nbqup import JobQueue
+from nbqup.codec import encode
 from nbqup.frames import COLUMNS, STATUS_ORDER
-from nbqup.store import encode
 
 WAIT = 20  # seconds: generous bound for anything that should take milliseconds
 

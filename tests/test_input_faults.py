@@ -34,10 +34,10 @@ from test_scheduling import HOUR, WAIT, a_run_going, block, tick, until
 import nbqup
 from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
+from nbqup.codec import encode
 from nbqup.job import JobRecord
 from nbqup.keys import stored_key
 from nbqup.recurring import dump
-from nbqup.store import encode
 from nbqup.viewmodel import queue_state, render_html, render_text, row_state
 
 UTC = timezone.utc

@@ -13,30 +13,18 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from records import rec
 
 from nbqup.backends import MemoryBackend
+from nbqup.codec import decode, encode
 from nbqup.errors import NbqupError, StoreCorrupt, StoreLocked
 from nbqup.job import FINAL, JOB_FIELDS, UNFINISHED, JobRecord, Status
-from nbqup.store import COMPRESS_ABOVE, STORE_FORMAT, Store, decode, encode
-
-
-@pytest.fixture(params=["memory", "lmdb"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = Store(None if request.param == "memory" else tmp_path / "store")
-    yield s
-    s.close()
-
-
-def rec(job_id: str, status: Status = Status.QUEUED, **fields: Any) -> JobRecord:
-    return JobRecord(
-        id=job_id, name=f"job {job_id}", created=1_800_000_000.0, status=status, **fields
-    )
+from nbqup.store import STORE_FORMAT, Store
 
 
 def open_files_under(path: Path) -> list[str]:
@@ -120,48 +108,6 @@ def test_missing_things_are_none(store: Store) -> None:
     assert store.pending_ids() == []
     assert list(store.scan()) == []
     assert store.corrupt() == []
-
-
-# ------------------------------------------------------------------------ codec
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"", b"x", b"small record", bytes(range(256)), b"a" * COMPRESS_ABOVE],
-    ids=["empty", "one", "small", "all-bytes", "at-threshold"],
-)
-def test_small_bodies_are_stored_raw(body: bytes) -> None:
-    data = encode(body)
-    assert data[0] == 1  # format
-    assert data[1] == 0  # codec: raw
-    assert data.endswith(body)
-    assert len(data) == len(body) + 6
-    assert decode(data) == body
-
-
-def test_large_bodies_are_compressed() -> None:
-    body = b"compressible " * 1000
-    assert len(body) > COMPRESS_ABOVE
-    data = encode(body)
-    assert data[1] == 1  # codec: zlib
-    assert len(data) < len(body) // 10
-    assert decode(data) == body
-
-
-def test_large_incompressible_bodies_stay_raw() -> None:
-    body = os.urandom(COMPRESS_ABOVE * 2)
-    data = encode(body)
-    assert data[1] == 0
-    assert decode(data) == body
-
-
-def test_decode_rejects_damage() -> None:
-    with pytest.raises(ValueError, match="truncated"):
-        decode(b"\x01\x00")
-    with pytest.raises(ValueError, match="format"):
-        decode(bytes([9]) + encode(b"x")[1:])
-    with pytest.raises(ValueError, match="checksum"):
-        decode(encode(b"hello") + b"!")
 
 
 def flips(data: bytes) -> Iterator[tuple[str, bytes]]:
@@ -390,7 +336,7 @@ def test_setting_aside_twice_keeps_what_was_kept_first(store: Store) -> None:
 
 
 def test_every_final_status_is_counted() -> None:
-    from nbqup.store import _COUNTED
+    from nbqup.counts import _COUNTED
 
     assert set(_COUNTED) == {s.value for s in FINAL}
 
@@ -684,97 +630,3 @@ def test_results_that_cannot_be_pickled_name_their_type() -> None:
 
     with pytest.raises(SerializationError, match=r"the result \(lock\)"):
         payload.dumps_result(threading.Lock())
-
-
-# ------------------------------------------------------------------ group commit
-
-
-def test_group_commit_returns_only_once_each_writers_batch_is_in_the_store(
-    store: Store,
-) -> None:
-    """Many threads queue and flush at once: every flush returns with its record already
-    readable, and nothing hangs."""
-    import threading
-
-    from nbqup.store import GroupCommit
-
-    writer = GroupCommit(store)
-    commits = []
-    commit = store.commit
-
-    def counting(*args: Any) -> None:
-        commits.append(1)
-        commit(*args)
-
-    store.commit = counting  # type: ignore[method-assign]
-    missing: list[str] = []
-    start = threading.Barrier(8)
-
-    def write(t: int) -> None:
-        start.wait(timeout=20)
-        for i in range(150):
-            job_id = f"t{t}-{i:03d}"
-            writer.flush(writer.add([rec(job_id, Status.SUCCEEDED)]))
-            if store.load(job_id) is None:
-                missing.append(job_id)
-
-    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=60)
-    assert not any(th.is_alive() for th in threads)
-    assert missing == []
-    assert len(store.backend.keys("meta")) == 8 * 150
-    assert store.finished_counts()["succeeded"] == 8 * 150
-    made = len(commits)
-    writer.flush()  # nothing queued: returns at once, and commits nothing
-    writer.flush(writer.add())
-    assert len(commits) == made
-
-
-def test_every_writer_of_a_failed_batch_gets_its_error(store: Store) -> None:
-    import threading
-
-    from nbqup.store import GroupCommit
-
-    writer = GroupCommit(store)
-    entered, release = threading.Event(), threading.Event()
-    commit = store.commit
-
-    def slow_then_failing(records: Any, *args: Any) -> None:
-        if any(r.id == "first" for r in records):
-            entered.set()
-            release.wait(20)
-            return commit(records, *args)
-        raise OSError("disk full")
-
-    store.commit = slow_then_failing  # type: ignore[method-assign]
-    first = threading.Thread(target=lambda: writer.flush(writer.add([rec("first")])))
-    first.start()
-    assert entered.wait(20)  # the first batch is being committed: the next ones queue
-    errors: list[BaseException] = []
-
-    def second(job_id: str) -> None:
-        try:
-            writer.flush(writer.add([rec(job_id)]))
-        except OSError as exc:
-            errors.append(exc)
-
-    others = [threading.Thread(target=second, args=(f"x{i}",)) for i in range(3)]
-    for th in others:
-        th.start()
-
-    def queued() -> int:  # writers waiting for batch 1, behind the slow batch 0
-        cond = writer._waiting.get(1)
-        return len(cond._waiters) if cond is not None else 0  # type: ignore[attr-defined]
-
-    deadline = time.monotonic() + 20
-    while queued() < 3 and time.monotonic() < deadline:
-        threading.Event().wait(0.001)
-    assert queued() == 3
-    release.set()
-    for th in (first, *others):
-        th.join(timeout=20)
-    assert [str(e) for e in errors] == ["disk full"] * 3  # each of the batch's writers
-    assert store.load("first") is not None and store.load("x0") is None
