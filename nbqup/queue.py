@@ -640,7 +640,11 @@ class JobQueue(Runtime):
                         if rec.id not in self._live:
                             self._live[rec.id] = rec
                             self._place(rec)
-                self._settle()
+                # Our jobs are recorded: another job's final write that failed (a full
+                # disk) is queued again by this settle and reported by the workers, not
+                # raised here -- the caller would think nothing was recorded.
+                with contextlib.suppress(StoreWriteError):
+                    self._settle()
             return [Job(self, rec.id) for rec in records]
         finally:
             with self._lock:

@@ -705,3 +705,31 @@ def test_a_client_that_asked_for_workers_takes_over_when_the_owner_leaves(
     finally:
         owner.close()
         client.close()
+
+
+def test_a_recorded_submit_never_raises_another_jobs_failed_final_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's final write that found the disk full is queued again; a submit that
+    recorded its own job must return it, not raise that other write's old error (the
+    caller would think nothing was recorded and submit again)."""
+    with JobQueue(tmp_path / "q", workers=1) as jq:
+        backend = jq.store.backend
+        real_write = backend.write
+        full, refused = threading.Event(), threading.Event()
+
+        def write(puts: Any = (), deletes: Any = (), expect: Any = ()) -> None:
+            puts = list(puts)
+            if full.is_set() and any(table == "result" for table, _, _ in puts):
+                refused.set()
+                raise nbqup.DiskFull(str(jq.path), 0)  # the job's final write
+            real_write(puts, deletes, expect)
+
+        monkeypatch.setattr(backend, "write", write)
+        full.set()
+        first = jq.submit(pow, 2, 5)
+        assert refused.wait(10), "the final write was never tried"
+        full.clear()  # space again
+        second = jq.submit(pow, 2, 6)  # recorded: must not raise the first job's error
+        assert first.result(timeout=10) == 32
+        assert second.result(timeout=10) == 64
