@@ -35,3 +35,10 @@ def cooperative_loop(name: str) -> str:
         nbqup.progress(0.5)
         LOOKS[name] += 1
         EVENTS[name].wait(0.001)
+
+
+def held(name: str, value: Any) -> Any:
+    """Returns ``value`` once the test sets ``EVENTS[name]``."""
+    EVENTS[f"{name}:started"].set()
+    EVENTS[name].wait(30)
+    return value

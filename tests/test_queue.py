@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobfns import CALLS, EVENTS, boom, cooperative_loop, record
+from jobfns import CALLS, EVENTS, boom, cooperative_loop, held, record
 
 import nbqup
 from nbqup import JobQueue, Status
@@ -708,28 +708,35 @@ def test_a_client_that_asked_for_workers_takes_over_when_the_owner_leaves(
 
 
 def test_a_recorded_submit_never_raises_another_jobs_failed_final_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """A worker's final write that found the disk full is queued again; a submit that
-    recorded its own job must return it, not raise that other write's old error (the
+    """A job's final write that failed (a full disk) waits to be written again; a submit
+    that recorded its own job must return it, not raise that other write's old error (the
     caller would think nothing was recorded and submit again)."""
-    with JobQueue(tmp_path / "q", workers=1) as jq:
+    with JobQueue(tmp_path / "q", workers=1, poll_interval=3600) as jq:
         backend = jq.store.backend
         real_write = backend.write
         full, refused = threading.Event(), threading.Event()
 
         def write(puts: Any = (), deletes: Any = (), expect: Any = ()) -> None:
-            puts = list(puts)
-            if full.is_set() and any(table == "result" for table, _, _ in puts):
+            if full.is_set():
                 refused.set()
-                raise nbqup.DiskFull(str(jq.path), 0)  # the job's final write
+                raise nbqup.DiskFull(str(jq.path), 0)
             real_write(puts, deletes, expect)
 
+        done = jq.submit(held, name, 128)
+        assert EVENTS[f"{name}:started"].wait(10)
         monkeypatch.setattr(backend, "write", write)
         full.set()
-        first = jq.submit(pow, 2, 5)
-        assert refused.wait(10), "the final write was never tried"
+        EVENTS[name].set()  # the job returns: its final write finds the disk full
+        assert refused.wait(10)
+        deadline = time.monotonic() + 10
+        while not any(rec.id == done.id for rec, _, _ in jq._ending):  # queued again
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        with pytest.raises(nbqup.DiskFull):  # the disk is full: this one is refused,
+            jq.submit(pow, 2, 5)  # and the batch with the job's final write fails again
         full.clear()  # space again
-        second = jq.submit(pow, 2, 6)  # recorded: must not raise the first job's error
-        assert first.result(timeout=10) == 32
+        second = jq.submit(pow, 2, 6)  # recorded: must not raise the old error
         assert second.result(timeout=10) == 64
+        assert done.result(timeout=10) == 128
