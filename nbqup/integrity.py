@@ -109,6 +109,10 @@ def before_open(path: Path) -> None:
     :func:`after_open` walks it all under a read transaction.
     """
     data = path / DATA
+    # The evidence is read before the file: another process creating this store writes
+    # it only once the file holds the format record, so evidence seen first and a blank
+    # file seen after is damage, not a creation racing this look.
+    why = existed(path)
     try:
         size = data.stat().st_size
     except FileNotFoundError:
@@ -116,7 +120,6 @@ def before_open(path: Path) -> None:
     except OSError as exc:
         raise _unopenable(path, exc) from exc
     if not size:
-        why = existed(path)
         if why is not None:
             state = "missing" if size is None else "empty"
             raise damaged(path, f"its data file {DATA} is {state}, yet {why}")
@@ -124,7 +127,7 @@ def before_open(path: Path) -> None:
     if not SUPPORTED:
         return
     try:
-        _look(path)
+        _look(path, new=why is None)
     except OSError as exc:
         raise _unopenable(path, exc) from exc
 
@@ -134,12 +137,13 @@ def _unopenable(path: Path, exc: OSError) -> NbqupError:
     return NbqupError(f"cannot open store {path / DATA.parent}: {exc}")
 
 
-def _look(path: Path) -> None:
-    """:func:`before_open`'s looks at an existing data file."""
+def _look(path: Path, *, new: bool) -> None:
+    """:func:`before_open`'s looks at an existing data file (``new``: no evidence that
+    the store existed was there before the file was looked at)."""
     data = path / DATA
     for _ in range(_LOOKS):
         with DataFile(data) as f:
-            if _blank(f) and existed(path) is None:
+            if _blank(f) and new:
                 return  # being created by another process: LMDB waits for it
             metas = read_metas(f)
             try:

@@ -174,15 +174,13 @@ class Store:
         """Record the format of a new store; refuse one of a newer format, or one that
         shows it is not new but lost its format record (see :mod:`nbqup.integrity`)."""
         raw = self.backend.get("info", "format")
-        if raw is None:
-            held = {t: n for t in TABLES if (n := self.backend.count(t))}
-            why = integrity.not_new(self.path, held)
+        if raw is None:  # decided in one write transaction: another process may be creating it
+            raw, why = self.backend.transact(lambda txn: _create(txn, self.path))
             if why is not None:
                 raise integrity.damaged(
                     self.path, f"its format record (info/format) is missing, yet {why}"
                 )
-            self.backend.transact(_create)
-        else:
+        if raw is not None:
             found = integrity.format_number(raw, self.path)
             if found > STORE_FORMAT:
                 raise NbqupError(
@@ -417,8 +415,17 @@ class _StoreTxn:
         self.txn.delete(table, key)
 
 
-def _create(txn: Txn) -> None:
-    """Record a new store's format (unless another process just did): nothing finished."""
-    if txn.get("info", "format") is None:
-        txn.put("info", "format", str(STORE_FORMAT).encode())
-        txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
+def _create(txn: Txn, path: Path | None) -> tuple[bytes | None, str | None]:
+    """Record a new store's format: nothing finished.  Returns the format record another
+    process wrote first, or why the store is not new (it lost its format record), or
+    ``(None, None)`` once it is created."""
+    raw = txn.get("info", "format")
+    if raw is not None:
+        return raw, None
+    held = {t: n for t in TABLES if (n := sum(1 for _ in txn.values(t)))}
+    why = integrity.not_new(path, held)
+    if why is not None:
+        return None, why
+    txn.put("info", "format", str(STORE_FORMAT).encode())
+    txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
+    return None, None

@@ -311,3 +311,28 @@ def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> Non
         assert [p.returncode for p in procs] == [0] * 4, errors
         with JobQueue(path, workers=0) as jq:
             assert jq.counts()["queued"] == 4
+
+
+def test_a_format_record_written_by_another_process_after_the_first_read_is_kept() -> None:
+    """The window that made the test above flaky, forced: the first read finds no format
+    record, another process records it before this one decides.  The decision is taken
+    again inside the write transaction, which sees it: the store opens, nothing rewritten."""
+    from nbqup.backends import MemoryBackend
+
+    class Racing(MemoryBackend):
+        """The other process commits the store's creation right after the first read."""
+
+        first = True
+
+        def get(self, table: str, key: str) -> bytes | None:
+            found = super().get(table, key)
+            if self.first and (table, key) == ("info", "format"):
+                self.first = False
+                self.write([("info", "format", b"2"), ("info", "other", b"theirs")])
+            return found
+
+    backend = Racing()
+    store = Store(None, backend=backend)
+    assert backend.get("info", "format") == b"2"
+    assert backend.get("info", "other") == b"theirs"
+    store.close()
