@@ -38,7 +38,7 @@ def build_history(
     process had died); the rest are queued.  Unfinished jobs run :func:`jobs.mark_started`.
     """
     from nbqup import payload
-    from nbqup.job import JobRecord, Status
+    from nbqup.records import JobRecord, Status
     from nbqup.store import Store
 
     t0 = time.perf_counter()

@@ -196,7 +196,7 @@ class Floor(System):
 
     def submit(self) -> Any:
         from nbqup import payload
-        from nbqup.job import JobRecord
+        from nbqup.records import JobRecord
 
         now = time.time()
         rec = JobRecord(
@@ -213,7 +213,7 @@ class Floor(System):
 
     def _run(self, job_id: str) -> None:
         from nbqup import payload
-        from nbqup.job import Status
+        from nbqup.records import Status
 
         rec = self.store.load(job_id)
         fn = payload.loads(self.store.get_blob("fn", rec.fn))

@@ -30,8 +30,8 @@ from .errors import (
     StoreWriteError,
 )
 from .handle import Job, Schedule, current_job
-from .job import Status
 from .queue import JobQueue
+from .records import Status
 
 __version__ = "0.1.0"
 

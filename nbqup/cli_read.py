@@ -15,7 +15,7 @@ from .cli_store import open_store, owner_pid
 from .errors import last_line
 
 if TYPE_CHECKING:
-    from .job import JobRecord
+    from .records import JobRecord
 
 __all__ = ["STATUSES", "job_dict", "job_table", "run_jobs", "run_status"]
 
@@ -157,7 +157,7 @@ def _clip(text: object, width: int) -> str:
 
 def _iso(ts: float | None) -> str | None:
     """ISO 8601 in UTC; None for a missing time or a stored value that is not one."""
-    from .job import as_datetime
+    from .records import as_datetime
 
     when = as_datetime(ts)
     return None if when is None else when.isoformat()
@@ -165,7 +165,7 @@ def _iso(ts: float | None) -> str | None:
 
 def _local(ts: float | None) -> str:
     """Local time to the second; blank for a stored value that is not a time."""
-    from .job import as_datetime
+    from .records import as_datetime
 
     when = as_datetime(ts)
     try:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from . import ownership
 
 if TYPE_CHECKING:
-    from .job import JobRecord
     from .queue import JobQueue
+    from .records import JobRecord
 
 __all__ = [
     "EXIT_ERROR",

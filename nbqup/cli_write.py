@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from .cli_store import CliError, find_job, one_line, open_store, owner_pid, store_dir
 
 if TYPE_CHECKING:
-    from .job import JobRecord
     from .queue import JobQueue
+    from .records import JobRecord
 
 __all__ = ["run_cancel", "run_demo", "run_retry", "run_salvage"]
 

@@ -4,7 +4,7 @@ Each framed value is ``format version | codec | crc32 | body``, the CRC covering
 codec mark and the body; bodies over :data:`COMPRESS_ABOVE` bytes are zlib-compressed
 when that makes them smaller (``zlib.compress`` costs about 30 us even on 100 bytes, more
 than an LMDB write, so small values are not).  A job record is stored as the pickled
-tuple of its fields' values in the append-only order of :data:`~nbqup.job.JOB_FIELDS`.
+tuple of its fields' values in the append-only order of :data:`~nbqup.records.JOB_FIELDS`.
 These functions are the ``dump``/``load`` pair :class:`zict.Func` puts over each LMDB
 table in :class:`~nbqup.store.Store`; a value that fails to decode raises
 :class:`_Corrupt` (a ``ValueError``), to which the store adds the key.
@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from .errors import StoreCorrupt
-from .job import _JOB_DEFAULTS, _REQUIRED, JOB_FIELDS, JobRecord, Status
+from .records import _JOB_DEFAULTS, _REQUIRED, JOB_FIELDS, JobRecord, Status
 
 __all__ = ["COMPRESS_ABOVE", "RAW_TABLES", "decode", "encode"]
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .job import JobRecord
+from .records import JobRecord
 
 if TYPE_CHECKING:
     from .store import Store

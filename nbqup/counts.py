@@ -15,7 +15,7 @@ from typing import Any
 
 from .backends import Txn
 from .codec import _stored_status
-from .job import FINAL, Status
+from .records import FINAL, Status
 
 #: The finished counts as stored: one signed 64-bit integer per final status, in this order.
 _COUNTED = ("succeeded", "failed", "cancelled", "skipped")

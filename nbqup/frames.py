@@ -18,7 +18,7 @@ Display code only reads: it never writes job state.  pandas is imported when a f
 first asked for, so ``import nbqup`` does not need it.
 
 Speed: the store holds each record as a pickled tuple of its fields' values.  Making a
-:class:`~nbqup.job.JobRecord` of each would nearly double the time, so these functions read
+:class:`~nbqup.records.JobRecord` of each would nearly double the time, so these functions read
 the values they need (:meth:`nbqup.store.Store.scan_rows`), with the cyclic garbage
 collector paused, and build each column whole: 100,000 jobs take under a second
 (``python -m benchmarks --only jobs_df``).
@@ -36,8 +36,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, StoreCorrupt
-from .job import FINAL, Status, statuses
-from .schedule import MAX_TIMESTAMP, MIN_TIMESTAMP
+from .records import FINAL, Status, statuses
+from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import display_hooks
 from .context import current_context
 from .errors import JobCancelled, JobFailed
-from .job import JobRecord, ScheduleRecord, Status, as_datetime
+from .records import JobRecord, ScheduleRecord, Status, as_datetime
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -226,7 +226,7 @@ class Schedule:
     @property
     def trigger(self) -> str:
         """The rule, in words: ``"every 1h"``, ``"cron '0 9 * * MON' (Europe/Berlin)"``."""
-        from .schedule import Trigger
+        from .triggers import Trigger
 
         return Trigger.from_dict(self.record.trigger).describe()
 

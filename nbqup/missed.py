@@ -4,9 +4,9 @@
 one handled and now: which run, and which are skipped.  The skipped ones come back as one
 :class:`Burst` (how many, from when to when) however long the outage, so history gets one
 ``skipped`` row for it instead of one per slot (a schedule every 10 ms down for a day
-would otherwise write 8.6 million).  Pure, like :mod:`nbqup.schedule`: time is an argument.
+would otherwise write 8.6 million).  Pure, like :mod:`nbqup.triggers`: time is an argument.
 
->>> from nbqup.schedule import IntervalTrigger
+>>> from nbqup.triggers import IntervalTrigger
 >>> plan = plan_missed(IntervalTrigger("15m"), last_due=900.0, now=3000.0, policy="once")
 >>> plan.run, plan.skipped, plan.next_due
 ([2700.0], Burst(count=1, first=1800.0, last=1800.0, exact=True), 3600.0)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import Trigger, format_time, to_timestamp
+from .triggers import Trigger, format_time, to_timestamp
 
 __all__ = ["COUNT_LIMIT", "MAX_CATCHUP", "MISSED_POLICIES", "Burst", "Catchup", "plan_missed"]
 
@@ -98,7 +98,7 @@ def plan_missed(
     schedule counts up to :data:`COUNT_LIMIT` slots, beyond which the burst is
     not ``exact``).
 
-    >>> from nbqup.schedule import IntervalTrigger
+    >>> from nbqup.triggers import IntervalTrigger
     >>> every_minute = IntervalTrigger(60)
     >>> plan_missed(every_minute, last_due=0, now=200, policy="all")
     Catchup(run=[60.0, 120.0, 180.0], skipped=None, next_due=240.0)

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 from .clock import wait_left
 from .context import current_context
 from .errors import Deadlock
-from .job import Status
+from .records import Status
 
 if TYPE_CHECKING:
     from .context import JobContext
     from .executors import Call, Executor, Outcome
-    from .job import JobRecord
+    from .records import JobRecord
 
     #: A job taken by a slot: its record, context, the ticket of its "running" write and
     #: its attempt number.

@@ -44,13 +44,13 @@ from .errors import (
 from .executors import Executor, make_executor
 from .handle import Job, Schedule
 from .health import disk_full
-from .job import FINAL, JobRecord, ScheduleRecord, Status, statuses
 from .keys import lookup_key, show_key, stored_key
-from .recurring import RUN_FIELDS, Schedules
+from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
 from .runtime import Runtime
-from .schedule import Trigger
+from .schedules import RUN_FIELDS, Schedules
 from .store import Store
 from .submit import Submitter, Task, validate_options
+from .triggers import Trigger
 from .trouble import WriteTrouble
 
 __all__ = ["JobQueue"]
@@ -273,7 +273,7 @@ class JobQueue(Runtime):
         The first run is one interval from now (or at ``.at(...)``/``.after(...)``); each
         run is a job of its own.  Returns a :class:`~nbqup.Schedule` handle.  The interval
         is 10 ms at least.  Slots missed while no worker ran follow ``options(missed=...)``
-        and those not run are recorded as one ``skipped`` job (see :mod:`nbqup.recurring`).
+        and those not run are recorded as one ``skipped`` job (see :mod:`nbqup.schedules`).
         """
         return Submitter(self).every(interval)
 

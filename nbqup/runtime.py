@@ -43,10 +43,10 @@ from .errors import (
 )
 from .executors import Call, Executor, Outcome
 from .handle import Job
-from .job import FINAL, JobRecord, Status
 from .nested import NestedWaits
-from .schedule import retry_delay
+from .records import FINAL, JobRecord, Status
 from .store import Store
+from .triggers import retry_delay
 from .trouble import STORE_FAILED, StoreTrouble, WriteTrouble
 from .turns import SchedulerTurns
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from .nested import Claim
     from .queue import JobQueue
-    from .recurring import Schedules
+    from .schedules import Schedules
     from .submit import Task
 
 __all__ = ["Runtime"]

@@ -33,9 +33,9 @@ from pathlib import Path
 from .backends import TABLES
 from .codec import RAW_TABLES, decode
 from .errors import NbqupError, StoreCorrupt
-from .job import FINAL
 from .lmdbcheck import Tolerant, read_tolerant
 from .lmdbfile import DataFile, Meta, newest_txnid, read_metas
+from .records import FINAL
 from .store import Store
 
 __all__ = ["REPORT", "SalvageReport", "salvage"]

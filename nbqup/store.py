@@ -98,7 +98,7 @@ from .counts import (
 )
 from .errors import NbqupError, StoreCorrupt, StoreLocked
 from .health import disk_full
-from .job import FINAL, JOB_FIELDS, JobRecord
+from .records import FINAL, JOB_FIELDS, JobRecord
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .schedule import (
+from .triggers import (
     MAX_TIMESTAMP,
     CronTrigger,
     IntervalTrigger,

@@ -22,11 +22,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .clock import wait_deadline, wait_left
-from .job import Status
+from .records import Status
 
 if TYPE_CHECKING:
     from .errors import StoreFailed
-    from .job import JobRecord
+    from .records import JobRecord
 
 __all__ = ["SchedulerTurns"]
 

@@ -19,8 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .job import FINAL, JobRecord, Status
-from .schedule import MAX_TIMESTAMP, MIN_TIMESTAMP
+from .records import FINAL, JobRecord, Status
+from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
     from .queue import JobQueue

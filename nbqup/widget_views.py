@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import widget_refresher
-from .job import Status
+from .records import Status
 from .viewmodel import (
     _TEXT,
     MAX_ROWS,

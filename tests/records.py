@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nbqup.job import JobRecord, Status
+from nbqup.records import JobRecord, Status
 
 
 def rec(job_id: str, status: Status = Status.QUEUED, **fields: Any) -> JobRecord:

@@ -9,7 +9,7 @@ from typing import Any
 from records import rec
 
 from nbqup.commits import GroupCommit
-from nbqup.job import Status
+from nbqup.records import Status
 from nbqup.store import Store
 
 

@@ -194,7 +194,7 @@ def fill_disk(disk, room_kib):
 OPEN_ON_A_FULL_DISK = """
 import json, shutil, threading
 import lmdb
-from nbqup.job import Status
+from nbqup.records import Status
 DISK, MODE, ROOM = sys.argv[3], sys.argv[4], int(sys.argv[5])
 store = os.path.join(DISK, "store")
 ids = []
@@ -291,7 +291,7 @@ def test_lmdb_lock_file_is_reserved_whole(small_disk: Path) -> None:
 
 TAKE_OVER_ON_A_FULL_DISK = """
 import json, logging, threading
-from nbqup.job import Status
+from nbqup.records import Status
 DISK, ROOM = sys.argv[3], int(sys.argv[4])
 store = os.path.join(DISK, "store")
 warned = threading.Event()

@@ -1,11 +1,11 @@
 """Absurd input and absurd stored values (issue 12, items 6, 7 and 9).
 
 - Times: a far-future job is listed everywhere; dates past year 9999 are refused at submit
-  (``test_scheduling.py``'s BAD_INPUT cases show nothing is recorded); a record holding a
+  (``test_schedules.py``'s BAD_INPUT cases show nothing is recorded); a record holding a
   time of 1e300, NaN or a string -- hand-damaged, or written before times were bounded --
   shows as missing in every listing, never as an error.  Waits take any timeout.
 - Schedules: slots skipped while one run goes on share one row (that 10,000 slots missed
-  during downtime make one row is in ``test_scheduling.py``'s missed-run policy test); a
+  during downtime make one row is in ``test_schedules.py``'s missed-run policy test); a
   stored interval under 10 ms is refused with a warning instead of flooding the store.
 - Keys: an empty id is a clear error; a 600-character (or non-UTF-8) key works as a
   short one does, across reopening, for jobs and schedules; the CLI says what was wrong.
@@ -29,15 +29,15 @@ import pandas as pd
 import pytest
 from jobfns import EVENTS
 from test_cli import cli, fails, ok
-from test_scheduling import HOUR, WAIT, a_run_going, block, tick, until
+from test_schedules import HOUR, WAIT, a_run_going, block, tick, until
 
 import nbqup
 from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
 from nbqup.codec import encode
-from nbqup.job import JobRecord
 from nbqup.keys import stored_key
-from nbqup.recurring import dump
+from nbqup.records import JobRecord
+from nbqup.schedules import dump
 from nbqup.viewmodel import queue_state, render_html, render_text, row_state
 
 UTC = timezone.utc

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nbqup.missed import COUNT_LIMIT, MAX_CATCHUP, MISSED_POLICIES, Burst, Catchup, plan_missed
-from nbqup.schedule import CronTrigger, IntervalTrigger, Trigger
+from nbqup.triggers import CronTrigger, IntervalTrigger, Trigger
 
 UTC = timezone.utc
 needs_croniter = pytest.mark.skipif(find_spec("croniter") is None, reason="croniter missing")

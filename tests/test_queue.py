@@ -14,7 +14,7 @@ from jobfns import CALLS, EVENTS, boom, cooperative_loop, held, record
 import nbqup
 from nbqup import JobQueue, Status
 from nbqup.clock import ManualClock
-from nbqup.job import JobRecord
+from nbqup.records import JobRecord
 
 WAIT = 20  # seconds: generous bound for anything that should take milliseconds
 

@@ -20,7 +20,7 @@ from children import wait_for_log as _wait_for_log
 
 from nbqup import JobQueue
 from nbqup.clock import ManualClock
-from nbqup.job import JobRecord
+from nbqup.records import JobRecord
 
 WAIT = 30
 

@@ -23,7 +23,7 @@ from records import rec
 from nbqup.backends import MemoryBackend
 from nbqup.codec import decode, encode
 from nbqup.errors import NbqupError, StoreCorrupt, StoreLocked
-from nbqup.job import FINAL, JOB_FIELDS, UNFINISHED, JobRecord, Status
+from nbqup.records import FINAL, JOB_FIELDS, UNFINISHED, JobRecord, Status
 from nbqup.store import STORE_FORMAT, Store
 
 
@@ -550,7 +550,7 @@ def test_to_dict_leaves_out_defaults() -> None:
 def test_unrolled_to_dict_and_copy_match_the_field_by_field_versions() -> None:
     import dataclasses
 
-    from nbqup.job import _JOB_DEFAULTS, _to_dict
+    from nbqup.records import _JOB_DEFAULTS, _to_dict
 
     every_field_set = rec(
         "j1", Status.RUNNING, scheduled_for=1.5, started=2.0, finished=3.0, attempts=2,

@@ -17,7 +17,7 @@ from kernel_helpers import Kernel, widget_messages
 
 import nbqup
 from nbqup import widget_refresher, widgets
-from nbqup.job import JobRecord, Status
+from nbqup.records import JobRecord, Status
 from nbqup.widgets import QueueView, Refresher, row_state
 
 ipywidgets = pytest.importorskip("ipywidgets")

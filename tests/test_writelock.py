@@ -16,7 +16,7 @@ from pathlib import Path
 from children import kill, log_lines, read_line, read_until, start, wait_for_log
 
 from nbqup import JobQueue, StoreCorrupt
-from nbqup.job import JobRecord
+from nbqup.records import JobRecord
 from nbqup.store import Store
 from nbqup.writelock import READ_CHECK_EVERY
 
@@ -93,7 +93,7 @@ def test_deleting_lock_mdb_under_live_processes_keeps_the_store_whole(tmp_path: 
 
 WRITER = """
 from nbqup.store import Store
-from nbqup.job import JobRecord
+from nbqup.records import JobRecord
 
 store = Store(STORE)
 store.commit([JobRecord(id=f"after-{i}", name="x", created=1.0) for i in range(int(sys.argv[3]))])

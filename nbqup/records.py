@@ -195,7 +195,7 @@ class ScheduleRecord:
     name: str
     key: str
     created: float
-    #: ``Trigger.to_dict()`` of the rule (see :mod:`nbqup.schedule`).
+    #: ``Trigger.to_dict()`` of the rule (see :mod:`nbqup.triggers`).
     trigger: dict[str, Any]
     #: The next slot to fire.
     next_due: float

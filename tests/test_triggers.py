@@ -1,4 +1,4 @@
-"""Tests for nbqup.schedule: durations, times, triggers (incl. DST), retry backoff.
+"""Tests for nbqup.triggers: durations, times, triggers (incl. DST), retry backoff.
 
 Every time is a literal; nothing sleeps.  Cron tests need croniter (the ``cron`` extra).
 """
@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-SCHEDULE_PY = Path(__file__).resolve().parents[1] / "nbqup" / "schedule.py"
+SCHEDULE_PY = Path(__file__).resolve().parents[1] / "nbqup" / "triggers.py"
 
 
 def _load_by_path(name: str) -> ModuleType:
@@ -39,12 +39,12 @@ def _load_by_path(name: str) -> ModuleType:
 
 
 if TYPE_CHECKING:
-    from nbqup import schedule
+    from nbqup import triggers as schedule
 else:
     try:
-        schedule = importlib.import_module("nbqup.schedule")
+        schedule = importlib.import_module("nbqup.triggers")
     except ImportError:  # nbqup is not importable here: test the file on its own
-        schedule = _load_by_path("nbqup_schedule")
+        schedule = _load_by_path("nbqup_triggers")
 
 to_seconds = schedule.to_seconds
 to_timestamp = schedule.to_timestamp

@@ -1,6 +1,6 @@
 """Recurring schedules (``jq.every``, ``jq.cron``): records, firing, catch-up after downtime.
 
-A schedule is a :class:`~nbqup.job.ScheduleRecord` in the store's ``sched`` table.  The
+A schedule is a :class:`~nbqup.records.ScheduleRecord` in the store's ``sched`` table.  The
 owning process keeps the active ones in memory and puts each one's next due time on the
 queue's timed heap (as ``"@<id>"``).  When it comes due, :meth:`Schedules.fire` turns the
 slots since the last one into jobs:
@@ -29,10 +29,10 @@ import pickle
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .job import JobRecord, ScheduleRecord, Status
 from .keys import stored_key
 from .missed import Burst, plan_missed
-from .schedule import Trigger
+from .records import JobRecord, ScheduleRecord, Status
+from .triggers import Trigger
 
 if TYPE_CHECKING:
     from .queue import JobQueue
