@@ -179,8 +179,8 @@ def _collect(
     snap = operator.attrgetter(*_LIVE_FIELDS)
     # Live state first, then the store: a job ending in between is final in the scan (and
     # the store is then the fresher); every live job is in the store before it is live.
-    with jq._lock:
-        live = {job_id: snap(rec) for job_id, rec in jq._live.items()}
+    with jq._state.lock:
+        live = {job_id: snap(rec) for job_id, rec in jq._state.live.items()}
     rows: list[tuple[Any, ...]] = []
     for job_id, row in jq.store.scan_rows(_FIELDS):
         status = row[_STATUS]

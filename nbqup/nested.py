@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .context import JobContext
     from .executors import Call, Executor, Outcome
     from .records import JobRecord
+    from .state import JobState
 
     #: A job taken by a slot: its record, context, the ticket of its "running" write and
     #: its attempt number.
@@ -53,21 +54,8 @@ class NestedWaits:
     """Waits inside jobs of this queue; mixed into :class:`~nbqup.runtime.Runtime`."""
 
     # State set up by JobQueue.__init__ (see there).
-    _lock: threading.RLock
-    _done: threading.Condition
-    _sched: threading.Condition
-    _live: dict[str, JobRecord]
-    _timed: list[tuple[float, int, str]]
-    _blocked: dict[str, set[str]]
-    _held: dict[str, str]
-    _running: dict[str, JobContext]
+    _state: JobState
     _executor: Executor
-    _stopping: bool
-    _closed: bool
-    #: (waiting job id, waiting thread) -> the job it waits for: to find waits that can
-    #: never end, and, while there are any, to wake them when a job becomes ready.  A job
-    #: may wait from several threads at once (``asyncio.to_thread`` copies its context).
-    _awaiting: dict[tuple[str, int], str]
 
     if TYPE_CHECKING:  # provided by Runtime
 
@@ -88,28 +76,28 @@ class NestedWaits:
         once the job is no longer live here (or the queue closed).  The deadline is
         checked before each run here, not during one: ``wait(0)`` only looks."""
         me = (waiter, threading.get_ident())
-        with self._lock:
+        with self._state.lock:
             self._check_cycle(waiter, job_id)
-            self._awaiting[me] = job_id
-            if self._stopping:  # close(wait=True): the scheduler releases what it needs
-                self._sched.notify()
+            self._state.awaiting[me] = job_id
+            if self._state.stopping:  # close(wait=True): the scheduler releases what it needs
+                self._state.sched.notify()
         try:
             while True:
-                with self._lock:
-                    if job_id not in self._live or self._closed:
+                with self._state.lock:
+                    if job_id not in self._state.live or self._state.closed:
                         return True
                     left = wait_left(deadline)
                     if left is not None and left <= 0:
                         return False
                     ready = self._ready_for(job_id, waiter)
                     if ready is None:
-                        self._done.wait(left)  # a job ended or became ready
+                        self._state.done.wait(left)  # a job ended or became ready
                         continue
                     claim = self._claim(ready)
                 self._run_here(claim)
         finally:
-            with self._lock:
-                del self._awaiting[me]
+            with self._state.lock:
+                del self._state.awaiting[me]
 
     def _release_awaited(self, now: float) -> float | None:
         """While ``close(wait=True)`` waits for the running jobs: release the delayed jobs
@@ -120,28 +108,28 @@ class NestedWaits:
         needed = self._awaited_now()
         if not needed:
             return None
-        due = [entry for entry in self._timed if entry[2] in needed and entry[0] <= now]
+        due = [entry for entry in self._state.timed if entry[2] in needed and entry[0] <= now]
         if due:
             released = set(due)
-            self._timed = [entry for entry in self._timed if entry not in released]
-            heapq.heapify(self._timed)
+            self._state.timed = [entry for entry in self._state.timed if entry not in released]
+            heapq.heapify(self._state.timed)
             for _, _, job_id in sorted(due):
                 self._release(job_id, now)
-        later = [when for when, _, job_id in self._timed if job_id in needed]
+        later = [when for when, _, job_id in self._state.timed if job_id in needed]
         return min(later) - now if later else None
 
     def _awaited_now(self) -> set[str]:
         """The jobs that waits inside running, unstopped jobs need to end: those awaited
         and, transitively, what they depend on (the caller holds the lock)."""
         todo = []
-        for (waiter, _), awaited in self._awaiting.items():
-            ctx = self._running.get(waiter)
+        for (waiter, _), awaited in self._state.awaiting.items():
+            ctx = self._state.running.get(waiter)
             if ctx is not None and ctx.stop_reason is None:
                 todo.append(awaited)
         needed: set[str] = set()
         while todo:
             current = todo.pop()
-            rec = self._live.get(current)
+            rec = self._state.live.get(current)
             if current in needed or rec is None:
                 continue
             needed.add(current)
@@ -151,8 +139,8 @@ class NestedWaits:
     def _ready_for(self, job_id: str, waiter: str) -> str | None:
         """A ready job that ``job_id`` needs run: itself, or one of the jobs it waits for,
         transitively; None if none is (the caller holds the lock)."""
-        if self._stopping:  # close(): only while close waits for the waiting job to end
-            ctx = self._running.get(waiter)
+        if self._state.stopping:  # close(): only while close waits for the waiting job to end
+            ctx = self._state.running.get(waiter)
             if ctx is None or ctx.stop_reason is not None:
                 return None
         todo, seen = [job_id], set()
@@ -161,12 +149,12 @@ class NestedWaits:
             if current in seen:
                 continue
             seen.add(current)
-            rec = self._live.get(current)
+            rec = self._state.live.get(current)
             if rec is None:
                 continue
-            if current in self._blocked:
-                todo.extend(self._blocked[current])
-            elif rec.status is Status.QUEUED and current not in self._held:
+            if current in self._state.blocked:
+                todo.extend(self._state.blocked[current])
+            elif rec.status is Status.QUEUED and current not in self._state.held:
                 return current
         return None
 
@@ -215,11 +203,13 @@ class NestedWaits:
     def _ends_after(self, job_id: str) -> list[str]:
         """The unfinished jobs ``job_id`` cannot end before: the one it waits for inside
         it, and its dependencies (``depends_on``, a delayed job's too) (lock held)."""
-        rec = self._live.get(job_id)
+        rec = self._state.live.get(job_id)
         if rec is None or rec.status.final:
             return []
-        out = [dep for dep in rec.depends_on if _unfinished(self._live.get(dep))]
-        out.extend(awaited for (waiter, _), awaited in self._awaiting.items() if waiter == job_id)
+        out = [dep for dep in rec.depends_on if _unfinished(self._state.live.get(dep))]
+        out.extend(
+            awaited for (waiter, _), awaited in self._state.awaiting.items() if waiter == job_id
+        )
         return out
 
     def _refuse_wait_all(self) -> None:

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 from . import capture, closing, display_hooks, payload
 from .clock import Clock, SystemClock, wait_deadline, wait_left
 from .commits import GroupCommit
-from .context import JobContext
 from .errors import (
     DiskFull,
     SerializationError,
@@ -49,6 +48,7 @@ from .keys import lookup_key, show_key, stored_key
 from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
 from .runtime import Runtime
 from .schedules import RUN_FIELDS, Schedules
+from .state import JobState
 from .store import Store
 from .submit import Submitter, Task, validate_options
 from .triggers import Trigger
@@ -110,35 +110,13 @@ class JobQueue(Runtime):
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
         self._writer = GroupCommit(self.store)
-        self._failure: StoreFailed | None = None  # the store failed for good
+        self._state = JobState()  # unfinished jobs in memory, under one lock
         self._trouble = WriteTrouble()  # the runtime's writes fail for now (a full disk)
-        self._lock = threading.RLock()
-        self._work = threading.Condition(self._lock)
-        self._sched = threading.Condition(self._lock)
-        self._done = threading.Condition(self._lock)
-        self._live: dict[str, JobRecord] = {}
-        self._ready: list[tuple[int, int, str]] = []
-        self._timed: list[tuple[float, int, str]] = []
-        self._blocked: dict[str, set[str]] = {}
-        self._dependents: dict[str, set[str]] = {}
-        self._held: dict[str, str] = {}  # job id -> why it cannot run yet
-        self._running: dict[str, JobContext] = {}
-        self._submitting: set[str] = set()
-        self._job_waits: dict[str, threading.Condition] = {}  # job id -> its waiters
-        self._awaiting: dict[tuple[str, int], str] = {}  # see nbqup.nested
-        # final, write queued (in the batch of this ticket), not yet forgotten
-        self._ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]] = []
-        self._runners: dict[str, threading.Thread] = {}
-        self._last_persist: dict[str, float] = {}
         self._finished = FinishedJobs()  # finished here, kept for reads
-        self._seq = itertools.count()
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._task_executors: dict[str, Any] = {}
         self._known_fns: set[str] = set()
         self._threads: list[threading.Thread] = []
-        self._stopping = False
-        self._draining = False  # close(wait=True) waits for the workers (see _release_awaited)
-        self._closed = False
         self._capturing = False
         self.corrupt: list[tuple[str, str]] = []
         self.is_owner = False
@@ -184,8 +162,8 @@ class JobQueue(Runtime):
         detached ``nbqup worker`` stopped, another kernel shut down): its jobs do not
         stall.  It checks about once a second."""
         while not self._takeover_stop.wait(max(1.0, self._poll)):
-            with self._lock:
-                if self._closed or self._stopping or self._failure is not None:
+            with self._state.lock:
+                if self._state.closed or self._state.stopping or self._state.failure is not None:
                     return
                 try:
                     if not self._try_to_own():
@@ -196,8 +174,8 @@ class JobQueue(Runtime):
             log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
             if not self._recover_when_room():  # closed meanwhile
                 return
-            with self._lock:
-                if self._closed or self._stopping:  # closed while recovering
+            with self._state.lock:
+                if self._state.closed or self._state.stopping:  # closed while recovering
                     return
             self._start_threads()
             return
@@ -290,7 +268,7 @@ class JobQueue(Runtime):
 
         def wrap(f: Callable[..., Any]) -> Task[Any, Any]:
             task: Task[Any, Any] = Task(self, f, options)
-            with self._lock:
+            with self._state.lock:
                 self._tasks[task.name] = task
             self._release_held()
             return task
@@ -304,7 +282,7 @@ class JobQueue(Runtime):
             raise TypeError(f"register() needs a class, got {task_type!r}")
         if not callable(getattr(executor, "execute", None)):
             raise TypeError(f"{executor!r} has no execute(task) method")
-        with self._lock:
+        with self._state.lock:
             self._task_executors[_type_name(task_type)] = executor
         self._release_held()
 
@@ -315,8 +293,8 @@ class JobQueue(Runtime):
             raise TypeError(f"a job id must be a str, got {type(job_id).__name__} {job_id!r}")
         if not job_id:
             raise KeyError("a job id or key is needed, got an empty string")
-        with self._lock:
-            if job_id in self._live:
+        with self._state.lock:
+            if job_id in self._state.live:
                 return Job(self, job_id)
         backend = self.store.backend
         exact = lookup_key(job_id)  # None: it cannot be a stored id
@@ -341,8 +319,8 @@ class JobQueue(Runtime):
         for rec in self.store.scan():
             if isinstance(rec, StoreCorrupt):
                 continue
-            with self._lock:
-                live = self._live.get(rec.id)
+            with self._state.lock:
+                live = self._state.live.get(rec.id)
             if wanted is None or (live or rec).status in wanted:
                 out.append(Job(self, rec.id))
         return out
@@ -364,10 +342,10 @@ class JobQueue(Runtime):
         out for an instant.  A store written by an older nbqup is counted once, on the
         first call (reading every record), and kept from then on.
         """
-        if self._closed:
+        if self._state.closed:
             raise RuntimeError(f"{self!r} is closed")
-        with self._lock:
-            live = dict(self._live)
+        with self._state.lock:
+            live = dict(self._state.live)
             tally = collections.Counter(map(_STATUS, live.values()))
         unfinished = sum(n for status, n in tally.items() if not status.final)
         # Every live unfinished job is in the index (its first write made it live) -- but
@@ -416,20 +394,20 @@ class JobQueue(Runtime):
         Inside a job of this queue it raises :class:`~nbqup.Deadlock`: it would wait for
         that job too.  Wait for the jobs it needs (``job.result()``) instead."""
         deadline = wait_deadline(timeout)
-        if self._closed:  # a closed queue runs nothing more
-            return not self._live
+        if self._state.closed:  # a closed queue runs nothing more
+            return not self._state.live
         self._refuse_wait_all()  # inside a job of this queue: it would wait for itself
         if not self.is_owner:
             return self._poll_until(lambda: not self.store.pending_ids(), deadline)
         self._adopt_pending()  # jobs other processes submitted since the last check
-        with self._lock:
-            while self._live:
-                if self._failure is not None:
-                    raise self._failed_error()
+        with self._state.lock:
+            while self._state.live:
+                if self._state.failure is not None:
+                    raise self._state.failed_error()
                 left = wait_left(deadline)
-                if self._closed or (left is not None and left <= 0):
+                if self._state.closed or (left is not None and left <= 0):
                     return False  # a closed queue runs nothing more
-                self._done.wait(left)
+                self._state.done.wait(left)
         return True
 
     def close(self, wait: bool = True) -> None:
@@ -447,30 +425,30 @@ class JobQueue(Runtime):
         does).  Other delayed jobs and recurring runs stay for the next open.
         """
         self._takeover_stop.set()
-        with self._lock:
-            if self._closed:
+        with self._state.lock:
+            if self._state.closed:
                 return
-            self._stopping = True
-            failed = self._failure is not None
-            self._draining = wait and not failed
-            self._work.notify_all()
-            self._sched.notify_all()
+            self._state.stopping = True
+            failed = self._state.failure is not None
+            self._state.draining = wait and not failed
+            self._state.work.notify_all()
+            self._state.sched.notify_all()
             if not wait or failed:  # at once: a waiting job's slot starts nothing meanwhile
-                self._abandon(dict(self._running))
+                self._abandon(dict(self._state.running))
         if wait and not failed:
             self._join_threads()
-            if self._failure is not None:  # the store failed while the jobs finished
-                with self._lock:
-                    running = dict(self._running)
+            if self._state.failure is not None:  # the store failed while the jobs finished
+                with self._state.lock:
+                    running = dict(self._state.running)
                 if running:
                     self._abandon(running)
         with contextlib.suppress(StoreFailed):  # told once already; nothing to write
             self._settle()
         closing.run(self)  # views (registered hooks) show the final state; the store is open
-        with self._lock:
-            self._closed = True
-            self._done.notify_all()
-            for cond in self._job_waits.values():
+        with self._state.lock:
+            self._state.closed = True
+            self._state.done.notify_all()
+            for cond in self._state.job_waits.values():
                 cond.notify_all()
         try:
             self._executor.close(wait=wait and not failed)
@@ -483,11 +461,11 @@ class JobQueue(Runtime):
         meanwhile: then what runs is not waited for (it resumes on reopen)."""
         for t in self._threads:
             if t.name == "nbqup-scheduler":  # started last: every worker has stopped
-                with self._lock:
-                    self._draining = False
-                    self._sched.notify_all()
+                with self._state.lock:
+                    self._state.draining = False
+                    self._state.sched.notify_all()
             while t is not threading.current_thread() and t.is_alive():
-                if self._failure is not None:
+                if self._state.failure is not None:
                     return
                 t.join(0.05)
 
@@ -506,8 +484,8 @@ class JobQueue(Runtime):
         """Copies of the records worth showing now, at most ``limit``: running jobs, then
         the other unfinished ones, then the (at most 200) most recently finished here --
         each newest first.  Cheap: for dashboards that refresh several times a second."""
-        with self._lock:
-            live = list(self._live.values())
+        with self._state.lock:
+            live = list(self._state.live.values())
             recent = self._finished.recent(_RECENT_SHOWN)
         if not self.is_owner:
             live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
@@ -518,7 +496,7 @@ class JobQueue(Runtime):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has finished."""
-        return self._closed
+        return self._state.closed
 
     @staticmethod
     def open_queues() -> list[JobQueue]:
@@ -547,7 +525,7 @@ class JobQueue(Runtime):
     def __repr__(self) -> str:
         where = str(self.path) if self.path else "memory"
         role = "owner" if self.is_owner else "client"
-        state = "closed" if self._closed else f"{len(self._live)} unfinished"
+        state = "closed" if self._state.closed else f"{len(self._state.live)} unfinished"
         return f"<JobQueue {where} {role} workers={self.workers} {state}>"
 
     # ================================================================== submitting
@@ -564,8 +542,8 @@ class JobQueue(Runtime):
         rec, blobs = self._prepare(fn, args, kwargs, options, due)
         if rec.key is None:
             return self._record_new([(rec, blobs)])[0]
-        with self._lock:
-            self._submitting.add(rec.id)
+        with self._state.lock:
+            self._state.submitting.add(rec.id)
         try:  # keyed: look the key up and insert in one transaction, across processes
             existing = self.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
             if existing is not None:
@@ -576,8 +554,8 @@ class JobQueue(Runtime):
                 self._admit(rec)
             return Job(self, rec.id)
         finally:
-            with self._lock:
-                self._submitting.discard(rec.id)
+            with self._state.lock:
+                self._state.submitting.discard(rec.id)
 
     def _prepare(
         self,
@@ -625,16 +603,16 @@ class JobQueue(Runtime):
         records = [rec for rec, _ in prepared]
         # one blob per (table, key): a function submitted many times is stored once
         blobs = list({(t, k): (t, k, b) for _, bs in prepared for t, k, b in bs}.values())
-        with self._lock:
-            self._submitting.update(rec.id for rec in records)
+        with self._state.lock:
+            self._state.submitting.update(rec.id for rec in records)
         try:
             self._writer.flush(self._writer.add(records, blobs))
             self._known_fns.update(rec.fn for rec in records if rec.fn is not None)
             if self.is_owner:
-                with self._lock:
+                with self._state.lock:
                     for rec in records:
-                        if rec.id not in self._live:
-                            self._live[rec.id] = rec
+                        if rec.id not in self._state.live:
+                            self._state.live[rec.id] = rec
                             self._place(rec)
                 # Our jobs are recorded: another job's final write that failed (a full
                 # disk) is queued again by this settle and reported by the workers, not
@@ -643,8 +621,8 @@ class JobQueue(Runtime):
                     self._settle()
             return [Job(self, rec.id) for rec in records]
         finally:
-            with self._lock:
-                self._submitting.difference_update(rec.id for rec in records)
+            with self._state.lock:
+                self._state.submitting.difference_update(rec.id for rec in records)
 
     def _call_payload(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], args_key: str
@@ -723,8 +701,8 @@ class JobQueue(Runtime):
         for dep in rec.depends_on:
             if dep == rec.id:
                 raise ValueError(f"job {rec.id} cannot depend on itself")
-            with self._lock:
-                known = dep in self._live
+            with self._state.lock:
+                known = dep in self._state.live
             lookup = None if known else lookup_key(dep)
             if not known and (lookup is None or self.store.backend.get("meta", lookup) is None):
                 raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
@@ -744,8 +722,8 @@ class JobQueue(Runtime):
 
     def _peek(self, job_id: str) -> JobRecord:
         """The job's current record, to read only (a final one kept here is not copied)."""
-        with self._lock:
-            rec = self._live.get(job_id)
+        with self._state.lock:
+            rec = self._state.live.get(job_id)
             if rec is not None:
                 return rec.copy()
         self._check_readable(job_id)
@@ -759,24 +737,26 @@ class JobQueue(Runtime):
 
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
         deadline = wait_deadline(timeout)
-        if self.is_owner and not self._closed:
-            if job_id not in self._live and job_id in self._finished:  # finished here
+        if self.is_owner and not self._state.closed:
+            if job_id not in self._state.live and job_id in self._finished:  # finished here
                 return True
             self._adopt(job_id)  # submitted by another process and not picked up yet
             waiter = self._job_in_this_thread()
             if waiter is not None and not self._lend_slot(waiter, job_id, deadline):
                 return False  # timed out (see nbqup.nested: the slot runs it meanwhile)
-            with self._lock:
-                while job_id in self._live and not self._closed:
-                    if self._failure is not None:
-                        raise self._failed_error()
+            with self._state.lock:
+                while job_id in self._state.live and not self._state.closed:
+                    if self._state.failure is not None:
+                        raise self._state.failed_error()
                     left = wait_left(deadline)
                     if left is not None and left <= 0:
                         return False
                     # woken when this job ends, not by every other job that does
-                    cond = self._job_waits.setdefault(job_id, threading.Condition(self._lock))
+                    cond = self._state.job_waits.setdefault(
+                        job_id, threading.Condition(self._state.lock)
+                    )
                     cond.wait(left)
-                if job_id not in self._live:
+                if job_id not in self._state.live:
                     return True
         # Closed (now or meanwhile): a job it left unfinished never ends here, and polling
         # its live record would spin for ever -- in a job waiting inside a closed queue,
@@ -795,7 +775,7 @@ class JobQueue(Runtime):
         return True
 
     def _check_readable(self, job_id: str) -> None:
-        if self._closed:
+        if self._state.closed:
             raise RuntimeError(
                 f"{self!r} is closed: reopen the store to read job {job_id} "
                 f"(nbqup.JobQueue({str(self.path)!r}, workers=0))"
@@ -823,16 +803,16 @@ class JobQueue(Runtime):
         return self.load_checkpoint(job_id)[1]
 
     def _outputs(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            ctx = self._running.get(job_id)
+        with self._state.lock:
+            ctx = self._state.running.get(job_id)
         if ctx is not None:
             return ctx.outputs.bundles()
         blob = self.store.get_blob("rich", job_id)
         return [] if blob is None else list(payload.loads(blob))
 
     def _logs(self, job_id: str) -> str:
-        with self._lock:
-            ctx = self._running.get(job_id)
+        with self._state.lock:
+            ctx = self._state.running.get(job_id)
         if ctx is not None:
             return ctx.logs.text()
         blob = self.store.get_blob("logs", job_id)
@@ -850,14 +830,14 @@ class JobQueue(Runtime):
         deadline = time.monotonic() + _RECORDING_WAIT
         while self._being_recorded(job_id) and time.monotonic() < deadline:
             time.sleep(0.001)  # queued again by a retry whose write lands in a moment
-        with self._lock:
-            live = self._live.get(job_id)
+        with self._state.lock:
+            live = self._state.live.get(job_id)
             if live is None:
                 self._record(job_id)  # KeyError for an unknown id
                 return False
             if live.status.final:  # it has just ended; its final write is on its way
                 return False
-            ctx = self._running.get(job_id)
+            ctx = self._state.running.get(job_id)
             if ctx is not None:
                 ctx.stop_reason = "cancelled"
                 return True
@@ -880,12 +860,12 @@ class JobQueue(Runtime):
             if not self.is_owner:
                 self.store.backend.write([("requests", job_id, b"retry")])
                 return
-            with self._lock:  # claim it: of two retries at once, the second finds it live
+            with self._state.lock:  # claim it: of two retries at once, the second finds it live
                 if self._final_in_flight(job_id):
                     continue
-                if job_id in self._live or job_id in self._submitting:
+                if job_id in self._state.live or job_id in self._state.submitting:
                     raise ValueError(f"job {job_id} is already queued again")
-                self._submitting.add(job_id)
+                self._state.submitting.add(job_id)
                 self._finished.forget(job_id)
             break
         try:
@@ -894,27 +874,27 @@ class JobQueue(Runtime):
             rec.message = "retried"
             rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
             self._writer.flush(self._writer.add([rec.copy()], reopened=[job_id]))
-            with self._lock:
-                self._live[rec.id] = rec
+            with self._state.lock:
+                self._state.live[rec.id] = rec
                 self._place(rec)
         finally:
-            with self._lock:
-                self._submitting.discard(job_id)
+            with self._state.lock:
+                self._state.submitting.discard(job_id)
         self._settle()
 
     def _being_recorded(self, job_id: str) -> bool:
         """Whether the job is being written by this process and is not live yet."""
-        with self._lock:
-            return job_id in self._submitting and job_id not in self._live
+        with self._state.lock:
+            return job_id in self._state.submitting and job_id not in self._state.live
 
     def _final_in_flight(self, job_id: str) -> bool:
         """Whether the job has ended here but its final write is not durable yet."""
-        with self._lock:
-            live = self._live.get(job_id)
+        with self._state.lock:
+            live = self._state.live.get(job_id)
             return live is not None and live.status.final
 
     def _check_open(self) -> None:
-        if self._closed or self._stopping:
+        if self._state.closed or self._state.stopping:
             raise RuntimeError(f"{self!r} is closed")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import itertools
 import logging
 import threading
 import time
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     from .nested import Claim
     from .queue import JobQueue
     from .schedules import Schedules
+    from .state import JobState
     from .submit import Task
 
 __all__ = ["Runtime"]
@@ -84,33 +84,13 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
     _poll: float
     _executor: Executor
     _writer: GroupCommit
-    _lock: threading.RLock
-    _work: threading.Condition
-    _sched: threading.Condition
-    _done: threading.Condition
-    _live: dict[str, JobRecord]
-    _ready: list[tuple[int, int, str]]
-    _timed: list[tuple[float, int, str]]
-    _blocked: dict[str, set[str]]
-    _dependents: dict[str, set[str]]
-    _held: dict[str, str]
-    _running: dict[str, JobContext]
-    _submitting: set[str]
-    _job_waits: dict[str, threading.Condition]
-    _ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]]
-    _runners: dict[str, threading.Thread]
-    _last_persist: dict[str, float]
-    _seq: itertools.count[int]
     _tasks: dict[str, Task[Any, Any]]
     _task_executors: dict[str, Any]
     _threads: list[threading.Thread]
-    _stopping: bool
-    _draining: bool
-    _closed: bool
-    _failure: StoreFailed | None
     _trouble: WriteTrouble
     _capturing: bool
     _schedules: Schedules
+    _state: JobState
     _finished: FinishedJobs
 
     def _cancel(self, job_id: str) -> bool:
@@ -145,7 +125,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         for rec in records:
             if rec.status not in FINAL:
                 self._admit(rec)
-        with self._lock:
+        with self._state.lock:
             self.is_owner = True
         self._apply_requests()
         self._schedules.load_all()
@@ -163,43 +143,39 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _admit(self, rec: JobRecord) -> None:
         """Put an unfinished record where it belongs: timed heap, blocked, held or ready."""
-        with self._lock:
-            if rec.id in self._live:
+        with self._state.lock:
+            if rec.id in self._state.live:
                 return
-            self._live[rec.id] = rec
+            self._state.live[rec.id] = rec
             self._place(rec)
         self._settle()
 
     def _place(self, rec: JobRecord) -> None:
         # caller holds the lock
         if rec.status is Status.SCHEDULED and rec.scheduled_for is not None:
-            heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
-            self._sched.notify()
+            self._state.push_due(rec.scheduled_for, rec.id)
             return
         waiting = self._unmet_dependencies(rec)
         if waiting is None:
             return  # cancelled because a dependency failed
         if waiting:
-            self._blocked[rec.id] = waiting
+            self._state.blocked[rec.id] = waiting
             for dep in waiting:
-                self._dependents.setdefault(dep, set()).add(rec.id)
+                self._state.dependents.setdefault(dep, set()).add(rec.id)
             rec.message = f"waiting for {', '.join(sorted(waiting))}"
             return
         why = self._why_held(rec)
         if why:
-            self._held[rec.id] = why
+            self._state.held[rec.id] = why
             rec.message = why
             return
         rec.status = Status.QUEUED
-        heapq.heappush(self._ready, (-rec.priority, next(self._seq), rec.id))
-        self._work.notify()
-        if self._awaiting:  # jobs waiting inside jobs may run it (see nbqup.nested)
-            self._done.notify_all()
+        self._state.push_ready(rec.id, rec.priority)  # jobs waiting inside jobs may run it
 
     def _unmet_dependencies(self, rec: JobRecord) -> set[str] | None:
         waiting = set()
         for dep in rec.depends_on:
-            live = self._live.get(dep)
+            live = self._state.live.get(dep)
             dep_rec = live if live is not None else self.store.load(dep)
             if dep_rec is None or dep_rec.status in (
                 Status.FAILED,
@@ -228,9 +204,9 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         return None
 
     def _release_held(self) -> None:
-        with self._lock:
-            held = [self._live[i] for i in list(self._held) if i in self._live]
-            self._held.clear()
+        with self._state.lock:
+            held = [self._state.live[i] for i in list(self._state.held) if i in self._state.live]
+            self._state.held.clear()
             for rec in held:
                 rec.message = None
                 self._place(rec)
@@ -255,37 +231,39 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         next_check = time.monotonic() + self._poll
         wait: float | None
         while True:
-            with self._lock:
-                if self._failure is not None or (self._stopping and not self._draining):
+            with self._state.lock:
+                if self._state.failure is not None or (
+                    self._state.stopping and not self._state.draining
+                ):
                     return
                 turn = self._turn_begins()  # a pass wait_turn() waits for: no sleep
                 now = self._clock.now()
-                if self._stopping:  # close(wait=True) waits for the running jobs
+                if self._state.stopping:  # close(wait=True) waits for the running jobs
                     wait = self._release_awaited(now)  # only what they wait for
                 else:
                     self._release_due(now)
                     wait = next_check - time.monotonic()
-                    if self._timed:
-                        wait = min(wait, self._timed[0][0] - now)
+                    if self._state.timed:
+                        wait = min(wait, self._state.timed[0][0] - now)
                 if (wait is None or wait > 0) and not turn:
-                    self._clock.wait(self._sched, wait)
-                if self._stopping and not self._draining:
+                    self._clock.wait(self._state.sched, wait)
+                if self._state.stopping and not self._state.draining:
                     return
             # a final write that failed is queued again: the next turn retries it
             if not self._guarded(self._settle, "writing finished jobs"):
                 return
-            if not self._stopping and (turn or time.monotonic() >= next_check):
+            if not self._state.stopping and (turn or time.monotonic() >= next_check):
                 next_check = time.monotonic() + self._poll
                 if not self._guarded(self._periodic_check, "periodic check"):
                     return
             if turn:
-                with self._lock:
+                with self._state.lock:
                     self._turn_ends(turn)
 
     def _release_due(self, now: float) -> None:
         # caller holds the lock
-        while self._timed and self._timed[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._timed)
+        while self._state.timed and self._state.timed[0][0] <= now:
+            _, _, job_id = heapq.heappop(self._state.timed)
             if job_id.startswith("@"):
                 self._schedules.fire(job_id[1:], now)
                 continue
@@ -293,7 +271,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _release(self, job_id: str, now: float) -> None:
         """Queue a delayed job whose entry left the timed heap, if it is due (lock held)."""
-        rec = self._live.get(job_id)
+        rec = self._state.live.get(job_id)
         if rec is None or rec.status is not Status.SCHEDULED:
             return
         if rec.scheduled_for is not None and rec.scheduled_for > now:
@@ -311,8 +289,8 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _adopt_pending(self) -> None:
         """Take on the unfinished jobs other processes recorded since the last look."""
-        with self._lock:
-            known = set(self._live) | self._submitting
+        with self._state.lock:
+            known = set(self._state.live) | self._state.submitting
         for job_id in self.store.pending_ids():
             if job_id not in known:
                 self._adopt(job_id, settle=False)
@@ -320,21 +298,26 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _adopt(self, job_id: str, *, settle: bool = True) -> None:
         """Run a job another process recorded, if this process does not know it yet."""
-        if not self.is_owner or self._closed or job_id in self._live or job_id in self._finished:
+        if (
+            not self.is_owner
+            or self._state.closed
+            or job_id in self._state.live
+            or job_id in self._finished
+        ):
             return
         rec = self._load_or_set_aside(job_id)  # without the lock: mostly a finished job
         if rec is None or rec.status in FINAL:
             return
-        with self._lock:
+        with self._state.lock:
             # Decide on a fresh read under the lock: a job submitted here may have run and
             # been forgotten since -- its final state is durable before it leaves `_live`
             # (see _settle), so the read shows it.
-            if job_id in self._live or job_id in self._submitting:
+            if job_id in self._state.live or job_id in self._state.submitting:
                 return
             rec = self._load_or_set_aside(job_id)
             if rec is None or rec.status in FINAL:
                 return
-            self._live[rec.id] = rec
+            self._state.live[rec.id] = rec
             self._place(rec)
         if settle:
             self._settle()
@@ -353,14 +336,14 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _release_held_zombies(self) -> None:
         path = str(self.path)
-        with self._lock:
-            if not any(w.startswith("still running") for w in self._held.values()):
+        with self._state.lock:
+            if not any(w.startswith("still running") for w in self._state.held.values()):
                 return
             alive = {i for i, t in _zombies.get(path, {}).items() if t.is_alive()}
-            for job_id, why in list(self._held.items()):
+            for job_id, why in list(self._state.held.items()):
                 if why.startswith("still running") and job_id not in alive:
-                    del self._held[job_id]
-                    rec = self._live[job_id]
+                    del self._state.held[job_id]
+                    rec = self._state.live[job_id]
                     rec.message = None
                     self._place(rec)
         self._settle()
@@ -389,18 +372,18 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
                 self._pause()
             except Exception as exc:  # a bug of ours must not silently stop a worker
                 log.exception("nbqup: worker slot error")
-                if self._closed:
+                if self._state.closed:
                     return
                 self._internal_error(job_id, exc)
                 self._pause()
 
     def _internal_error(self, job_id: str | None, exc: Exception) -> None:
         """Fail the job a slot was handling when the runtime itself raised."""
-        with self._lock:
-            rec = self._live.get(job_id) if job_id else None
+        with self._state.lock:
+            rec = self._state.live.get(job_id) if job_id else None
             if rec is not None and rec.status is Status.RUNNING:
-                self._running.pop(rec.id, None)
-                self._runners.pop(rec.id, None)
+                self._state.running.pop(rec.id, None)
+                self._state.runners.pop(rec.id, None)
                 rec.error = f"nbqup internal error: {exc!r}"
                 self._end(rec, Status.FAILED, message=rec.error)
         with contextlib.suppress(Exception):
@@ -413,26 +396,26 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         wake their waiters (:meth:`_settle`).
         """
         while True:
-            with self._lock:
-                if self._failure is not None:
+            with self._state.lock:
+                if self._state.failure is not None:
                     return None
                 job_id = self._pop_ready()
-                if job_id is None and not self._ending and not self._stopping:
-                    self._work.wait()
+                if job_id is None and not self._state.ending and not self._state.stopping:
+                    self._state.work.wait()
                     continue
                 if job_id is not None:
                     claim = self._claim(job_id)
                     break
             self._settle()
-            with self._lock:
-                if self._stopping:
+            with self._state.lock:
+                if self._state.stopping:
                     return None
         return self._launch(claim)
 
     def _claim(self, job_id: str) -> Claim:
         """Mark a ready job running in this thread (the caller holds the lock, so no other
         slot takes it); its record, context, the ticket of that write and its attempt."""
-        rec = self._live[job_id]
+        rec = self._state.live[job_id]
         now = self._clock.now()
         rec.status = Status.RUNNING
         rec.attempts += 1
@@ -443,8 +426,8 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         ctx = JobContext(
             Job(cast("JobQueue", self), job_id), self, deadline=deadline, timeout=rec.timeout
         )
-        self._running[job_id] = ctx
-        self._runners[job_id] = threading.current_thread()
+        self._state.running[job_id] = ctx
+        self._state.runners[job_id] = threading.current_thread()
         return rec, ctx, self._writer.add([rec.copy()]), rec.attempts
 
     def _launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]:
@@ -480,25 +463,25 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
     def _unstart(self, rec: JobRecord, ctx: JobContext) -> None:
         """Put a job whose running mark could not be written back in the queue, the
         attempt not counted (or end it, if it was cancelled meanwhile)."""
-        with self._lock:
-            self._running.pop(rec.id, None)
-            self._runners.pop(rec.id, None)
-            if self._live.get(rec.id) is not rec or rec.status is not Status.RUNNING:
+        with self._state.lock:
+            self._state.running.pop(rec.id, None)
+            self._state.runners.pop(rec.id, None)
+            if self._state.live.get(rec.id) is not rec or rec.status is not Status.RUNNING:
                 return
             rec.attempts -= 1
             if ctx.stop_reason is not None and ctx.stop_reason != STORE_FAILED:
                 self._end(rec, Status.CANCELLED, message=ctx.stop_reason)
-            elif self._failure is None:
+            elif self._state.failure is None:
                 rec.status = Status.QUEUED
                 self._place(rec)
 
     def _pop_ready(self) -> str | None:
         """The next ready job's id, or None (the caller holds the lock)."""
-        if self._stopping or self._failure is not None:
+        if self._state.stopping or self._state.failure is not None:
             return None
-        while self._ready:
-            _, _, job_id = heapq.heappop(self._ready)
-            rec = self._live.get(job_id)
+        while self._state.ready:
+            _, _, job_id = heapq.heappop(self._state.ready)
+            rec = self._state.live.get(job_id)
             if rec is not None and rec.status is Status.QUEUED:
                 return job_id
         return None
@@ -539,11 +522,16 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
                 blobs.append(("result", job_id, payload.dumps_result(outcome.value)))
             except SerializationError as exc:
                 outcome = Outcome(ok=False, error=exc, traceback=f"{exc}\n")
-        with self._lock:
-            self._running.pop(job_id, None)
-            self._runners.pop(job_id, None)
-            rec = self._live.get(job_id)
-            if self._closed or rec is None or ctx.stop_reason == SHUTDOWN or self._failure:
+        with self._state.lock:
+            self._state.running.pop(job_id, None)
+            self._state.runners.pop(job_id, None)
+            rec = self._state.live.get(job_id)
+            if (
+                self._state.closed
+                or rec is None
+                or ctx.stop_reason == SHUTDOWN
+                or self._state.failure
+            ):
                 return
             now = self._clock.now()
             if any(table in ("logs", "rich") for table, _, _ in blobs):
@@ -594,8 +582,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
                 rec.status = Status.QUEUED
                 self._place(rec)
             else:
-                heapq.heappush(self._timed, (rec.scheduled_for, next(self._seq), rec.id))
-                self._sched.notify()
+                self._state.push_due(rec.scheduled_for, rec.id)
         else:
             self._end(rec, Status.FAILED, message=last_line(text), blobs=blobs)
 
@@ -620,7 +607,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
         blobs = blobs or []
-        self._ending.append((rec, self._writer.add([rec], blobs), blobs))
+        self._state.ending.append((rec, self._writer.add([rec], blobs), blobs))
 
     def _settle(self) -> None:
         """Once final states are durable, forget those jobs and wake their waiters.
@@ -632,54 +619,54 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         has failed for good nothing is written: the jobs resume when it is reopened.
         """
         while True:
-            with self._lock:
-                if not self._ending or self._failure is not None:
+            with self._state.lock:
+                if not self._state.ending or self._state.failure is not None:
                     return
-                ending, self._ending = self._ending, []
+                ending, self._state.ending = self._state.ending, []
             with contextlib.suppress(Exception):  # each record's own batch is checked below
                 self._writer.flush(max(ticket for _, ticket, _ in ending))
             failed = [(rec, self._writer.failed(ticket), blobs) for rec, ticket, blobs in ending]
-            with self._lock:
+            with self._state.lock:
                 error = None
                 for rec, exc, blobs in failed:
                     if exc is None:
                         self._finalized(rec)
                     else:
                         error = exc
-                        self._ending.append((rec, self._writer.add([rec], blobs), blobs))
+                        self._state.ending.append((rec, self._writer.add([rec], blobs), blobs))
             if error is not None:
                 raise error
             self._trouble.ok()
 
     def _finalized(self, rec: JobRecord) -> None:
         """Forget a final job and wake what waited on it (lock held, write durable)."""
-        self._live.pop(rec.id, None)
-        self._blocked.pop(rec.id, None)
-        self._held.pop(rec.id, None)
-        self._last_persist.pop(rec.id, None)
+        self._state.live.pop(rec.id, None)
+        self._state.blocked.pop(rec.id, None)
+        self._state.held.pop(rec.id, None)
+        self._state.last_persist.pop(rec.id, None)
         self._finished.remember(rec)
-        for dependent in self._dependents.pop(rec.id, ()):
-            waiting = self._blocked.get(dependent)
-            dep_rec = self._live.get(dependent)
+        for dependent in self._state.dependents.pop(rec.id, ()):
+            waiting = self._state.blocked.get(dependent)
+            dep_rec = self._state.live.get(dependent)
             if waiting is None or dep_rec is None:
                 continue
             if rec.status is Status.SUCCEEDED:
                 waiting.discard(rec.id)
                 if not waiting:
-                    del self._blocked[dependent]
+                    del self._state.blocked[dependent]
                     dep_rec.message = None
                     self._place(dep_rec)
             else:
-                del self._blocked[dependent]
+                del self._state.blocked[dependent]
                 self._end(
                     dep_rec,
                     Status.CANCELLED,
                     message=f"dependency {rec.id} ({rec.name}) {rec.status}",
                 )
-        cond = self._job_waits.pop(rec.id, None)
+        cond = self._state.job_waits.pop(rec.id, None)
         if cond is not None:
             cond.notify_all()
-        self._done.notify_all()
+        self._state.done.notify_all()
 
     def _abandon(self, running: dict[str, JobContext]) -> None:
         """close(wait=False): running jobs go back to queued; their run does not count,
@@ -687,10 +674,10 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         records = []
         outputs: list[tuple[str, str, bytes]] = []
         zombies = _zombies.setdefault(str(self.path), {})
-        with self._lock:
+        with self._state.lock:
             for job_id, ctx in running.items():
                 ctx.stop_reason = SHUTDOWN
-                rec = self._live.get(job_id)
+                rec = self._state.live.get(job_id)
                 if rec is None:
                     continue
                 written = _output_blobs(job_id, ctx)
@@ -701,7 +688,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
                 rec.attempts = max(0, rec.attempts - 1)
                 rec.message = "interrupted by close(); resumes on reopen"
                 records.append(rec.copy())
-                thread = self._runners.get(job_id)
+                thread = self._state.runners.get(job_id)
                 if thread is not None:
                     zombies[job_id] = thread
         if records:
@@ -713,8 +700,8 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         return self._clock.now()
 
     def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
-        with self._lock:
-            rec = self._live.get(job_id)
+        with self._state.lock:
+            rec = self._state.live.get(job_id)
             if rec is None:
                 return
             if fraction is not None:
@@ -722,9 +709,9 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
             if message is not None:
                 rec.message = message
             now = time.monotonic()
-            if now - self._last_persist.get(job_id, 0.0) >= _PROGRESS_EVERY:
-                self._last_persist[job_id] = now
-                ctx = self._running.get(job_id)
+            if now - self._state.last_persist.get(job_id, 0.0) >= _PROGRESS_EVERY:
+                self._state.last_persist[job_id] = now
+                ctx = self._state.running.get(job_id)
                 outputs = _output_blobs(job_id, ctx) if ctx is not None else []
                 if outputs:
                     rec.output_attempt = rec.attempts
@@ -735,9 +722,9 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def save_checkpoint_blob(self, job_id: str, blob: bytes) -> None:
         """Store an already pickled checkpoint; durable when this returns."""
-        with self._lock:
-            rec = self._live.get(job_id)
-            if rec is None or self._closed:
+        with self._state.lock:
+            rec = self._state.live.get(job_id)
+            if rec is None or self._state.closed:
                 return
             rec.has_checkpoint = True
             ticket = self._writer.add([rec.copy()], [("ckpt", job_id, blob)])

@@ -24,7 +24,6 @@ re-running the cell that creates one returns the existing schedule.
 
 from __future__ import annotations
 
-import heapq
 import pickle
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -83,7 +82,7 @@ class Schedules:
     # -- reading -------------------------------------------------------------------------
 
     def record(self, sid: str) -> ScheduleRecord:
-        with self.q._lock:
+        with self.q._state.lock:
             live = self.live.get(sid)
             if live is not None:
                 return live.copy()
@@ -124,7 +123,7 @@ class Schedules:
 
     def check_new(self) -> None:
         """Periodic check: schedules created by other processes."""
-        with self.q._lock:
+        with self.q._state.lock:
             known = set(self.live) | self.refused
         for sid in self.ids():
             if sid not in known:
@@ -144,7 +143,7 @@ class Schedules:
         except (ValueError, TypeError, ImportError) as exc:
             self._refuse(srec, exc)
             return
-        with self.q._lock:
+        with self.q._state.lock:
             if srec.id in self.live:
                 return
             self.live[srec.id] = srec
@@ -154,7 +153,7 @@ class Schedules:
 
     def _refuse(self, srec: ScheduleRecord, exc: BaseException) -> None:
         """Leave a schedule whose trigger cannot run here alone, saying so once."""
-        with self.q._lock:
+        with self.q._state.lock:
             if srec.id in self.refused:
                 return
             self.refused.add(srec.id)
@@ -167,8 +166,7 @@ class Schedules:
 
     def _push(self, srec: ScheduleRecord) -> None:
         # caller holds the queue's lock
-        heapq.heappush(self.q._timed, (srec.next_due, next(self.q._seq), "@" + srec.id))
-        self.q._sched.notify()
+        self.q._state.push_due(srec.next_due, "@" + srec.id)
 
     # -- firing --------------------------------------------------------------------------
 
@@ -185,7 +183,7 @@ class Schedules:
         on_time = max(2.0, 2 * self.q._poll)
         if not run and burst is not None and burst.count == 1 and now - burst.last <= on_time:
             run, burst = [burst.last], None  # a single slot on time runs, whatever the policy
-        last = self.q._live.get(srec.last_job) if srec.last_job else None
+        last = self.q._state.live.get(srec.last_job) if srec.last_job else None
         still = None
         if last is not None and run:  # the previous run goes on: none starts next to it
             still, why = last.id, f"the previous run {last.id} was still {last.status}"
@@ -207,7 +205,7 @@ class Schedules:
         srec.next_due = catch.next_due
         self.q._writer.add([r.copy() for r in records], [("sched", sid, dump(srec))])
         for rec in started:
-            self.q._live[rec.id] = rec
+            self.q._state.live[rec.id] = rec
             self.q._place(rec)
         self._push(srec)
 
@@ -266,7 +264,7 @@ class Schedules:
             return True
         if sid not in self.live:
             self._load_one(sid)  # created by another process, not picked up yet
-        with q._lock:
+        with q._state.lock:
             srec = self.live.get(sid)
             if srec is None:  # refused (see _refuse): it can be paused or cancelled only
                 if state == "active":

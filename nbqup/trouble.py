@@ -15,9 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import StoreFailed, StoreWriteError
+
+if TYPE_CHECKING:
+    from .state import JobState
 
 __all__ = ["STORE_FAILED", "StoreTrouble", "WriteTrouble"]
 
@@ -57,16 +60,9 @@ class StoreTrouble:
     """The runtime's side of store trouble; mixed into :class:`~nbqup.runtime.Runtime`."""
 
     # State set up by JobQueue.__init__.
+    _state: JobState
     is_owner: bool
     _poll: float
-    _lock: threading.RLock
-    _work: threading.Condition
-    _sched: threading.Condition
-    _done: threading.Condition
-    _job_waits: dict[str, threading.Condition]
-    _running: dict[str, Any]  # job id -> its JobContext (not imported: no cycle)
-    _stopping: bool
-    _failure: StoreFailed | None
     _trouble: WriteTrouble
 
     def _guarded(self, step: Callable[[], None], what: str) -> bool:
@@ -87,33 +83,26 @@ class StoreTrouble:
         """Wait a moment before writing again to a store that refused a write: ready jobs
         queued again meanwhile do not wake this slot, only close() or a failure does."""
         deadline = time.monotonic() + min(self._poll, 0.5)
-        with self._lock:
-            while not self._stopping and self._failure is None:
+        with self._state.lock:
+            while not self._state.stopping and self._state.failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
-                self._work.wait(left)
+                self._state.work.wait(left)
 
     def _store_failed(self, error: StoreFailed) -> None:
         """The store failed for good (a hook of the backend, run once): stop the workers
         and the scheduler, ask running jobs to stop, wake every waiter; say so once."""
-        with self._lock:
-            if self._failure is not None:
+        with self._state.lock:
+            if self._state.failure is not None:
                 return
-            self._failure = error
-            for ctx in self._running.values():
+            self._state.failure = error
+            for ctx in self._state.running.values():
                 ctx.stop_reason = STORE_FAILED
-            self._work.notify_all()
-            self._sched.notify_all()
-            self._done.notify_all()
-            for cond in self._job_waits.values():
+            self._state.work.notify_all()
+            self._state.sched.notify_all()
+            self._state.done.notify_all()
+            for cond in self._state.job_waits.values():
                 cond.notify_all()
         if self.is_owner:
             log.error("nbqup: %s; its workers stopped", error)
-
-    def _failed_error(self) -> StoreFailed:
-        """A new error saying the store failed (for a waiter to raise)."""
-        assert self._failure is not None
-        error = StoreFailed(self._failure.path, self._failure.cause)
-        error.__cause__ = self._failure.__cause__
-        return error

@@ -19,14 +19,13 @@ someone waits for does not sleep before it ends, and always runs the periodic ch
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .clock import wait_deadline, wait_left
 from .records import Status
 
 if TYPE_CHECKING:
-    from .errors import StoreFailed
-    from .records import JobRecord
+    from .state import JobState
 
 __all__ = ["SchedulerTurns"]
 
@@ -42,17 +41,10 @@ class SchedulerTurns:
     """Waiting for a scheduler pass; mixed into :class:`~nbqup.runtime.Runtime`."""
 
     # State set up by JobQueue.__init__ (see there).
+    _state: JobState
     workers: int
     is_owner: bool
-    _lock: threading.RLock
-    _sched: threading.Condition
-    _live: dict[str, JobRecord]
-    _ready: list[tuple[int, int, str]]
-    _running: dict[str, Any]  # job id -> its JobContext
     _threads: list[threading.Thread]
-    _stopping: bool
-    _closed: bool
-    _failure: StoreFailed | None
 
     #: Passes the scheduler began, and the last one it ended that someone waited for.
     _turns_begun = 0
@@ -61,10 +53,6 @@ class SchedulerTurns:
     _turn_wanted = 0
     #: Woken at the end of a pass someone waited for; made by the first wait_turn.
     _turn_cond: threading.Condition | None = None
-
-    if TYPE_CHECKING:  # provided by StoreTrouble
-
-        def _failed_error(self) -> StoreFailed: ...
 
     def wait_turn(self, timeout: float | None = None) -> bool:
         """Wait until the scheduler has done a full pass begun after this call, then until
@@ -89,13 +77,13 @@ class SchedulerTurns:
         True True
         """
         deadline = wait_deadline(timeout)
-        with self._lock:
+        with self._state.lock:
             self._check_scheduler()
             if self._turn_cond is None:
-                self._turn_cond = threading.Condition(self._lock)
+                self._turn_cond = threading.Condition(self._state.lock)
             want = self._turns_begun + 1  # begins after this: it reads the clock after us
             self._turn_wanted = max(self._turn_wanted, want)
-            self._sched.notify_all()  # a sleeping scheduler starts that pass now
+            self._state.sched.notify_all()  # a sleeping scheduler starts that pass now
             while self._turns_ended < want or self._ready_untaken():
                 left = wait_left(deadline)
                 if left is not None and left <= 0:
@@ -107,9 +95,9 @@ class SchedulerTurns:
 
     def _check_scheduler(self) -> None:
         """Raise unless a scheduler runs here (the caller holds the lock)."""
-        if self._failure is not None:
-            raise self._failed_error()
-        if self._closed or self._stopping:
+        if self._state.failure is not None:
+            raise self._state.failed_error()
+        if self._state.closed or self._state.stopping:
             raise RuntimeError(f"{self!r} is closed: its scheduler takes no more turns")
         if not self.is_owner or not self._threads:
             raise RuntimeError(
@@ -120,10 +108,10 @@ class SchedulerTurns:
     def _ready_untaken(self) -> bool:
         """Whether a ready job waits while a worker slot is free (the caller holds the
         lock).  Slots running jobs in a waiting job's slot count once per job here."""
-        if len(self._running) >= self.workers:
+        if len(self._state.running) >= self.workers:
             return False
-        for _, _, job_id in self._ready:
-            rec = self._live.get(job_id)
+        for _, _, job_id in self._state.ready:
+            rec = self._state.live.get(job_id)
             if rec is not None and rec.status is Status.QUEUED:
                 return True
         return False

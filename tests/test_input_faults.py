@@ -156,7 +156,7 @@ def test_waits_take_any_timeout(clock: ManualClock, name: str) -> None:
         # inside a job: the wait lends the job's slot, and waits while nothing is ready
         QUEUES[name] = jq
         outer = jq.submit(wait_inside, name)
-        until(lambda: len(jq._awaiting) == 1, "the job waiting inside")
+        until(lambda: len(jq._state.awaiting) == 1, "the job waiting inside")
         clock.advance(HOUR)
         assert outer.result(WAIT) == 5
 

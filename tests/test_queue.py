@@ -323,7 +323,7 @@ def test_a_final_write_that_fails_is_written_again_and_the_job_stays_until_it_is
         jq.store.commit = failing_once  # type: ignore[method-assign]
         with pytest.raises(nbqup.NbqupError, match="disk full"):
             job.cancel()
-        assert job.id in jq._live  # not forgotten: its end is not in the store yet
+        assert job.id in jq._state.live  # not forgotten: its end is not in the store yet
         assert job.wait(WAIT)  # the scheduler's next turn writes it again
         stored = jq.store.load(job.id)
         assert stored is not None and stored.status is Status.CANCELLED
@@ -727,7 +727,7 @@ def test_a_recorded_submit_never_raises_another_jobs_failed_final_write(
         EVENTS[name].set()  # the job returns: its final write finds the disk full
         assert refused.wait(10)
         deadline = time.monotonic() + 10
-        while not any(rec.id == done.id for rec, _, _ in jq._ending):  # queued again
+        while not any(rec.id == done.id for rec, _, _ in jq._state.ending):  # queued again
             assert time.monotonic() < deadline
             time.sleep(0.001)
         with pytest.raises(nbqup.DiskFull):  # the disk is full: this one is refused,
