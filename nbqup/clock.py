@@ -11,8 +11,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 
-__all__ = ["MAX_WAIT", "Clock", "ManualClock", "SystemClock", "wait_deadline", "wait_left"]
+__all__ = [
+    "MAX_WAIT",
+    "Clock",
+    "ManualClock",
+    "SystemClock",
+    "poll_until",
+    "wait_deadline",
+    "wait_left",
+]
 
 #: The longest single wait on a lock or condition: a longer timeout waits in turns (a
 #: lock cannot wait 1e300 seconds: Python raises OverflowError).
@@ -113,3 +122,16 @@ def wait_left(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return min(deadline - time.monotonic(), MAX_WAIT)
+
+
+def poll_until(done: Callable[[], bool], deadline: float | None) -> bool:
+    """Call ``done()`` until it is true (True), backing off from 5 ms to 200 ms between
+    calls, or until ``deadline`` (monotonic; None: none) passes (False)."""
+    pause = 0.005
+    while not done():
+        left = wait_left(deadline)
+        if left is not None and left <= 0:
+            return False
+        time.sleep(min(pause, left) if left is not None else pause)
+        pause = min(pause * 2, 0.2)
+    return True

@@ -42,7 +42,7 @@ from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .queue import JobQueue
+    from .ports import QueuePort
 
 __all__ = ["COLUMNS", "STATUS_ORDER", "jobs_df", "results_df"]
 
@@ -69,7 +69,7 @@ COLUMNS = ("name", "status", "attempts", "progress", *_TIMES, "duration", "error
 
 
 def jobs_df(
-    jq: JobQueue,
+    jq: QueuePort,
     status: str | Iterable[str] | None = None,
     name: str | None = None,
     tags: str | Iterable[str] | None = None,
@@ -98,7 +98,7 @@ def jobs_df(
 
 
 def results_df(
-    jq: JobQueue,
+    jq: QueuePort,
     status: str | Iterable[str] | None = "succeeded",
     name: str | None = None,
     tags: str | Iterable[str] | None = None,
@@ -125,7 +125,7 @@ def results_df(
         if not stored:
             continue
         try:
-            value = jq._result(job_id)
+            value = jq.result(job_id)
         except (StoreCorrupt, SerializationError) as exc:
             warnings.warn(f"nbqup: {exc}; its result is left out", RuntimeWarning, stacklevel=2)
             continue
@@ -146,7 +146,7 @@ def results_df(
 
 
 def _build(
-    jq: JobQueue,
+    jq: QueuePort,
     status: str | Iterable[str] | None,
     name: str | None,
     tags: str | Iterable[str] | None,
@@ -162,7 +162,7 @@ def _build(
 
 
 def _collect(
-    jq: JobQueue,
+    jq: QueuePort,
     status: str | Iterable[str] | None,
     name: str | None,
     tags: str | Iterable[str] | None,
@@ -179,8 +179,7 @@ def _collect(
     snap = operator.attrgetter(*_LIVE_FIELDS)
     # Live state first, then the store: a job ending in between is final in the scan (and
     # the store is then the fresher); every live job is in the store before it is live.
-    with jq._state.lock:
-        live = {job_id: snap(rec) for job_id, rec in jq._state.live.items()}
+    live = jq.live_rows(snap)
     rows: list[tuple[Any, ...]] = []
     for job_id, row in jq.store.scan_rows(_FIELDS):
         status = row[_STATUS]

@@ -1,5 +1,7 @@
 """The :class:`Job` handle users hold: a job id plus the queue that knows about it.
 
+A handle talks to its queue through :class:`~nbqup.ports.QueuePort` only.
+
 A handle keeps no state of its own; every attribute reads the job's current record, from
 memory while the job is live in this process and from the store otherwise, so a handle
 from before a kernel restart (``jq.get(id)``) is as good as a fresh one.
@@ -16,7 +18,7 @@ from .errors import JobCancelled, JobFailed
 from .records import JobRecord, ScheduleRecord, Status, as_datetime
 
 if TYPE_CHECKING:
-    from .queue import JobQueue
+    from .ports import QueuePort
 
 __all__ = ["Job", "Schedule", "current_job"]
 
@@ -34,7 +36,7 @@ class Job:
 
     __slots__ = ("_queue", "id")
 
-    def __init__(self, queue: JobQueue, job_id: str) -> None:
+    def __init__(self, queue: QueuePort, job_id: str) -> None:
         self._queue = queue
         self.id = job_id
 
@@ -43,11 +45,11 @@ class Job:
     @property
     def record(self) -> JobRecord:
         """A snapshot of the job's stored record."""
-        return self._queue._record(self.id)
+        return self._queue.record(self.id)
 
     @property
     def _rec(self) -> JobRecord:  # the same, to read only: no copy of a finished job's
-        return self._queue._peek(self.id)
+        return self._queue.peek(self.id)
 
     @property
     def name(self) -> str:
@@ -112,12 +114,12 @@ class Job:
     @property
     def logs(self) -> str:
         """What the job printed (stdout, stderr and logging), tail-capped."""
-        return self._queue._logs(self.id)
+        return self._queue.logs(self.id)
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
         """What the job passed to ``display(...)``: MIME bundles ``{"data", "metadata"}``."""
-        return self._queue._outputs(self.id)
+        return self._queue.outputs(self.id)
 
     def show(self) -> None:
         """Display the job's rich outputs (figures, tables...) here, also after a restart;
@@ -134,7 +136,7 @@ class Job:
     @property
     def checkpoint(self) -> Any:
         """The last state the job saved with ``nbqup.checkpoint``, or None."""
-        return self._queue._checkpoint(self.id)
+        return self._queue.checkpoint(self.id)
 
     # -- futures-like ------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class Job:
         meanwhile whenever it is ready (see :mod:`nbqup.nested`); a wait that could never
         end (on the waiting job itself, say) raises :class:`~nbqup.Deadlock`.  Once the
         queue is closed, a job it left unfinished raises RuntimeError: it runs no more."""
-        return self._queue._wait_job(self.id, timeout)
+        return self._queue.wait(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         """The return value; raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError.
@@ -160,7 +162,7 @@ class Job:
         error = self.exception(timeout)
         if error is not None:
             raise error
-        return self._queue._result(self.id)
+        return self._queue.result(self.id)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The error the job ended with (:class:`JobFailed`/:class:`JobCancelled`), or None
@@ -178,11 +180,11 @@ class Job:
         """Cancel the job.  True if it was unfinished: a queued job never runs, a running
         one is asked to stop at its next ``progress``/``checkpoint`` call.  False if it had
         already finished."""
-        return self._queue._cancel(self.id)
+        return self._queue.cancel(self.id)
 
     def retry(self) -> Job:
         """Queue a failed or cancelled job again (same id); returns this handle."""
-        self._queue._retry(self.id)
+        self._queue.retry(self.id)
         return self
 
     # -- display -----------------------------------------------------------------------
@@ -207,13 +209,13 @@ class Schedule:
 
     __slots__ = ("_queue", "id")
 
-    def __init__(self, queue: JobQueue, schedule_id: str) -> None:
+    def __init__(self, queue: QueuePort, schedule_id: str) -> None:
         self._queue = queue
         self.id = schedule_id
 
     @property
     def record(self) -> ScheduleRecord:
-        return self._queue._schedules.record(self.id)
+        return self._queue.schedule_record(self.id)
 
     @property
     def name(self) -> str:
@@ -247,19 +249,19 @@ class Schedule:
 
     def jobs(self) -> list[Job]:
         """Every run of this schedule, oldest first, skipped slots included."""
-        return [job for job in self._queue.jobs() if job.record.schedule == self.id]
+        return [Job(self._queue, job_id) for job_id in self._queue.schedule_runs(self.id)]
 
     def pause(self) -> None:
         """Stop starting runs until :meth:`resume`; slots in between are not recorded."""
-        self._queue._schedules.set_state(self.id, "paused")
+        self._queue.set_schedule_state(self.id, "paused")
 
     def resume(self) -> None:
         """Start runs again from the next slot after now."""
-        self._queue._schedules.set_state(self.id, "active")
+        self._queue.set_schedule_state(self.id, "active")
 
     def cancel(self) -> bool:
         """End the schedule for good (its key is free again); False if it already was."""
-        return self._queue._schedules.set_state(self.id, "cancelled")
+        return self._queue.set_schedule_state(self.id, "cancelled")
 
     def __repr__(self) -> str:
         rec = self.record

@@ -36,14 +36,11 @@ from .errors import Deadlock
 from .records import Status
 
 if TYPE_CHECKING:
-    from .context import JobContext
-    from .executors import Call, Executor, Outcome
+    from .executors import Executor
     from .records import JobRecord
+    from .runtime import Runtime
+    from .slots import Claim, WorkerSlots
     from .state import JobState
-
-    #: A job taken by a slot: its record, context, the ticket of its "running" write and
-    #: its attempt number.
-    Claim = tuple[JobRecord, JobContext, int, int]
 
 __all__ = ["NestedWaits"]
 
@@ -51,26 +48,22 @@ log = logging.getLogger("nbqup")
 
 
 class NestedWaits:
-    """Waits inside jobs of this queue; mixed into :class:`~nbqup.runtime.Runtime`."""
+    """Waits inside jobs of this queue: the waiting job's slot runs what it waits for."""
 
-    # State set up by JobQueue.__init__ (see there).
-    _state: JobState
-    _executor: Executor
+    def __init__(
+        self, state: JobState, runtime: Runtime, slots: WorkerSlots, executor: Executor
+    ) -> None:
+        self._state = state
+        self._runtime = runtime
+        self._slots = slots
+        self._executor = executor
 
-    if TYPE_CHECKING:  # provided by Runtime
-
-        def _claim(self, job_id: str) -> Claim: ...
-        def _launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]: ...
-        def _finish(self, job_id: str, ctx: JobContext, outcome: Outcome) -> None: ...
-        def _internal_error(self, job_id: str | None, exc: Exception) -> None: ...
-        def _release(self, job_id: str, now: float) -> None: ...
-
-    def _job_in_this_thread(self) -> str | None:
+    def job_in_this_thread(self) -> str | None:
         """The id of the job of this queue that the calling thread runs, or None."""
         ctx = current_context()
-        return ctx.job.id if ctx is not None and ctx.runtime is self else None
+        return ctx.job.id if ctx is not None and ctx.runtime is self._runtime else None
 
-    def _lend_slot(self, waiter: str, job_id: str, deadline: float | None) -> bool:
+    def lend_slot(self, waiter: str, job_id: str, deadline: float | None) -> bool:
         """Inside job ``waiter``: wait for ``job_id``, running it (or what it depends on)
         here whenever it is ready.  False if ``deadline`` (monotonic) passed first; True
         once the job is no longer live here (or the queue closed).  The deadline is
@@ -93,13 +86,13 @@ class NestedWaits:
                     if ready is None:
                         self._state.done.wait(left)  # a job ended or became ready
                         continue
-                    claim = self._claim(ready)
+                    claim = self._slots.claim(ready)
                 self._run_here(claim)
         finally:
             with self._state.lock:
                 del self._state.awaiting[me]
 
-    def _release_awaited(self, now: float) -> float | None:
+    def release_awaited(self, now: float) -> float | None:
         """While ``close(wait=True)`` waits for the running jobs: release the delayed jobs
         they wait for -- or that those depend on -- once due, and no other (recurring
         runs, delays nobody waits on stay for the next open).  Seconds until the next
@@ -114,7 +107,7 @@ class NestedWaits:
             self._state.timed = [entry for entry in self._state.timed if entry not in released]
             heapq.heapify(self._state.timed)
             for _, _, job_id in sorted(due):
-                self._release(job_id, now)
+                self._runtime.release(job_id, now)
         later = [when for when, _, job_id in self._state.timed if job_id in needed]
         return min(later) - now if later else None
 
@@ -160,14 +153,14 @@ class NestedWaits:
 
     def _run_here(self, claim: Claim) -> None:
         """Run a claimed job in this thread, as a worker slot does."""
-        rec, ctx, call = self._launch(claim)
+        rec, ctx, call = self._slots.launch(claim)
         if call is None:  # it could not be loaded: already failed
             return
         try:
-            self._finish(rec.id, ctx, self._executor.run(call, ctx))
+            self._slots.finish(rec.id, ctx, self._executor.run(call, ctx))
         except Exception as exc:  # a bug or a failing store: the job fails, the wait goes on
             log.exception("nbqup: running job %s in a waiting job's slot", rec.id)
-            self._internal_error(rec.id, exc)
+            self._slots.internal_error(rec.id, exc)
 
     def _check_cycle(self, waiter: str, job_id: str) -> None:
         """Raise :class:`Deadlock` if ``job_id`` is ``waiter`` or cannot end before it:
@@ -212,9 +205,9 @@ class NestedWaits:
         )
         return out
 
-    def _refuse_wait_all(self) -> None:
+    def refuse_wait_all(self) -> None:
         """``jq.wait()`` inside a job of this queue would wait for that job too."""
-        waiter = self._job_in_this_thread()
+        waiter = self.job_in_this_thread()
         if waiter is not None:
             raise Deadlock(
                 f"jq.wait() inside job {waiter} waits for every job, this one included: "

@@ -1,10 +1,25 @@
 """``JobQueue``: the facade tying the store, the scheduling and the executor together.
 
 One process at a time *owns* a store (an OS file lock): it recovers unfinished jobs on
-open, runs a scheduler thread and a fixed number of worker slots (see
-:mod:`nbqup.runtime`).  Any other process that opens the same store is a *client*: it
-submits, reads and asks for cancels; the owner finds client-submitted jobs and requests
-on its periodic check.
+open, runs a scheduler thread and a fixed number of worker slots.  Any other process that
+opens the same store is a *client*: it submits, reads and asks for cancels; the owner
+finds client-submitted jobs and requests on its periodic check.
+
+:class:`JobQueue` holds the parts and wires them (:meth:`JobQueue._wire`); each is one
+idea with a small public interface:
+
+- :class:`~nbqup.state.JobState` -- unfinished jobs in memory, under one lock;
+- :class:`~nbqup.runtime.Runtime` -- job state changes, the runtime of running jobs;
+- :class:`~nbqup.slots.WorkerSlots` -- the worker threads, the retry policy;
+- :class:`~nbqup.scheduler.Scheduler` and :class:`~nbqup.turns.Turns` -- due times,
+  the periodic check, and knowing a pass has ended;
+- :class:`~nbqup.recovery.Recovery` -- what an owner takes on from the store;
+- :class:`~nbqup.nested.NestedWaits` -- waits inside jobs of this queue;
+- :class:`~nbqup.trouble.StoreTrouble` -- a store refusing writes or failing for good;
+- :class:`~nbqup.submissions.Submissions` -- recording new jobs and schedules;
+- :class:`~nbqup.access.JobAccess` -- what handles, builders and views call (the
+  :class:`~nbqup.ports.QueuePort`);
+- :class:`~nbqup.finished.FinishedJobs` -- jobs finished here, kept for reads.
 """
 
 from __future__ import annotations
@@ -12,61 +27,51 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import functools
-import hashlib
-import inspect
-import itertools
 import logging
 import operator
 import os
-import random
-import secrets
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import capture, closing, display_hooks, payload
-from .clock import Clock, SystemClock, wait_deadline, wait_left
+from . import capture, closing, display_hooks
+from .access import JobAccess
+from .clock import Clock, SystemClock, poll_until, wait_deadline, wait_left
 from .commits import GroupCommit
-from .errors import (
-    DiskFull,
-    SerializationError,
-    StoreCorrupt,
-    StoreFailed,
-    StorePermissionError,
-    StoreWriteError,
-)
+from .context import current_log, current_outputs
+from .errors import DiskFull, StoreCorrupt, StoreFailed, StorePermissionError, StoreWriteError
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
 from .handle import Job, Schedule
 from .health import disk_full
 from .keys import lookup_key, show_key, stored_key
-from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
+from .nested import NestedWaits
+from .records import JobRecord, Status, statuses
+from .recovery import Recovery
 from .runtime import Runtime
-from .schedules import RUN_FIELDS, Schedules
+from .scheduler import Scheduler
+from .schedules import Schedules
+from .shared import Shared
+from .slots import WorkerSlots
 from .state import JobState
 from .store import Store
+from .submissions import Submissions, type_name
 from .submit import Submitter, Task, validate_options
-from .triggers import Trigger
-from .trouble import WriteTrouble
+from .trouble import StoreTrouble, WriteTrouble
+from .turns import Turns
 
 __all__ = ["JobQueue"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("nbqup")
 
-_id_counter = itertools.count()
-_id_rng = random.Random(secrets.randbits(64))
-_id_random = functools.partial(_id_rng.getrandbits, 16)
-os.register_at_fork(after_in_child=lambda: _id_rng.seed(secrets.randbits(64)))
 _open_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
 
 
-class JobQueue(Runtime):
+class JobQueue:
     """A durable queue of jobs in the directory ``path``, run by ``workers`` threads.
 
     >>> import nbqup
@@ -109,19 +114,10 @@ class JobQueue(Runtime):
         self.workers = workers
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
-        self._writer = GroupCommit(self.store)
-        self._state = JobState()  # unfinished jobs in memory, under one lock
-        self._trouble = WriteTrouble()  # the runtime's writes fail for now (a full disk)
-        self._finished = FinishedJobs()  # finished here, kept for reads
-        self._tasks: dict[str, Task[Any, Any]] = {}
-        self._task_executors: dict[str, Any] = {}
-        self._known_fns: set[str] = set()
+        self.corrupt: list[tuple[str, str]] = []
         self._threads: list[threading.Thread] = []
         self._capturing = False
-        self.corrupt: list[tuple[str, str]] = []
-        self.is_owner = False
-        self._schedules = Schedules(self)
-        self.store.backend.on_failure(self._store_failed)  # see nbqup.trouble
+        self._wire()
         if workers > 0:
             self._open_as_owner(if_locked)
         self._takeover_stop = threading.Event()
@@ -134,6 +130,43 @@ class JobQueue(Runtime):
                 self.corrupt.append(entry)
         _open_queues.add(self)
 
+    def _wire(self) -> None:
+        """Build the parts and connect them (see the module docstring)."""
+        state = self._state = JobState()  # unfinished jobs in memory, under one lock
+        writes = self._write_trouble = WriteTrouble()  # writes fail for now (a full disk)
+        self._writer = GroupCommit(self.store)
+        self._finished = FinishedJobs()  # finished here, kept for reads
+        shared = Shared(
+            state, self.store, self._writer, self._clock, self._poll, self._finished, writes
+        )
+        trouble = self._store_trouble = StoreTrouble(state, writes, self._poll)
+        runtime = self._runtime = Runtime(shared)
+        schedules = self._schedules = Schedules(shared, runtime.place, self._check_open)
+        recovery = self._recovery = Recovery(shared, runtime, schedules, self.corrupt)
+        submissions = Submissions(shared, runtime, schedules, self._check_open)
+        slots = self._slots = WorkerSlots(shared, runtime, self._executor, trouble, self._handle)
+        nested = self._nested = NestedWaits(state, runtime, slots, self._executor)
+        access = self._access = JobAccess(
+            shared,
+            runtime,
+            nested,
+            recovery,
+            schedules,
+            submissions,
+            name=self.__repr__,
+            check_open=self._check_open,
+        )
+        recovery.serve(access)
+        self._turns = Turns(state, self.workers, name=self.__repr__)
+        self._scheduler = Scheduler(
+            shared, self._turns, schedules, runtime, nested, recovery, trouble
+        )
+        self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
+
+    def _handle(self, job_id: str) -> Job:
+        """The handle of a job of this queue (a running job's, for its context)."""
+        return Job(self._access, job_id)
+
     def _open_as_owner(self, if_locked: str) -> None:
         """Take the owner lock and recover, if no other process holds it.
 
@@ -144,13 +177,13 @@ class JobQueue(Runtime):
         process (once space is freed) works.
         """
         try:
-            self.is_owner = self.store.acquire_owner()
+            self._state.owner = self.store.acquire_owner()
             if not self.is_owner and if_locked == "raise":
                 raise self.store.locked_error()
             if self.is_owner:
-                self._recover()
+                self._recovery.recover()
         except BaseException as exc:
-            self.is_owner = False
+            self._state.owner = False
             self.store.close()
             full = None if self.path is None else disk_full(exc, self.path)
             if full is None:
@@ -192,7 +225,7 @@ class JobQueue(Runtime):
                 full = disk_full(exc, self.path)
             if full is None:
                 raise
-            self._trouble.failed(full)
+            self._write_trouble.failed(full)
             return False
 
     def _recover_when_room(self) -> bool:
@@ -202,11 +235,11 @@ class JobQueue(Runtime):
         loaded stays; recovery skips it).  False if the queue was closed meanwhile."""
         while True:
             try:
-                self._recover()
+                self._recovery.recover()
             except StoreWriteError as exc:
-                self._trouble.failed(exc)
+                self._write_trouble.failed(exc)
             else:
-                self._trouble.ok()
+                self._write_trouble.ok()
                 return True
             if self._takeover_stop.wait(max(1.0, self._poll)):
                 return False
@@ -221,7 +254,7 @@ class JobQueue(Runtime):
         pickled raise :class:`~nbqup.SerializationError` naming the argument, and nothing
         is recorded.
         """
-        return Submitter(self).submit(fn, *args, **kwargs)
+        return Submitter(self._access).submit(fn, *args, **kwargs)
 
     def options(self, **options: Any) -> Submitter:
         """A builder with options for the next submit: ``name``, ``tags``, ``key``,
@@ -230,16 +263,16 @@ class JobQueue(Runtime):
 
         Unknown options and bad values raise at once (TypeError / ValueError).
         """
-        return Submitter(self).options(**options)
+        return Submitter(self._access).options(**options)
 
     def after(self, delay: float | timedelta | str) -> Submitter:
         """A builder whose jobs run no sooner than ``delay`` after they are submitted
         (ValueError if that is past year 9999, the latest time nbqup keeps)."""
-        return Submitter(self).after(delay)
+        return Submitter(self._access).after(delay)
 
     def at(self, when: datetime | float) -> Submitter:
         """A builder whose jobs run no sooner than ``when`` (in the years 1 to 9999)."""
-        return Submitter(self).at(when)
+        return Submitter(self._access).at(when)
 
     def every(self, interval: float | timedelta | str) -> Submitter:
         """A builder for a recurring schedule: ``jq.every("1h").submit(fn)``.
@@ -249,28 +282,28 @@ class JobQueue(Runtime):
         is 10 ms at least.  Slots missed while no worker ran follow ``options(missed=...)``
         and those not run are recorded as one ``skipped`` job (see :mod:`nbqup.schedules`).
         """
-        return Submitter(self).every(interval)
+        return Submitter(self._access).every(interval)
 
     def cron(self, expr: str, tz: str | None = None) -> Submitter:
         """A builder for a cron schedule: ``jq.cron("0 9 * * MON").submit(report)``.
 
         ``tz`` is an IANA zone name (default: the machine's).  Needs ``nbqup[cron]``.
         """
-        return Submitter(self).cron(expr, tz)
+        return Submitter(self._access).cron(expr, tz)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
         """One job per item (a dict is keyword arguments, a tuple positional ones)."""
-        return Submitter(self).map(fn, items)
+        return Submitter(self._access).map(fn, items)
 
     def task(self, fn: F | None = None, /, **options: Any) -> Any:
         """Decorator: ``@jq.task`` or ``@jq.task(retries=3)``; the function gains
         ``.submit``, ``.map``, ``.after``, ``.options`` and still runs when called."""
 
         def wrap(f: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, f, options)
+            task: Task[Any, Any] = Task(self._access, f, options)
             with self._state.lock:
-                self._tasks[task.name] = task
-            self._release_held()
+                self._runtime.tasks[task.name] = task.fn
+            self._runtime.release_held()
             return task
 
         validate_options(options)
@@ -283,8 +316,8 @@ class JobQueue(Runtime):
         if not callable(getattr(executor, "execute", None)):
             raise TypeError(f"{executor!r} has no execute(task) method")
         with self._state.lock:
-            self._task_executors[_type_name(task_type)] = executor
-        self._release_held()
+            self._runtime.task_executors[type_name(task_type)] = executor
+        self._runtime.release_held()
 
     def get(self, job_id: str) -> Job:
         """The job with this id, else the job holding this ``key=`` (see :meth:`options`),
@@ -295,18 +328,18 @@ class JobQueue(Runtime):
             raise KeyError("a job id or key is needed, got an empty string")
         with self._state.lock:
             if job_id in self._state.live:
-                return Job(self, job_id)
+                return Job(self._access, job_id)
         backend = self.store.backend
         exact = lookup_key(job_id)  # None: it cannot be a stored id
         if exact is not None and backend.get("meta", exact) is not None:
-            return Job(self, job_id)
+            return Job(self._access, job_id)
         held = backend.get("keys", stored_key(job_id))
         if held is not None and backend.get("meta", held.decode()) is not None:
-            return Job(self, held.decode())
+            return Job(self._access, held.decode())
         found = [] if exact is None else backend.items("meta", exact, 2)
         matches = [k for k, _ in found if k.startswith(job_id)]
         if len(matches) == 1:
-            return Job(self, matches[0])
+            return Job(self._access, matches[0])
         if len(matches) > 1:
             raise KeyError(f"job id prefix {job_id!r} is ambiguous: it matches {matches[0]}, ...")
         where = f"store {self.path}" if self.path else "this queue"
@@ -322,7 +355,7 @@ class JobQueue(Runtime):
             with self._state.lock:
                 live = self._state.live.get(rec.id)
             if wanted is None or (live or rec).status in wanted:
-                out.append(Job(self, rec.id))
+                out.append(Job(self._access, rec.id))
         return out
 
     def counts(self) -> dict[str, int]:
@@ -375,7 +408,7 @@ class JobQueue(Runtime):
         """The job history as a ``pandas.DataFrame``, one row per job (see :mod:`nbqup.frames`)."""
         from .frames import jobs_df
 
-        return jobs_df(self, status=status, name=name, tags=tags)
+        return jobs_df(self._access, status=status, name=name, tags=tags)
 
     def results_df(
         self,
@@ -386,7 +419,7 @@ class JobQueue(Runtime):
         """Arguments and results side by side, dict results expanded into columns."""
         from .frames import results_df
 
-        return results_df(self, status=status, name=name, tags=tags)
+        return results_df(self._access, status=status, name=name, tags=tags)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job is done (recurring schedules aside); False on timeout.
@@ -396,10 +429,10 @@ class JobQueue(Runtime):
         deadline = wait_deadline(timeout)
         if self._state.closed:  # a closed queue runs nothing more
             return not self._state.live
-        self._refuse_wait_all()  # inside a job of this queue: it would wait for itself
+        self._nested.refuse_wait_all()  # inside a job of this queue: it would wait for itself
         if not self.is_owner:
-            return self._poll_until(lambda: not self.store.pending_ids(), deadline)
-        self._adopt_pending()  # jobs other processes submitted since the last check
+            return poll_until(lambda: not self.store.pending_ids(), deadline)
+        self._recovery.adopt_pending()  # jobs other processes submitted since the last check
         with self._state.lock:
             while self._state.live:
                 if self._state.failure is not None:
@@ -434,16 +467,16 @@ class JobQueue(Runtime):
             self._state.work.notify_all()
             self._state.sched.notify_all()
             if not wait or failed:  # at once: a waiting job's slot starts nothing meanwhile
-                self._abandon(dict(self._state.running))
+                self._runtime.abandon(dict(self._state.running))
         if wait and not failed:
             self._join_threads()
             if self._state.failure is not None:  # the store failed while the jobs finished
                 with self._state.lock:
                     running = dict(self._state.running)
                 if running:
-                    self._abandon(running)
+                    self._runtime.abandon(running)
         with contextlib.suppress(StoreFailed):  # told once already; nothing to write
-            self._settle()
+            self._runtime.settle()
         closing.run(self)  # views (registered hooks) show the final state; the store is open
         with self._state.lock:
             self._state.closed = True
@@ -494,6 +527,32 @@ class JobQueue(Runtime):
         return [rec.copy() for rec in (live + recent)[:limit]]
 
     @property
+    def is_owner(self) -> bool:
+        """True while this process owns the store and runs its jobs (recovery done)."""
+        return self._state.owner
+
+    def wait_turn(self, timeout: float | None = None) -> bool:
+        """Wait until the scheduler has done a full pass begun after this call, then until
+        free workers have taken what was ready; False if ``timeout`` (real seconds) expired
+        first.  For tests on a :class:`~nbqup.clock.ManualClock`: see :mod:`nbqup.turns`."""
+        return self._turns.wait_turn(timeout)
+
+    def _start_threads(self) -> None:
+        """The owner's threads: ``workers`` worker slots, then the scheduler."""
+        capture.install(current_log, current_outputs)
+        self._capturing = True
+        self._threads = [
+            threading.Thread(target=self._slots.run, name=f"nbqup-worker-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._scheduler.run, name="nbqup-scheduler", daemon=True)
+        )
+        self._turns.started = True
+        for t in self._threads:
+            t.start()
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` has finished."""
         return self._state.closed
@@ -528,370 +587,13 @@ class JobQueue(Runtime):
         state = "closed" if self._state.closed else f"{len(self._state.live)} unfinished"
         return f"<JobQueue {where} {role} workers={self.workers} {state}>"
 
-    # ================================================================== submitting
-
-    def _submit(
-        self,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        due: float | None,
-    ) -> Job:
-        self._check_open()
-        rec, blobs = self._prepare(fn, args, kwargs, options, due)
-        if rec.key is None:
-            return self._record_new([(rec, blobs)])[0]
-        with self._state.lock:
-            self._state.submitting.add(rec.id)
-        try:  # keyed: look the key up and insert in one transaction, across processes
-            existing = self.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
-            if existing is not None:
-                return Job(self, existing)
-            if rec.fn is not None:
-                self._known_fns.add(rec.fn)
-            if self.is_owner:
-                self._admit(rec)
-            return Job(self, rec.id)
-        finally:
-            with self._state.lock:
-                self._state.submitting.discard(rec.id)
-
-    def _prepare(
-        self,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        due: float | None,
-    ) -> tuple[JobRecord, list[tuple[str, str, bytes]]]:
-        """A job's record and payload blobs, checked; nothing is written yet."""
-        now = self._clock.now()
-        rec = JobRecord(id=self._new_id(now), name="", created=now)
-        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, rec.id)
-        for name, value in fields.items():
-            setattr(rec, name, value)
-        rec.name = options.get("name") or rec.fn_name
-        for field in (*RUN_FIELDS, "depends_on"):
-            if field in options:
-                setattr(rec, field, options[field])
-        if due is not None and due > now:
-            rec.status, rec.scheduled_for = Status.SCHEDULED, due
-        rec.key = options.get("key")
-        if rec.key is None and options.get("unique"):
-            rec.key = _unique_key(fn, rec.fn, args_blob)
-        self._check_dependencies(rec)
-        return rec, blobs
-
-    def _submit_many(
-        self,
-        fn: Any,
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        options: dict[str, Any],
-        due: float | None,
-    ) -> list[Job]:
-        """``map``: every job recorded in one commit, or none if one of them is bad."""
-        if "key" in options or options.get("unique"):  # each needs its own transaction
-            return [self._submit(fn, a, kw, options, due) for a, kw in calls]
-        self._check_open()
-        return self._record_new([self._prepare(fn, a, kw, options, due) for a, kw in calls])
-
-    def _record_new(
-        self, prepared: list[tuple[JobRecord, list[tuple[str, str, bytes]]]]
-    ) -> list[Job]:
-        """Write new jobs in one commit (durable when this returns), then run them."""
-        records = [rec for rec, _ in prepared]
-        # one blob per (table, key): a function submitted many times is stored once
-        blobs = list({(t, k): (t, k, b) for _, bs in prepared for t, k, b in bs}.values())
-        with self._state.lock:
-            self._state.submitting.update(rec.id for rec in records)
-        try:
-            self._writer.flush(self._writer.add(records, blobs))
-            self._known_fns.update(rec.fn for rec in records if rec.fn is not None)
-            if self.is_owner:
-                with self._state.lock:
-                    for rec in records:
-                        if rec.id not in self._state.live:
-                            self._state.live[rec.id] = rec
-                            self._place(rec)
-                # Our jobs are recorded: another job's final write that failed (a full
-                # disk) is queued again by this settle and reported by the workers, not
-                # raised here -- the caller would think nothing was recorded.
-                with contextlib.suppress(StoreWriteError):
-                    self._settle()
-            return [Job(self, rec.id) for rec in records]
-        finally:
-            with self._state.lock:
-                self._state.submitting.difference_update(rec.id for rec in records)
-
-    def _call_payload(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], args_key: str
-    ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bytes | None]:
-        """Pickle a call: record fields, blobs to write, and the pickled arguments.
-
-        Raises :class:`~nbqup.SerializationError` (or TypeError) before anything is written.
-        """
-        fields: dict[str, Any] = {"python": payload.PYTHON, "pickler": payload.PICKLER}
-        blobs: list[tuple[str, str, bytes]] = []
-        type_name = _type_name(type(fn))
-        if type_name in self._task_executors:
-            fields["task_type"] = fields["fn_name"] = type_name
-            args = (fn, *args)
-        elif callable(fn):
-            fn_hash, fn_blob = payload.dumps_fn(fn)
-            fields["fn"] = fn_hash
-            fields["fn_name"] = getattr(fn, "__qualname__", type(fn).__qualname__)
-            if fn_hash not in self._known_fns and not self.store.has("fn", fn_hash):
-                blobs.append(("fn", fn_hash, fn_blob))
-        else:
-            raise TypeError(
-                f"submit() needs a callable or an instance of a registered task type, "
-                f"got {type(fn).__name__}"
-            )
-        args_blob = payload.dumps_args(args, kwargs)
-        if args_blob is not None:
-            fields["has_args"] = True
-            blobs.append(("args", args_key, args_blob))
-        fields["kwargs"] = payload.kwargs_summary(kwargs)
-        return fields, blobs, args_blob
-
-    def _schedule(
-        self,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        trigger: Trigger,
-        start: float | None,
-    ) -> Schedule:
-        self._check_open()
-        if "depends_on" in options or "unique" in options:
-            bad = "depends_on" if "depends_on" in options else "unique"
-            raise ValueError(f"{bad} does not apply to recurring schedules")
-        now = self._clock.now()
-        sid = "s" + self._new_id(now)
-        fields, blobs, args_blob = self._call_payload(fn, args, kwargs, sid)
-        name = options.get("name") or fields["fn_name"]
-        first = trigger.next_after(now if start is None else start - 1e-6)
-        srec = ScheduleRecord(
-            id=sid,
-            name=name,
-            key=options.get("key") or _schedule_key(fn, fields["fn_name"], trigger, args_blob),
-            created=now,
-            trigger=trigger.to_dict(),
-            next_due=first,
-            options={k: v for k, v in options.items() if k in RUN_FIELDS},
-            missed=options.get("missed", "once"),
-            **fields,
-        )
-        found = self._schedules.create(srec, blobs)
-        if srec.fn is not None:
-            self._known_fns.add(srec.fn)
-        return Schedule(self, found)
-
     def schedules(self, state: str | None = None) -> list[Schedule]:
         """Every recurring schedule recorded (only those in ``state`` if given)."""
         out = []
         for sid in self._schedules.ids():
             if state is None or self._schedules.record(sid).state == state:
-                out.append(Schedule(self, sid))
+                out.append(Schedule(self._access, sid))
         return out
-
-    def _check_dependencies(self, rec: JobRecord) -> None:
-        for dep in rec.depends_on:
-            if dep == rec.id:
-                raise ValueError(f"job {rec.id} cannot depend on itself")
-            with self._state.lock:
-                known = dep in self._state.live
-            lookup = None if known else lookup_key(dep)
-            if not known and (lookup is None or self.store.backend.get("meta", lookup) is None):
-                raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
-
-    def _new_id(self, now: float) -> str:
-        # Time-ordered (the store lists jobs in creation order, also within a millisecond
-        # of one process) and unique across processes (the random part, drawn from a
-        # generator seeded once per process: os.urandom costs ~70 us a call here).
-        return f"{int(now * 1000):011x}{next(_id_counter) & 0xFFFF:04x}{_id_random():04x}"
-
-    # ============================================================ handle support
-
-    def _record(self, job_id: str) -> JobRecord:
-        """A copy of the job's current record (the caller may change it)."""
-        rec = self._peek(job_id)
-        return rec.copy() if job_id in self._finished else rec
-
-    def _peek(self, job_id: str) -> JobRecord:
-        """The job's current record, to read only (a final one kept here is not copied)."""
-        with self._state.lock:
-            rec = self._state.live.get(job_id)
-            if rec is not None:
-                return rec.copy()
-        self._check_readable(job_id)
-        rec = self._finished.record(job_id)
-        if rec is not None:
-            return rec
-        stored = self.store.load(job_id)
-        if stored is None:
-            raise KeyError(f"no job {job_id!r} in store {self.path}")
-        return stored
-
-    def _wait_job(self, job_id: str, timeout: float | None) -> bool:
-        deadline = wait_deadline(timeout)
-        if self.is_owner and not self._state.closed:
-            if job_id not in self._state.live and job_id in self._finished:  # finished here
-                return True
-            self._adopt(job_id)  # submitted by another process and not picked up yet
-            waiter = self._job_in_this_thread()
-            if waiter is not None and not self._lend_slot(waiter, job_id, deadline):
-                return False  # timed out (see nbqup.nested: the slot runs it meanwhile)
-            with self._state.lock:
-                while job_id in self._state.live and not self._state.closed:
-                    if self._state.failure is not None:
-                        raise self._state.failed_error()
-                    left = wait_left(deadline)
-                    if left is not None and left <= 0:
-                        return False
-                    # woken when this job ends, not by every other job that does
-                    cond = self._state.job_waits.setdefault(
-                        job_id, threading.Condition(self._state.lock)
-                    )
-                    cond.wait(left)
-                if job_id not in self._state.live:
-                    return True
-        # Closed (now or meanwhile): a job it left unfinished never ends here, and polling
-        # its live record would spin for ever -- in a job waiting inside a closed queue,
-        # that thread would hold the job back when the store is reopened in this process.
-        self._check_readable(job_id)
-        return self._poll_until(lambda: self._record(job_id).status in FINAL, deadline)
-
-    def _poll_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        pause = 0.005
-        while not done():
-            left = wait_left(deadline)
-            if left is not None and left <= 0:
-                return False
-            time.sleep(min(pause, left) if left is not None else pause)
-            pause = min(pause * 2, 0.2)
-        return True
-
-    def _check_readable(self, job_id: str) -> None:
-        if self._state.closed:
-            raise RuntimeError(
-                f"{self!r} is closed: reopen the store to read job {job_id} "
-                f"(nbqup.JobQueue({str(self.path)!r}, workers=0))"
-            )
-
-    def _result(self, job_id: str) -> Any:
-        """The stored return value of a succeeded job (a stored ``None`` included).
-
-        Raises :class:`StoreCorrupt` if the result is missing from the store, and
-        :class:`SerializationError` (the unpickler's error chained) if it cannot be loaded.
-        """
-        self._check_readable(job_id)
-        blob = self._finished.result(job_id)
-        if blob is None:
-            blob = self.store.get_blob("result", job_id)
-        if blob is None:  # every succeeded job stores one: it was lost or deleted
-            reason = f"job {job_id} succeeded but its result is missing from the store"
-            raise StoreCorrupt(f"result/{job_id}", reason, str(self.path))
-        try:
-            return payload.loads(blob)
-        except Exception as exc:
-            raise SerializationError(f"the result of job {job_id}", exc, action="load") from exc
-
-    def _checkpoint(self, job_id: str) -> Any:
-        return self.load_checkpoint(job_id)[1]
-
-    def _outputs(self, job_id: str) -> list[dict[str, Any]]:
-        with self._state.lock:
-            ctx = self._state.running.get(job_id)
-        if ctx is not None:
-            return ctx.outputs.bundles()
-        blob = self.store.get_blob("rich", job_id)
-        return [] if blob is None else list(payload.loads(blob))
-
-    def _logs(self, job_id: str) -> str:
-        with self._state.lock:
-            ctx = self._state.running.get(job_id)
-        if ctx is not None:
-            return ctx.logs.text()
-        blob = self.store.get_blob("logs", job_id)
-        return "" if blob is None else blob.decode("utf-8", "replace")
-
-    def _cancel(self, job_id: str) -> bool:
-        self._check_open()
-        if not self.is_owner:
-            rec = self._record(job_id)
-            if rec.status in FINAL:
-                return False
-            self.store.backend.write([("requests", job_id, b"cancel")])
-            return True
-        self._adopt(job_id)  # submitted by another process and not picked up yet
-        deadline = time.monotonic() + _RECORDING_WAIT
-        while self._being_recorded(job_id) and time.monotonic() < deadline:
-            time.sleep(0.001)  # queued again by a retry whose write lands in a moment
-        with self._state.lock:
-            live = self._state.live.get(job_id)
-            if live is None:
-                self._record(job_id)  # KeyError for an unknown id
-                return False
-            if live.status.final:  # it has just ended; its final write is on its way
-                return False
-            ctx = self._state.running.get(job_id)
-            if ctx is not None:
-                ctx.stop_reason = "cancelled"
-                return True
-            self._end(live, Status.CANCELLED, message="cancelled before it ran")
-        self._settle()
-        return True
-
-    def _retry(self, job_id: str) -> None:
-        self._check_open()
-        while True:
-            self._check_open()
-            if self._final_in_flight(job_id):  # its final write is on its way: let it land first
-                self._wait_job(job_id, None)
-                continue
-            rec = self._record(job_id)
-            if rec.status not in (Status.FAILED, Status.CANCELLED, Status.SKIPPED):
-                raise ValueError(
-                    f"job {job_id} is {rec.status}; only failed or cancelled jobs can be retried"
-                )
-            if not self.is_owner:
-                self.store.backend.write([("requests", job_id, b"retry")])
-                return
-            with self._state.lock:  # claim it: of two retries at once, the second finds it live
-                if self._final_in_flight(job_id):
-                    continue
-                if job_id in self._state.live or job_id in self._state.submitting:
-                    raise ValueError(f"job {job_id} is already queued again")
-                self._state.submitting.add(job_id)
-                self._finished.forget(job_id)
-            break
-        try:
-            rec.status = Status.QUEUED
-            rec.finished = None
-            rec.message = "retried"
-            rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
-            self._writer.flush(self._writer.add([rec.copy()], reopened=[job_id]))
-            with self._state.lock:
-                self._state.live[rec.id] = rec
-                self._place(rec)
-        finally:
-            with self._state.lock:
-                self._state.submitting.discard(job_id)
-        self._settle()
-
-    def _being_recorded(self, job_id: str) -> bool:
-        """Whether the job is being written by this process and is not live yet."""
-        with self._state.lock:
-            return job_id in self._state.submitting and job_id not in self._state.live
-
-    def _final_in_flight(self, job_id: str) -> bool:
-        """Whether the job has ended here but its final write is not durable yet."""
-        with self._state.lock:
-            live = self._state.live.get(job_id)
-            return live is not None and live.status.final
 
     def _check_open(self) -> None:
         if self._state.closed or self._state.stopping:
@@ -903,52 +605,6 @@ class JobQueue(Runtime):
 
 _RECENT_SHOWN = 200  # finished jobs in a snapshot, newest first
 _STATUS = operator.attrgetter("status")
-_RECORDING_WAIT = 10.0  # seconds cancel() waits for a job being written to become live
-
-
-def _insert_keyed(txn: Any, rec: JobRecord, blobs: list[tuple[str, str, bytes]]) -> str | None:
-    """Inside one transaction: the id of a live job holding ``rec.key``, or insert ``rec``."""
-    assert rec.key is not None
-    held = txn.get("keys", stored_key(rec.key))
-    if held is not None:
-        existing = txn.load(held.decode())
-        if existing is not None and existing.status not in (Status.FAILED, Status.CANCELLED):
-            return str(existing.id)
-    for table, key, body in blobs:
-        txn.put(table, key, body)
-    txn.save(rec)
-    txn.put("keys", stored_key(rec.key), rec.id.encode())
-    return None
-
-
-def _unique_key(fn: Any, fn_hash: str | None, args_blob: bytes | None) -> str:
-
-    h = hashlib.blake2b(digest_size=16)
-    try:
-        h.update(inspect.getsource(fn).encode())
-        h.update(getattr(fn, "__qualname__", "").encode())
-    except (OSError, TypeError):
-        h.update((fn_hash or repr(fn)).encode())
-    h.update(args_blob or b"")
-    return "unique:" + h.hexdigest()
-
-
-def _schedule_key(fn: Any, fn_name: str, trigger: Trigger, args_blob: bytes | None) -> str:
-    """The default key of a schedule: the function's name, the trigger and the arguments
-    (so re-running the cell returns the schedule, and other arguments make another one).
-    A lambda's source is part of it, since all lambdas share one name."""
-    key = f"{fn_name} {trigger.describe()}"
-    digest = hashlib.blake2b(args_blob or b"", digest_size=8)
-    if "<lambda>" in fn_name:
-        with contextlib.suppress(OSError, TypeError):
-            digest.update(inspect.getsource(fn).encode())
-    if args_blob is not None or "<lambda>" in fn_name:
-        key += " " + digest.hexdigest()
-    return key
-
-
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @atexit.register

@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from .keys import stored_key
 from .missed import Burst, plan_missed
-from .records import JobRecord, ScheduleRecord, Status
+from .records import JobRecord, ScheduleRecord, Status, new_id
 from .triggers import Trigger
 
 if TYPE_CHECKING:
-    from .queue import JobQueue
+    from collections.abc import Callable
+
+    from .shared import Shared
 
 __all__ = ["Schedules"]
 
@@ -69,8 +71,16 @@ def key_of(srec: ScheduleRecord) -> str:
 class Schedules:
     """The queue's schedules: creation, the owner's in-memory set, firing, state changes."""
 
-    def __init__(self, queue: JobQueue) -> None:
-        self.q = queue
+    def __init__(
+        self,
+        shared: Shared,
+        place: Callable[[JobRecord], None],
+        check_open: Callable[[], None],
+    ) -> None:
+        self._shared = shared
+        self._state = shared.state
+        self._place = place  # puts a new run where it belongs (the state's lock held)
+        self._check_open = check_open
         self.live: dict[str, ScheduleRecord] = {}
         self.triggers: dict[str, Trigger] = {}
         #: Schedules whose stored trigger cannot run here (warned about once).
@@ -82,17 +92,17 @@ class Schedules:
     # -- reading -------------------------------------------------------------------------
 
     def record(self, sid: str) -> ScheduleRecord:
-        with self.q._state.lock:
+        with self._state.lock:
             live = self.live.get(sid)
             if live is not None:
                 return live.copy()
-        body = self.q.store.get_blob("sched", sid)
+        body = self._shared.store.get_blob("sched", sid)
         if body is None:
-            raise KeyError(f"no schedule {sid!r} in store {self.q.path}")
+            raise KeyError(f"no schedule {sid!r} in store {self._shared.store.path}")
         return load(body)
 
     def ids(self) -> list[str]:
-        return self.q.store.backend.keys("sched")
+        return self._shared.store.backend.keys("sched")
 
     # -- creating ------------------------------------------------------------------------
 
@@ -111,8 +121,8 @@ class Schedules:
             txn.put("keys", key_of(srec), srec.id.encode())
             return srec.id
 
-        sid: str = self.q.store.transact(insert)
-        if sid == srec.id and self.q.is_owner:
+        sid: str = self._shared.store.transact(insert)
+        if sid == srec.id and self._state.owner:
             self.admit(srec)
         return sid
 
@@ -123,14 +133,14 @@ class Schedules:
 
     def check_new(self) -> None:
         """Periodic check: schedules created by other processes."""
-        with self.q._state.lock:
+        with self._state.lock:
             known = set(self.live) | self.refused
         for sid in self.ids():
             if sid not in known:
                 self._load_one(sid)
 
     def _load_one(self, sid: str) -> None:
-        body = self.q.store.get_blob("sched", sid)
+        body = self._shared.store.get_blob("sched", sid)
         if body is None:
             return
         srec = load(body)
@@ -143,7 +153,7 @@ class Schedules:
         except (ValueError, TypeError, ImportError) as exc:
             self._refuse(srec, exc)
             return
-        with self.q._state.lock:
+        with self._state.lock:
             if srec.id in self.live:
                 return
             self.live[srec.id] = srec
@@ -153,20 +163,20 @@ class Schedules:
 
     def _refuse(self, srec: ScheduleRecord, exc: BaseException) -> None:
         """Leave a schedule whose trigger cannot run here alone, saying so once."""
-        with self.q._state.lock:
+        with self._state.lock:
             if srec.id in self.refused:
                 return
             self.refused.add(srec.id)
         warnings.warn(
-            f"nbqup: schedule {srec.id} ({srec.name!r}) in store {self.q.path} does not run: "
-            f"{exc}; cancel it and create it again",
+            f"nbqup: schedule {srec.id} ({srec.name!r}) in store {self._shared.store.path} "
+            f"does not run: {exc}; cancel it and create it again",
             RuntimeWarning,
             stacklevel=2,
         )
 
     def _push(self, srec: ScheduleRecord) -> None:
         # caller holds the queue's lock
-        self.q._state.push_due(srec.next_due, "@" + srec.id)
+        self._state.push_due(srec.next_due, "@" + srec.id)
 
     # -- firing --------------------------------------------------------------------------
 
@@ -180,10 +190,10 @@ class Schedules:
         catch = plan_missed(self.triggers[sid], srec.next_due - _EPSILON, now, srec.missed)
         run, burst = catch.run, catch.skipped
         why = f"no worker ran then (missed={srec.missed!r})"
-        on_time = max(2.0, 2 * self.q._poll)
+        on_time = max(2.0, 2 * self._shared.poll)
         if not run and burst is not None and burst.count == 1 and now - burst.last <= on_time:
             run, burst = [burst.last], None  # a single slot on time runs, whatever the policy
-        last = self.q._state.live.get(srec.last_job) if srec.last_job else None
+        last = self._state.live.get(srec.last_job) if srec.last_job else None
         still = None
         if last is not None and run:  # the previous run goes on: none starts next to it
             still, why = last.id, f"the previous run {last.id} was still {last.status}"
@@ -203,10 +213,10 @@ class Schedules:
         elif burst is not None:
             srec.last_due = burst.last
         srec.next_due = catch.next_due
-        self.q._writer.add([r.copy() for r in records], [("sched", sid, dump(srec))])
+        self._shared.writer.add([r.copy() for r in records], [("sched", sid, dump(srec))])
         for rec in started:
-            self.q._state.live[rec.id] = rec
-            self.q._place(rec)
+            self._state.live[rec.id] = rec
+            self._place(rec)
         self._push(srec)
 
     def _skipped(
@@ -228,7 +238,7 @@ class Schedules:
 
     def _run_record(self, srec: ScheduleRecord, slot: float, now: float) -> JobRecord:
         rec = JobRecord(
-            id=self.q._new_id(now),
+            id=new_id(now),
             name=srec.name,
             created=now,
             status=Status.QUEUED,
@@ -254,17 +264,16 @@ class Schedules:
         """Pause, resume or cancel; True if that changed anything."""
         if state not in STATES:
             raise ValueError(f"schedule state must be one of {STATES}, got {state!r}")
-        q = self.q
-        q._check_open()
+        self._check_open()
         current = self.record(sid)  # KeyError for an unknown id
         if current.state == "cancelled" or current.state == state:
             return False
-        if not q.is_owner:
-            q.store.backend.write([("requests", "@" + sid, state.encode())])
+        if not self._state.owner:
+            self._shared.store.backend.write([("requests", "@" + sid, state.encode())])
             return True
         if sid not in self.live:
             self._load_one(sid)  # created by another process, not picked up yet
-        with q._state.lock:
+        with self._state.lock:
             srec = self.live.get(sid)
             if srec is None:  # refused (see _refuse): it can be paused or cancelled only
                 if state == "active":
@@ -272,11 +281,11 @@ class Schedules:
                 srec = current
             srec.state = state
             if state == "active":
-                srec.next_due = self.triggers[sid].next_after(q._clock.now())
+                srec.next_due = self.triggers[sid].next_after(self._shared.clock.now())
                 self._push(srec)
             # A cancelled schedule stays in ``live`` (it never fires again): dropping it would
             # let a periodic check that read the store before this write load it back as active.
             deletes = [("keys", key_of(srec))] if state == "cancelled" else []
-            ticket = q._writer.add(blobs=[("sched", sid, dump(srec))], deletes=deletes)
-        q._writer.flush(ticket)
+            ticket = self._shared.writer.add(blobs=[("sched", sid, dump(srec))], deletes=deletes)
+        self._shared.writer.flush(ticket)
         return True

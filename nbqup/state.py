@@ -79,6 +79,8 @@ class JobState:
         self.last_persist: dict[str, float] = {}
         #: Ties in the heaps are broken by arrival.
         self.seq = itertools.count()
+        #: This process owns the store and runs its jobs (set once recovery is done).
+        self.owner = False
         #: close() began; close(wait=True) is waiting for the running jobs; close() ended.
         self.stopping = False
         self.draining = False

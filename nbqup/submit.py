@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from .handle import Job, Schedule
+from .ports import Submission
 from .triggers import (
     MAX_TIMESTAMP,
     CronTrigger,
@@ -26,8 +28,7 @@ from .triggers import (
 )
 
 if TYPE_CHECKING:
-    from .handle import Job, Schedule
-    from .queue import JobQueue
+    from .ports import QueuePort
 
 __all__ = ["OPTION_NAMES", "Submitter", "Task", "validate_options"]
 
@@ -97,8 +98,6 @@ def _float(name: str, low: float, high: float | None = None) -> Callable[[Any], 
 
 
 def _depends_on(value: Any) -> tuple[str, ...]:
-    from .handle import Job
-
     items = [value] if isinstance(value, Job | str) else value
     if not isinstance(items, Iterable):
         raise TypeError(f"depends_on must be a list of jobs or job ids, got {value!r}")
@@ -160,7 +159,7 @@ class Submitter:
 
     def __init__(
         self,
-        queue: JobQueue,
+        queue: QueuePort,
         options: Mapping[str, Any] | None = None,
         *,
         delay: float | None = None,
@@ -192,7 +191,7 @@ class Submitter:
         """Run no sooner than ``delay`` from submit time (``"90s"``, ``"5m"``, seconds...).
         ValueError if that is after year 9999, the latest time nbqup keeps."""
         seconds = to_seconds(delay, what="delay")
-        due_after(self._queue._clock.now(), seconds)
+        due_after(self._queue.now(), seconds)
         return self._with(delay=seconds, when=None)
 
     def at(self, when: datetime | float) -> Submitter:
@@ -214,20 +213,22 @@ class Submitter:
         due = self._due()
         if self._trigger is not None:
             return self._submit_schedule(fn, args, kwargs, due)
-        return self._queue._submit(fn, args, kwargs, self._options, due)
+        return Job(
+            self._queue, self._queue.submit(Submission(fn, args, kwargs, self._options, due))
+        )
 
     def _due(self) -> float | None:
         """When the next submit's jobs are due (None: at once); checked again here, since
         the clock moved since ``after()``."""
         if self._delay is None:
             return self._when
-        return due_after(self._queue._clock.now(), self._delay)
+        return due_after(self._queue.now(), self._delay)
 
     def _submit_schedule(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None
     ) -> Schedule:
         trigger = self._trigger
-        now = self._queue._clock.now()
+        now = self._queue.now()
         if isinstance(trigger, IntervalTrigger):  # anchor the cadence at the first run
             first = start if start is not None else now + trigger.every
             if not first < MAX_TIMESTAMP:
@@ -242,7 +243,8 @@ class Submitter:
             # schedule existed were not missed, so it starts at the first one from now on.
             start = now
         assert trigger is not None
-        return self._queue._schedule(fn, args, kwargs, self._options, trigger, start)
+        sid = self._queue.schedule(Submission(fn, args, kwargs, self._options, start), trigger)
+        return Schedule(self._queue, sid)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
         """One job per item: a dict item is keyword arguments, a tuple positional ones,
@@ -258,7 +260,9 @@ class Submitter:
                 calls.append((item, {}))
             else:
                 calls.append(((item,), {}))
-        return self._queue._submit_many(fn, calls, self._options, self._due())
+        due = self._due()
+        subs = [Submission(fn, args, kwargs, self._options, due) for args, kwargs in calls]
+        return [Job(self._queue, job_id) for job_id in self._queue.submit_many(subs)]
 
 
 class Task(Generic[P, R]):
@@ -268,7 +272,7 @@ class Task(Generic[P, R]):
     different Python or cloudpickle version).
     """
 
-    def __init__(self, queue: JobQueue, fn: Callable[P, R], options: Mapping[str, Any]) -> None:
+    def __init__(self, queue: QueuePort, fn: Callable[P, R], options: Mapping[str, Any]) -> None:
         self.fn = fn
         self.name: str = getattr(fn, "__qualname__", repr(fn))
         self._submitter = Submitter(queue, {"name": self.name, **validate_options(options)})

@@ -4,7 +4,7 @@ A write that does not fit (:class:`~nbqup.StoreWriteError`, a full disk) is tran
 the jobs stay in memory, their writes are queued again and a worker retries them a moment
 later; it is logged once, not once per retry.  A store that failed for good
 (:class:`~nbqup.StoreFailed`) stops the runtime: the backend calls
-:meth:`StoreTrouble._store_failed` once, which stops the workers and the scheduler, asks
+:meth:`StoreTrouble.store_failed` once, which stops the workers and the scheduler, asks
 running jobs to stop and wakes every waiter, who raise the error; nothing more is
 written, so the jobs resume when the store is reopened.
 """
@@ -57,29 +57,29 @@ class WriteTrouble:
 
 
 class StoreTrouble:
-    """The runtime's side of store trouble; mixed into :class:`~nbqup.runtime.Runtime`."""
+    """The runtime's side of store trouble: one step of a runtime thread guarded, a pause
+    after a refused write, and the stop when the store fails for good."""
 
-    # State set up by JobQueue.__init__.
-    _state: JobState
-    is_owner: bool
-    _poll: float
-    _trouble: WriteTrouble
+    def __init__(self, state: JobState, write_trouble: WriteTrouble, poll: float) -> None:
+        self._state = state
+        self._write_trouble = write_trouble
+        self._poll = poll
 
-    def _guarded(self, step: Callable[[], None], what: str) -> bool:
+    def guarded(self, step: Callable[[], None], what: str) -> bool:
         """Run one step of a runtime thread, whatever it hits; False once the store failed
-        for good (told once, by :meth:`_store_failed`).  A write that did not fit (a full
+        for good (told once, by :meth:`store_failed`).  A write that did not fit (a full
         disk) is logged once until writes succeed again, other errors with a traceback."""
         try:
             step()
         except StoreFailed:
             return False
         except StoreWriteError as exc:
-            self._trouble.failed(exc)
+            self._write_trouble.failed(exc)
         except Exception:
             log.exception("nbqup: %s failed", what)
         return True
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
         """Wait a moment before writing again to a store that refused a write: ready jobs
         queued again meanwhile do not wake this slot, only close() or a failure does."""
         deadline = time.monotonic() + min(self._poll, 0.5)
@@ -90,7 +90,7 @@ class StoreTrouble:
                     return
                 self._state.work.wait(left)
 
-    def _store_failed(self, error: StoreFailed) -> None:
+    def store_failed(self, error: StoreFailed) -> None:
         """The store failed for good (a hook of the backend, run once): stop the workers
         and the scheduler, ask running jobs to stop, wake every waiter; say so once."""
         with self._state.lock:
@@ -104,5 +104,5 @@ class StoreTrouble:
             self._state.done.notify_all()
             for cond in self._state.job_waits.values():
                 cond.notify_all()
-        if self.is_owner:
+        if self._state.owner:
             log.error("nbqup: %s; its workers stopped", error)

@@ -1,4 +1,4 @@
-"""Knowing the scheduler has looked: :meth:`SchedulerTurns.wait_turn`.
+"""Knowing the scheduler has looked: :meth:`Turns.wait_turn`.
 
 A test that checks that something does *not* happen -- a delayed job not yet due, a
 paused schedule that does not fire -- proves nothing by pausing first: on a slow machine
@@ -11,14 +11,15 @@ flushed what it wrote; and free worker slots have then taken every job that was 
 Whatever should have happened by then has happened, so a check right after it means
 something.
 
-The scheduler counts its passes under the queue's lock (:meth:`_turn_begins`,
-:meth:`_turn_ends`): an increment and a comparison per pass, nothing per job.  A pass
+The scheduler counts its passes under the queue's lock (:meth:`Turns.begin`,
+:meth:`Turns.end`): an increment and a comparison per pass, nothing per job.  A pass
 someone waits for does not sleep before it ends, and always runs the periodic check.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .clock import wait_deadline, wait_left
@@ -27,7 +28,7 @@ from .records import Status
 if TYPE_CHECKING:
     from .state import JobState
 
-__all__ = ["SchedulerTurns"]
+__all__ = ["Turns"]
 
 #: Real seconds between looks at the worker slots while free ones may still take ready
 #: jobs (slots do not signal when they take one: that would cost every job).
@@ -37,22 +38,22 @@ _SLOT_LOOK = 0.002
 _STOP_LOOK = 0.05
 
 
-class SchedulerTurns:
-    """Waiting for a scheduler pass; mixed into :class:`~nbqup.runtime.Runtime`."""
+class Turns:
+    """The scheduler's passes, counted so that :meth:`wait_turn` knows one has ended."""
 
-    # State set up by JobQueue.__init__ (see there).
-    _state: JobState
-    workers: int
-    is_owner: bool
-    _threads: list[threading.Thread]
-
-    #: Passes the scheduler began, and the last one it ended that someone waited for.
-    _turns_begun = 0
-    _turns_ended = 0
-    #: The highest pass number a :meth:`wait_turn` waits for.
-    _turn_wanted = 0
-    #: Woken at the end of a pass someone waited for; made by the first wait_turn.
-    _turn_cond: threading.Condition | None = None
+    def __init__(self, state: JobState, workers: int, name: Callable[[], str]) -> None:
+        self._state = state
+        self._workers = workers
+        self._name = name  # the queue, in words, for error messages
+        #: True once the scheduler thread runs (the owner started its threads).
+        self.started = False
+        #: Passes the scheduler began, and the last one it ended that someone waited for.
+        self._turns_begun = 0
+        self._turns_ended = 0
+        #: The highest pass number a :meth:`wait_turn` waits for.
+        self._turn_wanted = 0
+        #: Woken at the end of a pass someone waited for.
+        self._turn_cond = threading.Condition(state.lock)
 
     def wait_turn(self, timeout: float | None = None) -> bool:
         """Wait until the scheduler has done a full pass begun after this call, then until
@@ -79,8 +80,6 @@ class SchedulerTurns:
         deadline = wait_deadline(timeout)
         with self._state.lock:
             self._check_scheduler()
-            if self._turn_cond is None:
-                self._turn_cond = threading.Condition(self._state.lock)
             want = self._turns_begun + 1  # begins after this: it reads the clock after us
             self._turn_wanted = max(self._turn_wanted, want)
             self._state.sched.notify_all()  # a sleeping scheduler starts that pass now
@@ -98,17 +97,17 @@ class SchedulerTurns:
         if self._state.failure is not None:
             raise self._state.failed_error()
         if self._state.closed or self._state.stopping:
-            raise RuntimeError(f"{self!r} is closed: its scheduler takes no more turns")
-        if not self.is_owner or not self._threads:
+            raise RuntimeError(f"{self._name()} is closed: its scheduler takes no more turns")
+        if not self._state.owner or not self.started:
             raise RuntimeError(
-                f"{self!r} runs no scheduler: only the process that owns the store "
+                f"{self._name()} runs no scheduler: only the process that owns the store "
                 "(opened with workers > 0 while no other did) takes scheduler turns"
             )
 
     def _ready_untaken(self) -> bool:
         """Whether a ready job waits while a worker slot is free (the caller holds the
         lock).  Slots running jobs in a waiting job's slot count once per job here."""
-        if len(self._state.running) >= self.workers:
+        if len(self._state.running) >= self._workers:
             return False
         for _, _, job_id in self._state.ready:
             rec = self._state.live.get(job_id)
@@ -116,15 +115,12 @@ class SchedulerTurns:
                 return True
         return False
 
-    # -- the scheduler's side (the caller holds the lock) --------------------------------
-
-    def _turn_begins(self) -> int:
+    def begin(self) -> int:
         """Count a pass beginning; its number if someone waits for it, else 0."""
         self._turns_begun += 1
         return self._turns_begun if self._turns_begun <= self._turn_wanted else 0
 
-    def _turn_ends(self, number: int) -> None:
+    def end(self, number: int) -> None:
         """Pass ``number``, which someone waited for, is over: wake the waiters."""
         self._turns_ended = number
-        if self._turn_cond is not None:
-            self._turn_cond.notify_all()
+        self._turn_cond.notify_all()

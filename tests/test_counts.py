@@ -49,14 +49,14 @@ def test_counts_right_after_a_takeover_include_the_pending_jobs(
             assert not jq.is_owner
             # Hold the takeover's recovery (which takes a few ms for 300 jobs) open, to
             # look at the counts in that window every time rather than by chance.
-            recover = jq._recover
+            recover = jq._recovery.recover
 
             def held_recovery() -> None:
                 recovering.set()
                 go_on.wait(WAIT)
                 recover()
 
-            monkeypatch.setattr(jq, "_recover", held_recovery)
+            monkeypatch.setattr(jq._recovery, "recover", held_recovery)
             kill(owner)
             assert recovering.wait(WAIT), "the client never took over"
             during = jq.counts()

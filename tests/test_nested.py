@@ -344,14 +344,14 @@ def test_close_without_waiting_starts_nothing_in_a_waiting_slot(
     assert EVENTS[f"{name}:dependency"].wait(WAIT)
     jq.submit(wait_for_blocked, name, dependency.id)
     assert EVENTS[f"{name}:outer-waits"].wait(WAIT)
-    stop_running = jq._abandon
+    stop_running = jq._runtime.abandon
 
     def stop_running_late(running: dict[str, Any]) -> None:
         EVENTS[f"{name}:dependency-go"].set()  # the awaited job becomes ready...
         EVENTS[f"{name}:inner"].wait(1)  # ...and the waiting slot would start it now
         stop_running(running)
 
-    monkeypatch.setattr(jq, "_abandon", stop_running_late)
+    monkeypatch.setattr(jq._runtime, "abandon", stop_running_late)
     try:
         jq.close(wait=False)
         assert "inner" not in CALLS[name]

@@ -31,14 +31,14 @@ def gate_periodic_check(jq: JobQueue) -> tuple[threading.Event, threading.Event]
     """Hold the scheduler inside its periodic check (part of every pass wait_turn waits
     for) until the returned gate is set; the other event is set once it is held there."""
     held, gate = threading.Event(), threading.Event()
-    check: Callable[[], None] = jq._periodic_check
+    check: Callable[[], None] = jq._scheduler.periodic_check
 
     def gated() -> None:
         held.set()
         assert gate.wait(WAIT), "the test never opened the gate"
         check()
 
-    jq._periodic_check = gated  # type: ignore[method-assign]
+    jq._scheduler.periodic_check = gated  # type: ignore[method-assign]
     return held, gate
 
 

@@ -1,0 +1,141 @@
+"""Recovery: what an owner takes on -- at open, at a takeover, and on each periodic check.
+
+On open (or when a client takes over from an owner that went away), :meth:`Recovery.recover`
+loads every unfinished job from the store's index of unfinished jobs (a job recorded as
+running died with its process: it runs again, or fails after ``max_crashes``), applies the
+requests clients left (cancel, retry, schedule changes) and loads the schedules; only then
+does the process count as the owner.  Afterwards the periodic check
+(:mod:`nbqup.scheduler`) adopts jobs other processes recorded and applies their requests
+the same way.  A record found corrupt is set aside (``jq.corrupt``), not fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING
+
+from .errors import StoreCorrupt
+from .records import FINAL, JobRecord, Status
+from .runtime import count_crash
+
+if TYPE_CHECKING:
+    from .ports import QueuePort
+    from .runtime import Runtime
+    from .schedules import Schedules
+    from .shared import Shared
+
+__all__ = ["Recovery"]
+
+
+class Recovery:
+    """Loading the unfinished jobs and requests of a store into the owner's runtime."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        runtime: Runtime,
+        schedules: Schedules,
+        corrupt: list[tuple[str, str]],
+    ) -> None:
+        self._shared = shared
+        self._state = shared.state
+        self._runtime = runtime
+        self._schedules = schedules
+        self._corrupt = corrupt  # the queue's list of records set aside
+        self._access: QueuePort | None = None  # cancels and retries clients asked for
+
+    def serve(self, access: QueuePort) -> None:
+        """Apply the cancels and retries clients ask for through ``access``."""
+        self._access = access
+
+    def recover(self) -> None:
+        """Load every unfinished job (runs found 'running' died with their process), then
+        act as the owner: apply the requests clients left, load the schedules.
+
+        Only once every job is loaded does :attr:`is_owner` turn true: a client taking
+        over (:meth:`~nbqup.JobQueue._take_over`) goes on reading the store as a client
+        until then, so ``counts()`` or ``wait()`` never see a half-recovered queue.
+        """
+        records = []
+        fixes = []
+        for job_id in self._shared.store.pending_ids():
+            rec = self.load_or_set_aside(job_id)
+            if rec is None or rec.status in FINAL:
+                self._shared.store.backend.write(deletes=[("pending", job_id)])
+                continue
+            if rec.status is Status.RUNNING:
+                if count_crash(rec, "the process running it died"):
+                    rec.status = Status.FAILED
+                    rec.finished = self._shared.clock.now()
+                fixes.append(rec)
+            records.append(rec)
+        if fixes:
+            self._shared.store.commit(fixes)
+        for rec in records:
+            if rec.status not in FINAL:
+                self._runtime.admit(rec)
+        with self._state.lock:
+            self._state.owner = True
+        self.apply_requests()
+        self._schedules.load_all()
+
+    def load_or_set_aside(self, job_id: str) -> JobRecord | None:
+        try:
+            return self._shared.store.load(job_id)
+        except StoreCorrupt as exc:
+            if self._shared.store.set_aside(job_id, exc.reason):  # else another thread did
+                self._corrupt.append((job_id, exc.reason))
+                warnings.warn(
+                    f"nbqup: {exc}; set aside, see jq.corrupt", RuntimeWarning, stacklevel=3
+                )
+            return None
+
+    def adopt_pending(self) -> None:
+        """Take on the unfinished jobs other processes recorded since the last look."""
+        with self._state.lock:
+            known = set(self._state.live) | self._state.submitting
+        for job_id in self._shared.store.pending_ids():
+            if job_id not in known:
+                self.adopt(job_id, settle=False)
+        self._runtime.settle()
+
+    def adopt(self, job_id: str, *, settle: bool = True) -> None:
+        """Run a job another process recorded, if this process does not know it yet."""
+        if (
+            not self._state.owner
+            or self._state.closed
+            or job_id in self._state.live
+            or job_id in self._shared.finished
+        ):
+            return
+        rec = self.load_or_set_aside(job_id)  # without the lock: mostly a finished job
+        if rec is None or rec.status in FINAL:
+            return
+        with self._state.lock:
+            # Decide on a fresh read under the lock: a job submitted here may have run and
+            # been forgotten since -- its final state is durable before it leaves `_live`
+            # (see _settle), so the read shows it.
+            if job_id in self._state.live or job_id in self._state.submitting:
+                return
+            rec = self.load_or_set_aside(job_id)
+            if rec is None or rec.status in FINAL:
+                return
+            self._state.live[rec.id] = rec
+            self._runtime.place(rec)
+        if settle:
+            self._runtime.settle()
+
+    def apply_requests(self) -> None:
+        """Cancels, retries and schedule changes asked for by client processes."""
+        access = self._access
+        assert access is not None, "Recovery.serve() wires the requests to a queue"
+        for key, raw in self._shared.store.backend.items("requests"):
+            self._shared.store.backend.write(deletes=[("requests", key)])
+            with contextlib.suppress(ValueError, KeyError):
+                if key.startswith("@"):
+                    self._schedules.set_state(key[1:], raw.decode())
+                elif raw == b"cancel":
+                    access.cancel(key)
+                elif raw == b"retry":
+                    access.retry(key)

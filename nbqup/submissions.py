@@ -1,0 +1,248 @@
+"""Submission: from a call to a durably recorded job (or schedule), in one place.
+
+:class:`Submissions` turns a :class:`~nbqup.ports.Submission` -- the function, its
+arguments, the validated options and when it is due -- into a :class:`JobRecord` and
+its payload (the function pickled once and stored under its hash, the arguments), checks
+it (dependencies that exist, arguments that pickle) before anything is written, records
+it durably (``submit`` returns once a SIGKILL cannot lose it) and hands it to the owner's
+runtime.  A keyed submit (``key=``, ``unique=True``) looks its key up and inserts in one
+store transaction, so two processes submitting the same key get one job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import payload
+from .errors import StoreWriteError
+from .keys import lookup_key, show_key, stored_key
+from .records import JobRecord, ScheduleRecord, Status, new_id
+from .schedules import RUN_FIELDS
+
+if TYPE_CHECKING:
+    from .ports import Submission
+    from .runtime import Runtime
+    from .schedules import Schedules
+    from .shared import Shared
+    from .triggers import Trigger
+
+__all__ = ["Submissions", "type_name"]
+
+Blobs = list[tuple[str, str, bytes]]
+
+
+class Submissions:
+    """Recording new jobs and schedules: checked first, durable when a call returns."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        runtime: Runtime,
+        schedules: Schedules,
+        check_open: Callable[[], None],
+    ) -> None:
+        self._shared = shared
+        self._state = shared.state
+        self._runtime = runtime
+        self._schedules = schedules
+        self._check_open = check_open
+        #: Functions (by hash) known to be stored: not pickled into the batch again.
+        self._known_fns: set[str] = set()
+
+    def submit(self, sub: Submission) -> str:
+        """Record one job; its id, or that of the live job already holding its key."""
+        self._check_open()
+        rec, blobs = self._prepare(sub)
+        if rec.key is None:
+            return self._record_new([(rec, blobs)])[0]
+        with self._state.lock:
+            self._state.submitting.add(rec.id)
+        try:  # keyed: look the key up and insert in one transaction, across processes
+            existing = self._shared.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
+            if existing is not None:
+                return existing
+            if rec.fn is not None:
+                self._known_fns.add(rec.fn)
+            if self._state.owner:
+                self._runtime.admit(rec)
+            return rec.id
+        finally:
+            with self._state.lock:
+                self._state.submitting.discard(rec.id)
+
+    def submit_many(self, subs: list[Submission]) -> list[str]:
+        """``map``: every job recorded in one commit, or none if one of them is bad."""
+        if any("key" in s.options or s.options.get("unique") for s in subs):
+            return [self.submit(s) for s in subs]  # each needs its own transaction
+        self._check_open()
+        return self._record_new([self._prepare(s) for s in subs])
+
+    def schedule(self, sub: Submission, trigger: Trigger) -> str:
+        """Record a recurring schedule whose first run is at ``sub.due`` (None: one
+        interval from now); its id, or that of the live one holding its key."""
+        self._check_open()
+        options = sub.options
+        if "depends_on" in options or "unique" in options:
+            bad = "depends_on" if "depends_on" in options else "unique"
+            raise ValueError(f"{bad} does not apply to recurring schedules")
+        now = self._shared.clock.now()
+        sid = "s" + new_id(now)
+        fields, blobs, args_blob = self._call_payload(sub, sid)
+        name = options.get("name") or fields["fn_name"]
+        first = trigger.next_after(now if sub.due is None else sub.due - 1e-6)
+        key = options.get("key") or _schedule_key(sub.fn, fields["fn_name"], trigger, args_blob)
+        srec = ScheduleRecord(
+            id=sid,
+            name=name,
+            key=key,
+            created=now,
+            trigger=trigger.to_dict(),
+            next_due=first,
+            options={k: v for k, v in options.items() if k in RUN_FIELDS},
+            missed=options.get("missed", "once"),
+            **fields,
+        )
+        found = self._schedules.create(srec, blobs)
+        if srec.fn is not None:
+            self._known_fns.add(srec.fn)
+        return found
+
+    def _prepare(self, sub: Submission) -> tuple[JobRecord, Blobs]:
+        """A job's record and payload blobs, checked; nothing is written yet."""
+        now = self._shared.clock.now()
+        options = sub.options
+        rec = JobRecord(id=new_id(now), name="", created=now)
+        fields, blobs, args_blob = self._call_payload(sub, rec.id)
+        for name, value in fields.items():
+            setattr(rec, name, value)
+        rec.name = options.get("name") or rec.fn_name
+        for field in (*RUN_FIELDS, "depends_on"):
+            if field in options:
+                setattr(rec, field, options[field])
+        if sub.due is not None and sub.due > now:
+            rec.status, rec.scheduled_for = Status.SCHEDULED, sub.due
+        rec.key = options.get("key")
+        if rec.key is None and options.get("unique"):
+            rec.key = _unique_key(sub.fn, rec.fn, args_blob)
+        self._check_dependencies(rec)
+        return rec, blobs
+
+    def _record_new(self, prepared: list[tuple[JobRecord, Blobs]]) -> list[str]:
+        """Write new jobs in one commit (durable when this returns), then run them."""
+        records = [rec for rec, _ in prepared]
+        # one blob per (table, key): a function submitted many times is stored once
+        blobs = list({(t, k): (t, k, b) for _, bs in prepared for t, k, b in bs}.values())
+        state = self._state
+        with state.lock:
+            state.submitting.update(rec.id for rec in records)
+        try:
+            self._shared.writer.flush(self._shared.writer.add(records, blobs))
+            self._known_fns.update(rec.fn for rec in records if rec.fn is not None)
+            if state.owner:
+                with state.lock:
+                    for rec in records:
+                        if rec.id not in state.live:
+                            state.live[rec.id] = rec
+                            self._runtime.place(rec)
+                # Our jobs are recorded: another job's final write that failed (a full
+                # disk) is queued again by this settle and reported by the workers, not
+                # raised here -- the caller would think nothing was recorded.
+                with contextlib.suppress(StoreWriteError):
+                    self._runtime.settle()
+            return [rec.id for rec in records]
+        finally:
+            with state.lock:
+                state.submitting.difference_update(rec.id for rec in records)
+
+    def _call_payload(
+        self, sub: Submission, args_key: str
+    ) -> tuple[dict[str, Any], Blobs, bytes | None]:
+        """Pickle a call: record fields, blobs to write, and the pickled arguments.
+
+        Raises :class:`~nbqup.SerializationError` (or TypeError) before anything is written.
+        """
+        fn, args, kwargs = sub.fn, sub.args, sub.kwargs
+        fields: dict[str, Any] = {"python": payload.PYTHON, "pickler": payload.PICKLER}
+        blobs: Blobs = []
+        name = type_name(type(fn))
+        if name in self._runtime.task_executors:
+            fields["task_type"] = fields["fn_name"] = name
+            args = (fn, *args)
+        elif callable(fn):
+            fn_hash, fn_blob = payload.dumps_fn(fn)
+            fields["fn"] = fn_hash
+            fields["fn_name"] = getattr(fn, "__qualname__", type(fn).__qualname__)
+            if fn_hash not in self._known_fns and not self._shared.store.has("fn", fn_hash):
+                blobs.append(("fn", fn_hash, fn_blob))
+        else:
+            raise TypeError(
+                f"submit() needs a callable or an instance of a registered task type, "
+                f"got {type(fn).__name__}"
+            )
+        args_blob = payload.dumps_args(args, kwargs)
+        if args_blob is not None:
+            fields["has_args"] = True
+            blobs.append(("args", args_key, args_blob))
+        fields["kwargs"] = payload.kwargs_summary(kwargs)
+        return fields, blobs, args_blob
+
+    def _check_dependencies(self, rec: JobRecord) -> None:
+        for dep in rec.depends_on:
+            if dep == rec.id:
+                raise ValueError(f"job {rec.id} cannot depend on itself")
+            with self._state.lock:
+                known = dep in self._state.live
+            lookup = None if known else lookup_key(dep)
+            if not known and (
+                lookup is None or self._shared.store.backend.get("meta", lookup) is None
+            ):
+                raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
+
+
+def _insert_keyed(txn: Any, rec: JobRecord, blobs: Blobs) -> str | None:
+    """Inside one transaction: the id of a live job holding ``rec.key``, or insert ``rec``."""
+    assert rec.key is not None
+    held = txn.get("keys", stored_key(rec.key))
+    if held is not None:
+        existing = txn.load(held.decode())
+        if existing is not None and existing.status not in (Status.FAILED, Status.CANCELLED):
+            return str(existing.id)
+    for table, key, body in blobs:
+        txn.put(table, key, body)
+    txn.save(rec)
+    txn.put("keys", stored_key(rec.key), rec.id.encode())
+    return None
+
+
+def _unique_key(fn: Any, fn_hash: str | None, args_blob: bytes | None) -> str:
+
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        h.update(inspect.getsource(fn).encode())
+        h.update(getattr(fn, "__qualname__", "").encode())
+    except (OSError, TypeError):
+        h.update((fn_hash or repr(fn)).encode())
+    h.update(args_blob or b"")
+    return "unique:" + h.hexdigest()
+
+
+def _schedule_key(fn: Any, fn_name: str, trigger: Trigger, args_blob: bytes | None) -> str:
+    """The default key of a schedule: the function's name, the trigger and the arguments
+    (so re-running the cell returns the schedule, and other arguments make another one).
+    A lambda's source is part of it, since all lambdas share one name."""
+    key = f"{fn_name} {trigger.describe()}"
+    digest = hashlib.blake2b(args_blob or b"", digest_size=8)
+    if "<lambda>" in fn_name:
+        with contextlib.suppress(OSError, TypeError):
+            digest.update(inspect.getsource(fn).encode())
+    if args_blob is not None or "<lambda>" in fn_name:
+        key += " " + digest.hexdigest()
+    return key
+
+
+def type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
