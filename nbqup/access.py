@@ -10,15 +10,18 @@ store and leaves cancels and retries as requests the owner applies on its period
 
 from __future__ import annotations
 
+import collections
+import operator
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import payload
 from .clock import poll_until, wait_deadline, wait_left
 from .errors import SerializationError, StoreCorrupt
-from .records import FINAL, JobRecord, ScheduleRecord, Status
+from .keys import lookup_key, show_key, stored_key
+from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
 
 if TYPE_CHECKING:
     from .nested import NestedWaits
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["JobAccess"]
 
 T = TypeVar("T")
+_RECENT_SHOWN = 200  # finished jobs in a snapshot, newest first
+_STATUS = operator.attrgetter("status")
 _RECORDING_WAIT = 10.0  # seconds cancel() waits for a job being written to become live
 
 
@@ -237,6 +242,92 @@ class JobAccess:
     def live_rows(self, row: Callable[[JobRecord], T]) -> dict[str, T]:
         with self._state.lock:
             return {job_id: row(rec) for job_id, rec in self._state.live.items()}
+
+    # -- the queue as a whole ---------------------------------------------------------
+
+    def find(self, job_id: str) -> str:
+        """The id of the job with this id, else of the job holding this key, else of the
+        one whose id starts with it; KeyError if there is none (TypeError: not a str)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"a job id must be a str, got {type(job_id).__name__} {job_id!r}")
+        if not job_id:
+            raise KeyError("a job id or key is needed, got an empty string")
+        with self._state.lock:
+            if job_id in self._state.live:
+                return job_id
+        backend = self._shared.store.backend
+        exact = lookup_key(job_id)  # None: it cannot be a stored id
+        if exact is not None and backend.get("meta", exact) is not None:
+            return job_id
+        held = backend.get("keys", stored_key(job_id))
+        if held is not None and backend.get("meta", held.decode()) is not None:
+            return held.decode()
+        found = [] if exact is None else backend.items("meta", exact, 2)
+        matches = [k for k, _ in found if k.startswith(job_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise KeyError(f"job id prefix {job_id!r} is ambiguous: it matches {matches[0]}, ...")
+        where = f"store {self._shared.store.path}" if self._shared.store.path else "this queue"
+        raise KeyError(f"no job {show_key(job_id)} in {where}")
+
+    def job_ids(self, status: str | Iterable[str] | None = None) -> list[str]:
+        """The id of every job recorded, oldest first; only those with ``status`` if given."""
+        wanted = statuses(status)
+        out = []
+        for rec in self._shared.store.scan():
+            if isinstance(rec, StoreCorrupt):
+                continue
+            with self._state.lock:
+                live = self._state.live.get(rec.id)
+            if wanted is None or (live or rec).status in wanted:
+                out.append(rec.id)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs the store holds in each status (see ``JobQueue.counts``)."""
+        if self._state.closed:
+            raise RuntimeError(f"{self._name()} is closed")
+        with self._state.lock:
+            live = dict(self._state.live)
+            tally = collections.Counter(map(_STATUS, live.values()))
+        unfinished = sum(n for status, n in tally.items() if not status.final)
+        # Every live unfinished job is in the index (its first write made it live) -- but
+        # for a recurring run about to be written: the index holds other jobs only if it
+        # is larger.
+        if self._shared.store.backend.count("pending") > unfinished:
+            for job_id in self._shared.store.pending_ids():
+                if job_id not in live:
+                    rec = self._load_quietly(job_id)
+                    if rec is not None:
+                        tally[rec.status] += 1
+        out = dict.fromkeys((s.value for s in Status), 0)
+        for status, n in tally.items():
+            if not status.final:  # one that just ended is counted by the store once written
+                out[status.value] += n
+        for name, n in self._shared.store.finished_counts().items():
+            if name in out:
+                out[name] += n
+        return out
+
+    def snapshot(self, limit: int) -> list[JobRecord]:
+        """Copies of the records worth showing now (see ``JobQueue.snapshot``)."""
+        with self._state.lock:
+            live = list(self._state.live.values())
+            recent = self._shared.finished.recent(_RECENT_SHOWN)
+        if not self._state.owner:
+            live = [
+                r for r in (self._load_quietly(i) for i in self._shared.store.pending_ids()) if r
+            ]
+        live.sort(key=lambda r: r.id, reverse=True)
+        live.sort(key=lambda r: r.status is not Status.RUNNING)  # stable: running first
+        return [rec.copy() for rec in (live + recent)[:limit]]
+
+    def _load_quietly(self, job_id: str) -> JobRecord | None:
+        try:
+            return self._shared.store.load(job_id)
+        except StoreCorrupt:
+            return None
 
     # -- schedules and submitting ----------------------------------------------------------
 

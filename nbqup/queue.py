@@ -25,10 +25,9 @@ idea with a small public interface:
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
+import functools
 import logging
-import operator
 import os
 import threading
 import weakref
@@ -42,14 +41,13 @@ from .access import JobAccess
 from .clock import Clock, SystemClock, poll_until, wait_deadline, wait_left
 from .commits import GroupCommit
 from .context import current_log, current_outputs
-from .errors import DiskFull, StoreCorrupt, StoreFailed, StorePermissionError, StoreWriteError
+from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
 from .handle import Job, Schedule
 from .health import disk_full
-from .keys import lookup_key, show_key, stored_key
 from .nested import NestedWaits
-from .records import JobRecord, Status, statuses
+from .records import JobRecord
 from .recovery import Recovery
 from .runtime import Runtime
 from .scheduler import Scheduler
@@ -124,7 +122,10 @@ class JobQueue:
         if self.is_owner:
             self._start_threads()
         elif workers > 0:
-            threading.Thread(target=self._take_over, name="nbqup-takeover", daemon=True).start()
+            take_over = functools.partial(
+                self._recovery.take_over, self._takeover_stop, self._start_threads
+            )
+            threading.Thread(target=take_over, name="nbqup-takeover", daemon=True).start()
         for entry in self.store.corrupt():  # set aside now or by an earlier open
             if entry not in self.corrupt:
                 self.corrupt.append(entry)
@@ -189,60 +190,6 @@ class JobQueue:
             if full is None:
                 raise
             raise full from exc
-
-    def _take_over(self) -> None:
-        """A client that asked for workers becomes the owner once the owner goes away (a
-        detached ``nbqup worker`` stopped, another kernel shut down): its jobs do not
-        stall.  It checks about once a second."""
-        while not self._takeover_stop.wait(max(1.0, self._poll)):
-            with self._state.lock:
-                if self._state.closed or self._state.stopping or self._state.failure is not None:
-                    return
-                try:
-                    if not self._try_to_own():
-                        continue
-                except StorePermissionError as exc:  # the owner left; we cannot run it
-                    log.error("nbqup: %s; this process stays a client", exc)
-                    return
-            log.info("nbqup: %s now runs the workers of %s", os.getpid(), self.path)
-            if not self._recover_when_room():  # closed meanwhile
-                return
-            with self._state.lock:
-                if self._state.closed or self._state.stopping:  # closed while recovering
-                    return
-            self._start_threads()
-            return
-
-    def _try_to_own(self) -> bool:
-        """Take the owner lock for a take-over.  If writing the owner's pid file finds the
-        disk full, let go of the lock, say so (once) and try again next time."""
-        try:
-            return self.store.acquire_owner()
-        except OSError as exc:
-            self.store.release_owner()
-            full = exc if isinstance(exc, DiskFull) else None
-            if full is None and self.path is not None:
-                full = disk_full(exc, self.path)
-            if full is None:
-                raise
-            self._write_trouble.failed(full)
-            return False
-
-    def _recover_when_room(self) -> bool:
-        """Recover as the new owner (:attr:`is_owner` turns true once every unfinished
-        job is loaded).  While the disk is full, keep the lock -- no other process can
-        run the jobs either -- say so once, and try again about once a second (what was
-        loaded stays; recovery skips it).  False if the queue was closed meanwhile."""
-        while True:
-            try:
-                self._recovery.recover()
-            except StoreWriteError as exc:
-                self._write_trouble.failed(exc)
-            else:
-                self._write_trouble.ok()
-                return True
-            if self._takeover_stop.wait(max(1.0, self._poll)):
-                return False
 
     # ================================================================= public surface
 
@@ -322,41 +269,11 @@ class JobQueue:
     def get(self, job_id: str) -> Job:
         """The job with this id, else the job holding this ``key=`` (see :meth:`options`),
         else the one whose id starts with it; KeyError if there is none (or it is empty)."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"a job id must be a str, got {type(job_id).__name__} {job_id!r}")
-        if not job_id:
-            raise KeyError("a job id or key is needed, got an empty string")
-        with self._state.lock:
-            if job_id in self._state.live:
-                return Job(self._access, job_id)
-        backend = self.store.backend
-        exact = lookup_key(job_id)  # None: it cannot be a stored id
-        if exact is not None and backend.get("meta", exact) is not None:
-            return Job(self._access, job_id)
-        held = backend.get("keys", stored_key(job_id))
-        if held is not None and backend.get("meta", held.decode()) is not None:
-            return Job(self._access, held.decode())
-        found = [] if exact is None else backend.items("meta", exact, 2)
-        matches = [k for k, _ in found if k.startswith(job_id)]
-        if len(matches) == 1:
-            return Job(self._access, matches[0])
-        if len(matches) > 1:
-            raise KeyError(f"job id prefix {job_id!r} is ambiguous: it matches {matches[0]}, ...")
-        where = f"store {self.path}" if self.path else "this queue"
-        raise KeyError(f"no job {show_key(job_id)} in {where}")
+        return Job(self._access, self._access.find(job_id))
 
     def jobs(self, status: str | Iterable[str] | None = None) -> list[Job]:
         """Every job recorded, oldest first; only those with ``status`` if given."""
-        wanted = statuses(status)
-        out = []
-        for rec in self.store.scan():
-            if isinstance(rec, StoreCorrupt):
-                continue
-            with self._state.lock:
-                live = self._state.live.get(rec.id)
-            if wanted is None or (live or rec).status in wanted:
-                out.append(Job(self._access, rec.id))
-        return out
+        return [Job(self._access, job_id) for job_id in self._access.job_ids(status)]
 
     def counts(self) -> dict[str, int]:
         """How many jobs the store holds in each status, every status included::
@@ -375,29 +292,7 @@ class JobQueue:
         out for an instant.  A store written by an older nbqup is counted once, on the
         first call (reading every record), and kept from then on.
         """
-        if self._state.closed:
-            raise RuntimeError(f"{self!r} is closed")
-        with self._state.lock:
-            live = dict(self._state.live)
-            tally = collections.Counter(map(_STATUS, live.values()))
-        unfinished = sum(n for status, n in tally.items() if not status.final)
-        # Every live unfinished job is in the index (its first write made it live) -- but
-        # for a recurring run about to be written: the index holds other jobs only if it
-        # is larger.
-        if self.store.backend.count("pending") > unfinished:
-            for job_id in self.store.pending_ids():
-                if job_id not in live:
-                    rec = self._load_quietly(job_id)
-                    if rec is not None:
-                        tally[rec.status] += 1
-        out = dict.fromkeys((s.value for s in Status), 0)
-        for status, n in tally.items():
-            if not status.final:  # one that just ended is counted by the store once written
-                out[status.value] += n
-        for name, n in self.store.finished_counts().items():
-            if name in out:
-                out[name] += n
-        return out
+        return self._access.counts()
 
     def jobs_df(
         self,
@@ -517,14 +412,7 @@ class JobQueue:
         """Copies of the records worth showing now, at most ``limit``: running jobs, then
         the other unfinished ones, then the (at most 200) most recently finished here --
         each newest first.  Cheap: for dashboards that refresh several times a second."""
-        with self._state.lock:
-            live = list(self._state.live.values())
-            recent = self._finished.recent(_RECENT_SHOWN)
-        if not self.is_owner:
-            live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
-        live.sort(key=lambda r: r.id, reverse=True)
-        live.sort(key=lambda r: r.status is not Status.RUNNING)  # stable: running first
-        return [rec.copy() for rec in (live + recent)[:limit]]
+        return self._access.snapshot(limit)
 
     @property
     def is_owner(self) -> bool:
@@ -562,12 +450,6 @@ class JobQueue:
         """The queues open in this process (for the magics: reuse rather than reopen)."""
         return [jq for jq in list(_open_queues) if not jq.closed]
 
-    def _load_quietly(self, job_id: str) -> JobRecord | None:
-        try:
-            return self.store.load(job_id)
-        except StoreCorrupt:
-            return None
-
     def widget(self) -> Any:
         """A live dashboard of this queue (ipywidgets; ``nbqup[notebook]``)."""
         return display_hooks.display(repr(self)).queue_widget(self)
@@ -601,10 +483,6 @@ class JobQueue:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-_RECENT_SHOWN = 200  # finished jobs in a snapshot, newest first
-_STATUS = operator.attrgetter("status")
 
 
 @atexit.register

@@ -12,10 +12,15 @@ the same way.  A record found corrupt is set aside (``jq.corrupt``), not fatal.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import threading
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import StoreCorrupt
+from .errors import DiskFull, StoreCorrupt, StorePermissionError, StoreWriteError
+from .health import disk_full
 from .records import FINAL, JobRecord, Status
 from .runtime import count_crash
 
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
     from .shared import Shared
 
 __all__ = ["Recovery"]
+
+log = logging.getLogger("nbqup")
 
 
 class Recovery:
@@ -81,6 +88,7 @@ class Recovery:
         self._schedules.load_all()
 
     def load_or_set_aside(self, job_id: str) -> JobRecord | None:
+        """The job's stored record; None (and set aside, with a warning) if corrupt."""
         try:
             return self._shared.store.load(job_id)
         except StoreCorrupt as exc:
@@ -139,3 +147,60 @@ class Recovery:
                     access.cancel(key)
                 elif raw == b"retry":
                     access.retry(key)
+
+    # -- a client taking over ------------------------------------------------------------
+
+    def take_over(self, stop: threading.Event, start: Callable[[], None]) -> None:
+        """A client that asked for workers becomes the owner once the owner goes away (a
+        detached ``nbqup worker`` stopped, another kernel shut down): its jobs do not
+        stall.  It checks about once a second until ``stop`` is set; once it owns the
+        store and has recovered, it calls ``start`` (the owner's threads)."""
+        while not stop.wait(max(1.0, self._shared.poll)):
+            with self._state.lock:
+                if self._state.closed or self._state.stopping or self._state.failure is not None:
+                    return
+                try:
+                    if not self._try_to_own():
+                        continue
+                except StorePermissionError as exc:  # the owner left; we cannot run it
+                    log.error("nbqup: %s; this process stays a client", exc)
+                    return
+            log.info("nbqup: %s now runs the workers of %s", os.getpid(), self._shared.store.path)
+            if not self._recover_when_room(stop):  # closed meanwhile
+                return
+            with self._state.lock:
+                if self._state.closed or self._state.stopping:  # closed while recovering
+                    return
+            start()
+            return
+
+    def _try_to_own(self) -> bool:
+        """Take the owner lock for a take-over.  If writing the owner's pid file finds the
+        disk full, let go of the lock, say so (once) and try again next time."""
+        try:
+            return self._shared.store.acquire_owner()
+        except OSError as exc:
+            self._shared.store.release_owner()
+            full = exc if isinstance(exc, DiskFull) else None
+            if full is None and self._shared.store.path is not None:
+                full = disk_full(exc, self._shared.store.path)
+            if full is None:
+                raise
+            self._shared.write_trouble.failed(full)
+            return False
+
+    def _recover_when_room(self, stop: threading.Event) -> bool:
+        """Recover as the new owner (:attr:`is_owner` turns true once every unfinished
+        job is loaded).  While the disk is full, keep the lock -- no other process can
+        run the jobs either -- say so once, and try again about once a second (what was
+        loaded stays; recovery skips it).  False if the queue was closed meanwhile."""
+        while True:
+            try:
+                self.recover()
+            except StoreWriteError as exc:
+                self._shared.write_trouble.failed(exc)
+            else:
+                self._shared.write_trouble.ok()
+                return True
+            if stop.wait(max(1.0, self._shared.poll)):
+                return False

@@ -64,6 +64,8 @@ class Runtime:
         self.settle()
 
     def place(self, rec: JobRecord) -> None:
+        """Put a live unfinished job where it belongs: the due-time heap, blocked on its
+        dependencies, held (with the reason as its message) or ready (lock held)."""
         # caller holds the lock
         if rec.status is Status.SCHEDULED and rec.scheduled_for is not None:
             self._state.push_due(rec.scheduled_for, rec.id)
@@ -117,6 +119,7 @@ class Runtime:
         return None
 
     def release_held(self) -> None:
+        """Place the held jobs again (a task or executor was registered meanwhile)."""
         with self._state.lock:
             held = [self._state.live[i] for i in list(self._state.held) if i in self._state.live]
             self._state.held.clear()
@@ -248,6 +251,7 @@ class Runtime:
             self._shared.writer.add(records, outputs)
 
     def release_held_zombies(self) -> None:
+        """Release jobs held for a thread of a queue closed with wait=False that ended."""
         path = str(self._shared.store.path)
         with self._state.lock:
             if not any(w.startswith("still running") for w in self._state.held.values()):
@@ -264,9 +268,11 @@ class Runtime:
     # -- the runtime of JobContext ------------------------------------------------------
 
     def now(self) -> float:
+        """The queue's clock (a job's deadline is on it)."""
         return self._shared.clock.now()
 
     def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None:
+        """A running job's progress: kept in memory, written about once a second."""
         with self._state.lock:
             rec = self._state.live.get(job_id)
             if rec is None:
@@ -285,6 +291,7 @@ class Runtime:
                 self._shared.writer.add([rec.copy()], outputs)
 
     def save_checkpoint(self, job_id: str, state: Any) -> None:
+        """Pickle and store a running job's checkpoint; durable when this returns."""
         self.save_checkpoint_blob(job_id, payload.dumps_result(state))
 
     def save_checkpoint_blob(self, job_id: str, blob: bytes) -> None:
@@ -298,6 +305,7 @@ class Runtime:
         self._shared.writer.flush(ticket)
 
     def load_checkpoint(self, job_id: str) -> tuple[bool, Any]:
+        """``(True, state)`` of the job's last checkpoint, ``(False, None)`` if none."""
         blob = self._shared.store.get_blob("ckpt", job_id)
         return (False, None) if blob is None else (True, payload.loads(blob))
 

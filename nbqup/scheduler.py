@@ -50,6 +50,7 @@ class Scheduler:
         self._store_trouble = store_trouble
 
     def run(self) -> None:
+        """The scheduler's thread: one pass per wake-up until the queue stops."""
         next_check = time.monotonic() + self._shared.poll
         wait: float | None
         while True:

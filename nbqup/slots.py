@@ -66,6 +66,8 @@ class WorkerSlots:
         self._job_handle = job_handle  # the Job handle a running job's context holds
 
     def run(self) -> None:
+        """A worker slot's thread: take ready jobs and run them until the queue stops or
+        the store fails for good."""
         while True:
             job_id = None
             try:
@@ -226,6 +228,8 @@ class WorkerSlots:
     def finish(
         self, job_id: str, ctx: JobContext, outcome: Outcome, *, settle: bool = True
     ) -> None:
+        """Record how a run ended: its result or error, outputs, a retry or the end
+        (the final write queued; ``settle`` makes it durable and wakes the waiters)."""
         blobs: list[tuple[str, str, bytes]] = []
         if not outcome.ok and outcome.traceback and ctx.stop_reason is None:
             ctx.logs.write(outcome.traceback)

@@ -1,4 +1,5 @@
-"""Shared fixtures: stores (in memory, on LMDB), store paths, a manual clock, leaked threads."""
+"""Shared fixtures: stores and queues (in memory, on LMDB), store paths, a manual clock,
+leaked threads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nbqup import JobQueue
 from nbqup.clock import ManualClock
 from nbqup.store import Store
 
@@ -21,6 +23,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s = Store(None if request.param == "memory" else tmp_path / "store")
     yield s
     s.close()
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def jq(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
+    """A queue with two thread workers in memory, then one on LMDB."""
+    queue = JobQueue(None if request.param == "memory" else tmp_path / "store", workers=2)
+    yield queue
+    queue.close()
 
 
 @pytest.fixture

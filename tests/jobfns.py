@@ -42,3 +42,28 @@ def held(name: str, value: Any) -> Any:
     EVENTS[f"{name}:started"].set()
     EVENTS[name].wait(30)
     return value
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def block(name: str) -> bool:
+    """Sets ``EVENTS[name + ":started"]``, then waits for ``EVENTS[name]``."""
+    EVENTS[f"{name}:started"].set()
+    return EVENTS[name].wait(30)
+
+
+def flaky(name: str, failures: int) -> int:
+    """Fails its first ``failures`` calls (by name), then returns how many calls it had."""
+    CALLS[name].append(1)
+    if len(CALLS[name]) <= failures:
+        raise RuntimeError(f"failure {len(CALLS[name])}")
+    return len(CALLS[name])
+
+
+def fails_then_waits(name: str) -> None:
+    CALLS[name].append(1)
+    if len(CALLS[name]) == 1:
+        raise RuntimeError("first run fails")
+    EVENTS[name].wait(30)  # a retried run: still running when it is cancelled

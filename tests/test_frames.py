@@ -57,13 +57,6 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.node.nodeid
 
 
-@pytest.fixture(params=["memory", "lmdb"])
-def jq(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
-    queue = JobQueue(None if request.param == "memory" else tmp_path / "store", workers=2)
-    yield queue
-    queue.close()
-
-
 # ------------------------------------------------------------------------------ history
 
 

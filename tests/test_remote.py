@@ -100,7 +100,7 @@ def test_checkpoint_and_restore_round_trip_through_a_receiver(
     job_end, queue_end = pipe
     with JobQueue(tmp_path / "s", workers=1) as jq:
         job = waiting(jq)
-        ctx = JobContext(job, jq)
+        ctx = JobContext(job, jq._runtime)  # the runtime a running job reports to
         receiver = remote.Receiver(ctx, reply=queue_end.send)
         sender = remote.Sender(job_end)
         answered = threading.Event()
@@ -172,7 +172,7 @@ def test_what_a_job_held_back_is_applied_in_order_ending_with_done(
     assert [m[0] for m in held] == [remote.PROGRESS, remote.LOG, remote.RICH, remote.DONE]
     with JobQueue(tmp_path / "s", workers=1) as jq:
         job = waiting(jq)
-        ctx = JobContext(job, jq)
+        ctx = JobContext(job, jq._runtime)  # the runtime a running job reports to
         receiver = remote.Receiver(ctx, reply=pipe[1].send)
         assert receiver.apply_all(held) == done
         assert (job.progress, job.record.message) == (0.25, "a quarter")
