@@ -18,8 +18,8 @@ from .errors import JobCancelled, JobTimedOut
 
 __all__ = [
     "JobContext",
+    "JobRuntime",
     "RunningJob",
-    "Runtime",
     "call_in",
     "checkpoint",
     "current_context",
@@ -43,8 +43,9 @@ class RunningJob(Protocol):
     def attempts(self) -> int: ...
 
 
-class Runtime(Protocol):
-    """What a context needs from the queue running the job."""
+class JobRuntime(Protocol):
+    """What a context needs from the queue running the job (in the queue's process the
+    :class:`~nbqup.runtime.Runtime`; in a worker process the remote sender)."""
 
     def now(self) -> float: ...
     def report_progress(self, job_id: str, fraction: float | None, message: str | None) -> None: ...
@@ -59,7 +60,7 @@ class JobContext:
     def __init__(
         self,
         job: RunningJob,
-        runtime: Runtime,
+        runtime: JobRuntime,
         *,
         deadline: float | None = None,
         timeout: float | None = None,

@@ -16,7 +16,7 @@ applies them to the job's context.  From the job ("up"):
 Inside the job, :class:`Sender` is the context's runtime, sending over a :class:`Link`
 (the child's pipe, a Dask task's scheduler queues), and :func:`run` runs a :class:`Task`
 and says how it ended.  In the queue's process a :class:`Receiver` applies each message
-through the narrow :class:`~nbqup.context.Runtime` and answers the requests.  How the
+through the narrow :class:`~nbqup.context.JobRuntime` and answers the requests.  How the
 messages travel, and when output is sent, is the executor's business.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import payload
 from .capture import LogBuffer, RichOutputs
-from .context import JobContext, Runtime, call_in
+from .context import JobContext, JobRuntime, call_in
 from .errors import JobCancelled, NbqupError
 
 __all__ = [
@@ -113,7 +113,7 @@ class RemoteJob:
 
 def run(
     task: Task,
-    runtime: Runtime,
+    runtime: JobRuntime,
     logs: LogBuffer | None = None,
     outputs: RichOutputs | None = None,
 ) -> Done:
