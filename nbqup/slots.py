@@ -82,7 +82,7 @@ class WorkerSlots:
                 # The final write is committed together with the next job's "running"
                 # mark (one commit instead of two); its waiters wake once it is durable.
                 self.finish(rec.id, ctx, outcome, settle=False)
-            except StoreFailed:  # told once by _store_failed; nothing can be written now
+            except StoreFailed:  # told once (StoreTrouble.store_failed); nothing can be written
                 return
             except StoreWriteError as exc:  # a full disk: the jobs stay, written later
                 self._shared.write_trouble.failed(exc)
@@ -110,7 +110,7 @@ class WorkerSlots:
         """Wait for a ready job, mark it running durably, and load its call.
 
         Before sleeping for lack of work, make the jobs this slot finished durable and
-        wake their waiters (:meth:`settle`).
+        wake their waiters (:meth:`~nbqup.runtime.Runtime.settle`).
         """
         while True:
             with self._state.lock:

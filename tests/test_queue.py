@@ -9,12 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobfns import (
-    EVENTS,
-    add,
-    boom,
-    held,
-)
+from jobfns import EVENTS, add, boom, held
 
 import nbqup
 from nbqup import JobQueue, Status

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobfns import (
-    add,
-)
+from jobfns import add
 
 from nbqup import JobQueue
 

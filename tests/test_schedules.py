@@ -616,17 +616,6 @@ def test_priority_orders_jobs_that_become_due_together(clock: ManualClock, name:
     assert CALLS[name] == ["high", "mid", "low", "low2", "neg"]  # ties keep submit order
 
 
-def test_priority_orders_waiting_ready_jobs(clock: ManualClock, name: str) -> None:
-    with JobQueue(None, workers=1, clock=clock) as jq:
-        jq.submit(block, name)
-        assert EVENTS[f"{name}:started"].wait(WAIT)
-        for label, prio in [("b", 1), ("c", 1), ("a", 7)]:
-            jq.options(priority=prio).submit(record, name, label)
-        EVENTS[name].set()
-        assert jq.wait(WAIT)
-    assert CALLS[name] == ["a", "b", "c"]
-
-
 def test_timeout_fails_a_cooperative_job(clock: ManualClock, name: str) -> None:
     with JobQueue(None, workers=1, clock=clock) as jq:
         job = jq.options(timeout="10s").submit(cooperative_loop, name)

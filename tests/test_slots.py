@@ -4,18 +4,9 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
-from jobfns import (
-    CALLS,
-    EVENTS,
-    block,
-    boom,
-    cooperative_loop,
-    flaky,
-    record,
-)
+from jobfns import CALLS, EVENTS, block, boom, cooperative_loop, flaky, record
 
 import nbqup
 from nbqup import JobQueue
@@ -42,16 +33,6 @@ def test_unpicklable_result_fails_the_job(jq: JobQueue) -> None:
         job.result(timeout=WAIT)
 
 
-def test_priority_orders_ready_jobs(tmp_path: Path, name: str) -> None:
-    with JobQueue(tmp_path / "s", workers=1) as jq:
-        jq.submit(block, name)
-        for label, prio in [("low", 0), ("high", 10), ("mid", 5)]:
-            jq.options(priority=prio).submit(record, name, label)
-        EVENTS[name].set()
-        assert jq.wait(WAIT)
-    assert CALLS[name] == ["high", "mid", "low"]
-
-
 def test_timeout_stops_a_cooperative_job(clock: ManualClock, name: str) -> None:
     with JobQueue(None, workers=1, clock=clock) as jq:
         job = jq.options(timeout="10s").submit(cooperative_loop, name)
@@ -59,3 +40,14 @@ def test_timeout_stops_a_cooperative_job(clock: ManualClock, name: str) -> None:
         clock.advance(11)
         with pytest.raises(nbqup.JobFailed, match="timed out after 10s"):
             job.result(timeout=WAIT)
+
+
+def test_priority_orders_waiting_ready_jobs(clock: ManualClock, name: str) -> None:
+    with JobQueue(None, workers=1, clock=clock) as jq:
+        jq.submit(block, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        for label, prio in [("b", 1), ("c", 1), ("a", 7)]:
+            jq.options(priority=prio).submit(record, name, label)
+        EVENTS[name].set()
+        assert jq.wait(WAIT)
+    assert CALLS[name] == ["a", "b", "c"]
