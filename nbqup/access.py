@@ -310,6 +310,25 @@ class JobAccess:
                 out[name] += n
         return out
 
+    def wait_all(self, timeout: float | None) -> bool:
+        """Wait until every job is done (see ``JobQueue.wait``); False on timeout."""
+        deadline = wait_deadline(timeout)
+        if self._state.closed:  # a closed queue runs nothing more
+            return not self._state.live
+        self._nested.refuse_wait_all()  # inside a job of this queue: it would wait for itself
+        if not self._state.owner:
+            return poll_until(lambda: not self._shared.store.pending_ids(), deadline)
+        self._recovery.adopt_pending()  # jobs other processes submitted since the last check
+        with self._state.lock:
+            while self._state.live:
+                if self._state.failure is not None:
+                    raise self._state.failed_error()
+                left = wait_left(deadline)
+                if self._state.closed or (left is not None and left <= 0):
+                    return False  # a closed queue runs nothing more
+                self._state.done.wait(left)
+        return True
+
     def snapshot(self, limit: int) -> list[JobRecord]:
         """Copies of the records worth showing now (see ``JobQueue.snapshot``)."""
         with self._state.lock:

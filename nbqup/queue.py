@@ -10,10 +10,12 @@ idea with a small public interface:
 
 - :class:`~nbqup.state.JobState` -- unfinished jobs in memory, under one lock;
 - :class:`~nbqup.runtime.Runtime` -- job state changes, the runtime of running jobs;
-- :class:`~nbqup.slots.WorkerSlots` -- the worker threads, the retry policy;
+- :class:`~nbqup.slots.WorkerSlots` -- what a worker slot does, the retry policy;
+- :class:`~nbqup.threads.OwnerThreads` -- the owner's threads, started and stopped;
 - :class:`~nbqup.scheduler.Scheduler` and :class:`~nbqup.turns.Turns` -- due times,
   the periodic check, and knowing a pass has ended;
-- :class:`~nbqup.recovery.Recovery` -- what an owner takes on from the store;
+- :class:`~nbqup.recovery.Recovery` -- becoming the owner (at open or by a takeover) and
+  what an owner takes on from the store;
 - :class:`~nbqup.nested.NestedWaits` -- waits inside jobs of this queue;
 - :class:`~nbqup.trouble.StoreTrouble` -- a store refusing writes or failing for good;
 - :class:`~nbqup.submissions.Submissions` -- recording new jobs and schedules;
@@ -36,16 +38,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import capture, closing, display_hooks
+from . import closing, display_hooks
 from .access import JobAccess
-from .clock import Clock, SystemClock, poll_until, wait_deadline, wait_left
+from .clock import Clock, SystemClock
 from .commits import GroupCommit
-from .context import current_log, current_outputs
 from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
 from .handle import Job, Schedule
-from .health import disk_full
 from .nested import NestedWaits
 from .records import JobRecord
 from .recovery import Recovery
@@ -58,6 +58,7 @@ from .state import JobState
 from .store import Store
 from .submissions import Submissions, type_name
 from .submit import Submitter, Task, validate_options
+from .threads import OwnerThreads
 from .trouble import StoreTrouble, WriteTrouble
 from .turns import Turns
 
@@ -113,17 +114,15 @@ class JobQueue:
         self.store = Store(path, durability=durability)
         self.path: Path | None = self.store.path
         self.corrupt: list[tuple[str, str]] = []
-        self._threads: list[threading.Thread] = []
-        self._capturing = False
         self._wire()
         if workers > 0:
-            self._open_as_owner(if_locked)
+            self._recovery.open_as_owner(if_locked)
         self._takeover_stop = threading.Event()
         if self.is_owner:
-            self._start_threads()
+            self._threads.start()
         elif workers > 0:
             take_over = functools.partial(
-                self._recovery.take_over, self._takeover_stop, self._start_threads
+                self._recovery.take_over, self._takeover_stop, self._threads.start
             )
             threading.Thread(target=take_over, name="nbqup-takeover", daemon=True).start()
         for entry in self.store.corrupt():  # set aside now or by an earlier open
@@ -162,34 +161,14 @@ class JobQueue:
         self._scheduler = Scheduler(
             shared, self._turns, schedules, runtime, nested, recovery, trouble
         )
+        self._threads = OwnerThreads(
+            state, runtime, slots, self._scheduler, self._turns, self.workers
+        )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
 
     def _handle(self, job_id: str) -> Job:
         """The handle of a job of this queue (a running job's, for its context)."""
         return Job(self._access, job_id)
-
-    def _open_as_owner(self, if_locked: str) -> None:
-        """Take the owner lock and recover, if no other process holds it.
-
-        If that fails -- the store is locked and ``if_locked="raise"``, the disk is full
-        (:class:`~nbqup.DiskFull`, whatever wrote: the owner's pid file or recovery) --
-        the store is closed before the error is raised: its environment and owner lock
-        are released at once, not at garbage collection, so opening it again in this
-        process (once space is freed) works.
-        """
-        try:
-            self._state.owner = self.store.acquire_owner()
-            if not self.is_owner and if_locked == "raise":
-                raise self.store.locked_error()
-            if self.is_owner:
-                self._recovery.recover()
-        except BaseException as exc:
-            self._state.owner = False
-            self.store.close()
-            full = None if self.path is None else disk_full(exc, self.path)
-            if full is None:
-                raise
-            raise full from exc
 
     # ================================================================= public surface
 
@@ -321,22 +300,7 @@ class JobQueue:
 
         Inside a job of this queue it raises :class:`~nbqup.Deadlock`: it would wait for
         that job too.  Wait for the jobs it needs (``job.result()``) instead."""
-        deadline = wait_deadline(timeout)
-        if self._state.closed:  # a closed queue runs nothing more
-            return not self._state.live
-        self._nested.refuse_wait_all()  # inside a job of this queue: it would wait for itself
-        if not self.is_owner:
-            return poll_until(lambda: not self.store.pending_ids(), deadline)
-        self._recovery.adopt_pending()  # jobs other processes submitted since the last check
-        with self._state.lock:
-            while self._state.live:
-                if self._state.failure is not None:
-                    raise self._state.failed_error()
-                left = wait_left(deadline)
-                if self._state.closed or (left is not None and left <= 0):
-                    return False  # a closed queue runs nothing more
-                self._state.done.wait(left)
-        return True
+        return self._access.wait_all(timeout)
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers and release the store.
@@ -353,23 +317,9 @@ class JobQueue:
         does).  Other delayed jobs and recurring runs stay for the next open.
         """
         self._takeover_stop.set()
-        with self._state.lock:
-            if self._state.closed:
-                return
-            self._state.stopping = True
-            failed = self._state.failure is not None
-            self._state.draining = wait and not failed
-            self._state.work.notify_all()
-            self._state.sched.notify_all()
-            if not wait or failed:  # at once: a waiting job's slot starts nothing meanwhile
-                self._runtime.abandon(dict(self._state.running))
-        if wait and not failed:
-            self._join_threads()
-            if self._state.failure is not None:  # the store failed while the jobs finished
-                with self._state.lock:
-                    running = dict(self._state.running)
-                if running:
-                    self._runtime.abandon(running)
+        failed = self._threads.stop(wait)
+        if failed is None:  # closed already
+            return
         with contextlib.suppress(StoreFailed):  # told once already; nothing to write
             self._runtime.settle()
         closing.run(self)  # views (registered hooks) show the final state; the store is open
@@ -383,28 +333,12 @@ class JobQueue:
         finally:
             self._close_store()
 
-    def _join_threads(self) -> None:
-        """Wait for the worker threads to finish their jobs, then for the scheduler, which
-        meanwhile releases the delayed jobs they wait for -- unless the store fails
-        meanwhile: then what runs is not waited for (it resumes on reopen)."""
-        for t in self._threads:
-            if t.name == "nbqup-scheduler":  # started last: every worker has stopped
-                with self._state.lock:
-                    self._state.draining = False
-                    self._state.sched.notify_all()
-            while t is not threading.current_thread() and t.is_alive():
-                if self._state.failure is not None:
-                    return
-                t.join(0.05)
-
     def _close_store(self) -> None:
         try:
             with contextlib.suppress(StoreFailed):  # told once already
                 self._writer.flush()
         finally:
-            if self._capturing:
-                self._capturing = False
-                capture.uninstall()
+            self._threads.release_capture()
             self.store.close()
             _open_queues.discard(self)
 
@@ -424,21 +358,6 @@ class JobQueue:
         free workers have taken what was ready; False if ``timeout`` (real seconds) expired
         first.  For tests on a :class:`~nbqup.clock.ManualClock`: see :mod:`nbqup.turns`."""
         return self._turns.wait_turn(timeout)
-
-    def _start_threads(self) -> None:
-        """The owner's threads: ``workers`` worker slots, then the scheduler."""
-        capture.install(current_log, current_outputs)
-        self._capturing = True
-        self._threads = [
-            threading.Thread(target=self._slots.run, name=f"nbqup-worker-{i}", daemon=True)
-            for i in range(self.workers)
-        ]
-        self._threads.append(
-            threading.Thread(target=self._scheduler.run, name="nbqup-scheduler", daemon=True)
-        )
-        self._turns.started = True
-        for t in self._threads:
-            t.start()
 
     @property
     def closed(self) -> bool:

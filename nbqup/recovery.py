@@ -148,6 +148,32 @@ class Recovery:
                 elif raw == b"retry":
                     access.retry(key)
 
+    # -- becoming the owner -----------------------------------------------------------------
+
+    def open_as_owner(self, if_locked: str) -> None:
+        """Take the owner lock and recover, if no other process holds it.
+
+        If that fails -- the store is locked and ``if_locked="raise"``, the disk is full
+        (:class:`~nbqup.DiskFull`, whatever wrote: the owner's pid file or recovery) --
+        the store is closed before the error is raised: its environment and owner lock
+        are released at once, not at garbage collection, so opening it again in this
+        process (once space is freed) works.
+        """
+        try:
+            self._state.owner = self._shared.store.acquire_owner()
+            if not self._state.owner and if_locked == "raise":
+                raise self._shared.store.locked_error()
+            if self._state.owner:
+                self.recover()
+        except BaseException as exc:
+            self._state.owner = False
+            self._shared.store.close()
+            path = self._shared.store.path
+            full = None if path is None else disk_full(exc, path)
+            if full is None:
+                raise
+            raise full from exc
+
     # -- a client taking over ------------------------------------------------------------
 
     def take_over(self, stop: threading.Event, start: Callable[[], None]) -> None:

@@ -404,13 +404,13 @@ def test_close_waits_for_a_running_job_waiting_on_a_delayed_job(
         other = jq.after("1s").submit(record_value, name, 7)  # due too, but nobody waits
         outer = jq.submit(wait_for_a_delayed_job_during_close, name)
         assert EVENTS[f"{name}:submitted"].wait(WAIT)
-        join_threads = jq._join_threads
+        join_threads = jq._threads.join
 
         def closing() -> None:
             EVENTS[f"{name}:closing"].set()  # the queue is stopping; its workers finish
             join_threads()
 
-        monkeypatch.setattr(jq, "_join_threads", closing)
+        monkeypatch.setattr(jq._threads, "join", closing)
         closer = threading.Thread(target=jq.close, name="closer", daemon=True)
         closer.start()
         assert EVENTS[f"{name}:closing"].wait(WAIT)
