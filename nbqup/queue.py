@@ -42,6 +42,7 @@ from .errors import (
     StoreWriteError,
 )
 from .executors import Executor, make_executor
+from .finished import FinishedJobs
 from .handle import Job, Schedule
 from .health import disk_full
 from .keys import lookup_key, show_key, stored_key
@@ -127,13 +128,9 @@ class JobQueue(Runtime):
         self._awaiting: dict[tuple[str, int], str] = {}  # see nbqup.nested
         # final, write queued (in the batch of this ticket), not yet forgotten
         self._ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]] = []
-        self._elided: set[str] = set()  # kept in `_finals` without their long error text
         self._runners: dict[str, threading.Thread] = {}
         self._last_persist: dict[str, float] = {}
-        # finished here, kept for reads (see Runtime._remember); oldest first
-        self._finals: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
-        self._final_results: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._final_bytes = 0
+        self._finished = FinishedJobs()  # finished here, kept for reads
         self._ending_results: dict[str, bytes] = {}  # results of jobs in `_ending`
         self._seq = itertools.count()
         self._tasks: dict[str, Task[Any, Any]] = {}
@@ -512,7 +509,7 @@ class JobQueue(Runtime):
         each newest first.  Cheap: for dashboards that refresh several times a second."""
         with self._lock:
             live = list(self._live.values())
-            recent = list(itertools.islice(reversed(self._finals.values()), _RECENT_SHOWN))
+            recent = self._finished.recent(_RECENT_SHOWN)
         if not self.is_owner:
             live = [r for r in (self._load_quietly(i) for i in self.store.pending_ids()) if r]
         live.sort(key=lambda r: r.id, reverse=True)
@@ -744,7 +741,7 @@ class JobQueue(Runtime):
     def _record(self, job_id: str) -> JobRecord:
         """A copy of the job's current record (the caller may change it)."""
         rec = self._peek(job_id)
-        return rec.copy() if job_id in self._finals else rec
+        return rec.copy() if job_id in self._finished else rec
 
     def _peek(self, job_id: str) -> JobRecord:
         """The job's current record, to read only (a final one kept here is not copied)."""
@@ -753,8 +750,8 @@ class JobQueue(Runtime):
             if rec is not None:
                 return rec.copy()
         self._check_readable(job_id)
-        rec = self._finals.get(job_id)
-        if rec is not None and job_id not in self._elided:
+        rec = self._finished.record(job_id)
+        if rec is not None:
             return rec
         stored = self.store.load(job_id)
         if stored is None:
@@ -764,7 +761,7 @@ class JobQueue(Runtime):
     def _wait_job(self, job_id: str, timeout: float | None) -> bool:
         deadline = wait_deadline(timeout)
         if self.is_owner and not self._closed:
-            if job_id not in self._live and job_id in self._finals:  # finished here
+            if job_id not in self._live and job_id in self._finished:  # finished here
                 return True
             self._adopt(job_id)  # submitted by another process and not picked up yet
             waiter = self._job_in_this_thread()
@@ -812,7 +809,7 @@ class JobQueue(Runtime):
         :class:`SerializationError` (the unpickler's error chained) if it cannot be loaded.
         """
         self._check_readable(job_id)
-        blob = self._final_results.get(job_id)
+        blob = self._finished.result(job_id)
         if blob is None:
             blob = self.store.get_blob("result", job_id)
         if blob is None:  # every succeeded job stores one: it was lost or deleted
@@ -890,7 +887,7 @@ class JobQueue(Runtime):
                 if job_id in self._live or job_id in self._submitting:
                     raise ValueError(f"job {job_id} is already queued again")
                 self._submitting.add(job_id)
-                self._forget_final(job_id)
+                self._finished.forget(job_id)
             break
         try:
             rec.status = Status.QUEUED

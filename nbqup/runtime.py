@@ -17,7 +17,6 @@ final state is made durable before the job is forgotten and its waiters wake
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import heapq
@@ -42,6 +41,7 @@ from .errors import (
     last_line,
 )
 from .executors import Call, Executor, Outcome
+from .finished import FinishedJobs
 from .handle import Job
 from .nested import NestedWaits
 from .records import FINAL, JobRecord, Status
@@ -66,12 +66,8 @@ log = logging.getLogger("nbqup")
 SHUTDOWN = "the queue was closed; the job resumes when the queue is reopened"
 _MAX_RETRY_DELAY = 7 * 24 * 3600.0  # exponential backoff stops growing at a week
 _PROGRESS_EVERY = 1.0  # seconds between persisted progress updates of one job
-#: Jobs finished in this process whose final record (and small result) stay in memory, so
-#: that reading them (``job.result()``, ``job.status``) needs no store read.
-_FINALS_KEPT = 10_000
-_RESULTS_KEPT_BYTES = 16 << 20  # the results kept, in all
-_RESULT_KEPT_MAX = 64 << 10  # a larger result is read from the store when asked for
-_ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the store
+#: A larger result is not kept in memory (:mod:`nbqup.finished`): read from the store.
+_RESULT_KEPT_MAX = 64 << 10
 #: Threads still running jobs of queues closed with wait=False, by store path and job id:
 #: a queue reopened in the same process does not start those jobs again until they end.
 _zombies: dict[str, dict[str, threading.Thread]] = {}
@@ -104,12 +100,9 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
     _submitting: set[str]
     _job_waits: dict[str, threading.Condition]
     _ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]]
-    _elided: set[str]
     _runners: dict[str, threading.Thread]
     _last_persist: dict[str, float]
-    _finals: collections.OrderedDict[str, JobRecord]
-    _final_results: collections.OrderedDict[str, bytes]
-    _final_bytes: int
+    _finished: FinishedJobs
     _ending_results: dict[str, bytes]
     _seq: itertools.count[int]
     _tasks: dict[str, Task[Any, Any]]
@@ -330,7 +323,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
 
     def _adopt(self, job_id: str, *, settle: bool = True) -> None:
         """Run a job another process recorded, if this process does not know it yet."""
-        if not self.is_owner or self._closed or job_id in self._live or job_id in self._finals:
+        if not self.is_owner or self._closed or job_id in self._live or job_id in self._finished:
             return
         rec = self._load_or_set_aside(job_id)  # without the lock: mostly a finished job
         if rec is None or rec.status in FINAL:
@@ -668,7 +661,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         self._blocked.pop(rec.id, None)
         self._held.pop(rec.id, None)
         self._last_persist.pop(rec.id, None)
-        self._remember(rec)
+        self._finished.remember(rec, self._ending_results.pop(rec.id, None))
         for dependent in self._dependents.pop(rec.id, ()):
             waiting = self._blocked.get(dependent)
             dep_rec = self._live.get(dependent)
@@ -691,33 +684,6 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         if cond is not None:
             cond.notify_all()
         self._done.notify_all()
-
-    def _remember(self, rec: JobRecord) -> None:
-        """Keep a final record (never changed again) and its small result in memory."""
-        # caller holds the lock; evicts the oldest beyond _FINALS_KEPT / _RESULTS_KEPT_BYTES
-        text = rec.error
-        if text is not None and len(text) > _ERROR_KEPT_MAX:
-            rec = rec.copy()  # kept without the long text: `_peek` reads the store for it
-            rec.error = text[-_ERROR_KEPT_MAX:]
-            self._elided.add(rec.id)
-        self._finals[rec.id] = rec
-        self._finals.move_to_end(rec.id)
-        blob = self._ending_results.pop(rec.id, None)
-        if blob is not None:
-            self._final_results[rec.id] = blob
-            self._final_bytes += len(blob)
-        while len(self._finals) > _FINALS_KEPT:
-            self._forget_final(next(iter(self._finals)))
-        while self._final_bytes > _RESULTS_KEPT_BYTES:
-            self._final_bytes -= len(self._final_results.popitem(last=False)[1])
-
-    def _forget_final(self, job_id: str) -> None:
-        """Drop a job from the finished ones kept in memory (caller holds the lock)."""
-        self._finals.pop(job_id, None)
-        self._elided.discard(job_id)
-        blob = self._final_results.pop(job_id, None)
-        if blob is not None:
-            self._final_bytes -= len(blob)
 
     def _abandon(self, running: dict[str, JobContext]) -> None:
         """close(wait=False): running jobs go back to queued; their run does not count,

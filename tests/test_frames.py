@@ -245,7 +245,7 @@ def test_results_df_of_an_unreadable_result_warns_and_leaves_it_out(jq: JobQueue
     assert job.wait(WAIT)
     jq.store.backend.write([("result", job.id, b"garbage")])
     with jq._lock:  # read from the store, as after a restart (not the copy kept in memory)
-        jq._forget_final(job.id)
+        jq._finished.forget(job.id)
     with pytest.warns(RuntimeWarning, match=job.id):
         df = jq.results_df()
     assert list(df.index) == [job.id] and "result" not in df.columns

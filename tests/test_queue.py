@@ -179,16 +179,16 @@ def test_jobs_finished_here_are_read_without_the_store(
 ) -> None:
     """Final records and small results of jobs finished in this process stay in memory
     (bounded); larger or older ones are read from the store, with the same answers."""
-    from nbqup import runtime
+    from nbqup import finished, runtime
 
-    monkeypatch.setattr(runtime, "_FINALS_KEPT", 5)
+    monkeypatch.setattr(finished, "RECORDS_KEPT", 5)
     monkeypatch.setattr(runtime, "_RESULT_KEPT_MAX", 100)
     with JobQueue(tmp_path / "store", workers=1) as jq:
         big = jq.submit(bytes, 1000)  # a result larger than _RESULT_KEPT_MAX
         jobs = [jq.submit(add, i, 1) for i in range(8)]
         assert jq.wait(WAIT)
-        assert set(jq._finals) == {j.id for j in jobs[-5:]}  # the 5 newest
-        assert set(jq._final_results) == set(jq._finals)
+        assert set(jq._finished.records) == {j.id for j in jobs[-5:]}  # the 5 newest
+        assert set(jq._finished.results) == set(jq._finished.records)
         reads: list[tuple[str, str]] = []
         get = jq.store.backend.get
         monkeypatch.setattr(jq.store.backend, "get", lambda t, k: reads.append((t, k)) or get(t, k))
@@ -198,7 +198,7 @@ def test_jobs_finished_here_are_read_without_the_store(
         assert [j.result() for j in jobs[:3]] == [1, 2, 3]  # forgotten here: from the store
         assert big.result() == bytes(1000)
         assert {k for _, k in reads} == {big.id, *(j.id for j in jobs[:3])}
-        kept = jq._finals[jobs[-1].id]
+        kept = jq._finished.records[jobs[-1].id]
         copy = jobs[-1].record
         copy.status = Status.FAILED  # a caller's copy, not the record kept
         assert kept.status is Status.SUCCEEDED and jobs[-1].status == "succeeded"
@@ -209,9 +209,9 @@ def test_a_retried_job_is_not_answered_from_its_earlier_end(name: str) -> None:
         job = jq.submit(flaky, name, 1)
         with pytest.raises(nbqup.JobFailed):
             job.result(timeout=WAIT)
-        assert job.id in jq._finals
+        assert job.id in jq._finished
         job.retry()
-        assert job.result(timeout=WAIT) == 2 and job.id in jq._finals
+        assert job.result(timeout=WAIT) == 2 and job.id in jq._finished
         assert jq.snapshot()[0].status == "succeeded" and jq.snapshot()[0].attempts == 2
 
 
@@ -340,7 +340,7 @@ def test_a_job_with_a_long_error_is_shown_and_read_whole(jq: JobQueue) -> None:
     job = jq.submit(long_failure)
     assert job.wait(WAIT) and job.status == "failed"
     assert job.id in [r.id for r in jq.snapshot()]  # still among the recent jobs
-    assert len(jq._finals[job.id].error or "") <= 1024  # kept in memory without the text
+    assert len(jq._finished.records[job.id].error or "") <= 1024  # kept in memory without the text
     assert "x" * 5000 in (job.error or "")  # read whole from the store
 
 
