@@ -1,8 +1,8 @@
 """Storage backends: named tables of ``str -> bytes`` with atomic multi-table writes.
 
 :class:`LMDBBackend` is the durable one; :class:`MemoryBackend` its in-memory twin.  Both
-pass the same contract tests (``tests/test_backends.py``).  :class:`LMDBTable` is the
-zict-style leaf mapping over one table, on which :mod:`nbqup.store` composes ``zict.Func``.
+pass the same contract tests (``tests/test_backends.py``).  :class:`~nbqup.leaf.LMDBTable` is
+the zict leaf mapping over one table, on which :mod:`nbqup.store` composes ``zict.Func``.
 Why LMDB is the leaf is written in :mod:`nbqup.store`.
 """
 
@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zict.common import ZictBase
-
 from .errors import DiskFull, NbqupError, StoreFailed
 from .health import StoreHealth, disk_full, reserve, write_error
 from .writelock import WriterLock
@@ -29,7 +27,6 @@ __all__ = [
     "Backend",
     "Conflict",
     "LMDBBackend",
-    "LMDBTable",
     "MemoryBackend",
     "Txn",
 ]
@@ -675,61 +672,3 @@ class _LMDBTxn(Txn):
         with self._txn.cursor(db=self._db(table)) as cursor:
             for value in cursor.iternext(keys=False, values=True):
                 yield bytes(value)
-
-
-# ------------------------------------------------------------------------ zict leaf
-
-
-class LMDBTable(ZictBase[str, bytes]):
-    """A zict mapping over one table of a :class:`Backend` (the leaf of our zict stack).
-
-    Unlike ``zict.LMDB`` it shares one environment between tables, is thread-safe, and
-    iterates over a snapshot, so iterating while another thread writes is fine.
-    """
-
-    def __init__(self, backend: Backend, table: str) -> None:
-        super().__init__()
-        if table not in TABLES:
-            raise KeyError(f"unknown table {table!r}")
-        self.backend = backend
-        self.table = table
-
-    def __getitem__(self, key: str) -> bytes:
-        if not isinstance(key, str):
-            raise KeyError(key)
-        value = self.backend.get(self.table, key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: bytes) -> None:
-        if not isinstance(key, str):
-            raise TypeError(f"keys must be str, got {type(key).__name__}")
-        self.backend.write([(self.table, key, value)])
-
-    def __delitem__(self, key: str) -> None:
-        def delete(txn: Txn) -> bool:
-            if txn.get(self.table, key) is None:
-                return False
-            txn.delete(self.table, key)
-            return True
-
-        if not isinstance(key, str) or not self.backend.transact(delete):
-            raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.backend.get(self.table, key) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.backend.keys(self.table))
-
-    def __len__(self) -> int:
-        return self.backend.count(self.table)
-
-    def _do_update(self, items: Iterable[tuple[str, bytes]]) -> None:
-        puts = []
-        for key, value in items:
-            if not isinstance(key, str):
-                raise TypeError(f"keys must be str, got {type(key).__name__}")
-            puts.append((self.table, key, value))
-        self.backend.write(puts)

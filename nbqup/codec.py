@@ -15,9 +15,7 @@ from __future__ import annotations
 import pickle
 import struct
 import zlib
-from pathlib import Path
 
-from .errors import StoreCorrupt
 from .records import _JOB_DEFAULTS, _REQUIRED, JOB_FIELDS, JobRecord, Status
 
 __all__ = ["COMPRESS_ABOVE", "RAW_TABLES", "decode", "encode"]
@@ -102,18 +100,6 @@ def _load_record(data: bytes) -> JobRecord:
         raise _Corrupt(f"undecodable job record: {exc!r}") from exc
 
 
-def _stored_record(job_id: str, raw: bytes | None, path: Path | None) -> JobRecord | None:
-    """The record read as ``raw`` (``None`` if absent); :class:`StoreCorrupt` naming the
-    job and the store if it is damaged.  What :meth:`Store.load` and a transaction's
-    ``load`` both return."""
-    if raw is None:
-        return None
-    try:
-        return _load_record(raw)
-    except _Corrupt as exc:
-        raise StoreCorrupt(job_id, str(exc), str(path)) from None
-
-
 def _stored_status(raw: bytes) -> str | None:
     """The status a stored record holds, or None if it cannot be read."""
     try:
@@ -125,10 +111,6 @@ def _stored_status(raw: bytes) -> str | None:
     if type(values) is dict:
         return str(values.get("status", Status.QUEUED.value))
     return None
-
-
-def _frame(table: str, body: bytes) -> bytes:
-    return body if table in RAW_TABLES else encode(body)
 
 
 #: Where each field sits in a stored record's tuple of values.

@@ -34,11 +34,11 @@ from nbqup.backends import (
     Backend,
     Conflict,
     LMDBBackend,
-    LMDBTable,
     MemoryBackend,
     Txn,
 )
 from nbqup.errors import NbqupError
+from nbqup.leaf import LMDBTable
 
 BACKENDS = ["memory", "lmdb-process", "lmdb-fsync"]
 

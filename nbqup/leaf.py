@@ -1,0 +1,184 @@
+"""The leaf of the store's zict stack: :class:`LMDBTable`, one table of a backend as a
+``MutableMapping``, and the scopes that let many table writes make one commit.
+
+:class:`~nbqup.store.Store` composes ``zict.Func`` (the codec) over these leaves, and
+every read and write of a table goes down through that stack.  A commit of many records
+must still be one atomic write (and one ``fsync``), so a thread can open a scope in
+which the leaves of one backend do not write each on their own:
+
+* :func:`write_batch` collects the puts and deletes made through the leaves and writes
+  them in one :meth:`Backend.write <nbqup.backends.Backend.write>` at the end (with its
+  compare-and-set ``expect``), or nothing if the block raises;
+* :func:`within` sends reads and writes to a transaction already open
+  (:meth:`Backend.transact <nbqup.backends.Backend.transact>`).
+
+Scopes belong to the thread that opened them (other threads write as usual) and do not
+nest.  Inside a write batch, reads see the store, not the batch's own writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator
+
+from zict.common import ZictBase
+
+from .backends import TABLES, Backend, Txn
+
+__all__ = ["LMDBTable", "WriteBatch", "within", "write_batch"]
+
+_scope = threading.local()  # .now: the WriteBatch or _InTxn this thread writes into, if any
+
+
+class WriteBatch:
+    """Puts and deletes collected by :func:`write_batch`, for one ``Backend.write``."""
+
+    __slots__ = ("backend", "deletes", "expect", "puts")
+
+    def __init__(self, backend: Backend, expect: Iterable[tuple[str, str, bytes | None]]):
+        self.backend = backend
+        self.puts: list[tuple[str, str, bytes]] = []
+        self.deletes: list[tuple[str, str]] = []
+        self.expect = list(expect)
+
+
+@contextlib.contextmanager
+def write_batch(
+    backend: Backend, expect: Iterable[tuple[str, str, bytes | None]] = ()
+) -> Iterator[WriteBatch]:
+    """Collect this thread's writes through the leaves of ``backend``; write them at the
+    end in one atomic commit, checking ``expect`` first (:class:`~nbqup.backends.Conflict`
+    and nothing written if it no longer holds).  Nothing is written if the block raises.
+    """
+    batch = WriteBatch(backend, expect)
+    with _scoped(batch):
+        yield batch
+    backend.write(batch.puts, batch.deletes, batch.expect)
+
+
+class _InTxn:
+    __slots__ = ("backend", "txn")
+
+    def __init__(self, backend: Backend, txn: Txn) -> None:
+        self.backend, self.txn = backend, txn
+
+
+@contextlib.contextmanager
+def within(backend: Backend, txn: Txn) -> Iterator[Txn]:
+    """Send this thread's reads and writes through the leaves of ``backend`` to ``txn``,
+    a transaction of it that is open (inside :meth:`Backend.transact`)."""
+    with _scoped(_InTxn(backend, txn)):
+        yield txn
+
+
+def _now(backend: Backend) -> WriteBatch | _InTxn | None:
+    """This thread's scope over ``backend``, if one is open."""
+    scope: WriteBatch | _InTxn | None = getattr(_scope, "now", None)
+    return scope if scope is not None and scope.backend is backend else None
+
+
+@contextlib.contextmanager
+def _scoped(scope: WriteBatch | _InTxn) -> Iterator[None]:
+    if getattr(_scope, "now", None) is not None:
+        raise RuntimeError("a store write scope is already open in this thread")
+    _scope.now = scope
+    try:
+        yield
+    finally:
+        _scope.now = None
+
+
+class LMDBTable(ZictBase[str, bytes]):
+    """A zict mapping over one table of a :class:`Backend` (the leaf of our zict stack).
+
+    Unlike ``zict.LMDB`` it shares one environment between tables, is thread-safe, and
+    iterates over a snapshot, so iterating while another thread writes is fine.  Inside
+    a :func:`write_batch` or :func:`within` scope of its thread, it writes there.
+    """
+
+    def __init__(self, backend: Backend, table: str) -> None:
+        super().__init__()
+        if table not in TABLES:
+            raise KeyError(f"unknown table {table!r}")
+        self.backend = backend
+        self.table = table
+
+    def _txn(self) -> Txn | None:
+        scope = _now(self.backend)
+        return scope.txn if isinstance(scope, _InTxn) else None
+
+    def get_raw(self, key: str) -> bytes | None:
+        """The stored value, ``None`` when absent (one read, no ``KeyError`` raised)."""
+        txn = self._txn()
+        return self.backend.get(self.table, key) if txn is None else txn.get(self.table, key)
+
+    def __getitem__(self, key: str) -> bytes:
+        if not isinstance(key, str):
+            raise KeyError(key)
+        value = self.get_raw(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be str, got {type(key).__name__}")
+        scope = _now(self.backend)
+        if scope is None:
+            self.backend.write([(self.table, key, value)])
+        elif isinstance(scope, _InTxn):
+            scope.txn.put(self.table, key, value)
+        else:
+            if not isinstance(value, bytes):  # refused now, not at the end of the batch
+                raise TypeError(f"values must be bytes, got {type(value).__name__}")
+            scope.puts.append((self.table, key, value))
+
+    def __delitem__(self, key: str) -> None:
+        def delete(txn: Txn) -> bool:
+            if txn.get(self.table, key) is None:
+                return False
+            txn.delete(self.table, key)
+            return True
+
+        if not isinstance(key, str):
+            raise KeyError(key)
+        if _now(self.backend) is None:
+            if not self.backend.transact(delete):
+                raise KeyError(key)
+        elif self.get_raw(key) is None:
+            raise KeyError(key)
+        else:
+            self.discard(key)
+
+    def discard(self, key: str) -> None:
+        """Delete ``key`` if present (inside a write batch: without reading first)."""
+        scope = _now(self.backend)
+        if scope is None:
+            self.backend.write(deletes=[(self.table, key)])
+        elif isinstance(scope, _InTxn):
+            scope.txn.delete(self.table, key)
+        else:
+            scope.deletes.append((self.table, key))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get_raw(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.backend.keys(self.table))
+
+    def __len__(self) -> int:
+        return self.backend.count(self.table)
+
+    def snapshot(self, start: str = "", limit: int | None = None) -> list[tuple[str, bytes]]:
+        """``(key, value)`` pairs in key order from ``start`` on, read in one read
+        transaction of the store (``items()`` of a mapping reads each value on its own)."""
+        return self.backend.items(self.table, start, limit)
+
+    def _do_update(self, items: Iterable[tuple[str, bytes]]) -> None:
+        puts = []
+        for key, value in items:
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, got {type(key).__name__}")
+            puts.append((self.table, key, value))
+        self.backend.write(puts)
