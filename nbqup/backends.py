@@ -3,7 +3,7 @@
 :class:`LMDBBackend` is the durable one; :class:`MemoryBackend` its in-memory twin.  Both
 pass the same contract tests (``tests/test_backends.py``).  :class:`~nbqup.leaf.LMDBTable` is
 the zict leaf mapping over one table, on which :mod:`nbqup.store` composes ``zict.Func``.
-Why LMDB is the leaf is written in :mod:`nbqup.store`.
+Why LMDB is the leaf is written in :mod:`nbqup.leaf`.
 """
 
 from __future__ import annotations

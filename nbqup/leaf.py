@@ -14,6 +14,19 @@ which the leaves of one backend do not write each on their own:
 
 Scopes belong to the thread that opened them (other threads write as usual) and do not
 nest.  Inside a write batch, reads see the store, not the batch's own writes.
+
+Why LMDB as the leaf
+--------------------
+``zict.File`` deletes a file before rewriting it and never fsyncs, and turns every stray
+file into a key; ``zict.LMDB`` is a single table with a 1 TiB map and not thread-safe.
+The ``lmdb`` package itself is what we want: an embedded transactional key-value store
+(the closest relative of the seed's BadgerDB), safe across processes, with atomic
+multi-table commits.  A commit ``pwrite``s its pages: they are in the OS page cache when
+it returns, so it survives a SIGKILL of the process (``durability="process"``, the
+default); ``durability="fsync"`` also syncs each commit to disk, so it survives power
+loss.  Not ``writemap``: with it a full disk was a SIGBUS that killed the process, here
+it is :class:`~nbqup.DiskFull` for that write.  The map (address space only) starts at
+256 MiB and doubles when full; other processes adopt the new size.
 """
 
 from __future__ import annotations

@@ -19,26 +19,14 @@ with a few named tables::
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
 
-Why LMDB as the leaf
---------------------
-``zict.File`` deletes a file before rewriting it and never fsyncs, and turns every stray
-file into a key; ``zict.LMDB`` is a single table with a 1 TiB map and not thread-safe.
-The ``lmdb`` package itself is what we want: an embedded transactional key-value store
-(the closest relative of the seed's BadgerDB), safe across processes, with atomic
-multi-table commits.  A commit ``pwrite``s its pages: they are in the OS page cache when
-it returns, so it survives a SIGKILL of the process (``durability="process"``, the
-default); ``durability="fsync"`` also syncs each commit to disk, so it survives power
-loss.  Not ``writemap``: with it a full disk was a SIGBUS that killed the process, here
-it is :class:`~nbqup.DiskFull` for that write.  The map (address space only) starts at
-256 MiB and doubles when full; other processes adopt the new size.
-
 Every read and write of a table goes through the zict stack:
-:class:`~nbqup.leaf.LMDBTable` is the leaf over one table and ``zict.Func`` adds the
-codec (:mod:`nbqup.codec`) on top; a multi-table commit collects its writes in a
-:func:`~nbqup.leaf.write_batch` and makes one :meth:`Backend.write`, one writer at a
-time.  Reads take no lock (LMDB readers never wait for the writer) and copy what they
-read out into lists, so no read transaction outlives a call; see :mod:`nbqup.backends`
-for the one exception (resizing the map, and aborts, hold new readers back).
+:class:`~nbqup.leaf.LMDBTable` is the leaf over one table (why LMDB: :mod:`nbqup.leaf`)
+and ``zict.Func`` adds the codec (:mod:`nbqup.codec`) on top; a multi-table commit
+collects its writes in a :func:`~nbqup.leaf.write_batch` and makes one
+:meth:`Backend.write`, one writer at a time.  Reads take no lock (LMDB readers never
+wait for the writer) and copy what they read out into lists, so no read transaction
+outlives a call; see :mod:`nbqup.backends` for the one exception (resizing the map, and
+aborts, hold new readers back).
 
 Records
 -------
@@ -54,36 +42,23 @@ as :class:`~nbqup.StoreCorrupt` naming its key.
 from __future__ import annotations
 
 import json
-import operator
 import os
-import pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import zict
 
-from . import integrity, ownership, storedir
-from .backends import (
-    DURABILITIES,
-    TABLES,
-    Backend,
-    Conflict,
-    LMDBBackend,
-    MemoryBackend,
-    Txn,
-)
+from . import integrity, ownership, storedir, storeformat
+from .backends import DURABILITIES, TABLES, Backend, Conflict, LMDBBackend, MemoryBackend, Txn
 from .codec import (
-    _DEFAULT_VALUES,
-    _FIELD_AT,
-    _REQUIRED_FIELDS,
     RAW_TABLES,
     _Corrupt,
     _dump_record,
     _load_record,
-    _unframe,
     decode,
     encode,
+    stored_rows,
 )
 from .counts import (
     _COUNTED,
@@ -95,20 +70,15 @@ from .counts import (
     _establish_counts,
     _write_one,
 )
-from .errors import NbqupError, StoreCorrupt, StoreLocked
+from .errors import StoreCorrupt, StoreLocked
 from .health import disk_full
 from .leaf import LMDBTable, within, write_batch
-from .records import FINAL, JOB_FIELDS, JobRecord
+from .records import FINAL, JobRecord
+from .storeformat import STORE_FORMAT
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
 
 T = TypeVar("T")
-
-#: Format of the store as a whole; a store written by a newer format is refused.
-#: 2: job records are stored as a tuple of values (:meth:`JobRecord.to_values`) instead
-#: of a dict of fields; format-1 stores open (their records read as before) and are
-#: marked 2, so that an nbqup that only knows format 1 refuses them.
-STORE_FORMAT = 2
 
 # ---------------------------------------------------------------------------- store
 
@@ -155,7 +125,7 @@ class Store:
         try:
             if own_backend and self.path is not None and isinstance(backend, LMDBBackend):
                 integrity.after_open(self.path, backend)  # every table, before any read
-            self._check_format()
+            storeformat.check(self.path, self.backend, self.tables["info"])
         except BaseException:
             if own_backend:  # do not leave the environment open behind a refusal
                 backend.close()
@@ -171,28 +141,6 @@ class Store:
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
     # -- format ------------------------------------------------------------------------
-
-    def _check_format(self) -> None:
-        """Record the format of a new store; refuse one of a newer format, or one that
-        shows it is not new but lost its format record (see :mod:`nbqup.integrity`)."""
-        raw = self.tables["info"].get_raw("format")
-        if raw is None:  # decided in one write transaction: another process may be creating it
-            raw, why = self.backend.transact(lambda txn: _create(txn, self.path))
-            if why is not None:
-                raise integrity.damaged(
-                    self.path, f"its format record (info/format) is missing, yet {why}"
-                )
-        if raw is not None:
-            found = integrity.format_number(raw, self.path)
-            if found > STORE_FORMAT:
-                raise NbqupError(
-                    f"store {self.path} has format {found}, newer than this nbqup "
-                    f"understands ({STORE_FORMAT}); upgrade nbqup to open it"
-                )
-            if found < STORE_FORMAT:  # records of both forms read; new ones are written as 2
-                self.tables["info"]["format"] = str(STORE_FORMAT).encode()
-        if self.path is not None:
-            integrity.mark(self.path)
 
     # -- job records -------------------------------------------------------------------
 
@@ -225,22 +173,7 @@ class Store:
         """``(job id, values of fields)`` of every readable job record, in id order, without
         building a :class:`JobRecord` for each (which costs more than the rest of
         ``jobs_df``).  Damaged records are skipped (:meth:`scan` reports them)."""
-        if len(fields) < 2:
-            raise ValueError("scan_rows needs at least two fields")
-        pick = operator.itemgetter(*(_FIELD_AT[f] for f in fields))
-        defaults = tuple(_DEFAULT_VALUES[_FIELD_AT[f]] for f in fields)
-        complete = len(JOB_FIELDS)
-        for key, raw in self.tables["meta"].snapshot():
-            try:
-                values = pickle.loads(_unframe(raw))
-            except Exception:
-                continue
-            if type(values) is tuple and len(values) >= complete:
-                yield key, pick(values)
-            elif type(values) is tuple and len(values) >= _REQUIRED_FIELDS:  # older, shorter
-                yield key, pick(values + _DEFAULT_VALUES[len(values) :])
-            elif type(values) is dict and "name" in values and "created" in values:
-                yield key, tuple(map(values.get, fields, defaults))
+        return stored_rows(self.tables["meta"].snapshot(), fields)
 
     def commit(
         self,
@@ -459,19 +392,3 @@ class _StoreTxn:
 
     def delete(self, table: str, key: str) -> None:
         self.store.tables[table].discard(key)
-
-
-def _create(txn: Txn, path: Path | None) -> tuple[bytes | None, str | None]:
-    """Record a new store's format: nothing finished.  Returns the format record another
-    process wrote first, or why the store is not new (it lost its format record), or
-    ``(None, None)`` once it is created."""
-    raw = txn.get("info", "format")
-    if raw is not None:
-        return raw, None
-    held = {t: n for t in TABLES if (n := sum(1 for _ in txn.values(t)))}
-    why = integrity.not_new(path, held)
-    if why is not None:
-        return None, why
-    txn.put("info", "format", str(STORE_FORMAT).encode())
-    txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
-    return None, None
