@@ -56,18 +56,32 @@ class WriteBatch:
         self.expect = list(expect)
 
 
-@contextlib.contextmanager
-def write_batch(
-    backend: Backend, expect: Iterable[tuple[str, str, bytes | None]] = ()
-) -> Iterator[WriteBatch]:
+class write_batch:  # used like a function: ``with write_batch(backend):``
     """Collect this thread's writes through the leaves of ``backend``; write them at the
     end in one atomic commit, checking ``expect`` first (:class:`~nbqup.backends.Conflict`
     and nothing written if it no longer holds).  Nothing is written if the block raises.
+
+    A class, not a generator: it is entered once per commit, on the hot path.
     """
-    batch = WriteBatch(backend, expect)
-    with _scoped(batch):
-        yield batch
-    backend.write(batch.puts, batch.deletes, batch.expect)
+
+    __slots__ = ("batch",)
+
+    def __init__(
+        self, backend: Backend, expect: Iterable[tuple[str, str, bytes | None]] = ()
+    ) -> None:
+        self.batch = WriteBatch(backend, expect)
+
+    def __enter__(self) -> WriteBatch:
+        if getattr(_scope, "now", None) is not None:
+            raise RuntimeError("a store write scope is already open in this thread")
+        _scope.now = self.batch
+        return self.batch
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        _scope.now = None
+        if kind is None:
+            batch = self.batch
+            batch.backend.write(batch.puts, batch.deletes, batch.expect)
 
 
 class _InTxn:
@@ -135,17 +149,17 @@ class LMDBTable(ZictBase[str, bytes]):
         return value
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"keys must be str, got {type(key).__name__}")
-        scope = _now(self.backend)
-        if scope is None:
+        scope = getattr(_scope, "now", None)
+        if scope is None or scope.backend is not self.backend:
             self.backend.write([(self.table, key, value)])
-        elif isinstance(scope, _InTxn):
-            scope.txn.put(self.table, key, value)
-        else:
-            if not isinstance(value, bytes):  # refused now, not at the end of the batch
+        elif type(scope) is WriteBatch:
+            if type(value) is not bytes and not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
-            scope.puts.append((self.table, key, value))
+            scope.puts.append((self.table, key, value))  # (a bad value refused now)
+        else:
+            scope.txn.put(self.table, key, value)
 
     def __delitem__(self, key: str) -> None:
         def delete(txn: Txn) -> bool:
