@@ -203,9 +203,20 @@ class LMDBTable(ZictBase[str, bytes]):
         return self.backend.items(self.table, start, limit)
 
     def _do_update(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """``update()``: one write for all the items (or all into this thread's scope)."""
+        table = self.table
         puts = []
         for key, value in items:
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise TypeError(f"keys must be str, got {type(key).__name__}")
-            puts.append((self.table, key, value))
-        self.backend.write(puts)
+            if type(value) is not bytes and not isinstance(value, bytes):
+                raise TypeError(f"values must be bytes, got {type(value).__name__}")
+            puts.append((table, key, value))
+        scope = getattr(_scope, "now", None)
+        if scope is None or scope.backend is not self.backend:
+            self.backend.write(puts)
+        elif type(scope) is WriteBatch:
+            scope.puts += puts
+        else:
+            for _table, key, value in puts:
+                scope.txn.put(table, key, value)
