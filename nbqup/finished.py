@@ -1,20 +1,24 @@
-"""The jobs finished in this process, kept in memory for reads: a pair of ``zict.LRU``.
+"""The jobs finished in this process, kept in memory for reads: one ``zict.LRU``.
 
 Reading a job that has just finished (``job.result()``, ``job.status``) should not cost a
 store read, so the owner keeps each final record (never changed again) and its small
-result here.  Both are bounded, least recently used first out: at most
-:data:`RECORDS_KEPT` records, and results of :data:`RESULTS_KEPT_BYTES` in all (a
-``zict.LRU`` whose weight is the result's size).  The LRUs sit over plain dicts: nothing
-evicted is written anywhere (the store holds every record already); an evicted record
-takes its result with it.  A record whose error text is longer than
-:data:`ERROR_KEPT_MAX` is kept with the text cut (enough for listings), and
+result here, as one ``(record, result)`` entry of a single ``zict.LRU``, least recently
+used first out.  An entry weighs one for its record plus its result's share of the
+result budget (:func:`_weight`), so the LRU's one bound keeps both at most
+:data:`RECORDS_KEPT` records and at most :data:`RESULTS_KEPT_BYTES` of results; large
+results leave room for fewer records.  One LRU, not two (records by count, results by
+size): each finished job costs one LRU write instead of two plus the bookkeeping that
+made an evicted record take its result (1 -> 7.2 us a job under the runtime lock with
+two, see benchmarks/RESULTS.md).  The LRU sits over a plain dict: nothing evicted is
+written anywhere (the store holds every record already).  A record whose error text is
+longer than :data:`ERROR_KEPT_MAX` is kept with the text cut (enough for listings), and
 :meth:`FinishedJobs.record` does not hand it out: the caller reads the store for it.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
+from typing import NamedTuple
 
 import zict
 
@@ -30,15 +34,24 @@ RESULTS_KEPT_BYTES = 16 << 20
 ERROR_KEPT_MAX = 1 << 10
 
 
-def _size(job_id: str, blob: bytes) -> int:
-    return len(blob)
+class Kept(NamedTuple):
+    """One finished job kept: its record, its pickled result (if kept), whether the
+    record's error text was cut (then :meth:`FinishedJobs.record` does not hand it out)."""
+
+    record: JobRecord
+    result: bytes | None
+    cut: bool
 
 
 class FinishedJobs:
-    """Final records and small results of jobs finished here, bounded by two ``zict.LRU``.
+    """Final records and small results of jobs finished here, in one bounded ``zict.LRU``.
 
-    Thread-safe (each LRU has its own lock); :meth:`recent` iterates, so callers that
-    also :meth:`remember` from other threads hold one lock around both.
+    Weights are in units of one record: a result of ``len`` bytes adds
+    ``len * records / result_bytes`` (rounded up), so the total stays within ``records``
+    while the records kept number at most ``records`` and their results at most
+    ``result_bytes`` bytes.  Thread-safe (the LRU has its own lock); :meth:`recent`
+    iterates, so callers that also :meth:`remember` from other threads hold one lock
+    around both.
 
     >>> from nbqup.records import Status
     >>> kept = FinishedJobs(records=2)
@@ -52,55 +65,63 @@ class FinishedJobs:
     def __init__(self, records: int | None = None, result_bytes: int | None = None) -> None:
         records = RECORDS_KEPT if records is None else records
         result_bytes = RESULTS_KEPT_BYTES if result_bytes is None else result_bytes
-        self._elided: set[str] = set()  # kept without their long error text
-        self._elided_lock = threading.Lock()
-        self.results: zict.LRU[str, bytes] = zict.LRU(result_bytes, {}, weight=_size)
-        self._kept: dict[str, JobRecord] = {}  # under the LRU: in the order put in
-        self.records: zict.LRU[str, JobRecord] = zict.LRU(
-            records, self._kept, on_evict=self._evicted
-        )
+        self.records_kept, self.result_bytes = records, result_bytes
+        self._kept: dict[str, Kept] = {}  # under the LRU: in the order put in
+        self.jobs: zict.LRU[str, Kept] = zict.LRU(records, self._kept, weight=self._weight)
 
-    def remember(self, rec: JobRecord, result: bytes | None = None) -> None:
-        """Keep a final record and, if given, its pickled result."""
+    def _weight(self, job_id: str, kept: Kept) -> int:
+        """1 for the record, plus the result's share of the result budget in records."""
+        if kept.result is None:
+            return 1
+        return 1 + len(kept.result) * self.records_kept // self.result_bytes
+
+    def remember(self, rec: JobRecord, result: bytes | None = None, *, trim: bool = True) -> None:
+        """Keep a final record and, if given, its pickled result (not kept if it alone
+        is over the result budget).
+
+        With ``trim=False`` nothing is evicted yet (``zict.LRU.set_noevict``): the caller
+        calls :meth:`trim` later, outside its own lock (the runtime does, so that evicting
+        -- the costly part of an LRU write -- does not hold up its other threads)."""
         text = rec.error
-        if text is not None and len(text) > ERROR_KEPT_MAX:
+        cut = text is not None and len(text) > ERROR_KEPT_MAX
+        if cut:
             rec = rec.copy()  # kept without the long text: `record` leaves it to the store
-            rec.error = text[-ERROR_KEPT_MAX:]
-            with self._elided_lock:
-                self._elided.add(rec.id)
-        if result is not None:
-            self.results[rec.id] = result
-        self.records[rec.id] = rec
+            rec.error = text[-ERROR_KEPT_MAX:]  # type: ignore[index]
+        if result is not None and len(result) > self.result_bytes:
+            result = None
+        self.jobs.set_noevict(rec.id, Kept(rec, result, cut))
+        if trim:
+            self.trim()
+
+    def trim(self) -> None:
+        """Evict the least recently used jobs until the LRU is within its bound."""
+        self.jobs.evict_until_below_target()
 
     def forget(self, job_id: str) -> None:
         """Drop a job (it is queued again: a retry)."""
-        self.records.discard(job_id)
-        self._evicted(job_id, None)
-
-    def _evicted(self, job_id: str, rec: JobRecord | None) -> None:
-        self.results.discard(job_id)
-        with self._elided_lock:
-            self._elided.discard(job_id)
+        self.jobs.discard(job_id)
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self.records
+        return job_id in self._kept
+
+    def _get(self, job_id: str) -> Kept | None:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            return None
 
     def record(self, job_id: str) -> JobRecord | None:
         """The whole final record (to read only), or ``None``: not kept, or kept cut."""
-        try:
-            rec = self.records[job_id]
-        except KeyError:
-            return None
-        return None if job_id in self._elided else rec
+        kept = self._get(job_id)
+        return None if kept is None or kept.cut else kept.record
 
     def result(self, job_id: str) -> bytes | None:
         """The pickled result, if kept."""
-        try:
-            return self.results[job_id]
-        except KeyError:
-            return None
+        kept = self._get(job_id)
+        return None if kept is None else kept.result
 
     def recent(self, limit: int) -> list[JobRecord]:
         """At most ``limit`` records, the most recently finished first (reads do not
         reorder these: the LRU's dict keeps the order records were put in)."""
-        return list(itertools.islice(reversed(self._kept.values()), limit))
+        with self.jobs.lock:  # not while another thread trims
+            return [k.record for k in itertools.islice(reversed(self._kept.values()), limit)]

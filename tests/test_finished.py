@@ -1,4 +1,4 @@
-"""The jobs finished here, kept in memory (nbqup.finished): two bounded zict.LRU."""
+"""The jobs finished here, kept in memory (nbqup.finished): one bounded zict.LRU."""
 
 from __future__ import annotations
 
@@ -11,22 +11,35 @@ from nbqup.records import Status
 
 def test_at_most_n_records_are_kept_and_an_evicted_one_takes_its_result() -> None:
     kept = FinishedJobs(records=3)
-    assert isinstance(kept.records, zict.LRU) and isinstance(kept.results, zict.LRU)
+    assert isinstance(kept.jobs, zict.LRU)
     for i in range(5):
         kept.remember(rec(f"j{i}", Status.SUCCEEDED), f"result {i}".encode())
-    assert set(kept.records) == {"j2", "j3", "j4"}
-    assert set(kept.results) == {"j2", "j3", "j4"}
+    assert set(kept.jobs) == {"j2", "j3", "j4"}
     assert "j0" not in kept and kept.record("j0") is None and kept.result("j0") is None
     assert kept.result("j3") == b"result 3"
 
 
 def test_results_are_bounded_by_their_size_in_bytes() -> None:
-    kept = FinishedJobs(records=100, result_bytes=250)
+    # 10 records or 1000 bytes: a 300-byte result weighs 1 + 3 records
+    kept = FinishedJobs(records=10, result_bytes=1000)
     for i in range(5):
-        kept.remember(rec(f"j{i}", Status.SUCCEEDED), bytes(100))
-    assert set(kept.results) == {"j3", "j4"}  # 200 bytes: a third would make 300
-    assert kept.results.total_weight == 200
-    assert set(kept.records) == {f"j{i}" for i in range(5)}  # records stay
+        kept.remember(rec(f"j{i}", Status.SUCCEEDED), bytes(300))
+    assert set(kept.jobs) == {"j3", "j4"}  # 600 bytes: a third would make 900 + 3 records
+    assert kept.jobs.total_weight == 8
+    kept.remember(rec("big", Status.SUCCEEDED), bytes(1001))  # alone over the budget
+    assert kept.record("big") is not None and kept.result("big") is None
+    for i in range(20):  # no results: records alone, up to 10
+        kept.remember(rec(f"r{i}", Status.SUCCEEDED))
+    assert len(kept.jobs) == 10
+
+
+def test_without_trim_nothing_is_evicted_until_trim() -> None:
+    kept = FinishedJobs(records=2)
+    for i in range(4):
+        kept.remember(rec(f"j{i}", Status.SUCCEEDED), trim=False)
+    assert len(kept.jobs) == 4 and kept.record("j0") is not None
+    kept.trim()
+    assert set(kept.jobs) == {"j0", "j3"}  # j0 was read: the most recently used
 
 
 def test_the_least_recently_read_is_evicted_first() -> None:
@@ -35,7 +48,7 @@ def test_the_least_recently_read_is_evicted_first() -> None:
     kept.remember(rec("b", Status.SUCCEEDED))
     assert kept.record("a") is not None  # read: now the most recently used
     kept.remember(rec("c", Status.SUCCEEDED))
-    assert set(kept.records) == {"a", "c"}
+    assert set(kept.jobs) == {"a", "c"}
 
 
 def test_recent_lists_the_last_finished_first_whatever_was_read() -> None:
@@ -51,7 +64,7 @@ def test_a_long_error_is_kept_cut_and_not_handed_out() -> None:
     kept = FinishedJobs()
     kept.remember(rec("long", Status.FAILED, error="x" * 5000))
     assert "long" in kept and kept.record("long") is None  # the caller reads the store
-    assert len(kept.records["long"].error or "") == ERROR_KEPT_MAX
+    assert len(kept.jobs["long"].record.error or "") == ERROR_KEPT_MAX
     kept.remember(rec("short", Status.FAILED, error="boom"))
     short = kept.record("short")
     assert short is not None and short.error == "boom"
