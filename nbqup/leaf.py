@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from zict.common import ZictBase
 
@@ -41,7 +42,15 @@ from .backends import TABLES, Backend, Txn
 
 __all__ = ["LMDBTable", "WriteBatch", "within", "write_batch"]
 
-_scope = threading.local()  # .now: the WriteBatch or _InTxn this thread writes into, if any
+
+class _Scope(threading.local):
+    """Per thread: ``now``, the WriteBatch or _InTxn this thread writes into, if any (a
+    class default, so reading it is a plain attribute read on the hot path)."""
+
+    now: Any = None  # WriteBatch | _InTxn | None (Any: narrowed by `type(x) is` checks)
+
+
+_scope = _Scope()
 
 
 class WriteBatch:
@@ -72,7 +81,7 @@ class write_batch:  # used like a function: ``with write_batch(backend):``
         self.batch = WriteBatch(backend, expect)
 
     def __enter__(self) -> WriteBatch:
-        if getattr(_scope, "now", None) is not None:
+        if _scope.now is not None:
             raise RuntimeError("a store write scope is already open in this thread")
         _scope.now = self.batch
         return self.batch
@@ -101,13 +110,13 @@ def within(backend: Backend, txn: Txn) -> Iterator[Txn]:
 
 def _now(backend: Backend) -> WriteBatch | _InTxn | None:
     """This thread's scope over ``backend``, if one is open."""
-    scope: WriteBatch | _InTxn | None = getattr(_scope, "now", None)
+    scope: WriteBatch | _InTxn | None = _scope.now
     return scope if scope is not None and scope.backend is backend else None
 
 
 @contextlib.contextmanager
 def _scoped(scope: WriteBatch | _InTxn) -> Iterator[None]:
-    if getattr(_scope, "now", None) is not None:
+    if _scope.now is not None:
         raise RuntimeError("a store write scope is already open in this thread")
     _scope.now = scope
     try:
@@ -131,14 +140,12 @@ class LMDBTable(ZictBase[str, bytes]):
         self.backend = backend
         self.table = table
 
-    def _txn(self) -> Txn | None:
-        scope = _now(self.backend)
-        return scope.txn if isinstance(scope, _InTxn) else None
-
     def get_raw(self, key: str) -> bytes | None:
         """The stored value, ``None`` when absent (one read, no ``KeyError`` raised)."""
-        txn = self._txn()
-        return self.backend.get(self.table, key) if txn is None else txn.get(self.table, key)
+        scope = _scope.now  # every store read comes here: inline
+        if type(scope) is _InTxn and scope.backend is self.backend:
+            return scope.txn.get(self.table, key)
+        return self.backend.get(self.table, key)
 
     def __getitem__(self, key: str) -> bytes:
         if not isinstance(key, str):
@@ -151,7 +158,7 @@ class LMDBTable(ZictBase[str, bytes]):
     def __setitem__(self, key: str, value: bytes) -> None:
         if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"keys must be str, got {type(key).__name__}")
-        scope = getattr(_scope, "now", None)
+        scope = _scope.now
         if scope is None or scope.backend is not self.backend:
             self.backend.write([(self.table, key, value)])
         elif type(scope) is WriteBatch:
@@ -180,13 +187,13 @@ class LMDBTable(ZictBase[str, bytes]):
 
     def discard(self, key: str) -> None:
         """Delete ``key`` if present (inside a write batch: without reading first)."""
-        scope = _now(self.backend)
-        if scope is None:
+        scope = _scope.now
+        if scope is None or scope.backend is not self.backend:
             self.backend.write(deletes=[(self.table, key)])
-        elif isinstance(scope, _InTxn):
-            scope.txn.delete(self.table, key)
-        else:
+        elif type(scope) is WriteBatch:
             scope.deletes.append((self.table, key))
+        else:
+            scope.txn.delete(self.table, key)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get_raw(key) is not None
@@ -212,7 +219,7 @@ class LMDBTable(ZictBase[str, bytes]):
             if type(value) is not bytes and not isinstance(value, bytes):
                 raise TypeError(f"values must be bytes, got {type(value).__name__}")
             puts.append((table, key, value))
-        scope = getattr(_scope, "now", None)
+        scope = _scope.now
         if scope is None or scope.backend is not self.backend:
             self.backend.write(puts)
         elif type(scope) is WriteBatch:
