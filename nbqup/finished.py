@@ -3,7 +3,7 @@
 Reading a job that has just finished (``job.result()``, ``job.status``) should not cost a
 store read, so the owner keeps each final record (never changed again) and its small
 result here, as one ``(record, result)`` entry of a single ``zict.LRU``, least recently
-used first out.  An entry weighs one for its record plus its result's share of the
+finished first out.  An entry weighs one for its record plus its result's share of the
 result budget (:func:`_weight`), so the LRU's one bound keeps both at most
 :data:`RECORDS_KEPT` records and at most :data:`RESULTS_KEPT_BYTES` of results; large
 results leave room for fewer records.  One LRU, not two (records by count, results by
@@ -104,20 +104,19 @@ class FinishedJobs:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._kept
 
-    def _get(self, job_id: str) -> Kept | None:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            return None
-
     def record(self, job_id: str) -> JobRecord | None:
-        """The whole final record (to read only), or ``None``: not kept, or kept cut."""
-        kept = self._get(job_id)
+        """The whole final record (to read only), or ``None``: not kept, or kept cut.
+
+        Read from the dict under the LRU, as :meth:`recent` and ``in`` do: a read does
+        not make the job the most recently used (``zict.LRU.__getitem__`` would, for a
+        lock and a reordering on each ``job.result()``), so the least recently
+        *finished* job is evicted first."""
+        kept = self._kept.get(job_id)
         return None if kept is None or kept.cut else kept.record
 
     def result(self, job_id: str) -> bytes | None:
-        """The pickled result, if kept."""
-        kept = self._get(job_id)
+        """The pickled result, if kept (read like :meth:`record`)."""
+        kept = self._kept.get(job_id)
         return None if kept is None else kept.result
 
     def recent(self, limit: int) -> list[JobRecord]:

@@ -39,16 +39,19 @@ def test_without_trim_nothing_is_evicted_until_trim() -> None:
         kept.remember(rec(f"j{i}", Status.SUCCEEDED), trim=False)
     assert len(kept.jobs) == 4 and kept.record("j0") is not None
     kept.trim()
-    assert set(kept.jobs) == {"j0", "j3"}  # j0 was read: the most recently used
+    assert set(kept.jobs) == {"j2", "j3"}
 
 
-def test_the_least_recently_read_is_evicted_first() -> None:
+def test_the_least_recently_finished_is_evicted_first_whatever_was_read() -> None:
     kept = FinishedJobs(records=2)
     kept.remember(rec("a", Status.SUCCEEDED))
     kept.remember(rec("b", Status.SUCCEEDED))
-    assert kept.record("a") is not None  # read: now the most recently used
+    assert kept.record("a") is not None  # a read does not keep "a" longer
     kept.remember(rec("c", Status.SUCCEEDED))
-    assert set(kept.jobs) == {"a", "c"}
+    assert set(kept.jobs) == {"b", "c"}
+    kept.remember(rec("b", Status.SUCCEEDED))  # written again: the most recent
+    kept.remember(rec("d", Status.SUCCEEDED))
+    assert set(kept.jobs) == {"b", "d"}
 
 
 def test_recent_lists_the_last_finished_first_whatever_was_read() -> None:
