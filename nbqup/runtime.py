@@ -651,7 +651,6 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
                     else:
                         error = exc
                         self._ending.append((rec, self._writer.add([rec], blobs), blobs))
-            self._finished.trim()  # evicting outside the lock: see FinishedJobs.remember
             if error is not None:
                 raise error
             self._trouble.ok()
@@ -662,7 +661,7 @@ class Runtime(NestedWaits, StoreTrouble, SchedulerTurns):
         self._blocked.pop(rec.id, None)
         self._held.pop(rec.id, None)
         self._last_persist.pop(rec.id, None)
-        self._finished.remember(rec, self._ending_results.pop(rec.id, None), trim=False)
+        self._finished.remember(rec, self._ending_results.pop(rec.id, None))
         for dependent in self._dependents.pop(rec.id, ()):
             waiting = self._blocked.get(dependent)
             dep_rec = self._live.get(dependent)

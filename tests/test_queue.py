@@ -187,9 +187,9 @@ def test_jobs_finished_here_are_read_without_the_store(
         big = jq.submit(bytes, 1000)  # a result larger than _RESULT_KEPT_MAX
         jobs = [jq.submit(add, i, 1) for i in range(8)]
         assert jq.wait(WAIT)
-        kept = jq._finished._kept
-        assert set(kept) == {j.id for j in jobs[-5:]}  # the 5 newest
-        assert all(k.result is not None for k in kept.values())
+        kept = {j.id for j in [big, *jobs] if j.id in jq._finished}
+        assert kept == {j.id for j in jobs[-5:]}  # the 5 newest
+        assert all(jq._finished.result(job_id) is not None for job_id in kept)
         reads: list[tuple[str, str]] = []
         get = jq.store.backend.get
         monkeypatch.setattr(jq.store.backend, "get", lambda t, k: reads.append((t, k)) or get(t, k))
@@ -199,10 +199,11 @@ def test_jobs_finished_here_are_read_without_the_store(
         assert [j.result() for j in jobs[:3]] == [1, 2, 3]  # forgotten here: from the store
         assert big.result() == bytes(1000)
         assert {k for _, k in reads} == {big.id, *(j.id for j in jobs[:3])}
-        kept = jq._finished.jobs[jobs[-1].id].record
+        kept = jq._finished.record(jobs[-1].id)
         copy = jobs[-1].record
         copy.status = Status.FAILED  # a caller's copy, not the record kept
-        assert kept.status is Status.SUCCEEDED and jobs[-1].status == "succeeded"
+        assert kept is not None and kept.status is Status.SUCCEEDED
+        assert jobs[-1].status == "succeeded"
 
 
 def test_a_retried_job_is_not_answered_from_its_earlier_end(name: str) -> None:
@@ -341,7 +342,8 @@ def test_a_job_with_a_long_error_is_shown_and_read_whole(jq: JobQueue) -> None:
     job = jq.submit(long_failure)
     assert job.wait(WAIT) and job.status == "failed"
     assert job.id in [r.id for r in jq.snapshot()]  # still among the recent jobs
-    assert len(jq._finished.jobs[job.id].record.error or "") <= 1024  # kept without the text
+    kept = jq._finished.recent(1)[0]
+    assert kept.id == job.id and len(kept.error or "") <= 1024  # kept without the text
     assert "x" * 5000 in (job.error or "")  # read whole from the store
 
 
