@@ -49,13 +49,13 @@ class StoreCounter:
     """Counts (by wrapping, in this process only) the store calls made while running."""
 
     def __init__(self) -> None:
-        from nbqup import backends, store
+        from nbqup import lmdbbackend, store
 
         self.counts: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self._undo: list[tuple[type, str, object]] = []
         self._wrap(store.Store, "commit", lambda a, kw: "commit")
-        self._wrap(backends.LMDBBackend, "get", lambda a, kw: f"get {a[1]}")
+        self._wrap(lmdbbackend.LMDBBackend, "get", lambda a, kw: f"get {a[1]}")
         self.records = 0
 
     def _wrap(self, cls: type, name: str, label: Any) -> None:

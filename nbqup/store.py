@@ -25,7 +25,7 @@ and ``zict.Func`` adds the codec (:mod:`nbqup.codec`) on top; a multi-table comm
 collects its writes in a :func:`~nbqup.leaf.write_batch` and makes one
 :meth:`Backend.write`, one writer at a time.  Reads take no lock (LMDB readers never
 wait for the writer) and copy what they read out into lists, so no read transaction
-outlives a call; see :mod:`nbqup.backends` for the one exception (resizing the map, and
+outlives a call; see :mod:`nbqup.lmdbenv` for the one exception (resizing the map, and
 aborts, hold new readers back).
 
 Records
@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 import zict
 
 from . import integrity, ownership, storedir, storeformat
-from .backends import DURABILITIES, TABLES, Backend, Conflict, LMDBBackend, MemoryBackend, Txn
+from .backends import DURABILITIES, TABLES, Backend, Conflict, MemoryBackend, Txn
 from .codec import (
     RAW_TABLES,
     _Corrupt,
@@ -73,6 +73,7 @@ from .counts import (
 from .errors import StoreCorrupt, StoreLocked
 from .health import disk_full
 from .leaf import LMDBTable, within, write_batch
+from .lmdbbackend import LMDBBackend
 from .records import FINAL, JobRecord
 from .storeformat import STORE_FORMAT
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from records import rec
 
-from nbqup.backends import Backend, Conflict, LMDBBackend, MemoryBackend
+from nbqup.backends import Backend, Conflict, MemoryBackend
 from nbqup.leaf import LMDBTable, within, write_batch
+from nbqup.lmdbbackend import LMDBBackend
 from nbqup.records import Status
 from nbqup.store import Store
 
