@@ -38,7 +38,7 @@ from typing import Any
 
 from zict.common import ZictBase
 
-from .backends import TABLES, Backend, Txn
+from .backends import TABLES, Backend, Expects, Txn
 
 __all__ = ["LMDBTable", "WriteBatch", "within", "write_batch"]
 
@@ -54,43 +54,36 @@ _scope = _Scope()
 
 
 class WriteBatch:
-    """Puts and deletes collected by :func:`write_batch`, for one ``Backend.write``."""
-
-    __slots__ = ("backend", "deletes", "expect", "puts")
-
-    def __init__(self, backend: Backend, expect: Iterable[tuple[str, str, bytes | None]]):
-        self.backend = backend
-        self.puts: list[tuple[str, str, bytes]] = []
-        self.deletes: list[tuple[str, str]] = []
-        self.expect = list(expect)
-
-
-class write_batch:  # used like a function: ``with write_batch(backend):``
     """Collect this thread's writes through the leaves of ``backend``; write them at the
     end in one atomic commit, checking ``expect`` first (:class:`~nbqup.backends.Conflict`
     and nothing written if it no longer holds).  Nothing is written if the block raises.
 
-    A class, not a generator: it is entered once per commit, on the hot path.
+    Used as ``with write_batch(backend, expect) as batch:``; the batch holds the
+    ``puts`` and ``deletes`` collected.  One object, entered once per commit: it is on
+    the hot path.
     """
 
-    __slots__ = ("batch",)
+    __slots__ = ("backend", "deletes", "expect", "puts")
 
-    def __init__(
-        self, backend: Backend, expect: Iterable[tuple[str, str, bytes | None]] = ()
-    ) -> None:
-        self.batch = WriteBatch(backend, expect)
+    def __init__(self, backend: Backend, expect: Expects = ()) -> None:
+        self.backend = backend
+        self.puts: list[tuple[str, str, bytes]] = []
+        self.deletes: list[tuple[str, str]] = []
+        self.expect = expect
 
     def __enter__(self) -> WriteBatch:
         if _scope.now is not None:
             raise RuntimeError("a store write scope is already open in this thread")
-        _scope.now = self.batch
-        return self.batch
+        _scope.now = self
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         _scope.now = None
         if kind is None:
-            batch = self.batch
-            batch.backend.write(batch.puts, batch.deletes, batch.expect)
+            self.backend.write(self.puts, self.deletes, self.expect)
+
+
+write_batch = WriteBatch  # read as what it does: ``with write_batch(backend):``
 
 
 class _InTxn:

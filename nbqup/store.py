@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,6 +138,11 @@ class Store:
             t: zict.Func(encode, decode, self.tables[t]) for t in TABLES if t not in RAW_TABLES
         }
         del self.blobs["meta"]
+        #: Where a table's bodies are written: its codec's ``zict.Func``, or the leaf itself.
+        self._writers: dict[str, MutableMapping[str, bytes]] = {
+            t: self.tables[t] for t in RAW_TABLES
+        }
+        self._writers.update(self.blobs)
         self._owner = None if self.path is None else ownership.Ownership(self.path)
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
@@ -232,8 +237,9 @@ class Store:
 
     def _write(self, blobs: list[tuple[str, str, bytes]], dels: list[tuple[str, str]]) -> None:
         """Put ``blobs`` and delete ``dels`` in the scope this thread has open."""
+        writers = self._writers
         for table, key, body in blobs:
-            self.put_blob(table, key, body)
+            writers[table][key] = body
         for table, key in dels:
             self.tables[table].discard(key)
 
@@ -323,7 +329,7 @@ class Store:
     def put_blob(self, table: str, key: str, body: bytes) -> None:
         """Write ``body`` into ``table`` (framed unless the table is raw), through the
         zict stack: on its own, or as part of the scope this thread has open."""
-        (self.tables if table in RAW_TABLES else self.blobs)[table][key] = body
+        self._writers[table][key] = body
 
     def has(self, table: str, key: str) -> bool:
         return key in self.tables[table]
