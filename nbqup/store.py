@@ -146,8 +146,6 @@ class Store:
         self._owner = None if self.path is None else ownership.Ownership(self.path)
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
-    # -- format ------------------------------------------------------------------------
-
     # -- job records -------------------------------------------------------------------
 
     def load(self, job_id: str) -> JobRecord | None:
