@@ -17,6 +17,9 @@
     # jq.counts() with 10,000 unfinished jobs: the owner's, then with a client's among them
     python -m benchmarks.profile counts --jobs 10000
 
+    # calls into zict's own code per job (submit, run, result, reopen, read one back)
+    python -m benchmarks.profile zict --jobs 200
+
 ``--analyze`` reads py-spy's raw (collapsed-stack) output and prints, per thread role
 (the caller submitting, the worker slots), the functions with the most samples on the
 stack (inclusive) and on top of it (self), as a share of that role's samples.
@@ -46,13 +49,13 @@ class StoreCounter:
     """Counts (by wrapping, in this process only) the store calls made while running."""
 
     def __init__(self) -> None:
-        from nbqup import backends, store
+        from nbqup import lmdbbackend, store
 
         self.counts: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self._undo: list[tuple[type, str, object]] = []
         self._wrap(store.Store, "commit", lambda a, kw: "commit")
-        self._wrap(backends.LMDBBackend, "get", lambda a, kw: f"get {a[1]}")
+        self._wrap(lmdbbackend.LMDBBackend, "get", lambda a, kw: f"get {a[1]}")
         self.records = 0
 
     def _wrap(self, cls: type, name: str, label: Any) -> None:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "workload",
         nargs="?",
-        choices=("throughput", "submit", "output", "counts"),
+        choices=("throughput", "submit", "output", "counts", "zict"),
         default="throughput",
     )
     p.add_argument("--jobs", type=int, default=20_000)
@@ -273,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.workload == "counts":
         counts(args.jobs)
+        return 0
+    if args.workload == "zict":
+        from benchmarks import zictcalls
+
+        zictcalls.report(args.jobs)
         return 0
     if args.cprofile:
         prof = cProfile.Profile()

@@ -25,24 +25,6 @@ _COUNTS = "finished"
 _UNREAD: Any = object()  # Store._counts_seen before the first commit that changes counts
 
 
-def _write_reading(
-    txn: Txn,
-    puts: list[tuple[str, str, bytes]],
-    dels: list[tuple[str, str]],
-    records: dict[str, tuple[Status, bytes]],
-) -> bytes | None:
-    """Write inside ``txn``, the finished counts worked out from each record's stored
-    state; returns the counts written (None: the store has none yet)."""
-    for table, key, value in puts:
-        txn.put(table, key, value)
-    for table, key in dels:
-        txn.delete(table, key)
-    delta: dict[str, int] = {}
-    for job_id, (status, body) in records.items():
-        _write_one(txn, job_id, status, body, delta)
-    return _count_in(txn, delta)
-
-
 def _count_in(txn: Txn, delta: dict[str, int]) -> bytes | None:
     """Change the stored finished counts by ``delta`` inside ``txn``; returns them (None:
     the store has none yet, and ``finished_counts()`` will count every record)."""
@@ -53,15 +35,15 @@ def _count_in(txn: Txn, delta: dict[str, int]) -> bytes | None:
     return raw
 
 
-def _write_one(txn: Txn, job_id: str, status: Status, body: bytes, delta: dict[str, int]) -> None:
-    """Write one job record and its pending mark; count in ``delta`` how the finished
-    counts change, from the status the store held before."""
+def _write_one(txn: Txn, job_id: str, status: Status, delta: dict[str, int]) -> None:
+    """Before a job record is written: set its pending mark, and count in ``delta`` how
+    the finished counts change, from the status the store held before (the caller then
+    writes the record itself, through the store's zict stack)."""
     pending = txn.get("pending", job_id)
     before = None if pending is not None else txn.get("meta", job_id)
     old = None if before is None else _stored_status(before)
     if old in _COUNTED:
         delta[old] = delta.get(old, 0) - 1
-    txn.put("meta", job_id, body)
     if status in FINAL:
         delta[status.value] = delta.get(status.value, 0) + 1
         txn.delete("pending", job_id)

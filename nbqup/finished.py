@@ -1,108 +1,181 @@
-"""Jobs finished in this process, kept in memory so that reading them needs no store read.
+"""The jobs finished in this process, kept in memory for reads: a weighted ``zict.LRU``.
 
-Once a job's final state is durable the runtime forgets it as a live job and hands its
-final record -- never changed again -- to :class:`FinishedJobs`, with its result if that
-is small: ``job.status`` and ``job.result()`` of a job that just ended are then answered
-from memory.  The holder is bounded (the newest :data:`FINALS_KEPT` records and
-:data:`RESULTS_KEPT_BYTES` of results); what it dropped is read from the store, with the
-same answers.  A record with a long error text is kept without that text and
-:meth:`FinishedJobs.record` does not answer for it (the store has it whole).
+Reading a job that has just finished (``job.result()``, ``job.status``) should not cost a
+store read, so the owner keeps each final record (never changed again) and its small
+result here, at most :data:`RECORDS_KEPT` records and :data:`RESULTS_KEPT_BYTES` of
+results, the least recently finished first out.  The bound is a ``zict.LRU`` with a size
+weight: a record weighs one, a result adds its share of the result budget, so large
+results leave room for fewer records.
 
-Not thread-safe by itself: the queue's lock guards every change (:meth:`ending`,
-:meth:`remember`, :meth:`forget`); reads are single dict look-ups, safe without it.
+The LRU holds *chunks* of jobs in the order they finished, not one entry per job.  A
+``zict.LRU`` write costs ~4.5 us (a locked ``discard`` that raises ``KeyError`` for every
+new key, the order set, an eviction through ``unlock()`` once full) against ~0.4 us for
+the dictionary writes it replaced, paid by every job under the runtime lock: that was
+5 % of the default throughput (benchmarks/RESULTS.md, issue 13).  A job goes into the
+open chunk (a dict) and an index from job id to its chunk; a chunk that reaches
+1/:data:`CHUNKS` of the bound goes into the LRU, which weighs it and evicts whole chunks
+(``on_evict`` drops their ids from the index).  So one LRU write serves a few hundred
+jobs, and the bound holds to within one chunk.  Reading the store through a
+read-through ``zict.Cache`` instead was measured too costly: each job's first read
+would decode its record and result from the store (~13 us), and most finished jobs are
+read once (see RESULTS.md).
+
+A record whose error text is longer than :data:`ERROR_KEPT_MAX` is kept with the text
+cut (enough for listings), and :meth:`FinishedJobs.record` does not hand it out: the
+caller reads the store for it.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
+from typing import NamedTuple
+
+import zict
 
 from .records import JobRecord
 
-__all__ = ["FinishedJobs"]
+__all__ = [
+    "CHUNKS",
+    "ERROR_KEPT_MAX",
+    "RECORDS_KEPT",
+    "RESULTS_KEPT_BYTES",
+    "RESULT_KEPT_MAX",
+    "FinishedJobs",
+]
 
-#: Jobs finished in this process whose final record (and small result) stay in memory, so
-#: that reading them (``job.result()``, ``job.status``) needs no store read.
-_FINALS_KEPT = 10_000
-_RESULTS_KEPT_BYTES = 16 << 20  # the results kept, in all
-_RESULT_KEPT_MAX = 64 << 10  # a larger result is read from the store when asked for
-_ERROR_KEPT_MAX = 1 << 10  # a job with a longer error text is read from the store
+#: Final records kept.
+RECORDS_KEPT = 10_000
+#: Results kept, in bytes in all.
+RESULTS_KEPT_BYTES = 16 << 20
+#: A job with a longer error text is kept without it (read from the store when asked).
+ERROR_KEPT_MAX = 1 << 10
+#: A larger result is not kept: it is read from the store when asked for.
+RESULT_KEPT_MAX = 64 << 10
+#: Chunks the bound is cut into: a chunk goes into the LRU at 1/CHUNKS of its weight.
+CHUNKS = 40
+
+
+class Kept(NamedTuple):
+    """One finished job kept: its record, its pickled result (if kept), whether the
+    record's error text was cut (then :meth:`FinishedJobs.record` does not hand it out)."""
+
+    record: JobRecord
+    result: bytes | None
+    cut: bool
 
 
 class FinishedJobs:
-    """The final records and small results of jobs finished here, oldest first.
+    """Final records and small results of jobs finished here, bounded by a weighted
+    ``zict.LRU`` of chunks (see the module docstring).
 
-    >>> from nbqup.records import JobRecord, Status
-    >>> kept = FinishedJobs()
-    >>> rec = JobRecord(id="j1", name="f", created=0.0, status=Status.SUCCEEDED)
-    >>> kept.ending("j1", b"result")     # its final write is on its way
-    >>> kept.remember(rec)               # ... and durable
-    >>> kept.record("j1") is rec, kept.result("j1"), "j1" in kept
-    (True, b'result', True)
-    >>> kept.forget("j1")
-    >>> kept.record("j1"), kept.result("j1")
-    (None, None)
+    Weights are in units of one record: a result of ``len`` bytes adds
+    ``len * records / result_bytes`` (rounded down), so the LRU's bound ``records`` keeps
+    at most ``records`` records and ``result_bytes`` of results, plus the open chunk.
+    Reads (:meth:`record`, :meth:`result`, ``in``) take no lock; :meth:`remember`,
+    :meth:`forget` and :meth:`recent` are called under one lock of the caller's (the
+    runtime's).
+
+    >>> from nbqup.records import Status
+    >>> kept = FinishedJobs(records=2)
+    >>> for i in range(3):
+    ...     rec = JobRecord(id=f"j{i}", name="n", created=0.0, status=Status.SUCCEEDED)
+    ...     kept.remember(rec, b"1")
+    >>> [r.id for r in kept.recent(5)], "j0" in kept, kept.result("j0")
+    (['j2', 'j1'], False, None)
     """
 
-    def __init__(self) -> None:
-        # finished here, kept for reads (see remember); oldest first
-        self._finals: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
-        self._final_results: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._final_bytes = 0
-        self._ending_results: dict[str, bytes] = {}  # results of jobs ending, not yet durable
-        self._elided: set[str] = set()  # kept in `_finals` without their long error text
+    def __init__(self, records: int | None = None, result_bytes: int | None = None) -> None:
+        records = RECORDS_KEPT if records is None else records
+        result_bytes = RESULTS_KEPT_BYTES if result_bytes is None else result_bytes
+        self.records_kept, self.result_bytes = records, result_bytes
+        self._chunk_weight = max(1, records // CHUNKS)  # the open chunk closes at this
+        self._ending: dict[str, bytes] = {}  # results of jobs whose final write is on its way
+        self._open: dict[str, Kept] = {}
+        self._open_weight = 0
+        self._where: dict[str, dict[str, Kept]] = {}  # job id -> its chunk (open or in the LRU)
+        self._chunks: dict[int, dict[str, Kept]] = {}  # under the LRU: in the order put in
+        self._seq = itertools.count()
+        self.lru: zict.LRU[int, dict[str, Kept]] = zict.LRU(
+            records, self._chunks, weight=self._weight, on_evict=self._evicted
+        )
 
-    # -- reading (no lock needed) ----------------------------------------------------------
+    def _one(self, kept: Kept) -> int:
+        """1 for the record, plus the result's share of the result budget in records."""
+        if kept.result is None:
+            return 1
+        return 1 + len(kept.result) * self.records_kept // self.result_bytes
 
-    def __contains__(self, job_id: object) -> bool:
-        """Whether the job finished here and is still kept (with or without its text)."""
-        return job_id in self._finals
+    def _weight(self, _seq: int, chunk: dict[str, Kept]) -> int:
+        return sum(map(self._one, chunk.values()))
 
-    def record(self, job_id: str) -> JobRecord | None:
-        """The job's final record, to read only; None if not kept whole here."""
-        rec = self._finals.get(job_id)
-        if rec is not None and job_id not in self._elided:
-            return rec
-        return None
-
-    def result(self, job_id: str) -> bytes | None:
-        """The job's pickled result, if kept here."""
-        return self._final_results.get(job_id)
-
-    def recent(self, limit: int) -> list[JobRecord]:
-        """At most ``limit`` of the kept records, newest first."""
-        return list(itertools.islice(reversed(self._finals.values()), limit))
-
-    # -- changing (the caller holds the queue's lock) ------------------------------------
+    def _evicted(self, _seq: int, chunk: dict[str, Kept]) -> None:
+        where = self._where
+        for job_id in chunk:
+            if where.get(job_id) is chunk:
+                del where[job_id]
 
     def ending(self, job_id: str, blob: bytes) -> None:
-        """A succeeded job's pickled result, kept if small until :meth:`remember`."""
-        if len(blob) <= _RESULT_KEPT_MAX:
-            self._ending_results[job_id] = blob
+        """A succeeded job's pickled result, held (if at most :data:`RESULT_KEPT_MAX`)
+        until its final record is durable and :meth:`remember` keeps both."""
+        if len(blob) <= RESULT_KEPT_MAX:
+            self._ending[job_id] = blob
 
-    def remember(self, rec: JobRecord) -> None:
-        """Keep a final record (never changed again) and its small result in memory."""
-        # caller holds the lock; evicts the oldest beyond _FINALS_KEPT / _RESULTS_KEPT_BYTES
+    def remember(self, rec: JobRecord, result: bytes | None = None) -> None:
+        """Keep a final record and its pickled result: ``result``, else the one
+        :meth:`ending` held (not kept if it alone is over the result budget)."""
+        job_id = rec.id
+        held = self._ending.pop(job_id, None)
+        result = held if result is None else result
+        if job_id in self._where:  # finished again without a forget: the newer counts
+            self.forget(job_id)
         text = rec.error
-        if text is not None and len(text) > _ERROR_KEPT_MAX:
+        cut = text is not None and len(text) > ERROR_KEPT_MAX
+        if cut:
             rec = rec.copy()  # kept without the long text: `record` leaves it to the store
-            rec.error = text[-_ERROR_KEPT_MAX:]
-            self._elided.add(rec.id)
-        self._finals[rec.id] = rec
-        self._finals.move_to_end(rec.id)
-        blob = self._ending_results.pop(rec.id, None)
-        if blob is not None:
-            self._final_results[rec.id] = blob
-            self._final_bytes += len(blob)
-        while len(self._finals) > _FINALS_KEPT:
-            self.forget(next(iter(self._finals)))
-        while self._final_bytes > _RESULTS_KEPT_BYTES:
-            self._final_bytes -= len(self._final_results.popitem(last=False)[1])
+            rec.error = text[-ERROR_KEPT_MAX:]  # type: ignore[index]
+        if result is not None and len(result) > self.result_bytes:
+            result = None
+        kept = Kept(rec, result, cut)
+        self._open[job_id] = kept
+        self._where[job_id] = self._open
+        self._open_weight += 1 if result is None else self._one(kept)
+        if self._open_weight >= self._chunk_weight:
+            chunk, self._open, self._open_weight = self._open, {}, 0
+            self.lru[next(self._seq)] = chunk  # the LRU weighs it and evicts old chunks
 
     def forget(self, job_id: str) -> None:
-        """Drop a job from the finished ones kept in memory (caller holds the lock)."""
-        self._finals.pop(job_id, None)
-        self._elided.discard(job_id)
-        blob = self._final_results.pop(job_id, None)
-        if blob is not None:
-            self._final_bytes -= len(blob)
+        """Drop a job (it is queued again: a retry).  A chunk in the LRU keeps its
+        weight until it is evicted (the bound errs on the small side)."""
+        self._ending.pop(job_id, None)
+        chunk = self._where.pop(job_id, None)
+        if chunk is not None:
+            kept = chunk.pop(job_id)
+            if chunk is self._open:
+                self._open_weight -= self._one(kept)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def record(self, job_id: str) -> JobRecord | None:
+        """The whole final record (to read only), or ``None``: not kept, or kept cut.
+        A read does not keep a job longer: the least recently *finished* goes first."""
+        chunk = self._where.get(job_id)
+        kept = None if chunk is None else chunk.get(job_id)
+        return None if kept is None or kept.cut else kept.record
+
+    def result(self, job_id: str) -> bytes | None:
+        """The pickled result, if kept (read like :meth:`record`)."""
+        chunk = self._where.get(job_id)
+        kept = None if chunk is None else chunk.get(job_id)
+        return None if kept is None else kept.result
+
+    def recent(self, limit: int) -> list[JobRecord]:
+        """At most ``limit`` records, the most recently finished first."""
+        newest_first = itertools.chain(
+            reversed(self._open.values()),
+            *(reversed(c.values()) for c in reversed(self._chunks.values())),
+        )
+        return [k.record for k in itertools.islice(newest_first, limit)]

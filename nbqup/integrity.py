@@ -35,8 +35,8 @@ import os
 import time
 from pathlib import Path
 
-from .backends import LMDBBackend
 from .errors import NbqupError, StoreCorrupt
+from .lmdbbackend import LMDBBackend
 from .lmdbcheck import check
 from .lmdbfile import SUPPORTED, Damage, DataFile, Meta, check_meta, read_metas
 
@@ -133,7 +133,7 @@ def before_open(path: Path) -> None:
 
 
 def _unopenable(path: Path, exc: OSError) -> NbqupError:
-    """The error LMDB's own failure to open the file gives (see backends._open_env)."""
+    """The error LMDB's own failure to open the file gives (see lmdbenv._open_env)."""
     return NbqupError(f"cannot open store {path / DATA.parent}: {exc}")
 
 

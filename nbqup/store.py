@@ -19,23 +19,14 @@ with a few named tables::
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
 
-Why LMDB as the leaf
---------------------
-``zict.File`` deletes a file before rewriting it and never fsyncs, and turns every stray
-file into a key; ``zict.LMDB`` is a single table with a 1 TiB map and not thread-safe.
-The ``lmdb`` package itself is what we want: an embedded transactional key-value store
-(the closest relative of the seed's BadgerDB), safe across processes, with atomic
-multi-table commits.  A commit ``pwrite``s its pages: they are in the OS page cache when
-it returns, so it survives a SIGKILL of the process (``durability="process"``, the
-default); ``durability="fsync"`` also syncs each commit to disk, so it survives power
-loss.  Not ``writemap``: with it a full disk was a SIGBUS that killed the process, here
-it is :class:`~nbqup.DiskFull` for that write.  The map (address space only) starts at
-256 MiB and doubles when full; other processes adopt the new size.  :class:`LMDBTable` is the
-zict-style leaf mapping over one table and ``zict.Func`` adds the codec on top;
-multi-table commits go through :meth:`Backend.write`, one writer at a time.  Reads take no
-lock (LMDB readers never wait for the writer) and copy what they read out into lists, so
-no read transaction outlives a call; see :mod:`nbqup.backends` for the one exception
-(resizing the map, and aborts, hold new readers back).
+Every read and write of a table goes through the zict stack:
+:class:`~nbqup.leaf.LMDBTable` is the leaf over one table (why LMDB: :mod:`nbqup.leaf`)
+and ``zict.Func`` adds the codec (:mod:`nbqup.codec`) on top; a multi-table commit
+collects its writes in a :func:`~nbqup.leaf.write_batch` and makes one
+:meth:`Backend.write`, one writer at a time.  Reads take no lock (LMDB readers never
+wait for the writer) and copy what they read out into lists, so no read transaction
+outlives a call; see :mod:`nbqup.lmdbenv` for the one exception (resizing the map, and
+aborts, hold new readers back).
 
 Records
 -------
@@ -51,39 +42,23 @@ as :class:`~nbqup.StoreCorrupt` naming its key.
 from __future__ import annotations
 
 import json
-import operator
 import os
-import pickle
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import zict
 
-from . import integrity, ownership, storedir
-from .backends import (
-    DURABILITIES,
-    TABLES,
-    Backend,
-    Conflict,
-    LMDBBackend,
-    LMDBTable,
-    MemoryBackend,
-    Txn,
-)
+from . import integrity, ownership, storedir, storeformat
+from .backends import DURABILITIES, TABLES, Backend, Conflict, MemoryBackend, Txn
 from .codec import (
-    _DEFAULT_VALUES,
-    _FIELD_AT,
-    _REQUIRED_FIELDS,
     RAW_TABLES,
     _Corrupt,
     _dump_record,
-    _frame,
     _load_record,
-    _stored_record,
-    _unframe,
     decode,
     encode,
+    stored_rows,
 )
 from .counts import (
     _COUNTED,
@@ -94,21 +69,17 @@ from .counts import (
     _count_in,
     _establish_counts,
     _write_one,
-    _write_reading,
 )
-from .errors import NbqupError, StoreCorrupt, StoreLocked
+from .errors import StoreCorrupt, StoreLocked
 from .health import disk_full
-from .records import FINAL, JOB_FIELDS, JobRecord
+from .leaf import LMDBTable, within, write_batch
+from .lmdbbackend import LMDBBackend
+from .records import FINAL, JobRecord
+from .storeformat import STORE_FORMAT
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
 
 T = TypeVar("T")
-
-#: Format of the store as a whole; a store written by a newer format is refused.
-#: 2: job records are stored as a tuple of values (:meth:`JobRecord.to_values`) instead
-#: of a dict of fields; format-1 stores open (their records read as before) and are
-#: marked 2, so that an nbqup that only knows format 1 refuses them.
-STORE_FORMAT = 2
 
 # ---------------------------------------------------------------------------- store
 
@@ -150,63 +121,55 @@ class Store:
                         raise
                     raise full from exc
         self.backend = backend
+        #: Every table as a zict leaf; the framed ones behind their codec below.
+        self.tables = {t: LMDBTable(backend, t) for t in TABLES}
         try:
             if own_backend and self.path is not None and isinstance(backend, LMDBBackend):
                 integrity.after_open(self.path, backend)  # every table, before any read
-            self._check_format()
+            storeformat.check(self.path, self.backend, self.tables["info"])
         except BaseException:
             if own_backend:  # do not leave the environment open behind a refusal
                 backend.close()
             raise
         self.meta: zict.Func[str, JobRecord, bytes] = zict.Func(
-            _dump_record, _load_record, LMDBTable(backend, "meta")
+            _dump_record, _load_record, self.tables["meta"]
         )
         self.blobs = {
-            t: zict.Func(encode, decode, LMDBTable(backend, t))
-            for t in ("fn", "args", "result", "ckpt", "logs", "rich", "sched", "corrupt")
+            t: zict.Func(encode, decode, self.tables[t]) for t in TABLES if t not in RAW_TABLES
         }
+        del self.blobs["meta"]
+        #: Where a table's bodies are written: its codec's ``zict.Func``, or the leaf itself.
+        self._writers: dict[str, MutableMapping[str, bytes]] = {
+            t: self.tables[t] for t in RAW_TABLES
+        }
+        self._writers.update(self.blobs)
         self._owner = None if self.path is None else ownership.Ownership(self.path)
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
-
-    # -- format ------------------------------------------------------------------------
-
-    def _check_format(self) -> None:
-        """Record the format of a new store; refuse one of a newer format, or one that
-        shows it is not new but lost its format record (see :mod:`nbqup.integrity`)."""
-        raw = self.backend.get("info", "format")
-        if raw is None:  # decided in one write transaction: another process may be creating it
-            raw, why = self.backend.transact(lambda txn: _create(txn, self.path))
-            if why is not None:
-                raise integrity.damaged(
-                    self.path, f"its format record (info/format) is missing, yet {why}"
-                )
-        if raw is not None:
-            found = integrity.format_number(raw, self.path)
-            if found > STORE_FORMAT:
-                raise NbqupError(
-                    f"store {self.path} has format {found}, newer than this nbqup "
-                    f"understands ({STORE_FORMAT}); upgrade nbqup to open it"
-                )
-            if found < STORE_FORMAT:  # records of both forms read; new ones are written as 2
-                self.backend.write([("info", "format", str(STORE_FORMAT).encode())])
-        if self.path is not None:
-            integrity.mark(self.path)
 
     # -- job records -------------------------------------------------------------------
 
     def load(self, job_id: str) -> JobRecord | None:
         """The job's record, ``None`` if absent; :class:`StoreCorrupt` if it is damaged."""
-        return _stored_record(job_id, self.backend.get("meta", job_id), self.path)
+        try:
+            return self.meta[job_id]
+        except KeyError:
+            return None
+        except _Corrupt as exc:
+            raise StoreCorrupt(job_id, str(exc), str(self.path)) from None
 
     def pending_ids(self) -> list[str]:
         """Ids of the unfinished jobs, read without touching finished ones."""
-        return self.backend.keys("pending")
+        return list(self.tables["pending"])
 
     def scan(self, start: str = "", limit: int | None = None) -> Iterator[JobRecord | StoreCorrupt]:
-        """Every job record in id (creation) order; damaged ones come as StoreCorrupt."""
-        for key, raw in self.backend.items("meta", start, limit):
+        """Every job record in id (creation) order; damaged ones come as StoreCorrupt.
+
+        The records are read from the leaf in one snapshot (not one read each, as
+        ``self.meta.items()`` would) and decoded by the ``zict.Func``'s own ``load``."""
+        load = self.meta.load
+        for key, raw in self.tables["meta"].snapshot(start, limit):
             try:
-                yield _load_record(raw)
+                yield load(raw)
             except _Corrupt as exc:
                 yield StoreCorrupt(key, str(exc), str(self.path))
 
@@ -214,22 +177,7 @@ class Store:
         """``(job id, values of fields)`` of every readable job record, in id order, without
         building a :class:`JobRecord` for each (which costs more than the rest of
         ``jobs_df``).  Damaged records are skipped (:meth:`scan` reports them)."""
-        if len(fields) < 2:
-            raise ValueError("scan_rows needs at least two fields")
-        pick = operator.itemgetter(*(_FIELD_AT[f] for f in fields))
-        defaults = tuple(_DEFAULT_VALUES[_FIELD_AT[f]] for f in fields)
-        complete = len(JOB_FIELDS)
-        for key, raw in self.backend.items("meta"):
-            try:
-                values = pickle.loads(_unframe(raw))
-            except Exception:
-                continue
-            if type(values) is tuple and len(values) >= complete:
-                yield key, pick(values)
-            elif type(values) is tuple and len(values) >= _REQUIRED_FIELDS:  # older, shorter
-                yield key, pick(values + _DEFAULT_VALUES[len(values) :])
-            elif type(values) is dict and "name" in values and "created" in values:
-                yield key, tuple(map(values.get, fields, defaults))
+        return stored_rows(self.tables["meta"].snapshot(), fields)
 
     def commit(
         self,
@@ -249,41 +197,66 @@ class Store:
         final record written again, a job final from the start -- is worked out from the
         stored records inside one exclusive transaction.
         """
-        blob_puts = [(t, k, _frame(t, b)) for t, k, b in blobs]
-        dels = list(deletes)
-        last = {rec.id: (rec.status, _dump_record(rec)) for rec in records}
-        if not last:
-            self.backend.write(blob_puts, dels)
-            return
-        puts, record_dels = list(blob_puts), list(dels)
+        blobs, dels = list(blobs), list(deletes)
+        last = {rec.id: rec for rec in records}
         delta: dict[str, int] = {}
         expect: list[tuple[str, str, bytes | None]] = []
-        for job_id, (status, body) in last.items():
-            puts.append(("meta", job_id, body))
-            if status in FINAL:
-                record_dels.append(("pending", job_id))
-                delta[status.value] = delta.get(status.value, 0) + 1
+        for job_id, rec in last.items():
+            if rec.status in FINAL:
+                delta[rec.status.value] = delta.get(rec.status.value, 0) + 1
                 expect.append(("pending", job_id, b""))
-            else:
-                puts.append(("pending", job_id, b""))
-        raw = new = None
+        new = None
         if delta:
             # The counts go in the same write, computed from the value this process's
             # last commit wrote; the write checks it is still the one in the store.
             seen = self._counts_seen
-            raw = self.backend.get("info", _COUNTS) if seen is _UNREAD else seen
+            raw = self.tables["info"].get_raw(_COUNTS) if seen is _UNREAD else seen
             expect.append(("info", _COUNTS, raw))
             if raw is not None:  # else not counted yet: finished_counts() counts them all
                 new = _add_counts(raw, delta)
-                puts.append(("info", _COUNTS, new))
         try:
             if set(reopened) & last.keys():
                 raise Conflict("finished jobs reopened")
-            self.backend.write(puts, record_dels, expect)
+            with write_batch(self.backend, expect):  # one write, through the zict stack
+                self._write(blobs, dels)
+                pending = self.tables["pending"]
+                for job_id, rec in last.items():
+                    self.meta[job_id] = rec
+                    if rec.status in FINAL:
+                        pending.discard(job_id)
+                    else:
+                        pending[job_id] = b""
+                if new is not None:
+                    self.tables["info"][_COUNTS] = new
         except Conflict:
-            new = self.backend.transact(lambda txn: _write_reading(txn, blob_puts, dels, last))
+            new = self.backend.transact(lambda txn: self._write_reading(txn, blobs, dels, last))
         if delta or new is not None:
             self._counts_seen = new
+
+    def _write(self, blobs: list[tuple[str, str, bytes]], dels: list[tuple[str, str]]) -> None:
+        """Put ``blobs`` and delete ``dels`` in the scope this thread has open."""
+        writers = self._writers
+        for table, key, body in blobs:
+            writers[table][key] = body
+        for table, key in dels:
+            self.tables[table].discard(key)
+
+    def _write_reading(
+        self,
+        txn: Txn,
+        blobs: list[tuple[str, str, bytes]],
+        dels: list[tuple[str, str]],
+        records: dict[str, JobRecord],
+    ) -> bytes | None:
+        """Write inside ``txn``, the finished counts worked out from each record's stored
+        state; returns the counts written (None: the store has none yet)."""
+        with within(self.backend, txn):
+            self._write(blobs, dels)
+            delta: dict[str, int] = {}
+            for job_id, rec in records.items():
+                _write_one(txn, job_id, rec.status, delta)
+                self.meta[job_id] = rec
+            return _count_in(txn, delta)
 
     def finished_counts(self) -> dict[str, int]:
         """How many finished jobs the store holds, by status (``{"succeeded": 120, ...}``,
@@ -293,14 +266,19 @@ class Store:
         nbqup kept it (or after a record was set aside) is counted once, by reading every
         record inside one exclusive transaction, and kept from then on.
         """
-        raw = self.backend.get("info", _COUNTS)
+        raw = self.tables["info"].get_raw(_COUNTS)
         if raw is None or len(raw) != _COUNTS_FORMAT.size:
             raw = self.backend.transact(_establish_counts)
         return dict(zip(_COUNTED, _COUNTS_FORMAT.unpack(raw), strict=True))
 
     def transact(self, fn: Callable[[_StoreTxn], T]) -> T:
         """Run ``fn`` with a :class:`_StoreTxn` in one exclusive transaction."""
-        return self.backend.transact(lambda txn: fn(_StoreTxn(txn, self)))
+
+        def run(txn: Txn) -> T:
+            with within(self.backend, txn):  # the zict stack reads and writes in txn
+                return fn(_StoreTxn(txn, self))
+
+        return self.backend.transact(run)
 
     def set_aside(self, key: str, reason: str) -> bool:
         """Move a damaged job record out of the way (to the ``corrupt`` table); False if
@@ -324,9 +302,10 @@ class Store:
     def corrupt(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every record set aside so far."""
         out = []
-        for key, raw in self.backend.items("corrupt"):
+        load = self.blobs["corrupt"].load
+        for key, raw in self.tables["corrupt"].snapshot():
             try:
-                note = json.loads(decode(raw).split(b"\n", 1)[0])
+                note = json.loads(load(raw).split(b"\n", 1)[0])
                 out.append((key, str(note["reason"])))
             except (ValueError, KeyError):
                 out.append((key, "unreadable note"))
@@ -336,21 +315,25 @@ class Store:
 
     def get_blob(self, table: str, key: str) -> bytes | None:
         """A payload's body, ``None`` if absent; :class:`StoreCorrupt` if damaged."""
-        return self._unframe(table, key, self.backend.get(table, key))
-
-    def _unframe(self, table: str, key: str, raw: bytes | None) -> bytes | None:
-        if raw is None or table in RAW_TABLES:
-            return raw
         try:
-            return decode(raw)
+            return (self.tables if table in RAW_TABLES else self.blobs)[table][key]
+        except KeyError:
+            if table not in self.tables:
+                raise
+            return None
         except _Corrupt as exc:
             raise StoreCorrupt(f"{table}/{key}", str(exc), str(self.path)) from None
 
+    def put_blob(self, table: str, key: str, body: bytes) -> None:
+        """Write ``body`` into ``table`` (framed unless the table is raw), through the
+        zict stack: on its own, or as part of the scope this thread has open."""
+        self._writers[table][key] = body
+
     def has(self, table: str, key: str) -> bool:
-        return self.backend.get(table, key) is not None
+        return key in self.tables[table]
 
     def count(self, table: str = "meta") -> int:
-        return self.backend.count(table)
+        return len(self.tables[table])
 
     # -- the owner lock (see nbqup.ownership) -----------------------------------------
 
@@ -395,37 +378,22 @@ class _StoreTxn:
         self.txn, self.store = txn, store
 
     def load(self, job_id: str) -> JobRecord | None:
-        return _stored_record(job_id, self.txn.get("meta", job_id), self.store.path)
+        return self.store.load(job_id)
 
     def save(self, rec: JobRecord) -> None:
         """Write a record, keeping the pending index and the finished counts in step
         (what the record was before is read here, inside the transaction)."""
         delta: dict[str, int] = {}
-        _write_one(self.txn, rec.id, rec.status, _dump_record(rec), delta)
+        _write_one(self.txn, rec.id, rec.status, delta)
+        self.store.meta[rec.id] = rec
         _count_in(self.txn, delta)
         self.store._counts_seen = _UNREAD  # its next commit reads them afresh
 
     def get(self, table: str, key: str) -> bytes | None:
-        return self.store._unframe(table, key, self.txn.get(table, key))
+        return self.store.get_blob(table, key)
 
     def put(self, table: str, key: str, body: bytes) -> None:
-        self.txn.put(table, key, _frame(table, body))
+        self.store.put_blob(table, key, body)
 
     def delete(self, table: str, key: str) -> None:
-        self.txn.delete(table, key)
-
-
-def _create(txn: Txn, path: Path | None) -> tuple[bytes | None, str | None]:
-    """Record a new store's format: nothing finished.  Returns the format record another
-    process wrote first, or why the store is not new (it lost its format record), or
-    ``(None, None)`` once it is created."""
-    raw = txn.get("info", "format")
-    if raw is not None:
-        return raw, None
-    held = {t: n for t in TABLES if (n := sum(1 for _ in txn.values(t)))}
-    why = integrity.not_new(path, held)
-    if why is not None:
-        return None, why
-    txn.put("info", "format", str(STORE_FORMAT).encode())
-    txn.put("info", _COUNTS, _COUNTS_FORMAT.pack(0, 0, 0, 0))
-    return None, None
+        self.store.tables[table].discard(key)

@@ -96,10 +96,10 @@ def test_jobs_finished_here_are_read_without_the_store(
     (bounded); larger or older ones are read from the store, with the same answers."""
     from nbqup import finished
 
-    monkeypatch.setattr(finished, "_FINALS_KEPT", 5)
-    monkeypatch.setattr(finished, "_RESULT_KEPT_MAX", 100)
+    monkeypatch.setattr(finished, "RECORDS_KEPT", 5)
+    monkeypatch.setattr(finished, "RESULT_KEPT_MAX", 100)
     with JobQueue(tmp_path / "store", workers=1) as jq:
-        big = jq.submit(bytes, 1000)  # a result larger than _RESULT_KEPT_MAX
+        big = jq.submit(bytes, 1000)  # a result larger than RESULT_KEPT_MAX
         jobs = [jq.submit(add, i, 1) for i in range(8)]
         assert jq.wait(WAIT)
         reads: list[tuple[str, str]] = []

@@ -1,20 +1,14 @@
-"""One contract suite for every storage backend, plus LMDB's crash and process tests.
+"""One contract suite for every storage backend (nbqup.backends).
 
 Every test taking the ``backend`` fixture runs against :class:`MemoryBackend` and against
 :class:`LMDBBackend` in both durability modes: the in-memory twin must behave exactly like
-the durable store.  The crash test really SIGKILLs a writing process.
+the durable store.  What only LMDB does is tested in test_lmdbbackend.py (a writer
+SIGKILLed mid-write, a growing map) and test_lmdbenv.py (one environment per process).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +27,11 @@ from nbqup.backends import (
     TABLES,
     Backend,
     Conflict,
-    LMDBBackend,
-    LMDBTable,
     MemoryBackend,
     Txn,
 )
-from nbqup.errors import NbqupError
+from nbqup.leaf import LMDBTable
+from nbqup.lmdbbackend import LMDBBackend
 
 BACKENDS = ["memory", "lmdb-process", "lmdb-fsync"]
 
@@ -350,269 +343,3 @@ def test_concurrent_writers_lose_nothing(backend: Backend) -> None:
     assert backend.items("result") == [(k, b"r" + k.encode()) for k in expected]
     assert backend.keys("pending") == expected
     assert backend.count("meta") == 400
-
-
-# -------------------------------------------------------------------- LMDB only
-
-
-def test_lmdb_rejects_unknown_durability(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="durability"):
-        LMDBBackend(tmp_path / "lmdb", durability="sometimes")
-
-
-@pytest.mark.parametrize("durability", ["process", "fsync"])
-def test_lmdb_reopen_keeps_writes(tmp_path: Path, durability: str) -> None:
-    b = LMDBBackend(tmp_path / "lmdb", durability=durability)
-    b.write([("meta", "a", b"1"), ("result", "a", b"x" * 100_000)])
-    b.close()
-    b = LMDBBackend(tmp_path / "lmdb", durability=durability)
-    try:
-        assert b.get("meta", "a") == b"1"
-        assert b.get("result", "a") == b"x" * 100_000
-    finally:
-        b.close()
-
-
-def test_lmdb_same_path_twice_in_one_process_shares_the_store(tmp_path: Path) -> None:
-    a = LMDBBackend(tmp_path / "lmdb")
-    b = LMDBBackend(tmp_path / "lmdb", durability="fsync")
-    try:
-        a.write([("meta", "from-a", b"1")])
-        b.write([("meta", "from-b", b"2")])
-        assert a.keys("meta") == b.keys("meta") == ["from-a", "from-b"]
-        a.close()
-        a.close()  # closing twice is harmless and does not close b's store
-        assert b.get("meta", "from-a") == b"1"
-    finally:
-        b.close()
-
-
-def test_lmdb_store_recreated_at_same_path_is_a_new_store(tmp_path: Path) -> None:
-    """A handle left open on a deleted store must not capture a store made at its path."""
-    old = LMDBBackend(tmp_path / "lmdb")
-    old.write([("meta", "old", b"1")])
-    shutil.rmtree(tmp_path / "lmdb")
-    new = LMDBBackend(tmp_path / "lmdb")
-    try:
-        assert new.get("meta", "old") is None
-        new.write([("meta", "new", b"2")])
-        assert (tmp_path / "lmdb" / "data.mdb").exists()
-    finally:
-        new.close()
-        old.close()
-    reopened = LMDBBackend(tmp_path / "lmdb")
-    try:
-        assert reopened.items("meta") == [("new", b"2")]
-    finally:
-        reopened.close()
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_lmdb_forked_child_never_uses_the_parents_environment(tmp_path: Path) -> None:
-    parent = LMDBBackend(tmp_path / "lmdb")
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            signal.alarm(10)  # a deadlock in the child fails the test instead of hanging it
-            code = 1
-            try:
-                try:
-                    child = LMDBBackend(tmp_path / "lmdb")
-                except NbqupError:
-                    code = 0  # refusing is fine; sharing the parent's env is not
-                else:
-                    code = 0 if child.env is not parent.env else 1
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        parent.close()
-
-
-CHILD_WRITER = textwrap.dedent(
-    """
-    import hashlib, sys
-    from nbqup.backends import LMDBBackend
-
-    path, durability, prefix, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    b = LMDBBackend(path, durability=durability)
-    for i in range(n):
-        key = f"{prefix}-{i:05d}"
-        value = hashlib.sha256(key.encode()).digest() * 2048  # 64 KiB
-        b.write([("result", key, value), ("meta", key, key.encode())])
-        print(key, flush=True)
-    """
-)
-
-
-def expected_value(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest() * 2048
-
-
-@pytest.mark.parametrize("durability", ["process", "fsync"])
-def test_lmdb_sigkill_mid_write_loses_no_acknowledged_write(
-    tmp_path: Path, durability: str
-) -> None:
-    """Kill a writer at random points: every acknowledged write survives, whole.
-
-    The writers share one store across iterations, so each also recovers from a writer
-    killed while holding LMDB's write lock.
-    """
-    path = tmp_path / "lmdb"
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    acked_all: set[str] = set()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for it in range(5):
-        prefix = f"it{it}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD_WRITER, str(path), durability, prefix, "3000"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert proc.stdout is not None
-        acked: list[str] = []
-        try:
-            for _ in range(rng.randint(1, 40)):
-                line = proc.stdout.readline()
-                assert line.endswith("\n"), f"writer ended early (seed {seed})"
-                acked.append(line.strip())
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            rest = proc.stdout.read()
-            proc.wait()
-            proc.stdout.close()
-        assert proc.returncode == -signal.SIGKILL, f"writer finished before the kill (seed {seed})"
-        acked += rest.split("\n")[:-1]  # whole lines, printed after write returned
-        acked_all.update(acked)
-
-        b = LMDBBackend(path, durability=durability)
-        try:
-            result = dict(b.items("result"))
-            meta = dict(b.items("meta"))
-        finally:
-            b.close()
-        missing = acked_all - result.keys()
-        assert not missing, f"acknowledged writes lost: {sorted(missing)[:5]} (seed {seed})"
-        for key, value in result.items():
-            assert value == expected_value(key), f"{key}: {len(value)} bytes (seed {seed})"
-        assert meta == {k: k.encode() for k in result}, f"tables out of step (seed {seed})"
-        # commits are ordered: this writer's keys are a prefix of its sequence
-        mine = sorted(k for k in result if k.startswith(prefix + "-"))
-        assert mine == [f"{prefix}-{i:05d}" for i in range(len(mine))], f"seed {seed}"
-        assert len(mine) >= len(acked)
-
-
-# ------------------------------------------------------------- a map that grows
-
-
-def test_lmdb_map_grows_while_other_threads_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
-
-    from nbqup import backends
-
-    monkeypatch.setattr(backends, "INITIAL_MAP_SIZE", 2**20)  # 1 MiB: it must grow
-    backend = backends.LMDBBackend(tmp_path / "lmdb")
-    value = bytes(range(256)) * 256  # 64 KiB
-    backend.write([("meta", "first", value)])
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                assert backend.get("meta", "first") == value
-                backend.keys("args")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        for i in range(200):  # ~13 MiB in all
-            backend.write([("args", f"k{i:04d}", value)])
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert errors == []
-    assert backend.count("args") == 200
-    assert all(backend.get("args", f"k{i:04d}") == value for i in range(200))
-    assert backend.env.info()["map_size"] >= 16 * 2**20
-    backend.close()
-
-
-GROW_CHILD = """
-import sys
-from nbqup import backends
-backends.INITIAL_MAP_SIZE = 2**20
-b = backends.LMDBBackend(sys.argv[1])
-for i in range(100):
-    b.write([("args", f"c{i:03d}", bytes(65536))])
-print("DONE", flush=True)
-"""
-
-
-def test_lmdb_adopts_a_map_grown_by_another_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from nbqup import backends
-
-    monkeypatch.setattr(backends, "INITIAL_MAP_SIZE", 2**20)
-    path = tmp_path / "lmdb"
-    backend = backends.LMDBBackend(path)
-    backend.write([("meta", "mine", b"x")])
-    out = subprocess.run(
-        [sys.executable, "-c", GROW_CHILD, str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip() == "DONE", out.stderr
-    # This process still maps 1 MiB: reading and writing must adopt the grown map.
-    assert backend.count("args") == 100
-    assert backend.get("args", "c099") == bytes(65536)
-    backend.write([("meta", "after", b"y")])
-    assert backend.get("meta", "after") == b"y"
-    backend.close()
-
-
-def test_lmdb_aborts_are_not_starved_by_busy_readers(tmp_path: Path) -> None:
-    """Regression: py-lmdb's abort waits for reads in flight; readers that never pause
-    made a failing transaction hang forever."""
-    import threading
-
-    from nbqup import backends
-
-    backend = backends.LMDBBackend(tmp_path / "lmdb")
-    backend.write([("meta", f"k{i}", b"v" * 1000) for i in range(50)])
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            backend.get("meta", "k1")
-            backend.keys("meta")
-
-    def failing(txn: backends.Txn) -> None:
-        txn.put("meta", "never", b"x")
-        raise ValueError("abort me")
-
-    def aborts() -> None:
-        for _ in range(200):
-            with pytest.raises(ValueError):
-                backend.transact(failing)
-
-    readers = [threading.Thread(target=reader) for _ in range(3)]
-    for t in readers:
-        t.start()
-    writer = threading.Thread(target=aborts)
-    writer.start()
-    writer.join(timeout=30)
-    stop.set()
-    for t in readers:
-        t.join()
-    assert not writer.is_alive(), "a failing transaction hung behind the readers"
-    assert backend.get("meta", "never") is None
-    backend.close()

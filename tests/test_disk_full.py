@@ -281,7 +281,7 @@ def test_lmdb_lock_file_is_reserved_whole(small_disk: Path) -> None:
     blocks (a page the filesystem cannot back is a SIGBUS once the disk is full), and
     LMDB must not grow it past what was reserved."""
     import nbqup
-    from nbqup.backends import LOCK_FILE_SIZE
+    from nbqup.lmdbenv import LOCK_FILE_SIZE
 
     with nbqup.JobQueue(small_disk / "store", workers=0):
         st = os.stat(small_disk / "store" / "lmdb" / "lock.mdb")
