@@ -12,23 +12,12 @@ jobs whose function was defined in the notebook.
 
 from __future__ import annotations
 
-from . import widgets  # noqa: F401  (registers how queues and jobs show themselves)
-from .context import checkpoint, progress, restore, track
-from .errors import (
-    Deadlock,
-    DiskFull,
-    JobCancelled,
-    JobFailed,
-    JobTimedOut,
-    NbqupError,
-    SerializationError,
-    StoreCorrupt,
-    StoreFailed,
-    StoreLocked,
-    StoreOwnerWarning,
-    StorePermissionError,
-    StoreWriteError,
+from . import (
+    errors,
+    widgets,  # noqa: F401  (registers how queues and jobs show themselves)
 )
+from .context import checkpoint, progress, restore, track
+from .errors import *  # noqa: F403  (every exception nbqup raises: errors.__all__)
 from .handle import Job, Schedule, current_job
 from .queue import JobQueue
 from .records import Status
@@ -51,26 +40,14 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
-    "Deadlock",
-    "DiskFull",
     "Job",
-    "JobCancelled",
-    "JobFailed",
     "JobQueue",
-    "JobTimedOut",
     "Schedule",
-    "NbqupError",
-    "SerializationError",
     "Status",
-    "StoreCorrupt",
-    "StoreFailed",
-    "StoreLocked",
-    "StoreOwnerWarning",
-    "StorePermissionError",
-    "StoreWriteError",
     "checkpoint",
     "current_job",
     "progress",
     "restore",
     "track",
 ]
+__all__ += errors.__all__  # every exception nbqup raises
