@@ -363,6 +363,10 @@ class JobAccess:
     def set_schedule_state(self, schedule_id: str, state: str) -> bool:
         return self._schedules.set_state(schedule_id, state)
 
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
     def now(self) -> float:
         return self._runtime.now()
 

@@ -103,6 +103,11 @@ class QueuePort(Protocol):
         """Pause, resume or cancel a schedule; True if that changed anything."""
         ...
 
+    @property
+    def closed(self) -> bool:
+        """Whether the queue was closed (views of its jobs end)."""
+        ...
+
     # -- submitting ----------------------------------------------------------------------
     def now(self) -> float:
         """The queue's clock."""

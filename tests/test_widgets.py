@@ -545,3 +545,21 @@ def test_closing_the_queue_shows_every_view_its_final_state(
     assert view.bar.bar_style != "success"  # the budget held the update back
     jq.close()
     assert view.bar.bar_style == "success" and view.bar.value == 1.0
+
+
+def test_a_job_view_ends_when_its_queue_closes() -> None:
+    """The view of a job still running when its queue closes stops refreshing (the job
+    resumes on the next open; reading it from a closed queue would only fail)."""
+    STOP.clear()
+    jq = nbqup.JobQueue(path=None, workers=1)
+    try:
+        job = jq.submit(waits)
+        assert _wait_until(lambda: job.status == "running")
+        bar = widgets.job_view(job)
+        assert bar in widgets.refresher().views()
+        jq.close(wait=False)
+        assert _wait_until(lambda: bar not in widgets.refresher().views())
+        assert bar.done
+    finally:
+        STOP.set()
+        jq.close()
