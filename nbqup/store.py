@@ -15,7 +15,7 @@ with a few named tables::
     rich      job id   -> rich outputs (MIME bundles of display() calls)
     keys      key      -> job id     (idempotent submission)
     sched     sched id -> schedule record
-    requests  job id   -> request from another process (cancel, retry)
+    requests  job id   -> request from another process (cancel, retry; :mod:`nbqup.requests`)
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
 
