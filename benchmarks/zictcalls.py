@@ -11,11 +11,13 @@ The issue asks for at least two per job.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,10 +29,10 @@ from benchmarks import jobs
 ZICT_DIR = str(Path(zict.__file__).resolve().parent)
 
 
-def count(n: int = 200, root: Path | None = None) -> Counter[str]:
-    """Calls into zict (by ``module.function``) while ``n`` jobs go through and back."""
-    import nbqup
-
+@contextlib.contextmanager
+def counting(threads: bool = True) -> Iterator[Counter[str]]:
+    """Count the calls into zict (by ``module.function``) made inside the block: by this
+    thread only, or (``threads=True``) by every thread started meanwhile too."""
     calls: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -40,19 +42,31 @@ def count(n: int = 200, root: Path | None = None) -> Counter[str]:
             with lock:
                 calls[name] += 1
 
-    folder = Path(tempfile.mkdtemp(prefix=".zictcalls-", dir=root))
-    threading.setprofile(profile)
+    if threads:
+        threading.setprofile(profile)
     sys.setprofile(profile)
     try:
-        with nbqup.JobQueue(folder / "store", workers=2) as jq:
-            handles = [jq.submit(jobs.noop) for _ in range(n)]
-            for h in handles:
-                h.result(timeout=300)
-        with nbqup.JobQueue(folder / "store", workers=0) as jq:
-            jq.get(handles[-1].id).result(timeout=60)
+        yield calls
     finally:
         sys.setprofile(None)
-        threading.setprofile(None)  # type: ignore[arg-type]
+        if threads:
+            threading.setprofile(None)  # type: ignore[arg-type]
+
+
+def count(n: int = 200, root: Path | None = None) -> Counter[str]:
+    """Calls into zict (by ``module.function``) while ``n`` jobs go through and back."""
+    import nbqup
+
+    folder = Path(tempfile.mkdtemp(prefix=".zictcalls-", dir=root))
+    try:
+        with counting() as calls:
+            with nbqup.JobQueue(folder / "store", workers=2) as jq:
+                handles = [jq.submit(jobs.noop) for _ in range(n)]
+                for h in handles:
+                    h.result(timeout=300)
+            with nbqup.JobQueue(folder / "store", workers=0) as jq:
+                jq.get(handles[-1].id).result(timeout=60)
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
     return calls
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import payload
 from .clock import poll_until, wait_deadline, wait_left
 from .errors import SerializationError, StoreCorrupt
-from .keys import lookup_key, show_key, stored_key
+from .keys import show_key
 from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class JobAccess:
             rec = self.record(job_id)
             if rec.status in FINAL:
                 return False
-            self._shared.store.backend.write([("requests", job_id, b"cancel")])
+            self._shared.store.requests.job(job_id, "cancel")
             return True
         self._recovery.adopt(job_id)  # submitted by another process and not picked up yet
         deadline = time.monotonic() + _RECORDING_WAIT
@@ -204,7 +204,7 @@ class JobAccess:
                     f"job {job_id} is {rec.status}; only failed or cancelled jobs can be retried"
                 )
             if not self._state.owner:
-                self._shared.store.backend.write([("requests", job_id, b"retry")])
+                self._shared.store.requests.job(job_id, "retry")
                 return
             with self._state.lock:  # claim it: of two retries at once, the second finds it live
                 if self._final_in_flight(job_id):
@@ -255,15 +255,13 @@ class JobAccess:
         with self._state.lock:
             if job_id in self._state.live:
                 return job_id
-        backend = self._shared.store.backend
-        exact = lookup_key(job_id)  # None: it cannot be a stored id
-        if exact is not None and backend.get("meta", exact) is not None:
+        store = self._shared.store
+        if store.has_job(job_id):
             return job_id
-        held = backend.get("keys", stored_key(job_id))
-        if held is not None and backend.get("meta", held.decode()) is not None:
-            return held.decode()
-        found = [] if exact is None else backend.items("meta", exact, 2)
-        matches = [k for k, _ in found if k.startswith(job_id)]
+        held = store.job_for_key(job_id)
+        if held is not None:
+            return held
+        matches = store.find_jobs(job_id, 2)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -295,7 +293,7 @@ class JobAccess:
         # Every live unfinished job is in the index (its first write made it live) -- but
         # for a recurring run about to be written: the index holds other jobs only if it
         # is larger.
-        if self._shared.store.backend.count("pending") > unfinished:
+        if self._shared.store.count("pending") > unfinished:
             for job_id in self._shared.store.pending_ids():
                 if job_id not in live:
                     rec = self._load_quietly(job_id)

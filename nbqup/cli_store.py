@@ -89,16 +89,14 @@ def find_job(jq: JobQueue, ident: str) -> JobRecord:
     """The record of the job ``ident`` names: a job id, a job's key, or a unique prefix
     of an id."""
     from .errors import StoreCorrupt
-    from .keys import lookup_key, show_key
+    from .keys import show_key
 
     if not ident:
         raise CliError("ID is empty: give a job id (see 'nbqup jobs PATH')", EXIT_USAGE)
     try:
         job = jq.get(ident)
     except KeyError:
-        prefix = lookup_key(ident)  # None: too long or not UTF-8, so no id starts with it
-        found = [] if prefix is None else jq.store.backend.items("meta", prefix, 4)
-        matches = [k for k, _ in found if k.startswith(ident)]
+        matches = jq.store.find_jobs(ident, 4)
         if len(matches) > 1:
             shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
             raise CliError(

@@ -90,7 +90,7 @@ def _follow(jq: JobQueue, job_id: str, done: Callable[[JobRecord], bool]) -> Job
         now = time.monotonic()
         if done(rec) or now >= deadline:
             return rec
-        if taken_at is None and jq.store.backend.get("requests", job_id) is None:
+        if taken_at is None and not jq.store.requests.waiting(job_id):
             taken_at = now
         if taken_at is not None and now - taken_at >= SETTLE_WAIT:
             return rec

@@ -69,7 +69,7 @@ class Recovery:
         for job_id in self._shared.store.pending_ids():
             rec = self.load_or_set_aside(job_id)
             if rec is None or rec.status in FINAL:
-                self._shared.store.backend.write(deletes=[("pending", job_id)])
+                self._shared.store.drop_pending(job_id)
                 continue
             if rec.status is Status.RUNNING:
                 if count_crash(rec, "the process running it died"):
@@ -138,15 +138,14 @@ class Recovery:
         """Cancels, retries and schedule changes asked for by client processes."""
         access = self._access
         assert access is not None, "Recovery.serve() wires the requests to a queue"
-        for key, raw in self._shared.store.backend.items("requests"):
-            self._shared.store.backend.write(deletes=[("requests", key)])
+        for kind, ident, what in self._shared.store.requests.take():
             with contextlib.suppress(ValueError, KeyError):
-                if key.startswith("@"):
-                    self._schedules.set_state(key[1:], raw.decode())
-                elif raw == b"cancel":
-                    access.cancel(key)
-                elif raw == b"retry":
-                    access.retry(key)
+                if kind == "schedule":
+                    self._schedules.set_state(ident, what)
+                elif what == "cancel":
+                    access.cancel(ident)
+                elif what == "retry":
+                    access.retry(ident)
 
     # -- becoming the owner -----------------------------------------------------------------
 

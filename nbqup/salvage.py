@@ -238,7 +238,7 @@ def _copy(read: Tolerant, store: Store, report: SalvageReport) -> None:
     copied["pending"] = {key for _, key, _ in pending}
     copied["meta"] -= set(report.set_aside)
     report.unfinished = len(pending)
-    store.backend.write(deletes=[("info", "finished")])
+    store.recount()
     store.finished_counts()  # counted afresh
     report.jobs_recorded = read.recorded.get("meta", 0)
     named = {key for t in (*_BY_JOB, "pending") for key in tables.get(t, {})}
@@ -257,4 +257,4 @@ def _copy(read: Tolerant, store: Store, report: SalvageReport) -> None:
 
 def _write(store: Store, puts: list[tuple[str, str, bytes]]) -> None:
     for lo in range(0, len(puts), _BATCH):
-        store.backend.write(puts[lo : lo + _BATCH])
+        store.put_stored(puts[lo : lo + _BATCH])

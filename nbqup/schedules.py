@@ -102,7 +102,7 @@ class Schedules:
         return load(body)
 
     def ids(self) -> list[str]:
-        return self._shared.store.backend.keys("sched")
+        return self._shared.store.schedule_ids()
 
     # -- creating ------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class Schedules:
         if current.state == "cancelled" or current.state == state:
             return False
         if not self._state.owner:
-            self._shared.store.backend.write([("requests", "@" + sid, state.encode())])
+            self._shared.store.requests.schedule(sid, state)
             return True
         if sid not in self.live:
             self._load_one(sid)  # created by another process, not picked up yet

@@ -15,7 +15,7 @@ with a few named tables::
     rich      job id   -> rich outputs (MIME bundles of display() calls)
     keys      key      -> job id     (idempotent submission)
     sched     sched id -> schedule record
-    requests  job id   -> request from another process (cancel, retry)
+    requests  job id   -> request from another process (cancel, retry; :mod:`nbqup.requests`)
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
 
@@ -72,9 +72,11 @@ from .counts import (
 )
 from .errors import StoreCorrupt, StoreLocked
 from .health import disk_full
+from .keys import lookup_key, stored_key
 from .leaf import LMDBTable, within, write_batch
 from .lmdbbackend import LMDBBackend
 from .records import FINAL, JobRecord
+from .requests import Requests, text_table
 from .storeformat import STORE_FORMAT
 
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
@@ -143,6 +145,10 @@ class Store:
             t: self.tables[t] for t in RAW_TABLES
         }
         self._writers.update(self.blobs)
+        #: Idempotency keys (and schedules' keys) -> the id holding them, as text.
+        self.keys = text_table(self.tables["keys"])
+        #: What client processes ask the owner to do (:mod:`nbqup.requests`).
+        self.requests = Requests(self.tables["requests"])
         self._owner = None if self.path is None else ownership.Ownership(self.path)
         self._counts_seen: bytes | None = _UNREAD  # the counts as the last commit wrote them
 
@@ -160,6 +166,32 @@ class Store:
     def pending_ids(self) -> list[str]:
         """Ids of the unfinished jobs, read without touching finished ones."""
         return list(self.tables["pending"])
+
+    def drop_pending(self, job_id: str) -> None:
+        """Take the job out of the unfinished index (its record is final, or gone)."""
+        self.tables["pending"].discard(job_id)
+
+    def has_job(self, job_id: str) -> bool:
+        """Whether this job's record is stored (False for text that cannot be an id)."""
+        key = lookup_key(job_id)
+        return key is not None and key in self.meta
+
+    def job_for_key(self, key: str) -> str | None:
+        """The id of the recorded job submitted with this idempotency ``key``, if any."""
+        if not key:
+            return None
+        held = self.keys.get(stored_key(key))
+        return held if held is not None and held in self.meta else None
+
+    def find_jobs(self, prefix: str, limit: int) -> list[str]:
+        """The first ``limit`` job ids starting with ``prefix`` (one snapshot of the leaf)."""
+        start = lookup_key(prefix)  # None: no stored id can start with it
+        found = [] if start is None else self.tables["meta"].snapshot(start, limit)
+        return [key for key, _ in found if key.startswith(prefix)]
+
+    def schedule_ids(self) -> list[str]:
+        """Ids of the stored schedules, in id order."""
+        return list(self.blobs["sched"])
 
     def scan(self, start: str = "", limit: int | None = None) -> Iterator[JobRecord | StoreCorrupt]:
         """Every job record in id (creation) order; damaged ones come as StoreCorrupt.
@@ -284,18 +316,20 @@ class Store:
         """Move a damaged job record out of the way (to the ``corrupt`` table); False if
         there was none to move (set aside already, by another thread)."""
         note = json.dumps({"key": key, "reason": reason}).encode()
+        tables = self.tables
 
         def move(txn: Txn) -> bool:
-            raw = txn.get("meta", key)
-            if raw is None:  # keep what was kept the first time
-                return False
-            if txn.get("pending", key) is None:
-                # a finished job whose status cannot be read any more: count again
-                txn.delete("info", _COUNTS)
-            txn.put("corrupt", key, encode(note + b"\n" + raw))
-            txn.delete("meta", key)
-            txn.delete("pending", key)
-            return True
+            with within(self.backend, txn):  # the zict stack reads and writes in txn
+                raw = tables["meta"].get_raw(key)
+                if raw is None:  # keep what was kept the first time
+                    return False
+                if key not in tables["pending"]:
+                    # a finished job whose status cannot be read any more: count again
+                    tables["info"].discard(_COUNTS)
+                self.blobs["corrupt"][key] = note + b"\n" + raw
+                tables["meta"].discard(key)
+                tables["pending"].discard(key)
+                return True
 
         return self.backend.transact(move)
 
@@ -329,10 +363,24 @@ class Store:
         zict stack: on its own, or as part of the scope this thread has open."""
         self._writers[table][key] = body
 
+    def put_stored(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        """Write ``(table, key, value)`` rows as they are stored (already framed: copied
+        from another store) in one atomic write, through the leaves."""
+        with write_batch(self.backend):
+            tables = self.tables
+            for table, key, value in rows:
+                tables[table][key] = value
+
+    def recount(self) -> None:
+        """Forget the finished counts: the next :meth:`finished_counts` counts afresh."""
+        self.tables["info"].discard(_COUNTS)
+        self._counts_seen = _UNREAD
+
     def has(self, table: str, key: str) -> bool:
         return key in self.tables[table]
 
     def count(self, table: str = "meta") -> int:
+        """How many keys ``table`` holds (``count("pending")``: the unfinished jobs)."""
         return len(self.tables[table])
 
     # -- the owner lock (see nbqup.ownership) -----------------------------------------

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import payload
 from .errors import StoreWriteError
-from .keys import lookup_key, show_key, stored_key
+from .keys import show_key, stored_key
 from .records import JobRecord, ScheduleRecord, Status, new_id
 from .schedules import RUN_FIELDS
 
@@ -196,10 +196,7 @@ class Submissions:
                 raise ValueError(f"job {rec.id} cannot depend on itself")
             with self._state.lock:
                 known = dep in self._state.live
-            lookup = None if known else lookup_key(dep)
-            if not known and (
-                lookup is None or self._shared.store.backend.get("meta", lookup) is None
-            ):
+            if not known and not self._shared.store.has_job(dep):
                 raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
 
 

@@ -23,6 +23,7 @@ from records import rec
 from nbqup.backends import MemoryBackend
 from nbqup.codec import decode, encode
 from nbqup.errors import NbqupError, StoreCorrupt, StoreLocked
+from nbqup.keys import stored_key
 from nbqup.records import FINAL, JOB_FIELDS, UNFINISHED, JobRecord, Status
 from nbqup.store import STORE_FORMAT, Store
 
@@ -194,6 +195,81 @@ def test_set_aside_moves_the_record_to_the_corrupt_table(store: Store) -> None:
     assert [r.id for r in store.scan()] == ["good"]  # type: ignore[union-attr]
     store.commit([rec("good", Status.SUCCEEDED), rec("new")])  # the rest keeps working
     assert store.pending_ids() == ["new"]
+
+
+# ------------------------------------------------------------ finding jobs, the index
+
+
+def test_has_job_is_true_only_for_a_recorded_id(store: Store) -> None:
+    store.commit([rec("job-1")])
+    assert store.has_job("job-1")
+    assert not store.has_job("job-")  # a prefix is not an id
+    assert not store.has_job("")  # nor text that cannot be a stored key
+    assert not store.has_job("x" * 600) and not store.has_job("\udc80")
+
+
+def test_job_for_key_names_the_recorded_job_holding_the_key(store: Store) -> None:
+    long_key = "k" * 600  # stored under its hash
+    store.commit([rec("j1", key="train"), rec("j2", key=long_key)])
+    store.put_blob("keys", "train", b"j1")
+    store.put_blob("keys", stored_key(long_key), b"j2")
+    store.put_blob("keys", "gone", b"never-recorded")
+    assert store.job_for_key("train") == "j1"
+    assert store.job_for_key(long_key) == "j2"
+    assert store.job_for_key("other") is None and store.job_for_key("") is None
+    assert store.job_for_key("gone") is None  # the key is held but its record is not there
+
+
+def test_find_jobs_lists_ids_starting_with_a_prefix_up_to_a_limit(store: Store) -> None:
+    store.commit([rec(i) for i in ("ab1", "ab2", "ab3", "abc", "b1")])
+    assert store.find_jobs("ab", 10) == ["ab1", "ab2", "ab3", "abc"]
+    assert store.find_jobs("ab", 2) == ["ab1", "ab2"]
+    assert store.find_jobs("abc", 2) == ["abc"]
+    assert store.find_jobs("aa", 5) == [] and store.find_jobs("c", 5) == []
+    assert store.find_jobs("x" * 600, 5) == []  # cannot start any stored id
+
+
+def test_drop_pending_takes_a_job_out_of_the_unfinished_index_only(store: Store) -> None:
+    store.commit([rec("j1"), rec("j2")])
+    store.drop_pending("j1")
+    store.drop_pending("never")  # nothing to drop: no error
+    assert store.pending_ids() == ["j2"] and store.count("pending") == 1
+    assert store.load("j1") == rec("j1")  # the record stays
+
+
+def test_schedule_ids_lists_the_stored_schedules_in_id_order(store: Store) -> None:
+    assert store.schedule_ids() == []
+    store.put_blob("sched", "s2", b"two")
+    store.put_blob("sched", "s1", b"one")
+    assert store.schedule_ids() == ["s1", "s2"]
+
+
+def test_put_stored_writes_rows_as_they_are_in_one_write(store: Store) -> None:
+    writes = []
+    write = store.backend.write
+
+    def counting(puts=(), deletes=(), expect=()):  # type: ignore[no-untyped-def]
+        writes.append(list(puts))
+        return write(puts, deletes, expect)
+
+    store.backend.write = counting  # type: ignore[method-assign]
+    framed = encode(b"result")
+    store.put_stored([("result", "j1", framed), ("keys", "k", b"j1"), ("sched", "s", encode(b"x"))])
+    assert len(writes) == 1 and len(writes[0]) == 3
+    assert store.get_blob("result", "j1") == b"result"  # not framed a second time
+    assert store.get_blob("keys", "k") == b"j1"
+
+
+def test_recount_counts_the_finished_jobs_afresh(store: Store) -> None:
+    store.commit([rec("j1"), rec("j2")])
+    store.commit([rec("j1", Status.SUCCEEDED)])
+    store.backend.write([("meta", "j2", store.backend.get("meta", "j1") or b"")])  # behind its back
+    assert store.finished_counts()["succeeded"] == 1
+    store.recount()
+    assert store.finished_counts()["succeeded"] == 2
+    store.commit([rec("j3")])
+    store.commit([rec("j3", Status.FAILED)])  # commits after it count on from there
+    assert store.finished_counts()["failed"] == 1 and store.finished_counts()["succeeded"] == 2
 
 
 def test_unknown_fields_from_a_newer_nbqup_are_ignored_on_load(store: Store) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from jobfns import add
 from records import rec
 
+from nbqup import JobQueue
 from nbqup.backends import Backend, Conflict, MemoryBackend
 from nbqup.leaf import LMDBTable, within, write_batch
 from nbqup.lmdbbackend import LMDBBackend
@@ -16,6 +19,7 @@ from nbqup.records import Status
 from nbqup.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+WAIT = 30
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -23,17 +27,58 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return MemoryBackend() if request.param == "memory" else LMDBBackend(tmp_path / "lmdb")
 
 
-def test_a_run_of_jobs_calls_into_zict_at_least_twice_per_job(tmp_path: Path) -> None:
+def zictcalls() -> Any:
+    """benchmarks/zictcalls.py: the counter of calls into zict's own code."""
     sys.path.insert(0, str(ROOT))
     try:
         from benchmarks import zictcalls
     finally:
         sys.path.remove(str(ROOT))
+    return zictcalls
+
+
+def test_a_run_of_jobs_calls_into_zict_at_least_twice_per_job(tmp_path: Path) -> None:
     n = 40
-    calls = zictcalls.count(n, root=tmp_path)
+    calls = zictcalls().count(n, root=tmp_path)
     assert sum(calls.values()) >= 2 * n, calls
     store_calls = sum(c for name, c in calls.items() if name.startswith("func."))
     assert store_calls >= 2 * n, calls  # the store's own reads and writes, not the cache
+
+
+def test_client_requests_lookups_and_reopening_go_through_zict(tmp_path: Path) -> None:
+    """A client's cancel and retry requests, a prefix lookup, and the owner taking the
+    requests as it reopens: each goes through a ``zict.Func`` (counted in this thread)."""
+    counting = zictcalls().counting
+    path = tmp_path / "s"
+    holder = Store(path)  # holds the owner lock: the queue below is a client
+    assert holder.acquire_owner()
+    with JobQueue(path, workers=0) as client:
+        assert not client.is_owner
+        first, second = client.submit(add, 1), client.submit(add, 2)
+        waiting, ended = first.id, second.id
+        done = holder.load(ended)
+        assert done is not None
+        done.status = Status.CANCELLED
+        holder.commit([done])
+        with counting(threads=False) as cancel:
+            assert first.cancel() is True
+        with counting(threads=False) as retry:
+            second.retry()
+        with counting(threads=False) as lookup:
+            assert client.get(waiting[:-4]).id == waiting
+        assert sorted(holder.requests.text.items()) == sorted(
+            [(waiting, "cancel"), (ended, "retry")]
+        )
+    holder.close()
+    with counting(threads=False) as reopen, JobQueue(path, workers=1) as owner:
+        assert owner.is_owner  # it took the requests as it opened
+        assert owner.get(waiting).status == "cancelled"
+        assert owner.get(ended).result(timeout=WAIT) == 2  # retried: it ran
+        assert owner.store.requests.text == {}
+    assert cancel["func.__setitem__"] == 1, cancel  # the request, through its codec
+    assert retry["func.__setitem__"] == 1, retry
+    assert lookup["func.__contains__"] >= 1, lookup  # the id looked up in the meta mapping
+    assert reopen["func.__delitem__"] == 2, reopen  # each request taken through the mapping
 
 
 def test_store_reads_and_writes_go_through_the_zict_func(store: Store) -> None:
