@@ -118,11 +118,11 @@ def plan_missed(
     next_due = trigger.next_after(max(now, last_due))
     keep = {"skip": 0, "once": 1, "all": limit}[policy]
     # The latest keep + 1 slots: those that run, and the last of those that do not.
-    latest = trigger._slots(last_due, now, keep + 1) if now > last_due else []
+    latest = trigger.latest_slots(last_due, now, keep + 1) if now > last_due else []
     if len(latest) <= keep:
         return Catchup(run=latest, skipped=None, next_due=next_due)
     run = latest[len(latest) - keep :]
-    counted, exact = trigger._count(last_due, now, max(COUNT_LIMIT, keep + 1))
+    counted, exact = trigger.count_slots(last_due, now, max(COUNT_LIMIT, keep + 1))
     first = trigger.next_after(last_due)
     missed = Burst(counted - keep, first=first, last=latest[-keep - 1], exact=exact)
     return Catchup(run=run, skipped=missed, next_due=next_due)

@@ -61,7 +61,7 @@ class Recovery:
         act as the owner: apply the requests clients left, load the schedules.
 
         Only once every job is loaded does :attr:`is_owner` turn true: a client taking
-        over (:meth:`~nbqup.JobQueue._take_over`) goes on reading the store as a client
+        over (:meth:`take_over`) goes on reading the store as a client
         until then, so ``counts()`` or ``wait()`` never see a half-recovered queue.
         """
         records = []

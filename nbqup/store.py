@@ -374,6 +374,11 @@ class Store:
     def recount(self) -> None:
         """Forget the finished counts: the next :meth:`finished_counts` counts afresh."""
         self.tables["info"].discard(_COUNTS)
+        self.counts_changed()
+
+    def counts_changed(self) -> None:
+        """The stored counts were changed outside :meth:`commit` (in a transaction): the
+        next commit reads them afresh instead of trusting what it last wrote."""
         self._counts_seen = _UNREAD
 
     def has(self, table: str, key: str) -> bool:
@@ -435,7 +440,7 @@ class _StoreTxn:
         _write_one(self.txn, rec.id, rec.status, delta)
         self.store.meta[rec.id] = rec
         _count_in(self.txn, delta)
-        self.store._counts_seen = _UNREAD  # its next commit reads them afresh
+        self.store.counts_changed()
 
     def get(self, table: str, key: str) -> bytes | None:
         return self.store.get_blob(table, key)

@@ -254,7 +254,7 @@ class Trigger(abc.ABC):
         except KeyError as err:
             raise ValueError(f"{kind} trigger lacks field {err.args[0]!r}: {d!r}") from None
 
-    def _slots(self, after: float, upto: float, limit: int) -> list[float]:
+    def latest_slots(self, after: float, upto: float, limit: int) -> list[float]:
         """The latest ``limit`` due times in ``(after, upto]``, oldest first.
 
         Looks back from ``upto`` over doubling windows, so a long outage costs
@@ -272,7 +272,7 @@ class Trigger(abc.ABC):
                 return list(latest)
             window *= 2
 
-    def _count(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
+    def count_slots(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
         """How many due times lie in ``(after, upto]``, and whether that is exact: one
         step per slot, so past ``limit`` slots it stops and answers ``(limit, False)``."""
         n, slot = 0, self.next_after(after)
@@ -324,12 +324,12 @@ class IntervalTrigger(Trigger):
     def next_after(self, t: float) -> float:
         return self.anchor + self._index_after(to_timestamp(t, what="t")) * self.every
 
-    def _slots(self, after: float, upto: float, limit: int) -> list[float]:
+    def latest_slots(self, after: float, upto: float, limit: int) -> list[float]:
         # Arithmetic instead of stepping, so a long outage with a short interval is cheap.
         first, end = self._index_after(after), self._index_after(upto)
         return [self.anchor + k * self.every for k in range(max(first, end - limit), end)]
 
-    def _count(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
+    def count_slots(self, after: float, upto: float, limit: int) -> tuple[int, bool]:
         # Exact whatever the outage: the grid is arithmetic.
         return max(0, self._index_after(upto) - self._index_after(after)), True
 

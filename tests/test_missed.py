@@ -83,7 +83,7 @@ def test_a_million_missed_slots_make_one_burst_counted_exactly(policy: str) -> N
 
 
 class Squares(Trigger):
-    """Due at n**2: irregular gaps, and no ``_slots`` or ``_count`` shortcut of its own."""
+    """Due at n**2: irregular gaps, no ``latest_slots``/``count_slots`` of its own."""
 
     def next_after(self, t: float) -> float:
         n = max(0, math.isqrt(max(0, int(t))))
