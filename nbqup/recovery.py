@@ -145,8 +145,8 @@ class Recovery:
                     self._schedules.set_state(key[1:], raw.decode())
                 elif raw == b"cancel":
                     access.cancel(key)
-                elif raw == b"retry":
-                    access.retry(key)
+                elif raw in (b"retry", b"retry-fresh"):
+                    access.retry(key, fresh=raw == b"retry-fresh")
 
     # -- becoming the owner -----------------------------------------------------------------
 

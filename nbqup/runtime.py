@@ -309,6 +309,19 @@ class Runtime:
         blob = self._shared.store.get_blob("ckpt", job_id)
         return (False, None) if blob is None else (True, payload.loads(blob))
 
+    def save_step(self, job_id: str, key: str, body: bytes) -> None:
+        """Store a running job's step record (:mod:`nbqup.steps`); durable when this
+        returns."""
+        with self._state.lock:
+            if job_id not in self._state.live or self._state.closed:
+                return
+            ticket = self._shared.writer.add(blobs=[("steps", key, body)])
+        self._shared.writer.flush(ticket)
+
+    def load_steps(self, job_id: str) -> dict[str, bytes]:
+        """The job's stored step records by key (read once per run, at its first step)."""
+        return dict(self._shared.store.prefixed("steps", job_id + "/"))
+
 
 def output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:
     """The job's captured logs and rich outputs that changed since last written."""
