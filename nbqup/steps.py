@@ -92,9 +92,9 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
         record = pickle.loads(body)
         if record[4] == fingerprint:
             return payload.loads(record[7])
-    label = f"step {name.rsplit('<locals>.', 1)[-1]} ({ordinal + 1})"
-    if not ctx.own_message:
-        runtime.report_progress(job_id, None, label)
+    if not ctx.own_message:  # the job's message names the step it last started
+        label = name.rsplit("<locals>.", 1)[-1]
+        runtime.report_progress(job_id, None, f"step {label} ({ordinal + 1})")
     started = runtime.now()
     value = fn(*args, **kwargs)
     try:
@@ -104,8 +104,6 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
     record = (_FORMAT, seq, name, ordinal, fingerprint, started, runtime.now(), blob)
     body = pickle.dumps(record, protocol=5)
     runtime.save_step(job_id, key, body)
-    if not ctx.own_message:
-        runtime.report_progress(job_id, None, f"{label} done")
     return value
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,18 @@ def test_retry_fresh_drops_steps_and_checkpoint_in_the_requeue(
     assert all(b.wait(WAIT) for b in blocks) and job.wait(WAIT)
 
 
+def test_nbqup_retry_fresh_on_the_command_line(tmp_path: Path, log: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        job_id = jq.submit(always_fails, log).id
+        assert jq.get(job_id).wait(WAIT)
+    command = [sys.executable, "-m", "nbqup", "retry", "--fresh", str(tmp_path / "s"), job_id]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=True)
+    assert "recorded" in done.stdout
+    with JobQueue(tmp_path / "s", workers=1) as jq:  # the next owner applies it
+        assert jq.get(job_id).wait(WAIT) and jq.get(job_id).attempts == 2
+    assert lines(log) == ["restored None", "step"] * 2
+
+
 def test_steps_show_in_the_progress_message(jq: JobQueue) -> None:
     def peek() -> str | None:
         job = nbqup.current_job()
@@ -249,28 +263,31 @@ def test_long_step_names_fit_a_store_key() -> None:
     assert all(k.startswith(job_id + "/") and len(k.encode()) <= MAX_KEY_BYTES for k in keys)
 
 
-def test_steps_replay_under_the_process_executor(tmp_path: Path, log: str, marker: str) -> None:
-    with JobQueue(tmp_path / "s", workers=1, executor="process") as jq:
-        job = jq.options(retries=1).submit(three_steps, log, marker)
-        assert job.result(timeout=WAIT) == 6
-        assert job.attempts == 2 and len(job.steps) == 3
-    assert lines(log) == ["one", "two", "three"]
-
-
-def test_steps_replay_under_dask(tmp_path: Path, log: str, marker: str) -> None:
+@pytest.fixture(params=["process", "dask"])
+def elsewhere(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """An executor that runs jobs outside the queue's thread: worker processes, then a
+    tiny real Dask cluster."""
+    if request.param == "process":
+        yield "process"
+        return
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-    )
     with (
-        cluster,
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
         distributed.Client(cluster) as client,
-        JobQueue(tmp_path / "s", workers=1, executor=client) as jq,
     ):
+        yield client
+
+
+def test_steps_replay_under_the_process_and_dask_executors(
+    tmp_path: Path, log: str, marker: str, elsewhere: Any
+) -> None:
+    with JobQueue(tmp_path / "s", workers=1, executor=elsewhere) as jq:
         job = jq.options(retries=1).submit(three_steps, log, marker)
         assert job.result(timeout=WAIT) == 6
         assert job.attempts == 2 and len(job.steps) == 3
-    assert lines(log) == ["one", "two", "three"]
+    assert lines(log) == ["one", "two", "three"]  # the second run, elsewhere, replayed two
 
 
 def test_sigkill_after_step_two_runs_only_step_three_on_resume(tmp_path: Path) -> None:
@@ -308,3 +325,17 @@ def test_sigkill_after_step_two_runs_only_step_three_on_resume(tmp_path: Path) -
         assert job.attempts == 2
         assert [s["name"] for s in job.steps] == ["counted"] * 3
     assert log_lines(tmp_path) == ["one", "two", "after-two", "after-two", "three"]
+
+
+def test_a_salvaged_store_keeps_the_steps(tmp_path: Path, log: str) -> None:
+    from nbqup.salvage import salvage
+
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        job_id = jq.submit(always_fails, log).id
+        assert jq.get(job_id).wait(WAIT)
+    report = salvage(tmp_path / "s", tmp_path / "copy")
+    assert not report.lost and report.lost_ids == []
+    with JobQueue(tmp_path / "copy", workers=1) as jq:
+        assert [s["name"] for s in jq.get(job_id).steps] == ["note"]
+        assert jq.get(job_id).retry().wait(WAIT)
+    assert lines(log) == ["restored None", "step", "restored {'k': 1}"]  # replayed
