@@ -25,6 +25,7 @@ written through the group commit and durable before the step returns, as a check
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import pickle
@@ -91,7 +92,8 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
     if body is not None:
         record = pickle.loads(body)
         if record[4] == fingerprint:
-            return payload.loads(record[7])
+            with contextlib.suppress(Exception):  # a class it needs is gone: run it again
+                return payload.loads(record[7])
     if not ctx.own_message:  # the job's message names the step it last started
         label = name.rsplit("<locals>.", 1)[-1]
         runtime.report_progress(job_id, None, f"step {label} ({ordinal + 1})")
@@ -129,10 +131,12 @@ def step(fn: Any = None, /, *args: Any, name: str | None = None, **kwargs: Any) 
     ``step(fn, *args, **kwargs)`` to call ``fn`` as one.
 
     ``step(fn)`` with no arguments is the decorator; call a function that takes none as a
-    step with ``step(fn)()``.  Inside a job the result is stored when the step returns and
-    a resumed run gets it back without calling ``fn`` while its arguments are equal (see
-    the module's docstring); it must pickle (:class:`~nbqup.SerializationError` naming the
-    step otherwise), and so must the arguments.  Outside a job, a plain call.
+    step with ``step(fn)()``.  ``name=`` is the step's own keyword: pass a ``name``
+    argument of ``fn`` through ``functools.partial``.  Inside a job the result is stored
+    when the step returns and a resumed run gets it back without calling ``fn`` while its
+    arguments are equal (see the module's docstring).  The result and the arguments must
+    pickle (:class:`~nbqup.SerializationError` naming the step otherwise).  Outside a
+    job, a plain call.
     """
     if fn is None:
         if name is None:

@@ -339,3 +339,41 @@ def test_a_salvaged_store_keeps_the_steps(tmp_path: Path, log: str) -> None:
         assert [s["name"] for s in jq.get(job_id).steps] == ["note"]
         assert jq.get(job_id).retry().wait(WAIT)
     assert lines(log) == ["restored None", "step", "restored {'k': 1}"]  # replayed
+
+
+def test_a_large_step_result_is_stored_compressed_like_results(jq: JobQueue, marker: str) -> None:
+    def big(marker: str) -> int:
+        data = nbqup.step(bytes, 5_000_000)
+        fail_once(marker)
+        return len(data)
+
+    job = jq.options(retries=1).submit(big, marker)
+    assert job.result(timeout=WAIT) == 5_000_000
+    (key,) = [k for k, _ in jq.store.tables["steps"].snapshot() if k.startswith(job.id)]
+    assert len(jq.store.tables["steps"][key]) < 100_000  # framed and compressed
+
+
+def test_a_stored_result_that_no_longer_loads_runs_the_step_again(
+    jq: JobQueue, log: str, marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "steps_gone_mod.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(log: str) -> Any:
+        note(log, "made")
+        mod = sys.modules.get("steps_gone_mod")
+        return "plain" if mod is None else mod.Thing()
+
+    def job_fn(log: str, marker: str) -> Any:
+        value = nbqup.step(make, log)
+        if not Path(marker).exists():  # the module goes away before the retry
+            Path(marker).write_text("x")
+            sys.modules.pop("steps_gone_mod")
+            sys.path.remove(str(tmp_path))
+            raise RuntimeError("first run")
+        return value
+
+    __import__("steps_gone_mod")
+    job = jq.options(retries=1).submit(job_fn, log, marker)
+    assert job.result(timeout=WAIT) == "plain"
+    assert lines(log) == ["made", "made"]
