@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import payload
+from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 
 if TYPE_CHECKING:
@@ -319,8 +320,12 @@ class Runtime:
         self._shared.writer.flush(ticket)
 
     def load_steps(self, job_id: str) -> dict[str, bytes]:
-        """The job's stored step records by key (read once per run, at its first step)."""
-        return dict(self._shared.store.prefixed("steps", job_id + "/"))
+        """The job's stored step records by key (read once per run, at its first step).
+        If one is damaged none is replayed: the steps run again (``job.steps`` reports it)."""
+        try:
+            return dict(self._shared.store.prefixed("steps", job_id + "/"))
+        except StoreCorrupt:
+            return {}
 
 
 def output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:

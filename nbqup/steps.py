@@ -116,8 +116,13 @@ def _call(name: str | None, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
     return _run(ctx, name or _name_of(fn), fn, args, kwargs)
 
 
-def _name_of(fn: Callable[..., Any]) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+def _name_of(fn: Any) -> str:
+    """A step's default name: its function's qualified name (that of the function a
+    ``functools.partial`` wraps; a callable object's class), the same in every run."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
 
 
 @overload

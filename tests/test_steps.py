@@ -7,6 +7,7 @@ really ran in which run.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import jobfns
 import pytest
 from children import kill, log_lines, start, wait_for_log
 from jobfns import EVENTS, block
@@ -155,11 +157,12 @@ def test_job_steps_lists_completed_steps_in_call_order(jq: JobQueue, log: str) -
         nbqup.step(note, log, "b")
         nbqup.step(note, log, "a", name="z-last-by-name")
         nbqup.step(note, log, "c")
+        nbqup.step(functools.partial(note, log), "d")
 
     job = jq.submit(steps, log)
     assert job.wait(WAIT)
     rows = job.steps
-    assert [r["name"] for r in rows] == ["note", "z-last-by-name", "note"]
+    assert [r["name"] for r in rows] == ["note", "z-last-by-name", "note", "note"]
     assert {r["status"] for r in rows} == {"succeeded"}
     assert all(set(r) == {"name", "status", "started", "finished"} for r in rows)
     assert all(job.started <= r["started"] <= r["finished"] <= job.finished for r in rows)
@@ -377,3 +380,22 @@ def test_a_stored_result_that_no_longer_loads_runs_the_step_again(
     job = jq.options(retries=1).submit(job_fn, log, marker)
     assert job.result(timeout=WAIT) == "plain"
     assert lines(log) == ["made", "made"]
+
+
+def test_a_damaged_step_record_runs_the_steps_again(jq: JobQueue, log: str, marker: str) -> None:
+    def damaged(log: str, marker: str) -> int:
+        value = nbqup.step(note, log, "ran", 1)
+        if not Path(marker).exists():  # damage the record before the retry reads it
+            Path(marker).write_text("x")
+            job = nbqup.current_job()
+            assert job is not None
+            backend = jobfns.CALLS[marker][0]  # the test's store (a module goes by reference)
+            backend.write([("steps", step_key(job.id, "note", 0), b"garbage")])
+            raise RuntimeError("first run")
+        return value
+
+    jobfns.CALLS[marker].append(jq.store.backend)
+    job = jq.options(retries=1).submit(damaged, log, marker)
+    assert job.result(timeout=WAIT) == 1
+    assert lines(log) == ["ran", "ran"]
+    assert len(job.steps) == 1  # the second run stored it anew
