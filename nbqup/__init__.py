@@ -21,6 +21,7 @@ from .errors import *  # noqa: F403  (every exception nbqup raises: errors.__all
 from .handle import Job, Schedule, current_job
 from .queue import JobQueue
 from .records import Status
+from .steps import step
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "current_job",
     "progress",
     "restore",
+    "step",
     "track",
 ]
 __all__ += errors.__all__  # every exception nbqup raises

@@ -21,7 +21,8 @@ from . import payload
 from .clock import poll_until, wait_deadline, wait_left
 from .errors import SerializationError, StoreCorrupt
 from .keys import show_key
-from .records import FINAL, JobRecord, ScheduleRecord, Status, statuses
+from .records import FINAL, JobRecord, ScheduleRecord, Status, as_datetime, statuses
+from .steps import step_rows
 
 if TYPE_CHECKING:
     from .nested import NestedWaits
@@ -191,7 +192,7 @@ class JobAccess:
         self._runtime.settle()
         return True
 
-    def retry(self, job_id: str) -> None:
+    def retry(self, job_id: str, fresh: bool = False) -> None:
         self.check_open()
         while True:
             self.check_open()
@@ -204,7 +205,7 @@ class JobAccess:
                     f"job {job_id} is {rec.status}; only failed or cancelled jobs can be retried"
                 )
             if not self._state.owner:
-                self._shared.store.requests.job(job_id, "retry")
+                self._shared.store.requests.job(job_id, "retry-fresh" if fresh else "retry")
                 return
             with self._state.lock:  # claim it: of two retries at once, the second finds it live
                 if self._final_in_flight(job_id):
@@ -219,7 +220,10 @@ class JobAccess:
             rec.finished = None
             rec.message = "retried"
             rec.run_base = rec.attempts - rec.crashes  # a fresh budget of retries
-            self._shared.writer.flush(self._shared.writer.add([rec.copy()], reopened=[job_id]))
+            drop = self._fresh_start(rec) if fresh else []
+            self._shared.writer.flush(
+                self._shared.writer.add([rec.copy()], deletes=drop, reopened=[job_id])
+            )
             with self._state.lock:
                 self._state.live[rec.id] = rec
                 self._runtime.place(rec)
@@ -227,6 +231,17 @@ class JobAccess:
             with self._state.lock:
                 self._state.submitting.discard(job_id)
         self._runtime.settle()
+
+    def _fresh_start(self, rec: JobRecord) -> list[tuple[str, str]]:
+        """What ``retry(fresh=True)`` deletes with the write that queues the job again:
+        its durable steps and its checkpoint."""
+        rec.has_checkpoint = False
+        steps = self._shared.store.prefixed("steps", rec.id + "/")
+        return [("ckpt", rec.id), *(("steps", key) for key, _ in steps)]
+
+    def steps(self, job_id: str) -> list[dict[str, Any]]:
+        bodies = self._shared.store.prefixed("steps", job_id + "/")
+        return step_rows(bodies, as_datetime)
 
     def _being_recorded(self, job_id: str) -> bool:
         """Whether the job is being written by this process and is not live yet."""

@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 TABLES = (
     "meta", "pending", "fn", "args", "result", "ckpt", "logs",
-    "rich", "keys", "sched", "requests", "corrupt", "info",
+    "rich", "keys", "sched", "requests", "corrupt", "info", "steps",
 )  # fmt: skip
 DURABILITIES = ("process", "fsync")
 #: What :meth:`Backend.write` takes: ``(table, key, value)`` puts, ``(table, key)``

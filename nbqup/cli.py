@@ -5,7 +5,7 @@
     nbqup status PATH                 counts by status, and which process runs the jobs
     nbqup jobs PATH [--status S] [--json] [--limit N]
     nbqup cancel PATH ID              ID: a job id or a unique prefix of one
-    nbqup retry PATH ID
+    nbqup retry [--fresh] PATH ID
     nbqup worker PATH [-w N]          run the store's jobs here until SIGTERM / Ctrl-C
     nbqup salvage PATH [--to NEW]     copy what still reads of a damaged store (nbqup.salvage)
     nbqup demo
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="the store directory")
     p.add_argument("id", metavar="ID", help="a job id, or a unique prefix of one")
+    p.add_argument(
+        "--fresh", action="store_true", help="drop its durable steps and checkpoint: start over"
+    )
     p.set_defaults(run=run_retry)
 
     p = command(

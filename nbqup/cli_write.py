@@ -59,7 +59,7 @@ def run_retry(args: argparse.Namespace) -> int:
     with open_store(args.path) as jq:
         rec = find_job(jq, args.id)
         try:
-            jq.get(rec.id).retry()
+            jq.get(rec.id).retry(fresh=args.fresh)
         except ValueError as exc:
             raise CliError(one_line(exc)) from None
         owner = owner_pid(jq)

@@ -52,6 +52,8 @@ class JobRuntime(Protocol):
     def save_checkpoint(self, job_id: str, state: Any) -> None: ...
     def save_checkpoint_blob(self, job_id: str, blob: bytes) -> None: ...
     def load_checkpoint(self, job_id: str) -> tuple[bool, Any]: ...
+    def load_steps(self, job_id: str) -> dict[str, bytes]: ...
+    def save_step(self, job_id: str, key: str, body: bytes) -> None: ...
 
 
 class JobContext:
@@ -76,6 +78,10 @@ class JobContext:
         self.timeout = timeout
         #: Set (from any thread) to ask the job to stop; the reason ends up in its record.
         self.stop_reason: str | None = None
+        #: This run's durable steps (a :class:`nbqup.steps.StepRun`, made at its first step).
+        self.steps: Any = None
+        #: Whether the job set a progress message of its own (steps then leave it alone).
+        self.own_message = False
 
     def check(self) -> None:
         """Raise inside the job if it was cancelled or ran past its deadline."""
@@ -128,6 +134,8 @@ def progress(i: float, total: float | None = None, message: str | None = None) -
     if ctx is None:
         return
     ctx.check()
+    if message is not None:
+        ctx.own_message = True
     if total is not None:
         if total <= 0:
             raise ValueError(f"progress total must be > 0, got {total}")

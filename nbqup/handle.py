@@ -138,6 +138,12 @@ class Job:
         """The last state the job saved with ``nbqup.checkpoint``, or None."""
         return self._queue.checkpoint(self.id)
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The job's completed durable steps (``nbqup.step``), in call order: one dict
+        each with ``name``, ``status``, ``started`` and ``finished``."""
+        return self._queue.steps(self.id)
+
     # -- futures-like ------------------------------------------------------------------
 
     def done(self) -> bool:
@@ -182,9 +188,13 @@ class Job:
         already finished."""
         return self._queue.cancel(self.id)
 
-    def retry(self) -> Job:
-        """Queue a failed or cancelled job again (same id); returns this handle."""
-        self._queue.retry(self.id)
+    def retry(self, fresh: bool = False) -> Job:
+        """Queue a failed or cancelled job again (same id); returns this handle.
+
+        The new run gets the job's completed durable steps and its checkpoint back;
+        with ``fresh=True`` they are dropped (in the write that queues it) and it starts
+        over."""
+        self._queue.retry(self.id, fresh)
         return self
 
     # -- display -----------------------------------------------------------------------

@@ -25,8 +25,9 @@ MAX_KEY_BYTES = 511
 _HASHED = re.compile(r"h:[0-9a-f]{64}")
 
 
-def stored_key(key: str) -> str:
-    """``key`` itself when LMDB can store it; else ``"h:"`` and its SHA-256 in hex.
+def stored_key(key: str, max_bytes: int = MAX_KEY_BYTES) -> str:
+    """``key`` itself when LMDB can store it (in ``max_bytes``: less when the key goes
+    after a prefix); else ``"h:"`` and its SHA-256 in hex.
 
     A key that already looks like such a hash is hashed too, so two different keys never
     share an entry (short of a SHA-256 collision).  Raises ValueError for an empty key.
@@ -34,7 +35,7 @@ def stored_key(key: str) -> str:
     if not key:
         raise ValueError("a key must not be empty")
     raw = _encoded(key)
-    if raw is not None and len(raw) <= MAX_KEY_BYTES and not _HASHED.fullmatch(key):
+    if raw is not None and len(raw) <= max_bytes and not _HASHED.fullmatch(key):
         return key
     return "h:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 

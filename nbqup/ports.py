@@ -82,8 +82,13 @@ class QueuePort(Protocol):
         """Cancel the job; False if it had finished."""
         ...
 
-    def retry(self, job_id: str) -> None:
-        """Queue a failed or cancelled job again."""
+    def retry(self, job_id: str, fresh: bool = False) -> None:
+        """Queue a failed or cancelled job again; ``fresh``: without its steps and
+        checkpoint."""
+        ...
+
+    def steps(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's stored durable steps, in call order (:func:`nbqup.steps.step_rows`)."""
         ...
 
     def live_rows(self, row: Callable[[JobRecord], T]) -> dict[str, T]:

@@ -144,8 +144,8 @@ class Recovery:
                     self._schedules.set_state(ident, what)
                 elif what == "cancel":
                     access.cancel(ident)
-                elif what == "retry":
-                    access.retry(ident)
+                elif what in ("retry", "retry-fresh"):
+                    access.retry(ident, fresh=what == "retry-fresh")
 
     # -- becoming the owner -----------------------------------------------------------------
 

@@ -10,6 +10,8 @@ applies them to the job's context.  From the job ("up"):
 ``(PROGRESS, fraction, msg)``   a progress report
 ``(CHECKPOINT, blob)``          a pickled checkpoint; answered ``(ACK,)`` once durable
 ``(RESTORE,)``                  answered ``(STATE, found, blob)``: the last checkpoint
+``(STEP, key, body)``           a durable step's record; answered ``(ACK,)`` once durable
+``(STEPS,)``                    answered ``(STORED, {key: body})``: the job's stored steps
 ``(DONE, ok, blob, repr, tb)``  how the run ended (:class:`Done`); the last message
 ==============================  ==========================================================
 
@@ -42,6 +44,9 @@ __all__ = [
     "RESTORE",
     "RICH",
     "STATE",
+    "STEP",
+    "STEPS",
+    "STORED",
     "Done",
     "Link",
     "ProtocolError",
@@ -55,11 +60,11 @@ __all__ = [
 ]
 
 #: Message kinds, up (from the job) ...
-LOG, RICH, PROGRESS, CHECKPOINT, RESTORE, DONE = (
-    "log", "rich", "progress", "checkpoint", "restore", "done",
+LOG, RICH, PROGRESS, CHECKPOINT, RESTORE, STEP, STEPS, DONE = (
+    "log", "rich", "progress", "checkpoint", "restore", "step", "steps", "done",
 )  # fmt: skip
 #: ... and down (the queue's process answering a request).
-ACK, STATE = "ack", "state"
+ACK, STATE, STORED = "ack", "state", "stored"
 
 Message = tuple[Any, ...]
 
@@ -198,6 +203,16 @@ class Sender:
         _, found, blob = self._reply(job_id, STATE, "restore")
         return (True, payload.loads(blob)) if found else (False, None)
 
+    def save_step(self, job_id: str, key: str, body: bytes) -> None:
+        """Returns once the queue's process has made the step's record durable."""
+        self._check(job_id)
+        self.link.send((STEP, key, body))
+        self._reply(job_id, ACK, "step")
+
+    def load_steps(self, job_id: str) -> dict[str, bytes]:
+        self.link.send((STEPS,))
+        return dict(self._reply(job_id, STORED, "steps")[1])
+
     def _reply(self, job_id: str, kind: str, request: str) -> Message:
         reply = self.link.recv()
         if not reply or reply[0] != kind:
@@ -260,6 +275,11 @@ class Receiver:
         elif kind == RESTORE:
             found, state = ctx.runtime.load_checkpoint(ctx.job.id)
             self.reply((STATE, found, payload.dumps_result(state) if found else None))
+        elif kind == STEP:
+            ctx.runtime.save_step(ctx.job.id, message[1], message[2])
+            self.reply((ACK,))
+        elif kind == STEPS:
+            self.reply((STORED, ctx.runtime.load_steps(ctx.job.id)))
         else:
             raise ProtocolError(ctx.job.id, f"a message of unknown kind {kind!r}")
         return None

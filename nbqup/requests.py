@@ -4,7 +4,7 @@ A process that does not own the store cannot cancel or retry a job itself (the o
 runs them), nor pause a schedule; it leaves a request, and the owner takes and applies
 every request on its periodic check (:meth:`~nbqup.recovery.Recovery.apply_requests`)::
 
-    requests  job id        -> "cancel" | "retry"
+    requests  job id        -> "cancel" | "retry" | "retry-fresh" (drop its steps)
               "@" + sched id -> "active" | "paused" | "cancelled"
 
 The values are short text, stored as their UTF-8 bytes (no framing: the table is one of
@@ -55,8 +55,8 @@ class Requests:
         self.text: MutableMapping[str, str] = text_table(leaf)
 
     def job(self, job_id: str, what: str) -> None:
-        """Ask the owner to ``what`` (``"cancel"`` or ``"retry"``) the job; durable when
-        this returns."""
+        """Ask the owner to ``what`` (``"cancel"``, ``"retry"``, ``"retry-fresh"``) the
+        job; durable when this returns."""
         self.text[job_id] = what
 
     def schedule(self, sid: str, state: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import payload
+from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 
 if TYPE_CHECKING:
@@ -308,6 +309,23 @@ class Runtime:
         """``(True, state)`` of the job's last checkpoint, ``(False, None)`` if none."""
         blob = self._shared.store.get_blob("ckpt", job_id)
         return (False, None) if blob is None else (True, payload.loads(blob))
+
+    def save_step(self, job_id: str, key: str, body: bytes) -> None:
+        """Store a running job's step record (:mod:`nbqup.steps`); durable when this
+        returns."""
+        with self._state.lock:
+            if job_id not in self._state.live or self._state.closed:
+                return
+            ticket = self._shared.writer.add(blobs=[("steps", key, body)])
+        self._shared.writer.flush(ticket)
+
+    def load_steps(self, job_id: str) -> dict[str, bytes]:
+        """The job's stored step records by key (read once per run, at its first step).
+        If one is damaged none is replayed: the steps run again (``job.steps`` reports it)."""
+        try:
+            return dict(self._shared.store.prefixed("steps", job_id + "/"))
+        except StoreCorrupt:
+            return {}
 
 
 def output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:

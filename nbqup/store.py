@@ -18,6 +18,7 @@ with a few named tables::
     requests  job id   -> request from another process (cancel, retry; :mod:`nbqup.requests`)
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
+    steps     job id/n:name -> a durable step's argument hash and result (nbqup.steps)
 
 Every read and write of a table goes through the zict stack:
 :class:`~nbqup.leaf.LMDBTable` is the leaf over one table (why LMDB: :mod:`nbqup.leaf`)
@@ -82,6 +83,7 @@ from .storeformat import STORE_FORMAT
 __all__ = ["RAW_TABLES", "STORE_FORMAT", "Store", "decode", "encode"]
 
 T = TypeVar("T")
+_PAGE = 256  # entries read at a time by Store.prefixed
 
 # ---------------------------------------------------------------------------- store
 
@@ -357,6 +359,24 @@ class Store:
             return None
         except _Corrupt as exc:
             raise StoreCorrupt(f"{table}/{key}", str(exc), str(self.path)) from None
+
+    def prefixed(self, table: str, prefix: str) -> list[tuple[str, bytes]]:
+        """``(key, body)`` of every entry of ``table`` whose key starts with ``prefix``
+        (a job's durable steps: ``job id + "/"``), in key order, read in pages."""
+        out: list[tuple[str, bytes]] = []
+        start, load = prefix, self.blobs[table].load
+        while True:
+            page = self.tables[table].snapshot(start, _PAGE)
+            for key, raw in page:
+                if not key.startswith(prefix):
+                    return out
+                try:
+                    out.append((key, load(raw)))
+                except _Corrupt as exc:
+                    raise StoreCorrupt(f"{table}/{key}", str(exc), str(self.path)) from None
+            if len(page) < _PAGE:
+                return out
+            start = page[-1][0] + "\0"
 
     def put_blob(self, table: str, key: str, body: bytes) -> None:
         """Write ``body`` into ``table`` (framed unless the table is raw), through the

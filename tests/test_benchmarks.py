@@ -143,3 +143,14 @@ def test_a_full_disk_and_deleted_lock_files_kill_nothing_and_run_nothing_twice(
         assert counts == [0, 0, 0, 0, 0] and report["rounds"] >= 1, report
     if "disk" in reports:  # the disk really filled: the child heard DiskFull and went on
         assert any("disk full" in p for p in reports["disk"]["problems"]), reports["disk"]
+
+
+@pytest.mark.timeout(120)
+def test_steps_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "steps.json"
+    proc = _run(["benchmarks.steps", "--calls", "20", "--json", str(out)], timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["calls"] == 20
+    assert set(figures) >= {"plain", "step", "checkpoint", "replay"}
+    assert figures["plain"]["x_plain"] == 1.0

@@ -375,7 +375,7 @@ def test_help_lists_every_command() -> None:
             "oldest first",
         ),
         ("cancel", "usage: nbqup cancel [-h] PATH ID", "a running one is asked to stop"),
-        ("retry", "usage: nbqup retry [-h] PATH ID", "fresh budget of retries"),
+        ("retry", "usage: nbqup retry [-h] [--fresh] PATH ID", "fresh budget of retries"),
         (
             "worker",
             "usage: nbqup worker [-h] [-w N] [--durability {process,fsync}] "

@@ -92,7 +92,7 @@ def test_a_checkpoint_answered_with_anything_but_ack_is_a_protocol_error(
     assert queue_end.recv()[0] == remote.CHECKPOINT  # it was sent, then refused
 
 
-def test_checkpoint_and_restore_round_trip_through_a_receiver(
+def test_checkpoints_and_steps_round_trip_through_a_receiver(
     pipe: tuple[Connection, Connection], tmp_path: Path
 ) -> None:
     # The job's end and the queue's end over a real pipe, the queue's end applying the
@@ -116,10 +116,14 @@ def test_checkpoint_and_restore_round_trip_through_a_receiver(
             assert sender.load_checkpoint(job.id) == (False, None)
             sender.save_checkpoint(job.id, {"epoch": 3})
             assert sender.load_checkpoint(job.id) == (True, {"epoch": 3})
+            assert sender.load_steps(job.id) == {}
+            sender.save_step(job.id, f"{job.id}/0:fetch", b"record")  # durable when it returns
+            assert sender.load_steps(job.id) == {f"{job.id}/0:fetch": b"record"}
         finally:
             answered.set()
             server.join(WAIT)
-        assert receiver.received == 3
+        assert receiver.received == 6
+        assert jq.store.get_blob("steps", f"{job.id}/0:fetch") == b"record"
 
 
 def test_progress_is_thinned_but_the_last_report_and_completion_are_kept(
