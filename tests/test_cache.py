@@ -20,6 +20,7 @@ from jobfns import CALLS, EVENTS, block, flaky, record
 
 from nbqup import JobQueue
 from nbqup.clock import ManualClock
+from nbqup.salvage import salvage
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -127,11 +128,18 @@ def test_an_age_limit_takes_only_results_young_enough(
         assert CALLS[name] == [7, 7]
 
 
-def test_the_cache_survives_a_restart(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("salvaged", [False, True])
+def test_the_cache_survives_a_restart_and_a_salvage(
+    tmp_path: Path, name: str, salvaged: bool
+) -> None:
     with JobQueue(tmp_path / "s", workers=1) as jq:
         first = jq.options(cache=True).submit(record, name, "x")
         assert first.result(timeout=WAIT) == "x"
-    with JobQueue(tmp_path / "s", workers=1) as jq:
+    path = tmp_path / "s"
+    if salvaged:
+        path = tmp_path / "copy"
+        assert not salvage(tmp_path / "s", path).lost
+    with JobQueue(path, workers=1) as jq:
         hit = jq.options(cache=True).submit(record, name, "x")
         assert hit.id == first.id and hit.result(timeout=WAIT) == "x"
     assert CALLS[name] == ["x"]
