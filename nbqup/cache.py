@@ -30,6 +30,7 @@ import hashlib
 from typing import Any, Protocol
 
 from . import payload
+from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 from .triggers import to_seconds
 
@@ -128,5 +129,12 @@ def _young(rec: JobRecord, max_age: float | None, now: float) -> bool:
 
 
 def _held(txn: _Txn, entry: str) -> JobRecord | None:
+    """The job an entry names; None if there is none (or its record is damaged: that
+    job answers nothing, and the call runs again)."""
     raw = txn.get("cache", entry)
-    return None if raw is None else txn.load(raw.decode())
+    if raw is None:
+        return None
+    try:
+        return txn.load(raw.decode())
+    except StoreCorrupt:
+        return None

@@ -93,6 +93,16 @@ def test_failed_and_cancelled_jobs_never_answer(name: str) -> None:
         assert again.id != later.id and again.status == "scheduled"
 
 
+def test_a_damaged_record_answers_nothing(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        first = jq.options(cache=True).submit(record, name, 1)
+        assert first.result(timeout=WAIT) == 1
+        jq.store.backend.write([("meta", first.id, b"garbage")])
+        again = jq.options(cache=True).submit(record, name, 1)
+        assert again.id != first.id and again.result(timeout=WAIT) == 1
+        assert jq.options(cache=True).submit(record, name, 1).id == again.id
+
+
 def test_a_live_job_of_the_same_call_is_returned(name: str) -> None:
     with JobQueue(None, workers=1) as jq:
         running = jq.options(cache=True).submit(block, name)
