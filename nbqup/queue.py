@@ -185,7 +185,9 @@ class JobQueue:
     def options(self, **options: Any) -> Submitter:
         """A builder with options for the next submit: ``name``, ``tags``, ``key``,
         ``unique``, ``priority``, ``retries``, ``retry_delay``, ``retry_backoff``,
-        ``retry_jitter``, ``timeout``, ``max_crashes``, ``depends_on``, ``missed``.
+        ``retry_jitter``, ``timeout``, ``max_crashes``, ``depends_on``, ``missed``,
+        ``cache`` (True or a greatest age: answered by a job that already ran the same
+        call, :mod:`nbqup.cache`).
 
         Unknown options and bad values raise at once (TypeError / ValueError).
         """

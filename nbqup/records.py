@@ -176,6 +176,8 @@ class JobRecord:
     python: str = ""
     pickler: str = ""
     version: int = RECORD_VERSION
+    #: The result cache's key of the call, for a job submitted with ``cache`` (nbqup.cache).
+    cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import payload
+from .cache import done_entry
 from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 
@@ -160,6 +161,8 @@ class Runtime:
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
         blobs = blobs or []
+        if rec.cache is not None and status is Status.SUCCEEDED:  # in the same commit
+            blobs = [*blobs, done_entry(rec)]
         self._state.ending.append((rec, self._shared.writer.add([rec], blobs), blobs))
 
     def settle(self) -> None:

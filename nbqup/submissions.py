@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import payload
+from . import cache, payload
 from .errors import StoreWriteError
 from .keys import show_key, stored_key
 from .records import JobRecord, ScheduleRecord, Status, new_id
@@ -57,12 +57,17 @@ class Submissions:
         """Record one job; its id, or that of the live job already holding its key."""
         self._check_open()
         rec, blobs = self._prepare(sub)
-        if rec.key is None:
+        if rec.key is None and rec.cache is None:
             return self._record_new([(rec, blobs)])[0]
+        age = sub.options.get("cache")
+        max_age = None if age is True else age
+        now = self._shared.clock.now()
         with self._state.lock:
             self._state.submitting.add(rec.id)
         try:  # keyed: look the key up and insert in one transaction, across processes
-            existing = self._shared.store.transact(lambda txn: _insert_keyed(txn, rec, blobs))
+            existing = self._shared.store.transact(
+                lambda txn: _insert_keyed(txn, rec, blobs, max_age, now)
+            )
             if existing is not None:
                 return existing
             if rec.fn is not None:
@@ -76,7 +81,7 @@ class Submissions:
 
     def submit_many(self, subs: list[Submission]) -> list[str]:
         """``map``: every job recorded in one commit, or none if one of them is bad."""
-        if any("key" in s.options or s.options.get("unique") for s in subs):
+        if any(s.options.get(o) for s in subs for o in ("key", "unique", "cache")):
             return [self.submit(s) for s in subs]  # each needs its own transaction
         self._check_open()
         return self._record_new([self._prepare(s) for s in subs])
@@ -86,8 +91,8 @@ class Submissions:
         interval from now); its id, or that of the live one holding its key."""
         self._check_open()
         options = sub.options
-        if "depends_on" in options or "unique" in options:
-            bad = "depends_on" if "depends_on" in options else "unique"
+        bad = next((o for o in ("depends_on", "unique", "cache") if o in options), None)
+        if bad is not None:
             raise ValueError(f"{bad} does not apply to recurring schedules")
         now = self._shared.clock.now()
         sid = "s" + new_id(now)
@@ -128,6 +133,8 @@ class Submissions:
         rec.key = options.get("key")
         if rec.key is None and options.get("unique"):
             rec.key = _unique_key(sub.fn, rec.fn, args_blob)
+        if options.get("cache"):
+            rec.cache = cache.cache_key(rec.fn or f"task:{rec.task_type}", args_blob)
         self._check_dependencies(rec)
         return rec, blobs
 
@@ -200,18 +207,27 @@ class Submissions:
                 raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
 
 
-def _insert_keyed(txn: Any, rec: JobRecord, blobs: Blobs) -> str | None:
-    """Inside one transaction: the id of a live job holding ``rec.key``, or insert ``rec``."""
-    assert rec.key is not None
-    held = txn.get("keys", stored_key(rec.key))
-    if held is not None:
-        existing = txn.load(held.decode())
-        if existing is not None and existing.status not in (Status.FAILED, Status.CANCELLED):
-            return str(existing.id)
+def _insert_keyed(
+    txn: Any, rec: JobRecord, blobs: Blobs, max_age: float | None, now: float
+) -> str | None:
+    """Inside one transaction: the id of a live job holding ``rec.key``, else of the job
+    answering its cache key (``max_age``: see :func:`nbqup.cache.find`), or insert ``rec``."""
+    if rec.key is not None:
+        held = txn.get("keys", stored_key(rec.key))
+        if held is not None:
+            existing = txn.load(held.decode())
+            if existing is not None and existing.status not in (Status.FAILED, Status.CANCELLED):
+                return str(existing.id)
+    if rec.cache is not None:
+        found = cache.find(txn, rec.cache, max_age, now)
+        if found is not None:
+            return found
+        blobs = [*blobs, cache.live_entry(rec)]
     for table, key, body in blobs:
         txn.put(table, key, body)
     txn.save(rec)
-    txn.put("keys", stored_key(rec.key), rec.id.encode())
+    if rec.key is not None:
+        txn.put("keys", stored_key(rec.key), rec.id.encode())
     return None
 
 

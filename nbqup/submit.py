@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from .cache import cache_option
 from .handle import Job, Schedule
 from .ports import Submission
 from .triggers import (
@@ -136,6 +137,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_crashes": _optional(_int("max_crashes", 1)),
     "depends_on": _depends_on,
     "missed": _missed,
+    "cache": cache_option,
 }
 #: Every option ``jq.options(...)`` accepts.
 OPTION_NAMES = tuple(_CHECKS)

@@ -1,0 +1,237 @@
+"""The result cache (nbqup.cache): a cached submit of a call that already succeeded is
+answered by that job and runs nothing; a changed function or argument misses.
+
+Jobs count their runs in ``jobfns.CALLS`` (by name); this module's functions are
+pickled by value, as a notebook's are, so that their content is what the cache sees.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cloudpickle
+import pytest
+from children import start
+from jobfns import CALLS, EVENTS, block, flaky, record
+
+from nbqup import JobQueue
+from nbqup.clock import ManualClock
+from nbqup.salvage import salvage
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+WAIT = 30
+
+
+def define(body: str) -> Callable[..., Any]:
+    """A function ``f(name, x)`` defined from source, as a notebook cell defines one:
+    the same name whatever ``body`` is."""
+    namespace: dict[str, Any] = {"record": record, "__name__": __name__}
+    exec(f"def f(name, x):\n    return record(name, {body})", namespace)
+    return namespace["f"]  # type: ignore[no-any-return]
+
+
+def test_a_hit_runs_nothing_and_returns_the_job_that_ran(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        first = jq.options(cache=True).submit(record, name, 42)
+        assert first.result(timeout=WAIT) == 42
+        again = jq.options(cache=True).submit(record, name, 42)
+        assert again.id == first.id and again.result(timeout=WAIT) == 42
+        assert CALLS[name] == [42]  # ran once
+        assert len(jq.jobs()) == 1  # and recorded once
+        plain = jq.submit(record, name, 42)  # without cache: runs as ever
+        assert plain.id != first.id and plain.result(timeout=WAIT) == 42
+        assert CALLS[name] == [42, 42]
+
+
+def test_a_changed_function_or_argument_misses_an_equal_function_hits(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        cached = jq.options(cache=True)
+        plus_one = cached.submit(define("x + 1"), name, 1)
+        assert plus_one.result(timeout=WAIT) == 2
+        redefined = cached.submit(define("x + 1"), name, 1)  # the cell run again: same code
+        assert redefined.id == plus_one.id
+        fixed = cached.submit(define("x + 2"), name, 1)  # the body changed, not the name
+        assert fixed.id != plus_one.id and fixed.result(timeout=WAIT) == 3
+        other_arg = cached.submit(define("x + 1"), name, 2)
+        assert other_arg.id != plus_one.id and other_arg.result(timeout=WAIT) == 3
+        as_kwarg = cached.submit(define("x + 1"), name, x=1)  # pickles otherwise: a miss
+        assert as_kwarg.id != plus_one.id and as_kwarg.result(timeout=WAIT) == 2
+        assert CALLS[name] == [2, 3, 3, 2]
+
+
+def test_an_argument_of_a_notebook_class_hits_after_its_job_ran(name: str) -> None:
+    """A class defined by value: unpickling it in this process (the thread job) changes
+    how its instances pickle; the cache key does not change with it."""
+    namespace: dict[str, Any] = {"__name__": __name__}
+    source = "class Config:\n    def __init__(self, lr: 'float') -> 'None':\n        self.lr = lr\n"
+    exec(source, namespace)  # annotated, as a notebook's classes are
+    config = namespace["Config"]
+    with JobQueue(None, workers=1) as jq:
+        first = jq.options(cache=True).submit(record, name, config(0.1))
+        assert first.result(timeout=WAIT).lr == 0.1
+        assert jq.options(cache=True).submit(record, name, config(0.1)).id == first.id
+        assert jq.options(cache=True).submit(record, name, config(0.2)).id != first.id
+        assert jq.wait(WAIT) and len(CALLS[name]) == 2
+
+
+def test_failed_and_cancelled_jobs_never_answer(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        cached = jq.options(cache=True)
+        failed = cached.submit(flaky, name, 1)
+        assert failed.wait(WAIT) and failed.status == "failed"
+        ok = cached.submit(flaky, name, 1)  # the failure does not answer: runs again
+        assert ok.id != failed.id and ok.result(timeout=WAIT) == 2
+        assert cached.submit(flaky, name, 1).id == ok.id  # the success does
+        later = jq.after("1h").options(cache=True).submit(record, name, "later")
+        assert later.cancel() and later.status == "cancelled"
+        again = jq.after("1h").options(cache=True).submit(record, name, "later")
+        assert again.id != later.id and again.status == "scheduled"
+
+
+def test_a_damaged_record_answers_nothing(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        first = jq.options(cache=True).submit(record, name, 1)
+        assert first.result(timeout=WAIT) == 1
+        jq.store.backend.write([("meta", first.id, b"garbage")])
+        again = jq.options(cache=True).submit(record, name, 1)
+        assert again.id != first.id and again.result(timeout=WAIT) == 1
+        assert jq.options(cache=True).submit(record, name, 1).id == again.id
+
+
+def test_a_live_job_of_the_same_call_is_returned(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        running = jq.options(cache=True).submit(block, name)
+        assert EVENTS[f"{name}:started"].wait(WAIT)
+        assert jq.options(cache=True).submit(block, name).id == running.id
+        EVENTS[name].set()
+        assert running.result(timeout=WAIT) is True
+        assert jq.options(cache=True).submit(block, name).id == running.id
+        assert len(jq.jobs()) == 1
+
+
+def test_a_hit_ignores_a_delay_and_a_miss_keeps_it(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        done = jq.options(cache=True).submit(record, name, 1)
+        assert done.result(timeout=WAIT) == 1
+        assert jq.after("1h").options(cache=True).submit(record, name, 1).id == done.id
+        delayed = jq.after("1h").options(cache=True).submit(record, name, 2)
+        assert delayed.status == "scheduled"
+
+
+def test_an_age_limit_takes_only_results_young_enough(
+    tmp_path: Path, clock: ManualClock, name: str
+) -> None:
+    with JobQueue(tmp_path / "s", workers=1, clock=clock) as jq:
+        old = jq.options(cache=True).submit(record, name, 7)
+        assert old.result(timeout=WAIT) == 7
+        clock.advance(3 * 3600)
+        assert jq.options(cache="4h").submit(record, name, 7).id == old.id
+        young = jq.options(cache="2h").submit(record, name, 7)  # old is 3 hours old
+        assert young.id != old.id and young.result(timeout=WAIT) == 7
+        assert jq.options(cache=True).submit(record, name, 7).id == young.id  # newest wins
+        assert jq.options(cache=60).submit(record, name, 7).id == young.id
+        assert CALLS[name] == [7, 7]
+
+
+@pytest.mark.parametrize("salvaged", [False, True])
+def test_the_cache_survives_a_restart_and_a_salvage(
+    tmp_path: Path, name: str, salvaged: bool
+) -> None:
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        first = jq.options(cache=True).submit(record, name, "x")
+        assert first.result(timeout=WAIT) == "x"
+    path = tmp_path / "s"
+    if salvaged:
+        path = tmp_path / "copy"
+        assert not salvage(tmp_path / "s", path).lost
+    with JobQueue(path, workers=1) as jq:
+        hit = jq.options(cache=True).submit(record, name, "x")
+        assert hit.id == first.id and hit.result(timeout=WAIT) == "x"
+    assert CALLS[name] == ["x"]
+
+
+def test_a_client_process_gets_hits_from_the_store(tmp_path: Path) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:
+        first = jq.options(cache=True).submit(pow, 6, 2)  # pickled by reference: the
+        assert first.result(timeout=WAIT) == 36  # same bytes in the child
+        child = start(
+            tmp_path,
+            """
+            with nbqup.JobQueue(STORE, workers=0) as client:
+                cached = client.options(cache=True)
+                print(cached.submit(pow, 6, 2).id, cached.submit(pow, 6, 3).id, flush=True)
+            """,
+        )
+        out, _ = child.communicate(timeout=WAIT)
+        assert child.returncode == 0
+        hit, miss = out.split()
+        assert hit == first.id and miss != first.id
+        assert jq.get(miss).result(timeout=WAIT) == 216  # the owner ran the client's miss
+
+
+def test_map_looks_up_each_item_and_a_task_can_cache(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        one = jq.options(cache=True).submit(record, name, 1)
+        assert one.result(timeout=WAIT) == 1
+        jobs = jq.options(cache=True).map(record, [(name, 1), (name, 2)])
+        assert jobs[0].id == one.id and jobs[1].result(timeout=WAIT) == 2
+
+        @jq.task(cache=True)
+        def triple(x: int) -> int:
+            return record(name, 3 * x)  # type: ignore[no-any-return]
+
+        t = triple.submit(5)
+        assert t.result(timeout=WAIT) == 15
+        assert triple.submit(5).id == t.id and triple.map([5, 6])[0].id == t.id
+        assert triple.options(cache=False).submit(5).id != t.id  # turned off for one submit
+        assert jq.wait(WAIT)
+        assert CALLS[name] == [1, 2, 15, 6 * 3, 15]
+
+
+def test_a_key_wins_over_the_cache(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        keyed = jq.options(cache=True, key="k").submit(record, name, 1)
+        assert keyed.result(timeout=WAIT) == 1
+        # the key is held: its job, whatever the call (as key= always does)
+        assert jq.options(cache=True, key="k").submit(record, name, 2).id == keyed.id
+        # a free key: the cache answers
+        assert jq.options(cache=True, key="other").submit(record, name, 1).id == keyed.id
+        assert CALLS[name] == [1]
+
+
+class Greeting:
+    def __init__(self, who: str) -> None:
+        self.who = who
+
+
+def test_a_registered_task_type_is_keyed_by_its_pickled_instance() -> None:
+    sent: list[str] = []  # the executor is a live object: its state is shared
+    sender = SimpleNamespace(execute=lambda task: sent.append(task.who) or f"hello {task.who}")
+    with JobQueue(None, workers=1) as jq:
+        jq.register(Greeting, sender)
+        first = jq.options(cache=True).submit(Greeting("ada"))
+        assert first.result(timeout=WAIT) == "hello ada"
+        assert jq.options(cache=True).submit(Greeting("ada")).id == first.id
+        other = jq.options(cache=True).submit(Greeting("bob"))
+        assert other.id != first.id and other.result(timeout=WAIT) == "hello bob"
+        assert sent == ["ada", "bob"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "abc", "0s", float("nan")])
+def test_bad_values_are_refused_at_options(bad: Any) -> None:
+    with JobQueue(None, workers=0) as jq, pytest.raises(ValueError, match="cache"):
+        jq.options(cache=bad)
+    with JobQueue(None, workers=0) as jq, pytest.raises(TypeError, match="cache"):
+        jq.options(cache=[1])
+
+
+def test_recurring_schedules_refuse_the_cache() -> None:
+    with JobQueue(None, workers=0) as jq:
+        with pytest.raises(ValueError, match="cache does not apply"):
+            jq.every("1h").options(cache=True).submit(record, "x", 1)
+        assert jq.jobs() == [] and jq.schedules() == []
