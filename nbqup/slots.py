@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import payload
+from . import payload, upstream
 from .capture import LogBuffer, RichOutputs
 from .context import JobContext, RunningJob
 from .errors import NbqupError, SerializationError, StoreFailed, StoreWriteError, last_line
@@ -209,6 +209,9 @@ class WorkerSlots:
             call.args_blob = self._shared.store.get_blob("args", rec.args_ref or rec.id)
             if call.args_blob is None:
                 raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
+            if rec.upstream:  # Job arguments: their results, by value
+                args, kwargs = payload.loads_args(call.args_blob)
+                call.given(*upstream.substitute(args, kwargs, self._upstream_result))
         if rec.task_type is not None:
             call.local_fn = self._runtime.task_executors[rec.task_type].execute
         elif payload.compatible(rec.python, rec.pickler) and rec.fn_name in self._runtime.tasks:
@@ -218,6 +221,20 @@ class WorkerSlots:
             call.fn_hash = rec.fn
             call.fn_source = functools.partial(self._fn_blob, rec.id, rec.fn, rec.fn_name)
         return call
+
+    def _upstream_result(self, job_id: str) -> object:
+        """The result of a job passed as an argument (kept in memory, or from the store)."""
+        blob = self._shared.finished.result(job_id)
+        if blob is None:
+            blob = self._shared.store.get_blob("result", job_id)
+        if blob is None:
+            raise NbqupError(f"the result of upstream job {job_id} is missing from the store")
+        try:
+            return payload.loads(blob)
+        except Exception as exc:
+            raise SerializationError(
+                f"the result of upstream job {job_id}", exc, action="load"
+            ) from exc
 
     def _fn_blob(self, job_id: str, fn_hash: str, fn_name: str) -> bytes:
         blob = self._shared.store.get_blob("fn", fn_hash)

@@ -635,7 +635,7 @@ def test_unrolled_to_dict_and_copy_match_the_field_by_field_versions() -> None:
         retry_jitter=0.5, timeout=9.0, max_crashes=None, run_base=1, depends_on=("j0",),
         schedule="s1", error="E", errors=("E",), message="m", progress=0.5,
         has_result=True, result_repr="1", has_checkpoint=True, output_attempt=2,
-        kwargs={"n": 1}, python="3.11", pickler="3.1", version=2,
+        kwargs={"n": 1}, python="3.11", pickler="3.1", version=2, upstream=("j0",),
     )  # fmt: skip
     assert all(
         getattr(every_field_set, f.name) != _JOB_DEFAULTS[f.name]

@@ -1,0 +1,95 @@
+"""Jobs as arguments: a :class:`~nbqup.Job` in a job's arguments is its result, once ready.
+
+``jq.submit(train, data=a)`` with ``a`` a Job makes the new job wait for ``a`` and be
+called with ``a.result()``.  At submit, :func:`extract` walks the arguments -- the top
+level, and inside lists, tuples and dict values (not other objects: a Job in an
+attribute is an ordinary argument) -- replaces each Job by an :class:`Upstream` marker
+holding its id, and gives the ids back.  The stored arguments thus hold ids, not handles
+bound to one process's queue, and the ids are recorded with the job (``upstream``, and in
+``depends_on`` too, so that waiting, cancelling when an upstream job fails or is
+cancelled, and re-deriving all of it when the store is reopened are the dependency
+machinery's).  When the job is run, :func:`substitute` puts each upstream job's result in
+its marker's place before the call is handed to an executor: the result travels by value
+to a thread, a process or a Dask worker alike.
+
+>>> args, kwargs, ids = extract((1, [Upstream("a"), 2]), {"b": {"x": Upstream("b")}},
+...                             job_id=lambda v: v.job_id if isinstance(v, Upstream) else None)
+>>> ids
+('a', 'b')
+>>> substitute(args, kwargs, {"a": "A", "b": "B"}.__getitem__)
+((1, ['A', 2]), {'b': {'x': 'B'}})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["Upstream", "extract", "substitute"]
+
+
+class Upstream(NamedTuple):
+    """Where a job's arguments take the result of the job ``job_id``."""
+
+    job_id: str
+
+
+def extract(
+    args: tuple[Any, ...], kwargs: dict[str, Any], job_id: Callable[[Any], str | None]
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[str, ...]]:
+    """``args`` and ``kwargs`` with each value that ``job_id`` names (a Job: its id, else
+    None) replaced by an :class:`Upstream` marker, and the ids found, each once, in order.
+
+    Containers without a Job are returned as they are (not copied)."""
+    found: dict[str, None] = {}
+
+    def walk(value: Any) -> Any:
+        kind = type(value)
+        if kind is list or kind is tuple:
+            items = [walk(v) for v in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
+            return items if kind is list else tuple(items)
+        if kind is dict:
+            pairs = {k: walk(v) for k, v in value.items()}
+            if all(pairs[k] is v for k, v in value.items()):
+                return value
+            return pairs
+        if kind in _PLAIN:
+            return value
+        ident = job_id(value)
+        if ident is None:
+            return value
+        found[ident] = None
+        return Upstream(ident)
+
+    new_args = walk(args) if args else args
+    new_kwargs = walk(kwargs) if kwargs else kwargs
+    return new_args, new_kwargs, tuple(found)
+
+
+def substitute(
+    args: tuple[Any, ...], kwargs: dict[str, Any], result: Callable[[str], Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwargs`` with each :class:`Upstream` marker replaced by
+    ``result(job_id)`` (a job passed twice is loaded once)."""
+    loaded: dict[str, Any] = {}
+
+    def walk(value: Any) -> Any:
+        kind = type(value)
+        if kind is Upstream:
+            if value.job_id not in loaded:
+                loaded[value.job_id] = result(value.job_id)
+            return loaded[value.job_id]
+        if kind is list:
+            return [walk(v) for v in value]
+        if kind is tuple:
+            return tuple(walk(v) for v in value)
+        if kind is dict:
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(args), walk(kwargs)
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
