@@ -62,6 +62,8 @@ class WorkerSlots:
         self._state = shared.state
         self._runtime = runtime
         self._executor = executor
+        #: Results of jobs that others take as arguments, handed over in memory.
+        self._handoff = upstream.Handoff()
         self._store_trouble = store_trouble
         self._job_handle = job_handle  # the Job handle a running job's context holds
 
@@ -222,9 +224,16 @@ class WorkerSlots:
             call.fn_source = functools.partial(self._fn_blob, rec.id, rec.fn, rec.fn_name)
         return call
 
+    def _taken(self, job_id: str) -> bool:
+        """Whether a job waiting for ``job_id`` takes it as an argument (lock held)."""
+        live = self._state.live
+        return any(
+            job_id in getattr(live.get(d), "upstream", ()) for d in self._state.dependents[job_id]
+        )
+
     def _upstream_result(self, job_id: str) -> object:
         """The result of a job passed as an argument (kept in memory, or from the store)."""
-        blob = self._shared.finished.result(job_id)
+        blob = self._handoff.get(job_id) or self._shared.finished.result(job_id)
         if blob is None:
             blob = self._shared.store.get_blob("result", job_id)
         if blob is None:
@@ -282,6 +291,8 @@ class WorkerSlots:
             elif outcome.ok and not cancelled:
                 blob = blobs[-1][2]  # the result, appended last above
                 self._shared.finished.ending(job_id, blob)
+                if job_id in self._state.dependents and self._taken(job_id):
+                    self._handoff.put(job_id, blob)
                 rec.result_repr = outcome.result_repr or payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:

@@ -10,7 +10,9 @@ bound to one process's queue, and the ids are recorded with the job (``upstream`
 cancelled, and re-deriving all of it when the store is reopened are the dependency
 machinery's).  When the job is run, :func:`substitute` puts each upstream job's result in
 its marker's place before the call is handed to an executor: the result travels by value
-to a thread, a process or a Dask worker alike.
+to a thread, a process or a Dask worker alike.  A result its dependents will load is
+handed over in memory (:class:`Handoff`), so that a large one is not read back and
+decompressed from the store.
 
 >>> args, kwargs, ids = extract((1, [Upstream("a"), 2]), {"b": {"x": Upstream("b")}},
 ...                             job_id=lambda v: v.job_id if isinstance(v, Upstream) else None)
@@ -22,10 +24,15 @@ to a thread, a process or a Dask worker alike.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["Upstream", "extract", "substitute"]
+__all__ = ["HANDOFF_BYTES", "Handoff", "Upstream", "extract", "substitute"]
+
+#: Pickled results held for the jobs that take them, in bytes in all.
+HANDOFF_BYTES = 64 << 20
 
 
 class Upstream(NamedTuple):
@@ -90,6 +97,38 @@ def substitute(
         return value
 
     return walk(args), walk(kwargs)
+
+
+class Handoff:
+    """The pickled results of succeeded jobs that other jobs take as arguments, kept in
+    memory for them (the most recent, up to ``limit`` bytes): a dependent started soon
+    after gets its upstream result without reading it back from the store.  What is not
+    here is read from the store; the store stays the truth.
+
+    >>> h = Handoff(limit=10)
+    >>> h.put("a", b"12345678"); h.put("b", b"1234"); h.get("a"), h.get("b")
+    (None, b'1234')
+    """
+
+    def __init__(self, limit: int = HANDOFF_BYTES) -> None:
+        self._limit = limit
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def put(self, job_id: str, blob: bytes) -> None:
+        """Hold ``blob``, dropping the oldest held to stay within the limit."""
+        if len(blob) > self._limit:
+            return
+        with self._lock:
+            self._blobs[job_id] = blob
+            self._size += len(blob)
+            while self._size > self._limit:
+                self._size -= len(self._blobs.popitem(last=False)[1])
+
+    def get(self, job_id: str) -> bytes | None:
+        with self._lock:
+            return self._blobs.get(job_id)
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
