@@ -234,7 +234,9 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
         "message": get("message"),
         "key": get("key"),
         # the ids of the jobs passed as arguments (nbqup.upstream), a list per row
-        "upstream": _objects(map(list, get("upstream"))),
+        "upstream": _objects(
+            list(u) if isinstance(u, tuple | list) else [] for u in get("upstream")
+        ),
     }
     # Keyword names in order of first use; most jobs share a handful of signatures.
     for arg in dict.fromkeys(k for names in dict.fromkeys(map(tuple, kwargs)) for k in names):
