@@ -40,6 +40,8 @@ class Call:
     local_fn: Callable[..., Any] | None = None
     _fn_blob: bytes | None = field(default=None, repr=False)
     _loaded: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False)
+    #: The arguments were given as values (:meth:`given`): pickled for another process.
+    _given: bool = field(default=False, repr=False)
 
     @property
     def fn_blob(self) -> bytes | None:
@@ -67,6 +69,11 @@ class Call:
     def kwargs(self) -> dict[str, Any]:
         return self._arguments()[1]
 
+    def given(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Call with these arguments (the stored ones with upstream results put in,
+        :mod:`nbqup.upstream`): used as they are here, pickled once for another process."""
+        self._loaded, self._given, self.args_blob = (args, kwargs), True, None
+
     def invoke(self) -> Any:
         """Call the function with the arguments, here."""
         return self.fn(*self.args, **self.kwargs)
@@ -77,7 +84,8 @@ class Call:
         fn_hash, fn_blob = self.fn_hash, self.fn_blob
         if fn_hash is None or fn_blob is None:
             fn_hash, fn_blob = payload.dumps_fn(self.fn)
-        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, self.args_blob)
+        args_blob = payload.dumps_args(self.args, self.kwargs) if self._given else self.args_blob
+        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, args_blob)
 
 
 @dataclass

@@ -178,6 +178,9 @@ class JobRecord:
     version: int = RECORD_VERSION
     #: The result cache's key of the call, for a job submitted with ``cache`` (nbqup.cache).
     cache: str | None = None
+    #: Jobs passed as arguments (:mod:`nbqup.upstream`): their results replace them when
+    #: this job runs.  Each is in ``depends_on`` too (waiting and cancelling are its).
+    upstream: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
@@ -188,7 +191,7 @@ class JobRecord:
         """Build a record from :meth:`to_dict` output; unknown fields are ignored."""
         known = {k: v for k, v in data.items() if k in _JOB_DEFAULTS}
         known["status"] = Status(known.get("status", Status.QUEUED))
-        for name in ("tags", "depends_on", "errors"):
+        for name in ("tags", "depends_on", "errors", "upstream"):
             if name in known:
                 known[name] = tuple(known[name])
         return cls(**known)

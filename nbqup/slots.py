@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import payload
+from . import payload, upstream
 from .capture import LogBuffer, RichOutputs
 from .context import JobContext, RunningJob
 from .errors import NbqupError, SerializationError, StoreFailed, StoreWriteError, last_line
@@ -62,6 +62,8 @@ class WorkerSlots:
         self._state = shared.state
         self._runtime = runtime
         self._executor = executor
+        #: Results of jobs that others take as arguments, handed over in memory.
+        self._handoff = upstream.Handoff()
         self._store_trouble = store_trouble
         self._job_handle = job_handle  # the Job handle a running job's context holds
 
@@ -209,6 +211,9 @@ class WorkerSlots:
             call.args_blob = self._shared.store.get_blob("args", rec.args_ref or rec.id)
             if call.args_blob is None:
                 raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
+            if rec.upstream:  # Job arguments: their results, by value
+                args, kwargs = payload.loads_args(call.args_blob)
+                call.given(*upstream.substitute(args, kwargs, self._upstream_result))
         if rec.task_type is not None:
             call.local_fn = self._runtime.task_executors[rec.task_type].execute
         elif payload.compatible(rec.python, rec.pickler) and rec.fn_name in self._runtime.tasks:
@@ -218,6 +223,27 @@ class WorkerSlots:
             call.fn_hash = rec.fn
             call.fn_source = functools.partial(self._fn_blob, rec.id, rec.fn, rec.fn_name)
         return call
+
+    def _taken(self, job_id: str) -> bool:
+        """Whether a job waiting for ``job_id`` takes it as an argument (lock held)."""
+        live = self._state.live
+        return any(
+            job_id in getattr(live.get(d), "upstream", ()) for d in self._state.dependents[job_id]
+        )
+
+    def _upstream_result(self, job_id: str) -> object:
+        """The result of a job passed as an argument (kept in memory, or from the store)."""
+        blob = self._handoff.get(job_id) or self._shared.finished.result(job_id)
+        if blob is None:
+            blob = self._shared.store.get_blob("result", job_id)
+        if blob is None:
+            raise NbqupError(f"the result of upstream job {job_id} is missing from the store")
+        try:
+            return payload.loads(blob)
+        except Exception as exc:
+            raise SerializationError(
+                f"the result of upstream job {job_id}", exc, action="load"
+            ) from exc
 
     def _fn_blob(self, job_id: str, fn_hash: str, fn_name: str) -> bytes:
         blob = self._shared.store.get_blob("fn", fn_hash)
@@ -265,6 +291,8 @@ class WorkerSlots:
             elif outcome.ok and not cancelled:
                 blob = blobs[-1][2]  # the result, appended last above
                 self._shared.finished.ending(job_id, blob)
+                if job_id in self._state.dependents and self._taken(job_id):
+                    self._handoff.put(job_id, blob)
                 rec.result_repr = outcome.result_repr or payload.short_repr(outcome.value)
                 rec.has_result = True
                 if rec.progress is not None:

@@ -12,13 +12,15 @@ store transaction, so two processes submitting the same key get one job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import cache, payload
+from . import cache, payload, upstream
 from .errors import StoreWriteError
+from .handle import Job
 from .keys import show_key, stored_key
 from .records import JobRecord, ScheduleRecord, Status, new_id
 from .schedules import RUN_FIELDS
@@ -94,6 +96,8 @@ class Submissions:
         bad = next((o for o in ("depends_on", "unique", "cache") if o in options), None)
         if bad is not None:
             raise ValueError(f"{bad} does not apply to recurring schedules")
+        if self._upstream(sub)[1]:
+            raise ValueError("a Job cannot be an argument of a recurring schedule")
         now = self._shared.clock.now()
         sid = "s" + new_id(now)
         fields, blobs, args_blob = self._call_payload(sub, sid)
@@ -119,6 +123,7 @@ class Submissions:
     def _prepare(self, sub: Submission) -> tuple[JobRecord, Blobs]:
         """A job's record and payload blobs, checked; nothing is written yet."""
         now = self._shared.clock.now()
+        sub, ups = self._upstream(sub)
         options = sub.options
         rec = JobRecord(id=new_id(now), name="", created=now)
         fields, blobs, args_blob = self._call_payload(sub, rec.id)
@@ -128,6 +133,9 @@ class Submissions:
         for field in (*RUN_FIELDS, "depends_on"):
             if field in options:
                 setattr(rec, field, options[field])
+        if ups:  # a Job argument is a dependency too: waited for, and its failure cancels
+            rec.upstream = ups
+            rec.depends_on = tuple(dict.fromkeys((*rec.depends_on, *ups)))
         if sub.due is not None and sub.due > now:
             rec.status, rec.scheduled_for = Status.SCHEDULED, sub.due
         rec.key = options.get("key")
@@ -197,6 +205,24 @@ class Submissions:
         fields["kwargs"] = payload.kwargs_summary(kwargs)
         return fields, blobs, args_blob
 
+    def _upstream(self, sub: Submission) -> tuple[Submission, tuple[str, ...]]:
+        """``sub`` with its Job arguments replaced by markers, and their ids
+        (:mod:`nbqup.upstream`); a Job of another queue's store is a ValueError."""
+        if not sub.args and not sub.kwargs:
+            return sub, ()
+        args, kwargs, ups = upstream.extract(sub.args, sub.kwargs, _job_id)
+        if not ups:
+            return sub, ()
+        for job_id in ups:
+            with self._state.lock:
+                known = job_id in self._state.live
+            if not known and not self._shared.store.has_job(job_id):
+                raise ValueError(
+                    f"a Job argument, job {job_id}, is not in this queue's store "
+                    f"({self._shared.store.path}): a Job of another queue cannot be passed"
+                )
+        return dataclasses.replace(sub, args=args, kwargs=kwargs), ups
+
     def _check_dependencies(self, rec: JobRecord) -> None:
         for dep in rec.depends_on:
             if dep == rec.id:
@@ -205,6 +231,10 @@ class Submissions:
                 known = dep in self._state.live
             if not known and not self._shared.store.has_job(dep):
                 raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
+
+
+def _job_id(value: Any) -> str | None:
+    return value.id if isinstance(value, Job) else None
 
 
 def _insert_keyed(

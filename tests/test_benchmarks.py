@@ -154,3 +154,13 @@ def test_steps_benchmark_runs(tmp_path: Path) -> None:
     assert figures["calls"] == 20
     assert set(figures) >= {"plain", "step", "checkpoint", "replay"}
     assert figures["plain"]["x_plain"] == 1.0
+
+
+@pytest.mark.timeout(120)
+def test_jobargs_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "jobargs.json"
+    proc = _run(["benchmarks.jobargs", "--rounds", "2", "--mb", "1", "--json", str(out)], 110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) >= {"pass_ms", "pickle_ms", "pass_x_pickle"}
+    assert figures["pass_ms"] > 0 and figures["pickle_ms"] > 0
