@@ -235,3 +235,21 @@ def test_recurring_schedules_refuse_the_cache() -> None:
         with pytest.raises(ValueError, match="cache does not apply"):
             jq.every("1h").options(cache=True).submit(record, "x", 1)
         assert jq.jobs() == [] and jq.schedules() == []
+
+
+def test_a_cached_dependent_hits_when_its_upstream_is_the_same_job(name: str) -> None:
+    """A Job argument is stored as its id, so a cached dependent of a cached upstream is
+    answered on a re-run (the upstream hits, so its id is the same); a new upstream job
+    makes the dependent run again, on its result."""
+    with JobQueue(None, workers=1) as jq:
+        cached = jq.options(cache=True)
+        up = cached.submit(record, name, 1)
+        down = cached.submit(record, name, up)  # receives up's result, 1
+        assert down.result(timeout=WAIT) == 1
+        again_up = cached.submit(record, name, 1)
+        again_down = cached.submit(record, name, again_up)
+        assert (again_up.id, again_down.id) == (up.id, down.id)
+        fresh_up = jq.submit(record, name, 1)  # not cached: a new job
+        fresh_down = cached.submit(record, name, fresh_up)
+        assert fresh_down.id != down.id and fresh_down.result(timeout=WAIT) == 1
+        assert CALLS[name] == [1, 1, 1, 1]  # up, down, fresh_up, fresh_down: no more
