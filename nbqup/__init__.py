@@ -18,6 +18,7 @@ from . import (
 )
 from .context import checkpoint, progress, restore, track
 from .errors import *  # noqa: F403  (every exception nbqup raises: errors.__all__)
+from .groups import Group
 from .handle import Job, Schedule, current_job
 from .queue import JobQueue
 from .records import Status
@@ -41,6 +42,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "Group",
     "Job",
     "JobQueue",
     "Schedule",

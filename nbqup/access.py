@@ -391,3 +391,6 @@ class JobAccess:
 
     def schedule(self, submission: Submission, trigger: Trigger) -> str:
         return self._submissions.schedule(submission, trigger)
+
+    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
+        return self._submissions.submit_group(key, submissions)

@@ -24,7 +24,7 @@ from .records import _JOB_DEFAULTS, _REQUIRED, JOB_FIELDS, JobRecord, Status
 __all__ = ["COMPRESS_ABOVE", "RAW_TABLES", "decode", "encode"]
 
 #: Tables of tiny values (ids, flags) stored as they are; every other value is framed.
-RAW_TABLES = frozenset({"pending", "keys", "requests", "info", "cache"})
+RAW_TABLES = frozenset({"pending", "keys", "requests", "info", "cache", "groups"})
 
 _HEADER = struct.Struct("<BBI")
 _RECORD_FORMAT = 1

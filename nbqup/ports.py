@@ -129,3 +129,8 @@ class QueuePort(Protocol):
     def schedule(self, submission: Submission, trigger: Trigger) -> str:
         """Record a recurring schedule (first run at ``submission.due``); its id."""
         ...
+
+    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
+        """Record the group ``key``'s new items (:mod:`nbqup.groups`), all or none; the
+        ids of all its members, in order."""
+        ...

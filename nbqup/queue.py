@@ -45,6 +45,7 @@ from .commits import GroupCommit
 from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
+from .groups import Group, check_group_key, group_keys, read_group
 from .handle import Job, Schedule
 from .nested import NestedWaits
 from .records import JobRecord
@@ -219,9 +220,21 @@ class JobQueue:
         """
         return Submitter(self._access).cron(expr, tz)
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
-        """One job per item (a dict is keyword arguments, a tuple positional ones)."""
-        return Submitter(self._access).map(fn, items)
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, key: str | None = None) -> Group:
+        """One job per item (a dict is keyword arguments, a tuple positional ones), as a
+        :class:`~nbqup.groups.Group`; ``key``: a durable group a re-run extends."""
+        return Submitter(self._access).map(fn, items, key=key)
+
+    def group(self, key: str) -> Group:
+        """The group recorded by ``map(..., key=key)``; KeyError if there is none."""
+        found = read_group(self.store, check_group_key(key))
+        if found is None:
+            raise KeyError(f"no group {key!r} in {self!r}")
+        return Group(self._access, (Job(self._access, i) for i in found[1]), key)
+
+    def groups(self) -> list[Group]:
+        """Every group recorded with a key (``map(..., key=)``)."""
+        return [self.group(key) for key in group_keys(self.store)]
 
     def task(self, fn: F | None = None, /, **options: Any) -> Any:
         """Decorator: ``@jq.task`` or ``@jq.task(retries=3)``; the function gains

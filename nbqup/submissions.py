@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import cache, payload, upstream
+from . import cache, groups, payload, upstream
 from .errors import StoreWriteError
 from .handle import Job
 from .keys import show_key, stored_key
@@ -87,6 +87,68 @@ class Submissions:
             return [self.submit(s) for s in subs]  # each needs its own transaction
         self._check_open()
         return self._record_new([self._prepare(s) for s in subs])
+
+    def submit_group(self, key: str, subs: list[Submission]) -> list[str]:
+        """``map(..., key=key)``: the job ids of the group's members, in order (its earlier
+        items first, then this call's new ones).  An item whose key holds a live or
+        succeeded job gets that job; the others are new jobs, recorded with the group's
+        record (:mod:`nbqup.groups`) in one transaction, all or none.  ValueError if
+        ``key`` names a group of another function."""
+        self._check_open()
+        prepared: dict[str, tuple[JobRecord, Blobs]] = {}
+        fns: set[str] = set()  # a function's blob is written once
+        for sub in subs:
+            rec, blobs = self._prepare(sub)
+            args_blob = next((body for table, _, body in blobs if table == "args"), None)
+            rec.key = groups.item_key(key, args_blob)
+            blobs = [b for b in blobs if b[0] != "fn" or b[1] not in fns]
+            fns.update(k for t, k, _ in blobs if t == "fn")
+            prepared.setdefault(rec.key, (rec, blobs))  # an item given twice is one job
+        fn_name = next(iter(prepared.values()))[0].fn_name if prepared else ""
+        age = subs[0].options.get("cache") if subs else None
+        max_age = None if age is True else age
+        now = self._shared.clock.now()
+
+        def write(txn: Any) -> list[str]:
+            raw = txn.get(groups.TABLE, stored_key(key))
+            _, fn, members = groups.decode_group(raw) if raw is not None else ("", fn_name, [])
+            if prepared and fn != fn_name:
+                raise ValueError(
+                    f"group {show_key(key)} is a group of {fn}, not of {fn_name}: use another key"
+                )
+            members += [m for m in prepared if m not in set(members)]
+            ids = {}
+            for member in members:
+                if member in prepared:
+                    rec, blobs = prepared[member]
+                    ids[member] = _insert_keyed(txn, rec, blobs, max_age, now) or rec.id
+                else:
+                    held = txn.get("keys", stored_key(member))
+                    ids[member] = held.decode() if held is not None else ""
+            txn.put(groups.TABLE, stored_key(key), groups.encode_group(key, fn, members))
+            return [ids[m] for m in members if ids[m]]
+
+        new = [rec for rec, _ in prepared.values()]
+        ours = [rec.id for rec in new]
+        with self._state.lock:
+            self._state.submitting.update(ours)
+        try:
+            ids = self._shared.store.transact(write)
+            recorded = set(ids)
+            new = [rec for rec in new if rec.id in recorded]
+            self._known_fns.update(rec.fn for rec in new if rec.fn is not None)
+            if self._state.owner and new:
+                with self._state.lock:
+                    for rec in new:
+                        if rec.id not in self._state.live:
+                            self._state.live[rec.id] = rec
+                            self._runtime.place(rec)
+                with contextlib.suppress(StoreWriteError):  # as in _record_new
+                    self._runtime.settle()
+        finally:
+            with self._state.lock:
+                self._state.submitting.difference_update(ours)
+        return ids
 
     def schedule(self, sub: Submission, trigger: Trigger) -> str:
         """Record a recurring schedule whose first run is at ``sub.due`` (None: one

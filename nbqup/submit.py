@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .cache import cache_option
+from .groups import Group, check_group_key
 from .handle import Job, Schedule
 from .ports import Submission
 from .triggers import (
@@ -248,12 +249,19 @@ class Submitter:
         sid = self._queue.schedule(Submission(fn, args, kwargs, self._options, start), trigger)
         return Schedule(self._queue, sid)
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Job]:
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, key: str | None = None) -> Group:
         """One job per item: a dict item is keyword arguments, a tuple positional ones,
-        anything else the single argument.  All are recorded in one commit, or none (an
-        argument that cannot be pickled raises before anything is written)."""
+        anything else the single argument; a :class:`~nbqup.groups.Group` of them.  All
+        are recorded in one commit, or none (an argument that cannot be pickled raises
+        before anything is written).  With ``key``, a durable group that a re-run
+        extends: only items it lacks, or whose job failed or was cancelled, are submitted
+        (see :mod:`nbqup.groups`)."""
         if self._trigger is not None:
             raise TypeError("map() makes one-off jobs; use submit() for a recurring schedule")
+        if key is not None:
+            check_group_key(key)
+            if "key" in self._options or "unique" in self._options:
+                raise ValueError("map(key=...) gives each item its key: drop options(key/unique)")
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for item in items:
             if isinstance(item, Mapping):
@@ -264,7 +272,9 @@ class Submitter:
                 calls.append(((item,), {}))
         due = self._due()
         subs = [Submission(fn, args, kwargs, self._options, due) for args, kwargs in calls]
-        return [Job(self._queue, job_id) for job_id in self._queue.submit_many(subs)]
+        queue = self._queue
+        ids = queue.submit_many(subs) if key is None else queue.submit_group(key, subs)
+        return Group(self._queue, (Job(self._queue, job_id) for job_id in ids), key)
 
 
 class Task(Generic[P, R]):
@@ -286,8 +296,8 @@ class Task(Generic[P, R]):
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         return self._submitter.submit(self.fn, *args, **kwargs)
 
-    def map(self, items: Iterable[Any]) -> list[Job]:
-        return self._submitter.map(self.fn, items)
+    def map(self, items: Iterable[Any], *, key: str | None = None) -> Group:
+        return self._submitter.map(self.fn, items, key=key)
 
     def options(self, **options: Any) -> Submitter:
         return _Bound(self.fn, self._submitter.options(**options))
@@ -323,5 +333,5 @@ class _Bound(Submitter):
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         return Submitter(self._queue, **self._fields()).submit(self._fn, *args, **kwargs)
 
-    def map(self, items: Iterable[Any]) -> list[Job]:  # type: ignore[override]
-        return Submitter(self._queue, **self._fields()).map(self._fn, items)
+    def map(self, items: Iterable[Any], *, key: str | None = None) -> Group:  # type: ignore[override]
+        return Submitter(self._queue, **self._fields()).map(self._fn, items, key=key)
