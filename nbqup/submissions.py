@@ -112,6 +112,7 @@ class Submissions:
         def write(txn: Any) -> list[str]:
             raw = txn.get(groups.TABLE, stored_key(key))
             _, fn, members = groups.decode_group(raw) if raw is not None else ("", fn_name, [])
+            fn = fn or fn_name  # a group first mapped over no items takes the function now
             if prepared and fn != fn_name:
                 raise ValueError(
                     f"group {show_key(key)} is a group of {fn}, not of {fn_name}: use another key"

@@ -84,19 +84,18 @@ def test_results_timeout_raises_wait_returns_false(name: str) -> None:
 
 def test_cancel_then_retry_only_failed_and_cancelled(name: str) -> None:
     with JobQueue(None, workers=1) as jq:
-        g = jq.map(block, [name, f"{name}-2"], key="c")
-        ok = jq.map(abs, [-5], key="other")
+        blocker = jq.submit(block, name)  # holds the only worker: the group stays queued
         assert EVENTS[f"{name}:started"].wait(WAIT)
-        assert g.cancel() == 2
-        assert g.wait(WAIT) and g.counts()["cancelled"] == 2
-        assert ok.results(timeout=WAIT) == [5]
+        g = jq.map(abs, [-1, -2], key="c")
+        assert g.cancel() == 2 and g.cancel() == 0
+        assert g.done() and g.counts()["cancelled"] == 2
         EVENTS[name].set()
-        EVENTS[f"{name}-2"].set()
-        retried = g.retry()
-        assert retried == list(g)
-        assert g.results(timeout=WAIT) == [True, True]
-        assert ok.retry() == []  # succeeded jobs stay
-        assert g.retry(fresh=True) == []
+        assert blocker.result(timeout=WAIT) is True
+        ok = jq.map(abs, [-5], key="other")
+        assert ok.results(timeout=WAIT) == [5]
+        assert g.retry() == list(g)
+        assert g.results(timeout=WAIT) == [1, 2]
+        assert ok.retry() == [] and g.retry(fresh=True) == []  # succeeded jobs stay
 
 
 def test_progress_is_the_mean_with_finished_jobs_counting_one(name: str) -> None:
@@ -149,6 +148,13 @@ def test_a_key_reused_with_another_function_names_both() -> None:
         assert len(jq.jobs()) == 1  # nothing half-written
         with pytest.raises(ValueError, match=r"map\(key="):
             jq.options(key="x").map(abs, [1], key="g")
+
+
+def test_a_group_begun_with_no_items_takes_them_later() -> None:
+    with JobQueue(None, workers=1) as jq:
+        assert jq.map(abs, [], key="e") == [] and jq.group("e") == []
+        assert jq.map(abs, [-4], key="e").results(timeout=WAIT) == [4]
+        assert jq.map(abs, [], key="e") == jq.group("e") and len(jq.group("e")) == 1
 
 
 def test_an_unpicklable_item_records_nothing() -> None:
