@@ -166,6 +166,10 @@ class Group(list[Job]):
         key = f" {self.key!r}" if self.key else ""
         return f"<Group{key} {len(self)} jobs {counts}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the plain list of its jobs (a queue does not pickle)."""
+        return (list, (list(self),))
+
     __hash__ = None  # a list: mutable, unhashable
 
 

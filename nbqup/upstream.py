@@ -79,6 +79,8 @@ def extract(
             return pairs
         if kind in _PLAIN:
             return value
+        if isinstance(value, list):  # a list subclass (a Group): taken as a plain list
+            return [walk(v) for v in value]
         ident = job_id(value)
         return value if ident is None else Upstream(ident)
 
@@ -98,6 +100,8 @@ def _find(values: Any, job_id: Callable[[Any], str | None], found: dict[str, Non
             _find(value, job_id, found)
         elif kind is dict:
             _find(value.values(), job_id, found)
+        elif isinstance(value, list):  # a list subclass: a Group of jq.map
+            _find(value, job_id, found)
         else:
             ident = job_id(value)
             if ident is not None:

@@ -70,6 +70,14 @@ def add_or_fail(x: int) -> int:
     return x
 
 
+def test_a_group_as_an_argument_passes_its_results() -> None:
+    with JobQueue(None, workers=2) as jq:
+        g = jq.map(abs, [-1, -2], key="up")
+        total = jq.submit(sum, g)  # a Group is a list of Jobs: the job gets their results
+        assert total.result(timeout=WAIT) == 3
+        assert jq.submit(len, jq.map(abs, [])).result(timeout=WAIT) == 0  # an empty one
+
+
 def test_results_timeout_raises_wait_returns_false(name: str) -> None:
     with JobQueue(None, workers=1) as jq:
         g = jq.map(block, [name])
