@@ -25,7 +25,7 @@ pytest.importorskip("nbval")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = NOTEBOOKS / "nbval_sanitize.cfg"
-NAMES = ["quickstart", "survive-restart", "scheduling", "sweeps"]
+NAMES = ["quickstart", "survive-restart", "scheduling", "sweeps", "workflow"]
 
 
 def _code_cells(nb: Any) -> list[int]:
@@ -161,3 +161,38 @@ def test_survive_restart_notebook_resumes_after_a_kernel_restart(tmp_path: Path,
         assert starts == [0, starts[-1]] and "--- attempt 2 ---" in out, out
     assert time.monotonic() - began < 20  # the rest of the experiment ran, not all of it
     assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the stores"
+
+
+@pytest.mark.timeout(120)
+def test_workflow_notebook_rerun_after_a_kernel_kill_reuses_what_is_done(tmp_path: Path) -> None:
+    """workflow.ipynb's own story: the kernel dies in the middle of the sweep; running all
+    cells again reuses the cached load and the finished points, resumes the rest, and the
+    added grid point is the only new job -- with the uninterrupted run's answers."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    nb = nbformat.read(NOTEBOOKS / "workflow.ipynb", as_version=4)
+    code = _code_cells(nb)
+    expected = {i: _text(nb.cells[i]) for i in code if "NBVAL_CHECK_OUTPUT" in nb.cells[i].source}
+    sweep = next(i for i in code if 'key="sweep")' in nb.cells[i].source)
+    km = AsyncKernelManager(kernel_name="python3")
+    client = nbclient.NotebookClient(
+        nb, km=km, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    with client.setup_kernel(env=env):
+        for i in code[: code.index(sweep) + 1]:
+            client.execute_cell(nb.cells[i], i)
+        probe = nbformat.v4.new_code_cell(
+            "while sweep.counts()['succeeded'] < 1:\n"
+            "    time.sleep(0.02)\n"
+            "print('some done', sweep.counts()['succeeded'] < len(sweep))"
+        )
+        nb.cells.append(probe)
+        client.execute_cell(probe, len(nb.cells) - 1)
+        run_sync(km.restart_kernel)(now=True)  # the kernel dies mid-sweep (SIGKILL)
+        _until_ready(client, nb)
+        for i in code:  # Run -> Run All Cells
+            client.execute_cell(nb.cells[i], i)
+    assert {i: _text(nb.cells[i]) for i in expected} == expected
+    assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the store"
