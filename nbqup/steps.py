@@ -67,7 +67,13 @@ class StepRun:
         self.seq = 0
 
 
-def _fingerprint(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _fingerprint(
+    name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """The hash of a step's arguments, those a ``functools.partial`` binds included (the
+    values a closure captures are not compared: pass them as arguments)."""
+    while isinstance(fn, functools.partial):
+        args, kwargs, fn = (*fn.args, *args), {**fn.keywords, **kwargs}, fn.func
     try:
         blob = payload.dumps_args(args, kwargs)
     except SerializationError as exc:
@@ -87,7 +93,7 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
     run.calls[name] = ordinal + 1
     seq, run.seq = run.seq, run.seq + 1
     key = step_key(job_id, name, ordinal)
-    fingerprint = _fingerprint(name, args, kwargs)
+    fingerprint = _fingerprint(name, fn, args, kwargs)
     body = run.stored.pop(key, None)  # each is looked at once a run
     if body is not None:
         record = pickle.loads(body)

@@ -156,7 +156,7 @@ class Submissions:
         interval from now); its id, or that of the live one holding its key."""
         self._check_open()
         options = sub.options
-        bad = next((o for o in ("depends_on", "unique", "cache") if o in options), None)
+        bad = next((o for o in ("depends_on", "unique", "cache") if options.get(o)), None)
         if bad is not None:
             raise ValueError(f"{bad} does not apply to recurring schedules")
         if self._upstream(sub)[1]:

@@ -79,8 +79,11 @@ def extract(
             return pairs
         if kind in _PLAIN:
             return value
-        if isinstance(value, list):  # a list subclass (a Group): taken as a plain list
-            return [walk(v) for v in value]
+        if isinstance(value, list):  # a list subclass (a Group): a plain list if it held Jobs
+            items = [walk(v) for v in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
+            return items
         ident = job_id(value)
         return value if ident is None else Upstream(ident)
 

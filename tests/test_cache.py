@@ -235,6 +235,9 @@ def test_recurring_schedules_refuse_the_cache() -> None:
         with pytest.raises(ValueError, match="cache does not apply"):
             jq.every("1h").options(cache=True).submit(record, "x", 1)
         assert jq.jobs() == [] and jq.schedules() == []
+        cached_task = jq.task(cache=True)(record)  # cache=False turns it off: it schedules
+        schedule = cached_task.options(cache=False).every("1h").submit("x", 1)
+        assert [s.id for s in jq.schedules()] == [schedule.id]
 
 
 def test_a_cached_dependent_hits_when_its_upstream_is_the_same_job(name: str) -> None:

@@ -47,6 +47,18 @@ def test_extract_leaves_containers_without_jobs_as_they_are() -> None:
     assert got == (([5, 5],), {}) and calls == ["x"]  # loaded once
 
 
+class Tagged(list):  # type: ignore[type-arg]
+    """A list subclass of the user's: kept as it is unless it holds a Job."""
+
+
+def test_a_list_subclass_without_jobs_is_kept_when_a_job_is_elsewhere() -> None:
+    tagged = Tagged([1, 2])
+    args, _, ids = extract((tagged, Upstream("x")), {}, _job_id)
+    assert ids == ("x",) and args[0] is tagged
+    args, _, ids = extract((Tagged([Upstream("y")]),), {}, _job_id)
+    assert ids == ("y",) and type(args[0]) is list  # a Group: taken as a plain list
+
+
 def test_jobs_anywhere_in_the_arguments_receive_their_results(jq: JobQueue) -> None:
     a = jq.submit(add, 2, 3)
     b = jq.submit(add, 10)

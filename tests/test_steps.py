@@ -113,6 +113,18 @@ def test_changed_arguments_run_the_step_again(jq: JobQueue, log: str, marker: st
     assert len(job.steps) == 1  # the second run's record replaced the first
 
 
+def test_arguments_a_partial_binds_are_compared_too(jq: JobQueue, log: str, marker: str) -> None:
+    def bound(log: str, marker: str) -> Any:
+        seen = Path(marker).exists()
+        x = nbqup.step(functools.partial(note, log, f"ran-{seen}", seen))()
+        fail_once(marker)
+        return x
+
+    job = jq.options(retries=1).submit(bound, log, marker)
+    assert job.result(timeout=WAIT) is True  # not the first run's False, replayed
+    assert lines(log) == ["ran-False", "ran-True"]
+
+
 def test_two_calls_of_a_step_are_told_apart_by_their_order(
     jq: JobQueue, log: str, marker: str
 ) -> None:
