@@ -27,6 +27,7 @@ restart.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any, Protocol
 
 from . import payload
@@ -34,7 +35,15 @@ from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 from .triggers import to_seconds
 
-__all__ = ["cache_key", "cache_option", "done_entry", "find", "live_entry", "settled"]
+__all__ = [
+    "cache_key",
+    "cache_option",
+    "done_entry",
+    "find",
+    "function_identity",
+    "live_entry",
+    "settled",
+]
 
 _DONE, _LIVE = "d:", "l:"
 
@@ -59,6 +68,22 @@ def cache_option(value: Any) -> bool | float:
         if isinstance(value, str) and "malformed" in str(exc):
             raise
         raise ValueError(f"cache must be True or a positive duration, got {value!r}") from None
+
+
+def function_identity(fn: Any, stored: str) -> str:
+    """What the cache compares of a function: ``stored`` (the content hash of its stored
+    pickle, or ``"task:<type>"``) and, when its source can be read, a hash of that source.
+    A function importable from a module is pickled by reference (its module and name), so
+    its pickle does not change when its body is fixed; its source does.
+
+    >>> function_identity(len, "ab12")   # no source to read: the stored hash alone
+    'ab12'
+    """
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return stored
+    return f"{stored}:{hashlib.blake2b(source.encode(), digest_size=12).hexdigest()}"
 
 
 def cache_key(function: str, args_blob: bytes | None) -> str:

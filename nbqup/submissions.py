@@ -205,7 +205,8 @@ class Submissions:
         if rec.key is None and options.get("unique"):
             rec.key = _unique_key(sub.fn, rec.fn, args_blob)
         if options.get("cache"):
-            rec.cache = cache.cache_key(rec.fn or f"task:{rec.task_type}", args_blob)
+            stored = rec.fn or f"task:{rec.task_type}"
+            rec.cache = cache.cache_key(cache.function_identity(sub.fn, stored), args_blob)
         self._check_dependencies(rec)
         return rec, blobs
 
