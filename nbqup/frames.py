@@ -57,7 +57,7 @@ _LIVE_FIELDS = ("status", "scheduled_for", "started", "finished", "attempts", "m
 #: Record fields a row is made of, in this order.
 _FIELDS = ("id", "name", "status", "attempts", "progress", "created", "scheduled_for", "started",
            "finished", "errors", "result_repr", "tags", "message", "key", "kwargs",
-           "has_result", "upstream")  # fmt: skip
+           "has_result", "upstream", "group")  # fmt: skip
 _STATUS, _NAME, _TAGS = (_FIELDS.index(f) for f in ("status", "name", "tags"))
 _LIVE_AT = tuple(_FIELDS.index(f) for f in _LIVE_FIELDS)
 _HAS_RESULT = _FIELDS.index("has_result")
@@ -65,7 +65,7 @@ _created = operator.itemgetter(_FIELDS.index("created"))
 _TIMES = ("created", "scheduled_for", "started", "finished")
 #: The columns every :func:`jobs_df` has, before the ``arg.*`` ones.
 COLUMNS = ("name", "status", "attempts", "progress", *_TIMES, "duration", "error", "result",
-           "tags", "message", "key", "upstream")  # fmt: skip
+           "tags", "message", "key", "upstream", "group")  # fmt: skip
 
 
 def jobs_df(
@@ -80,8 +80,9 @@ def jobs_df(
     reported), ``created``, ``scheduled_for``, ``started``, ``finished`` (UTC datetimes),
     ``duration`` (``finished - started``), ``error`` (last line of the last error),
     ``result`` (a short repr), ``tags``, ``message``, ``key``, ``upstream`` (the ids of the
-    jobs passed as arguments, a list), and ``arg.<name>`` for each keyword argument any job
-    was given.  Unfinished jobs show their live, in-memory state.
+    jobs passed as arguments, a list), ``group`` (the key of the ``jq.map`` group the job
+    is an item of; missing like ``key`` when none), and ``arg.<name>`` for each keyword
+    argument any job was given.  Unfinished jobs show their live, in-memory state.
 
     Filters combine: ``status`` (one or a list), ``name`` (exact) and ``tags`` (rows
     having all of them).  Records found damaged in the store are left out
@@ -237,6 +238,7 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
         "upstream": _objects(
             list(u) if isinstance(u, tuple | list) else [] for u in get("upstream")
         ),
+        "group": get("group"),  # missing like "key": None, NaN under pandas' str dtype
     }
     # Keyword names in order of first use; most jobs share a handful of signatures.
     for arg in dict.fromkeys(k for names in dict.fromkeys(map(tuple, kwargs)) for k in names):

@@ -181,6 +181,9 @@ class JobRecord:
     #: Jobs passed as arguments (:mod:`nbqup.upstream`): their results replace them when
     #: this job runs.  Each is in ``depends_on`` too (waiting and cancelling are its).
     upstream: tuple[str, ...] = ()
+    #: Key of the group (``jq.map(..., key=)``, :mod:`nbqup.groups`) this job is an item of:
+    #: the dashboard shows a group as one row.
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""

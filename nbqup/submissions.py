@@ -101,6 +101,7 @@ class Submissions:
             rec, blobs = self._prepare(sub)
             args_blob = next((body for table, _, body in blobs if table == "args"), None)
             rec.key = groups.item_key(key, args_blob)
+            rec.group = key
             blobs = [b for b in blobs if b[0] != "fn" or b[1] not in fns]
             fns.update(k for t, k, _ in blobs if t == "fn")
             prepared.setdefault(rec.key, (rec, blobs))  # an item given twice is one job

@@ -16,9 +16,12 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .groups import TABLE as GROUPS_TABLE
+from .groups import decode_group
+from .keys import stored_key
 from .records import FINAL, JobRecord, Status
 from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ROWS",
+    "GroupState",
     "QueueState",
     "RowState",
     "queue_state",
@@ -145,15 +149,80 @@ def row_state(rec: JobRecord, now: float) -> RowState:
     )
 
 
+@dataclass(frozen=True)
+class GroupState:
+    """What one group's row shows (``jq.map(..., key=)``): its jobs as one row -- an
+    aggregate bar and counts -- that expands to their rows, so a 500-point sweep is not
+    500 rows.  Its jobs that finished before the snapshot's recent ones are ``earlier``
+    (one read of the group's record counts them, whatever the group's size)."""
+
+    key: str
+    counts: dict[Status, int]  #: its jobs in the snapshot, by status
+    earlier: int  #: its jobs not in the snapshot: all finished
+    bar: float  #: the mean progress, a finished job counting 1
+    bar_style: str
+    rows: list[RowState]  #: the expanded part: its jobs' rows, capped at ``max_rows``
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values()) + self.earlier
+
+    @property
+    def hidden(self) -> int:
+        """Its jobs the expanded part leaves out."""
+        return self.total - len(self.rows)
+
+    @property
+    def summary(self) -> str:
+        """``'500 jobs: queued 398 · running 2 · succeeded 100'``."""
+        parts = [f"{s} {n}" for s, n in self.counts.items()]
+        parts += [f"finished earlier {self.earlier}"] if self.earlier else []
+        return f"{self.total} jobs: " + " · ".join(parts)
+
+
 @dataclass
 class QueueState:
-    """What a dashboard shows: a title, counts by status, the rows."""
+    """What a dashboard shows: a title, counts by status, the groups, the rows."""
 
     title: str
     counts: dict[Status, int]
     rows: list[RowState]
     hidden: int = 0  #: unfinished or recent jobs left out (``max_rows``)
     closed: bool = False
+    #: One per group with a job in the snapshot, shown above the rows; its jobs are
+    #: not among ``rows``.
+    groups: list[GroupState] = field(default_factory=list)
+
+
+def _group_size(jq: Any, key: str) -> int:
+    """How many jobs the group ``key``'s record lists (0 if unreadable: a closing queue)."""
+    try:
+        raw = jq.store.get_blob(GROUPS_TABLE, stored_key(key))
+        return len(decode_group(raw)[2]) if raw is not None else 0
+    except Exception:
+        return 0
+
+
+def group_state(
+    key: str, records: list[JobRecord], size: int, now: float, max_rows: int
+) -> GroupState:
+    """The row of group ``key`` from its jobs in the snapshot (``records``, in dashboard
+    order) and the number of jobs its record lists (``size``)."""
+    tally = Counter(r.status for r in records)
+    earlier = max(0, size - len(records))
+    done = earlier + sum(
+        1.0 if r.status in FINAL else _fraction(r.progress) or 0.0 for r in records
+    )
+    style = next((_BAR_STYLE[s] for s in (Status.FAILED, Status.RUNNING) if tally[s]), None)
+    live = any(s not in FINAL for s in tally)
+    return GroupState(
+        key=key,
+        counts={s: tally[s] for s in Status if tally[s]},
+        earlier=earlier,
+        bar=round(done / max(1, earlier + len(records)), 3),
+        bar_style=style if style is not None else "info" if live else "success",
+        rows=[row_state(r, now) for r in records[:max_rows]],
+    )
 
 
 def _finished_counts(jq: Any) -> dict[str, int]:
@@ -196,12 +265,23 @@ def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
         key=lambda r: (r.status is Status.SCHEDULED, _time(r.scheduled_for) or 0.0, r.id),
     )
     done = [r for r in records if r.status in FINAL]  # newest first, as in the snapshot
-    chosen = (running + waiting + done)[:max_rows]
+    members: dict[str, list[JobRecord]] = {}
+    alone = []
+    for r in running + waiting + done:
+        if r.group is None:
+            alone.append(r)
+        else:
+            members.setdefault(r.group, []).append(r)
+    chosen = alone[:max_rows]
     return QueueState(
         title=title,
         counts={s: tally[s] for s in Status if tally[s]},
         rows=[row_state(r, now) for r in chosen],
-        hidden=len(records) - len(chosen),
+        hidden=len(alone) - len(chosen),
+        groups=[
+            group_state(key, recs, _group_size(jq, key), now, max_rows)
+            for key, recs in members.items()
+        ],
     )
 
 
@@ -212,15 +292,18 @@ def render_text(state: QueueState) -> str:
     """The dashboard as a plain-text table (terminals, ``repr``)."""
     counts = " · ".join(f"{s} {n}" for s, n in state.counts.items()) or "no jobs"
     lines = [f"nbqup {state.title}: " + ("closed" if state.closed else counts)]
-    if state.rows:
+    if state.rows or state.groups:
         lines.append(
             f"{'ID':<19}  {'NAME':<24} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
         )
-    for rs in state.rows:
-        filled = round(rs.bar * 10)
-        bar = "[" + "#" * filled + "." * (10 - filled) + "]"
+    for gs in state.groups:
         lines.append(
-            f"{rs.id:<19}  {_one_line(rs.name, 24):<24} {rs.status!s:<9}  {bar:<12} "
+            f"{'(group)':<19}  {_one_line(gs.key, 24):<24} {'group':<9}  {_text_bar(gs.bar):<12} "
+            f"{'':>7}  {gs.summary}"
+        )
+    for rs in state.rows:
+        lines.append(
+            f"{rs.id:<19}  {_one_line(rs.name, 24):<24} {rs.status!s:<9}  {_text_bar(rs.bar):<12} "
             f"{rs.elapsed:>7}  {' '.join(filter(None, [rs.percent, rs.message]))}".rstrip()
         )
     if state.hidden:
@@ -228,11 +311,16 @@ def render_text(state: QueueState) -> str:
     return "\n".join(lines)
 
 
+def _text_bar(fraction: float) -> str:
+    filled = round(fraction * 10)
+    return "[" + "#" * filled + "." * (10 - filled) + "]"
+
+
 def _status_html(rs: RowState) -> str:
     return f'<span style="color:{_TEXT[rs.bar_style]}">{rs.status}</span>'
 
 
-def _css_bar(rs: RowState, width: int = 120) -> str:
+def _css_bar(rs: RowState | GroupState, width: int = 120) -> str:
     return (
         f'<span style="display:inline-block;width:{width}px;height:10px;vertical-align:middle;'
         f'background:var(--jp-layout-color3, #e0e0e0)"><span style="display:block;height:10px;'
@@ -254,7 +342,12 @@ def _counts_html(state: QueueState) -> str:
 def render_html(state: QueueState) -> str:
     """The dashboard as a static HTML table (where widgets cannot render)."""
     e = html.escape
-    rows = "".join(
+    groups = "".join(
+        f"<tr><td>group</td><td>{e(gs.key)}</td><td></td><td>{_css_bar(gs)}</td><td></td>"
+        f"<td>{e(gs.summary)}</td></tr>"
+        for gs in state.groups
+    )
+    rows = groups + "".join(
         f"<tr><td><code>{e(rs.id)}</code></td><td>{e(rs.name)}</td><td>{_status_html(rs)}</td>"
         f"<td>{_css_bar(rs)} {e(rs.percent)}</td><td>{e(rs.elapsed)}</td>"
         f"<td>{e(rs.message)}</td></tr>"

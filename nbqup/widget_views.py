@@ -19,6 +19,7 @@ from .records import Status
 from .viewmodel import (
     _TEXT,
     MAX_ROWS,
+    GroupState,
     QueueState,
     RowState,
     _counts_html,
@@ -32,6 +33,7 @@ from .viewmodel import (
     render_text,
     row_state,
 )
+from .widget_groups import GroupRow, sync_rows
 from .widget_refresher import Refresher, Want
 
 if TYPE_CHECKING:
@@ -145,21 +147,25 @@ class QueueView(_LiveView):
         self.notice = ""
         self._refresher = refresher or widget_refresher.refresher()
         self._rows: dict[str, _Row] = {}
-        self._retired: list[_Row] = []
+        self._groups: dict[str, GroupRow] = {}
+        self._retired: list[_Row | GroupRow] = []
         self._shown: str | None = None  # the job whose output is shown below the rows
         self._panel: tuple[dict[str, Any], ...] = ()
         self._panel_key: tuple[str | None, float] = (None, 0.0)
         self._shared = {  # one layout and style per kind, not one per widget
             "html": w.Layout(width="780px"),
             "button": w.Layout(width="68px"),
+            "toggle": w.Layout(width="68px"),
             "row": w.Layout(align_items="center"),
             "html_style": _style(w.HTML),
             "button_style": _style(w.Button),
         }
         state = self.state()
         self.header = w.HTML(self._header(state))
+        self._groups = {gs.key: self._group_row(gs) for gs in state.groups}
         self._rows = {rs.id: _Row(self, rs) for rs in state.rows}
-        self.rows_box = w.VBox([row.box for row in self._rows.values()])
+        rows: list[_Row | GroupRow] = [*self._groups.values(), *self._rows.values()]
+        self.rows_box = w.VBox([row.box for row in rows])
         self.output = w.Output()
         self.widget = w.VBox([self.header, self.rows_box, self.output])
         self._start(done=state.closed)
@@ -167,6 +173,12 @@ class QueueView(_LiveView):
     def state(self) -> QueueState:
         """The model, computed now (reads only)."""
         return queue_state(self.jq, self.max_rows)
+
+    def _row(self, rs: RowState) -> _Row:
+        return _Row(self, rs)
+
+    def _group_row(self, gs: GroupState) -> GroupRow:
+        return GroupRow(self._w, self._shared, gs, self._row, self._refresher.wake)
 
     def _header(self, state: QueueState) -> str:
         notice = f'<br><span style="color:{_TEXT["danger"]}">{html.escape(self.notice)}</span>'
@@ -176,27 +188,21 @@ class QueueView(_LiveView):
         state = self.state()
         want(self.header, 0, value=self._header(state))
         if state.closed:
-            for row in self._rows.values():
+            members = [r for g in self._groups.values() for r in g.rows.values()]
+            for row in [*self._rows.values(), *members]:
                 want(row.cancel, 0, disabled=True)
                 want(row.retry, 0, disabled=True)
             self.done = True
             return
-        built = 0
-        for rs in state.rows:
-            if rs.id not in self._rows:
-                if built == ROWS_PER_TICK:
-                    continue  # new rows are built a few per tick
-                self._rows[rs.id] = _Row(self, rs)
-                built += 1
-            self._rows[rs.id].want(rs, want, shown=rs.id == self._shown)
-        boxes = tuple(self._rows[rs.id].box for rs in state.rows if rs.id in self._rows)
-        want(self.rows_box, 0, children=boxes)
-        wanted = {rs.id for rs in state.rows}
-        self._retired += [self._rows.pop(j) for j in list(self._rows) if j not in wanted]
-        on_screen = set(map(id, self.rows_box.children))
-        for row in [r for r in self._retired if id(r.box) not in on_screen]:
-            row.close()  # closed once the children update that removed it was written
-            self._retired.remove(row)
+        for gs in state.groups:
+            if gs.key not in self._groups:
+                self._groups[gs.key] = self._group_row(gs)
+            self._groups[gs.key].want(gs, want, self._shown, ROWS_PER_TICK)
+        groups = tuple(self._groups[gs.key].box for gs in state.groups)
+        wanted = {gs.key for gs in state.groups}
+        self._retired += [self._groups.pop(k) for k in list(self._groups) if k not in wanted]
+        sync_rows(self._rows, self._retired, state.rows, self._row, want, self._shown,
+                  self.rows_box, ROWS_PER_TICK, before=groups)  # fmt: skip
         want(self.output, 0, outputs=self._output_panel(state))
 
     def _output_panel(self, state: QueueState) -> tuple[dict[str, Any], ...]:
@@ -205,7 +211,8 @@ class QueueView(_LiveView):
         job_id = self._shown
         if job_id is None:
             return ()
-        final = next((rs.final for rs in state.rows if rs.id == job_id), True)
+        shown = [*state.rows, *(rs for gs in state.groups for rs in gs.rows)]
+        final = next((rs.final for rs in shown if rs.id == job_id), True)
         key, at = self._panel_key
         if key == job_id and (final or time.monotonic() - at < 1.0):
             return self._panel
@@ -252,7 +259,7 @@ class QueueView(_LiveView):
 
     def close(self) -> None:
         """Close the dashboard's widgets and stop updating it."""
-        rows = [*self._rows.values(), *self._retired]
+        rows = [*self._groups.values(), *self._rows.values(), *self._retired]
         widgets = [w for row in rows for w in row.widgets()]
         self._close_widgets([*widgets, self.header, self.rows_box, self.output, self.widget])
 

@@ -2,7 +2,9 @@
 chromium (driven by Playwright's Python API) runs all its cells, and the live views must
 render as ipywidgets -- DOM elements of the widgets, not their text/HTML fallback.
 
-It saves docs/dashboard.png, the screenshot in the README.  Everything stays local:
+After the quickstart's cells the copy gets one more, the test's own: a 500-job group
+(``jq.map(..., key=)``) in a dashboard must be one row whose "Jobs" toggle expands it to
+its job rows.  It saves docs/dashboard.png, the screenshot in the README.  Everything stays local:
 JupyterLab listens on 127.0.0.1 with a token, fetches no news and checks for no updates,
 its config, data, settings and runtime folders are in tmp, and the browser aborts any
 request that is not for that server.  Skipped, saying why, without /usr/bin/chromium
@@ -86,6 +88,23 @@ def _without_outputs(source: Path, target: Path) -> None:
     target.write_text(json.dumps(nb, indent=1))
 
 
+#: The cell appended to the quickstart's copy: its own in-memory queue (the quickstart's
+#: last cell closed and removed its store), a 500-job group, and the dashboard.
+GROUP_CELL = """\
+gq = nbqup.JobQueue(None, workers=2)
+grid = gq.map(abs, range(500), key="grid-500")
+print("grid done:", grid.wait(60))
+display(gq)
+"""
+
+
+def _with_group_cell(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": []}
+    nb["cells"].append({**cell, "source": GROUP_CELL.splitlines(keepends=True)})
+    path.write_text(json.dumps(nb, indent=1))
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A JupyterLab on 127.0.0.1 serving a copy of the quickstart: (its URL, its folder)."""
@@ -94,6 +113,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = top / "notebooks"
     root.mkdir()
     _without_outputs(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    _with_group_cell(root / "quickstart.ipynb")
     home = tmp_path / "jupyter"
     _settings(home / "settings")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "JUPYTER"))}
@@ -152,6 +172,26 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _text_of(page: Any, selector: str) -> str:
     return " ".join(page.locator(selector).all_inner_texts())
+
+
+def _group_row_expands(page: Any, output: str) -> None:
+    """GROUP_CELL's dashboard: the 500-job group is one row (no job rows, no buttons but
+    its toggle); clicking "Jobs" expands it to MAX_ROWS job rows and "... and N more"."""
+    page.get_by_text("grid done: True").wait_for(state="attached")
+    board = page.locator(f"{output} .jupyter-widgets.widget-vbox:has-text('memory')").last
+    toggle = board.locator(".widget-toggle-button", has_text="Jobs")
+    toggle.wait_for(state="attached")
+    board.scroll_into_view_if_needed()
+    page.wait_for_function("el => el.textContent.includes('500 jobs')", arg=board.element_handle())
+    assert toggle.count() == 1  # one group row
+    assert board.locator(".widget-button:has-text('Cancel')").count() == 0  # no job rows
+    toggle.click()
+    page.wait_for_function(  # its job rows, built a few per refresher tick
+        "el => el.querySelectorAll('.widget-button').length >= 3 * 50"
+        " && el.textContent.includes('and 450 more')",
+        arg=board.element_handle(),
+    )
+    assert board.locator(".widget-button:has-text('Cancel')").count() == 50
 
 
 @pytest.mark.timeout(300)
@@ -250,6 +290,7 @@ def test_dashboard_and_progress_bars_render_as_widgets(
             assert "Loading widget" not in texts
             assert page.locator(f"{output} .widget-hprogress").count() >= 1
             assert "succeeded" in dashboard.inner_text()
+            _group_row_expands(page, output)
         except Exception:  # keep what the page showed, and say it in the test's output
             page.screenshot(path=str(tmp_path / "failure.png"))
             (tmp_path / "failure.html").write_text(page.content())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from children import start
 from jobfns import CALLS, EVENTS, block, boom, flaky, record
@@ -229,3 +230,16 @@ def test_repr_names_key_and_counts() -> None:
     with JobQueue(None, workers=0) as jq:
         g = jq.map(boom, [()], key="r")
         assert repr(g) == "<Group 'r' 1 jobs {'queued': 1}>"
+
+
+def test_jobs_df_group_column_names_the_group_of_each_item() -> None:
+    with JobQueue(None, workers=1) as jq:
+        g = jq.map(abs, [-1, -2], key="sweep-g")
+        plain = jq.submit(abs, -3)
+        assert g.wait(WAIT) and plain.wait(WAIT)
+        again = jq.map(abs, [-1, -2, -4], key="sweep-g")  # two re-used, one new
+        assert again.wait(WAIT)
+        df = jq.jobs_df()
+        assert df.loc[[j.id for j in again], "group"].tolist() == ["sweep-g"] * 3
+        assert pd.isna(df.loc[plain.id, "group"])  # like "key": None, or NaN in a str column
+        assert jq.map(abs, [-5]).key is None and jq.jobs_df()["group"].count() == 3
