@@ -40,6 +40,16 @@ class Job:
         self._queue = queue
         self.id = job_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A handle does not pickle (it holds its queue): in a job's arguments it is found
+        at the top level and inside lists, tuples and dict values, and replaced by its
+        result (:mod:`nbqup.upstream`); anywhere else this says so."""
+        raise TypeError(
+            f"job {self.id} cannot be pickled: pass a Job to submit at the top level or "
+            f"inside lists, tuples and dict values (it is waited for and replaced by its "
+            f"result), or pass job.id"
+        )
+
     # -- the record --------------------------------------------------------------------
 
     @property

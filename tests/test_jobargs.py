@@ -203,3 +203,15 @@ def test_a_three_job_chain_resumes_across_a_sigkill_of_the_owner(tmp_path: Path)
         c = jq.get(c_id)
         assert c.result(timeout=WAIT) == {"best": 20, "n": 5}
     assert log_lines(tmp_path) == ["load", "train-1", "train-2", "compare"]
+
+
+def test_a_job_where_it_is_not_looked_for_is_a_clear_error(jq: JobQueue) -> None:
+    """Jobs are found in lists, tuples and dict values; inside another object (here a
+    namedtuple) the submit fails naming the job and what to do, and records nothing."""
+    from collections import namedtuple
+
+    pair = namedtuple("pair", "a b")
+    a = jq.submit(add, 1, 2)
+    with pytest.raises(nbqup.SerializationError, match=f"job {a.id} cannot be pickled"):
+        jq.submit(echo, pair(a, 1))
+    assert [j.id for j in jq.jobs()] == [a.id]
