@@ -66,7 +66,6 @@ FREE_FLAGS = 0x08  # MDB_INTEGERKEY: the free tree's keys are txnids
 _HEADER = struct.Struct("<QHHHH")
 _RUN = struct.Struct("<I")  # an overflow page's number of pages, at offset 12
 U64 = struct.Struct("<Q")
-_NODE = struct.Struct("<HHHH")
 _DB = struct.Struct("<IHHQQQQQ")
 _META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")
 #: The byte order this walk reads; LMDB writes the machine's own.
