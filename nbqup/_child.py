@@ -19,7 +19,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import capture, remote
+from . import capture, payload, remote
 from .context import current_log, current_outputs
 
 
@@ -97,6 +97,7 @@ FLUSH_EVERY = 0.1
 def serve(conn: Connection) -> None:
     """Run jobs sent by the parent until it closes the pipe."""
     capture.install(current_log, current_outputs)
+    payload.FOLLOW_FILES = True  # a module changed on disk: run it as a new worker would
     outbox = Outbox(conn)
     runtime = remote.Sender(outbox)
     outputs = remote.SentOutputs(outbox)

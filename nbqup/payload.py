@@ -15,7 +15,10 @@ both are recorded with every job (:data:`PYTHON`, :data:`PICKLER`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib
+import os
 import pickle
 import reprlib
 import sys
@@ -139,27 +142,76 @@ def loads_args(blob: bytes | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 #: Functions unpickled by :func:`load_fn` and kept, the most recently used.
 FN_CACHE_SIZE = 256
-_loaded_fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+#: By content hash: a function pickled by value, unpickled; or the pickle of one pickled by
+#: reference (``module.name``), kept as bytes and unpickled at each use (see load_fn).
+_loaded_fns: OrderedDict[str, Callable[..., Any] | bytes] = OrderedDict()
 _loaded_fns_lock = threading.Lock()
+#: What every pickle holding a function by value names: cloudpickle's rebuilders.
+_BY_VALUE = b"cloudpickle.cloudpickle"
+#: Pickles by reference up to this size are loaded at each use (see load_fn).
+BY_NAME_BYTES = 4096
 
 
 def load_fn(fn_hash: str, blob: bytes | Callable[[], bytes]) -> Callable[..., Any]:
     """Unpickle a stored function, reusing the last few hundred by their content hash:
-    a job run a thousand times is unpickled once per process.
+    a notebook function run a thousand times is unpickled once per process.
 
-    ``blob`` may be a function reading the pickle, called only when it is not cached.
+    A function pickled by reference (one importable by name, from a module) has the same
+    pickle after ``importlib.reload`` or ``%autoreload`` of its module, so only its pickle
+    is kept, and loaded at each use (a lookup by name, about a microsecond): a job runs
+    what the name is now, the new body of a reloaded module.  So is a small pickle holding
+    such names (``functools.partial(module.fn, 3)``); a larger one (a bound method of a big
+    object) is kept unpickled, as a function pickled by value is.  ``blob`` may be a
+    function reading the pickle, called only when it is not kept.
     """
     with _loaded_fns_lock:
-        fn = _loaded_fns.get(fn_hash)
-        if fn is not None:
+        kept = _loaded_fns.get(fn_hash)
+        if kept is not None:
             _loaded_fns.move_to_end(fn_hash)
-            return fn
-    fn = loads(blob() if callable(blob) else blob)
-    with _loaded_fns_lock:
-        _loaded_fns[fn_hash] = fn
-        if len(_loaded_fns) > FN_CACHE_SIZE:
-            _loaded_fns.popitem(last=False)
+    if kept is None:
+        kept = bytes(blob() if callable(blob) else blob)
+        if len(kept) > BY_NAME_BYTES or _BY_VALUE in kept:
+            kept = loads(kept)
+        with _loaded_fns_lock:
+            _loaded_fns[fn_hash] = kept
+            if len(_loaded_fns) > FN_CACHE_SIZE:
+                _loaded_fns.popitem(last=False)
+    if not isinstance(kept, bytes):
+        return kept
+    fn = loads(kept)
+    if FOLLOW_FILES and _reload_if_changed(fn):
+        fn = loads(kept)
     return fn
+
+
+#: Set in a worker process (``executor="process"``): a function loaded by name whose
+#: module's file changed since this process imported it runs from the file as it is now
+#: (its module is reloaded first), as in a newly started worker.  Never set in a kernel:
+#: there the user decides when a module is reloaded.
+FOLLOW_FILES = False
+_files_seen: dict[str, tuple[int, int]] = {}
+
+
+def _reload_if_changed(fn: Any) -> bool:
+    """Reload the module ``fn`` comes from if its file changed since first seen here."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if module is None or not path:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    now = (st.st_mtime_ns, st.st_size)
+    seen = _files_seen.setdefault(module.__name__, now)
+    if seen == now:
+        return False
+    importlib.invalidate_caches()
+    importlib.reload(module)
+    _files_seen[module.__name__] = now
+    return True
 
 
 def compatible(python: str, pickler: str) -> str | None:
