@@ -130,6 +130,9 @@ def _line_parser() -> _Parser:
     jobs.add_argument("--name", help="only jobs with this name")
     for verb, what in (("cancel", "cancel a job"), ("retry", "run a failed job again")):
         sub.add_parser(verb, help=what).add_argument("id", help="a job id or a unique prefix")
+    sub.choices["retry"].add_argument(
+        "--fresh", action="store_true", help="drop its durable steps and checkpoint: start over"
+    )
     wait = sub.add_parser("wait", help="wait until every job is done")
     wait.add_argument("--timeout", type=float, help="give up after this many seconds")
     close = sub.add_parser("close", help="close the current queue")
@@ -169,7 +172,8 @@ class NbqupMagics(Magics):
             %nbqup jobs [--status S]      the job history as a DataFrame
                         [--name NAME]
             %nbqup cancel ID              cancel a job (ID or a unique prefix of it)
-            %nbqup retry ID               run a failed or cancelled job again
+            %nbqup retry [--fresh] ID     run a failed or cancelled job again (--fresh:
+                                          without its durable steps and checkpoint)
             %nbqup wait [--timeout S]     wait until every job is done
             %nbqup close [--now]          close the current queue (--now: leave running
                                           jobs to resume when it is reopened)
@@ -240,8 +244,9 @@ class NbqupMagics(Magics):
             print(f"nbqup: job {job.id} ({job.name}) had already ended: {job.status}")
 
     def _retry(self, args: argparse.Namespace) -> None:
-        job = current_queue().get(args.id).retry()
-        print(f"nbqup: job {job.id} ({job.name}) will run again")
+        job = current_queue().get(args.id).retry(fresh=args.fresh)
+        how = " from the start (steps and checkpoint dropped)" if args.fresh else ""
+        print(f"nbqup: job {job.id} ({job.name}) will run again{how}")
 
     def _wait(self, args: argparse.Namespace) -> None:
         jq = current_queue()

@@ -181,6 +181,30 @@ def test_kernel_line_magics(kernel: Kernel, tmp_path: Path) -> None:
 
 
 @kernel_test
+def test_kernel_retry_fresh_drops_the_steps(kernel: Kernel, tmp_path: Path) -> None:
+    kernel.run(f"%nbqup open {tmp_path / 's'} -w 1")
+    kernel.run(
+        "import os\n"
+        "def drawn():\n"
+        "    raise RuntimeError(nbqup.step(os.urandom, 8).hex())  # a new value if run again\n"
+        "failed = current_queue().submit(drawn)\n"
+        "failed.wait(10)\n"
+        "first = failed.error"
+    )
+    job_id = kernel.value("failed.id")
+    kernel.run(f"%nbqup retry {job_id}")
+    assert kernel.value("failed.wait(10) and failed.error == first")  # the step was replayed
+    fresh = kernel.run(f"%nbqup retry --fresh {job_id}")
+    assert fresh.stdout == (
+        f"nbqup: job {job_id} (drawn) will run again from the start"
+        " (steps and checkpoint dropped)\n"
+    )
+    assert kernel.value("failed.wait(10) and failed.error != first")  # the step ran again
+    assert kernel.value("len(failed.steps)") == 1
+    kernel.run("%nbqup close --now")
+
+
+@kernel_test
 def test_kernel_cell_magic(kernel: Kernel, tmp_path: Path) -> None:
     kernel.run(f"%nbqup open {tmp_path / 's'} -w 2")
     kernel.run("base = 20")
