@@ -236,8 +236,8 @@ class JobAccess:
         """What ``retry(fresh=True)`` deletes with the write that queues the job again:
         its durable steps and its checkpoint."""
         rec.has_checkpoint = False
-        steps = self._shared.store.prefixed("steps", rec.id + "/")
-        return [("ckpt", rec.id), *(("steps", key) for key, _ in steps)]
+        keys = [key for key, _ in self._shared.store.prefixed("steps", rec.id + "/")]
+        return [("ckpt", rec.id), *(("steps", k) for k in keys), *(("stepres", k) for k in keys)]
 
     def steps(self, job_id: str) -> list[dict[str, Any]]:
         bodies = self._shared.store.prefixed("steps", job_id + "/")

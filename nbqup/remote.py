@@ -4,16 +4,17 @@ A job run outside the queue's process cannot call the queue's runtime: what it r
 travels as messages, tuples whose first item is their kind, and the queue's process
 applies them to the job's context.  From the job ("up"):
 
-==============================  ==========================================================
-``(LOG, text)``                 printed or logged output
-``(RICH, data, metadata)``      one ``display(...)`` bundle
-``(PROGRESS, fraction, msg)``   a progress report
-``(CHECKPOINT, blob)``          a pickled checkpoint; answered ``(ACK,)`` once durable
-``(RESTORE,)``                  answered ``(STATE, found, blob)``: the last checkpoint
-``(STEP, key, body)``           a durable step's record; answered ``(ACK,)`` once durable
-``(STEPS,)``                    answered ``(STORED, {key: body})``: the job's stored steps
-``(DONE, ok, blob, repr, tb)``  how the run ended (:class:`Done`); the last message
-==============================  ==========================================================
+================================  ============================================================
+``(LOG, text)``                   printed or logged output
+``(RICH, data, metadata)``        one ``display(...)`` bundle
+``(PROGRESS, fraction, msg)``     a progress report
+``(CHECKPOINT, blob)``            a pickled checkpoint; answered ``(ACK,)`` once durable
+``(RESTORE,)``                    answered ``(STATE, found, blob)``: the last checkpoint
+``(STEP, key, record, result)``   a durable step; answered ``(ACK,)`` once durable
+``(STEPS,)``                      answered ``(STORED, {key: record})``: the job's stored steps
+``(STEP_RESULT, key)``            answered ``(STORED, result)``: a replayed step's result
+``(DONE, ok, blob, repr, tb)``    how the run ended (:class:`Done`); the last message
+================================  ============================================================
 
 Inside the job, :class:`Sender` is the context's runtime, sending over a :class:`Link`
 (the child's pipe, a Dask task's scheduler queues), and :func:`run` runs a :class:`Task`
@@ -46,6 +47,7 @@ __all__ = [
     "STATE",
     "STEP",
     "STEPS",
+    "STEP_RESULT",
     "STORED",
     "Done",
     "Link",
@@ -60,8 +62,9 @@ __all__ = [
 ]
 
 #: Message kinds, up (from the job) ...
-LOG, RICH, PROGRESS, CHECKPOINT, RESTORE, STEP, STEPS, DONE = (
-    "log", "rich", "progress", "checkpoint", "restore", "step", "steps", "done",
+LOG, RICH, PROGRESS, CHECKPOINT, RESTORE, STEP, STEPS, STEP_RESULT, DONE = (
+    "log", "rich", "progress", "checkpoint", "restore", "step", "steps", "step result",
+    "done",
 )  # fmt: skip
 #: ... and down (the queue's process answering a request).
 ACK, STATE, STORED = "ack", "state", "stored"
@@ -203,15 +206,19 @@ class Sender:
         _, found, blob = self._reply(job_id, STATE, "restore")
         return (True, payload.loads(blob)) if found else (False, None)
 
-    def save_step(self, job_id: str, key: str, body: bytes) -> None:
+    def save_step(self, job_id: str, key: str, record: bytes, result: bytes) -> None:
         """Returns once the queue's process has made the step's record durable."""
         self._check(job_id)
-        self.link.send((STEP, key, body))
+        self.link.send((STEP, key, record, result))
         self._reply(job_id, ACK, "step")
 
     def load_steps(self, job_id: str) -> dict[str, bytes]:
         self.link.send((STEPS,))
         return dict(self._reply(job_id, STORED, "steps")[1])
+
+    def load_step_result(self, job_id: str, key: str) -> bytes | None:
+        self.link.send((STEP_RESULT, key))
+        return self._reply(job_id, STORED, "step result")[1]
 
     def _reply(self, job_id: str, kind: str, request: str) -> Message:
         reply = self.link.recv()
@@ -276,10 +283,12 @@ class Receiver:
             found, state = ctx.runtime.load_checkpoint(ctx.job.id)
             self.reply((STATE, found, payload.dumps_result(state) if found else None))
         elif kind == STEP:
-            ctx.runtime.save_step(ctx.job.id, message[1], message[2])
+            ctx.runtime.save_step(ctx.job.id, message[1], message[2], message[3])
             self.reply((ACK,))
         elif kind == STEPS:
             self.reply((STORED, ctx.runtime.load_steps(ctx.job.id)))
+        elif kind == STEP_RESULT:
+            self.reply((STORED, ctx.runtime.load_step_result(ctx.job.id, message[1])))
         else:
             raise ProtocolError(ctx.job.id, f"a message of unknown kind {kind!r}")
         return None

@@ -313,22 +313,32 @@ class Runtime:
         blob = self._shared.store.get_blob("ckpt", job_id)
         return (False, None) if blob is None else (True, payload.loads(blob))
 
-    def save_step(self, job_id: str, key: str, body: bytes) -> None:
-        """Store a running job's step record (:mod:`nbqup.steps`); durable when this
-        returns."""
+    def save_step(self, job_id: str, key: str, record: bytes, result: bytes) -> None:
+        """Store a running job's step record and its result (:mod:`nbqup.steps`) in one
+        write; durable when this returns."""
         with self._state.lock:
             if job_id not in self._state.live or self._state.closed:
                 return
-            ticket = self._shared.writer.add(blobs=[("steps", key, body)])
+            blobs = [("steps", key, record), ("stepres", key, result)]
+            ticket = self._shared.writer.add(blobs=blobs)
         self._shared.writer.flush(ticket)
 
     def load_steps(self, job_id: str) -> dict[str, bytes]:
-        """The job's stored step records by key (read once per run, at its first step).
-        If one is damaged none is replayed: the steps run again (``job.steps`` reports it)."""
+        """The job's stored step records by key, without their results (read once per
+        run, at its first step).  If one is damaged none is replayed: the steps run again
+        (``job.steps`` reports it)."""
         try:
             return dict(self._shared.store.prefixed("steps", job_id + "/"))
         except StoreCorrupt:
             return {}
+
+    def load_step_result(self, job_id: str, key: str) -> bytes | None:
+        """The stored result of step ``key`` of the job (read as the step is replayed);
+        ``None`` if it is missing or damaged: the step runs again."""
+        try:
+            return self._shared.store.get_blob("stepres", key)
+        except StoreCorrupt:
+            return None
 
 
 def output_blobs(job_id: str, ctx: JobContext) -> list[tuple[str, str, bytes]]:

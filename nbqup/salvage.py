@@ -243,7 +243,7 @@ def _copy(read: Tolerant, store: Store, report: SalvageReport) -> None:
     report.jobs_recorded = read.recorded.get("meta", 0)
     named = {key for t in (*_BY_JOB, "pending") for key in tables.get(t, {})}
     named |= {key for key in tables.get("requests", {}) if not key.startswith("@")}
-    named |= {key.split("/", 1)[0] for key in tables.get("steps", {})}  # job id/n:name
+    named |= {k.split("/", 1)[0] for t in ("steps", "stepres") for k in tables.get(t, {})}
     named |= {
         value.decode(errors="replace")
         for key, value in tables.get("keys", {}).items()

@@ -5,14 +5,17 @@ A step is known by its name (the function's qualified name, or ``name=``) and by
 steps of that name the run called before it: the first ``fetch`` of a run is ``fetch``
 number 0, the next one number 1, whatever other steps ran between them.  Its record holds
 a hash of its pickled arguments (equal arguments pickle to equal bytes: that is what
-"equal" means here), its pickled result and when it started and finished.  A resumed run
-that calls step ``fetch`` number 1 with arguments of the same hash gets the stored result;
-with other arguments the step runs again and its record is replaced.  A step that raises
-stores nothing.  Outside a job a step is a plain call.
+"equal" means here) and when it started and finished; its pickled result is stored beside
+it, under the same key in a table of its own.  A resumed run that calls step ``fetch``
+number 1 with arguments of the same hash gets the stored result; with other arguments the
+step runs again and its record is replaced.  A step that raises stores nothing.  Outside a
+job a step is a plain call.
 
-The job's stored steps are read once per run, at its first step (a job run in a worker
-process or a Dask task asks the queue's process over :mod:`nbqup.remote`); each record is
-written through the group commit and durable before the step returns, as a checkpoint.
+The job's step records are read once per run, at its first step (a job run in a worker
+process or a Dask task asks the queue's process over :mod:`nbqup.remote`), and a result
+only as its step is replayed: a run resumed after 200 steps of 100 KB does not read 20 MB
+up front, nor does ``job.steps``.  A step's record and result are written in one write
+through the group commit, durable before the step returns, as a checkpoint.
 
 >>> @step
 ... def double(x):
@@ -40,7 +43,9 @@ from .keys import MAX_KEY_BYTES, stored_key
 __all__ = ["StepRun", "step", "step_key", "step_rows"]
 
 T = TypeVar("T")
-_FORMAT = 1  # of a step's stored record
+#: Of a step's stored record.  1: the result inside the record (read still, for steps an
+#: earlier nbqup stored); 2: the result stored apart (see the module's docstring).
+_FORMAT = 2
 #: Room left in an LMDB key for a step's ``ordinal:name`` after the job id and a "/".
 _NAME_BYTES = MAX_KEY_BYTES - 64
 
@@ -98,8 +103,10 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
     if body is not None:
         record = pickle.loads(body)
         if record[4] == fingerprint:
-            with contextlib.suppress(Exception):  # a class it needs is gone: run it again
-                return payload.loads(record[7])
+            stored = record[7] if record[0] == 1 else runtime.load_step_result(job_id, key)
+            if stored is not None:  # None: its result is missing, the step runs again
+                with contextlib.suppress(Exception):  # a class it needs is gone: so does it
+                    return payload.loads(stored)
     if not ctx.own_message:  # the job's message names the step it last started
         label = name.rsplit("<locals>.", 1)[-1]
         runtime.report_progress(job_id, None, f"step {label} ({ordinal + 1})")
@@ -109,9 +116,8 @@ def _run(ctx: JobContext, name: str, fn: Callable[..., T], args: Any, kwargs: An
         blob = payload.dumps_result(value)
     except SerializationError as exc:
         raise SerializationError(f"the result of step {name!r}", exc.cause) from exc
-    record = (_FORMAT, seq, name, ordinal, fingerprint, started, runtime.now(), blob)
-    body = pickle.dumps(record, protocol=5)
-    runtime.save_step(job_id, key, body)
+    record = (_FORMAT, seq, name, ordinal, fingerprint, started, runtime.now())
+    runtime.save_step(job_id, key, pickle.dumps(record, protocol=5), blob)
     return value
 
 
@@ -166,9 +172,9 @@ def step(fn: Any = None, /, *args: Any, name: str | None = None, **kwargs: Any) 
 
 
 def step_rows(bodies: list[tuple[str, bytes]], as_time: Callable[[float], Any]) -> list[dict]:
-    """What ``job.steps`` shows of a job's stored step records, in call order: each
-    step's ``name``, ``status`` (``"succeeded"``: a step is stored once it returned),
-    ``started`` and ``finished`` (through ``as_time``)."""
+    """What ``job.steps`` shows of a job's stored step records (not their results), in
+    call order: each step's ``name``, ``status`` (``"succeeded"``: a step is stored once
+    it returned), ``started`` and ``finished`` (through ``as_time``)."""
     records = sorted((pickle.loads(body) for _, body in bodies), key=lambda r: (r[1], r[5]))
     return [
         {"name": r[2], "status": "succeeded", "started": as_time(r[5]), "finished": as_time(r[6])}

@@ -18,7 +18,8 @@ with a few named tables::
     requests  job id   -> request from another process (cancel, retry; :mod:`nbqup.requests`)
     corrupt   key      -> raw bytes of records set aside
     info      name     -> store format and such
-    steps     job id/n:name -> a durable step's argument hash and result (nbqup.steps)
+    steps     job id/n:name -> a durable step's name, argument hash and times (nbqup.steps)
+    stepres   job id/n:name -> its pickled result (read only when the step is replayed)
     cache     d:/l: + call hash -> job id (the result cache: nbqup.cache)
 
 Every read and write of a table goes through the zict stack:

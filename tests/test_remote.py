@@ -117,13 +117,17 @@ def test_checkpoints_and_steps_round_trip_through_a_receiver(
             sender.save_checkpoint(job.id, {"epoch": 3})
             assert sender.load_checkpoint(job.id) == (True, {"epoch": 3})
             assert sender.load_steps(job.id) == {}
-            sender.save_step(job.id, f"{job.id}/0:fetch", b"record")  # durable when it returns
-            assert sender.load_steps(job.id) == {f"{job.id}/0:fetch": b"record"}
+            key = f"{job.id}/0:fetch"
+            sender.save_step(job.id, key, b"record", b"result")  # durable when it returns
+            assert sender.load_steps(job.id) == {key: b"record"}
+            assert sender.load_step_result(job.id, key) == b"result"
+            assert sender.load_step_result(job.id, key + "-other") is None
         finally:
             answered.set()
             server.join(WAIT)
-        assert receiver.received == 6
-        assert jq.store.get_blob("steps", f"{job.id}/0:fetch") == b"record"
+        assert receiver.received == 8
+        assert jq.store.get_blob("steps", key) == b"record"
+        assert jq.store.get_blob("stepres", key) == b"result"
 
 
 def test_progress_is_thinned_but_the_last_report_and_completion_are_kept(

@@ -8,8 +8,10 @@ really ran in which run.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from children import kill, log_lines, start, wait_for_log
 from jobfns import EVENTS, block
 
 import nbqup
-from nbqup import JobQueue, SerializationError
+from nbqup import JobQueue, SerializationError, payload
 from nbqup.keys import MAX_KEY_BYTES
 from nbqup.steps import step_key
 
@@ -364,8 +366,8 @@ def test_a_large_step_result_is_stored_compressed_like_results(jq: JobQueue, mar
 
     job = jq.options(retries=1).submit(big, marker)
     assert job.result(timeout=WAIT) == 5_000_000
-    (key,) = [k for k, _ in jq.store.tables["steps"].snapshot() if k.startswith(job.id)]
-    assert len(jq.store.tables["steps"][key]) < 100_000  # framed and compressed
+    (key,) = [k for k, _ in jq.store.tables["stepres"].snapshot() if k.startswith(job.id)]
+    assert len(jq.store.tables["stepres"][key]) < 100_000  # framed and compressed
 
 
 def test_a_stored_result_that_no_longer_loads_runs_the_step_again(
@@ -411,3 +413,65 @@ def test_a_damaged_step_record_runs_the_steps_again(jq: JobQueue, log: str, mark
     assert job.result(timeout=WAIT) == 1
     assert lines(log) == ["ran", "ran"]
     assert len(job.steps) == 1  # the second run stored it anew
+
+
+def _decoded(jq: JobQueue) -> list[int]:
+    """A list that gets the size of every value the store decodes from now on."""
+    sizes: list[int] = []
+    for table in jq.store.blobs.values():
+
+        def load(raw: bytes, decode: Any = table.load) -> bytes:
+            body: bytes = decode(raw)
+            sizes.append(len(body))
+            return body
+
+        table.load = load
+    return sizes
+
+
+def many_big_steps(marker: str, n: int) -> int:
+    if Path(marker).exists():  # the retry: the first step only
+        n = 1
+    sizes = [len(nbqup.step(bytes, 100_000, name=f"big{i}")) for i in range(n)]
+    fail_once(marker)
+    return sum(sizes)
+
+
+def test_step_results_are_read_only_when_replayed(tmp_path: Path, marker: str) -> None:
+    # 200 stored steps of 100 KB: their names and times, a resumed run and a fresh retry
+    # read none of the 20 MB but the one result replayed.
+    with JobQueue(tmp_path / "s", workers=1) as jq:
+        first = jq.submit(many_big_steps, marker, 200)
+        assert first.wait(WAIT) and first.status == "failed"
+        Path(marker).unlink()
+        second = jq.submit(many_big_steps, marker, 200)
+        assert second.wait(WAIT) and second.status == "failed"
+        decoded = _decoded(jq)
+        assert [s["name"] for s in first.steps] == [f"big{i}" for i in range(200)]
+        assert sum(decoded) < 100_000  # the records, not the results
+        decoded.clear()
+        assert first.retry().result(timeout=WAIT) == 100_000  # its first step only
+        assert 100_000 <= sum(decoded) < 200_000  # that step's result replayed
+        decoded.clear()
+        second.retry(fresh=True)
+        assert sum(decoded) < 100_000
+        assert second.result(timeout=WAIT) == 100_000  # big0 run (not replayed), stored
+        stored = [k for k, _ in jq.store.tables["stepres"].snapshot() if k.startswith(second.id)]
+        assert stored == [step_key(second.id, "big0", 0)]  # the 199 others were dropped
+
+
+def fails_then_steps(log: str, marker: str) -> int:
+    fail_once(marker)
+    return nbqup.step(note, log, "ran", 7)
+
+
+def test_a_step_stored_by_an_earlier_nbqup_is_replayed(jq: JobQueue, log: str, marker: str) -> None:
+    # Format 1 of a step's record held its result; such records still replay and show.
+    job = jq.submit(fails_then_steps, log, marker)
+    assert job.wait(WAIT) and job.status == "failed" and job.steps == []
+    arguments = hashlib.blake2b(payload.dumps_args((log, "ran", 7), {}) or b"", digest_size=16)
+    record = (1, 0, "note", 0, arguments.digest(), 1.0, 2.0, payload.dumps_result(7))
+    jq.store.put_blob("steps", step_key(job.id, "note", 0), pickle.dumps(record))
+    assert [s["name"] for s in job.steps] == ["note"]
+    assert job.retry().result(timeout=WAIT) == 7
+    assert lines(log) == []  # replayed, not run
