@@ -3,7 +3,9 @@
 A child process opens a queue, submits a few "training runs" whose function exists only
 in the child's ``__main__`` (as if defined in a notebook), and is SIGKILLed while they run.
 This process then reopens the same store -- without that function anywhere in its own
-code -- and the jobs carry on from their last checkpoint.
+code -- and the jobs carry on from their last checkpoint.  The store stays where the
+first and the last lines say (a new temporary folder unless ``--path`` is given), to be
+looked at with ``nbqup jobs`` or opened in a notebook.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ time.sleep(60)   # killed long before this ends
 
 
 def main(path: str | None = None) -> int:
-    """Run the demo on ``path`` (a fresh temporary store by default); return an exit code."""
+    """Run the demo in the folder ``path`` (a new temporary folder by default); return an
+    exit code.  The store (``<folder>/store``) is left there, and the last lines say
+    where, so that the CLI and a notebook can look at it afterwards."""
     import nbqup
 
-    store = Path(path or tempfile.mkdtemp(prefix="nbqup-demo-")) / "store"
+    folder = Path(path or tempfile.mkdtemp(prefix="nbqup-demo-"))
+    store = folder / "store"
     print(f"nbqup {nbqup.__version__} demo -- store: {store}\n")
     print("1. a child process submits 3 training runs + 1 quick job, defined in its __main__")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -80,4 +85,7 @@ def main(path: str | None = None) -> int:
             print(f"   {job.name:<14} {job.status:<10} {result} {note}")
         lost = [j for j in jq.jobs() if j.status != "succeeded"]
     print("\nno job was lost." if not lost else f"\nLOST: {lost}")
+    temporary = f" (a temporary folder: rm -r {folder} removes it)" if path is None else ""
+    print(f"\nthe store is left in {store}{temporary}")
+    print(f"its jobs: python -m nbqup jobs {store}")
     return 0 if finished and not lost else 1

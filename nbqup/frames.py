@@ -15,7 +15,10 @@ argument, so a parameter sweep is one ``groupby`` away:
 {0.1: 0.2, 0.2: 0.4}
 
 Display code only reads: it never writes job state.  pandas is imported when a frame is
-first asked for, so ``import nbqup`` does not need it.
+first asked for, so ``import nbqup`` does not need it.  The frames are
+:class:`~nbqup.frame_display.JobsFrame` s: DataFrames whose notebook display is a copy
+formatted for reading (times to the second, durations like ``2.5s``, empty columns left
+out); their data are untouched.
 
 Speed: the store holds each record as a pickled tuple of its fields' values.  Making a
 :class:`~nbqup.records.JobRecord` of each would nearly double the time, so these functions read
@@ -243,7 +246,9 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     # Keyword names in order of first use; most jobs share a handful of signatures.
     for arg in dict.fromkeys(k for names in dict.fromkeys(map(tuple, kwargs)) for k in names):
         data[f"arg.{arg}"] = list(map(dict.get, kwargs, itertools.repeat(arg)))
-    return pd.DataFrame(data, index=pd.Index(get("id"), name="id"))
+    from .frame_display import JobsFrame  # a DataFrame, displayed formatted for reading
+
+    return JobsFrame(data, index=pd.Index(get("id"), name="id"))
 
 
 # A stored record holds what its writer put there: an older nbqup or a hand may have left

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import keyword
 import shlex
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ def _line_parser() -> _Parser:
     op.add_argument("path")
     op.add_argument("-w", "--workers", type=int, default=4, help="worker threads (default 4)")
     op.add_argument("-e", "--executor", default="thread", choices=("thread", "process"))
+    op.add_argument(
+        "--as", dest="as_name", default="jq", metavar="NAME", help="the variable (default jq)"
+    )
     jobs = sub.add_parser("jobs", help="the job history as a DataFrame")
     jobs.add_argument("--status", help="only jobs with this status (e.g. failed)")
     jobs.add_argument("--name", help="only jobs with this name")
@@ -167,7 +171,8 @@ class NbqupMagics(Magics):
 
             %nbqup                        show the live dashboard of the current queue
             %nbqup open PATH [-w N]       open (or switch to) the queue stored in PATH,
-                                          with N worker threads (default 4); a queue
+                       [--as NAME]        with N worker threads (default 4), and put it
+                                          in the variable ``jq`` (or NAME); a queue
                                           already open on PATH here is reused
             %nbqup jobs [--status S]      the job history as a DataFrame
                         [--name NAME]
@@ -191,7 +196,9 @@ class NbqupMagics(Magics):
         restart -- but then it sees only the variables of the cells run since the
         restart.  print() inside goes to ``job.logs``, display() to ``job.show()``.
 
-        Without ``%nbqup open``, the queue is ``JobQueue(".nbqup")``.  From code:
+        ``%nbqup open`` binds the queue to ``jq`` in the notebook (``--as NAME`` for
+        another variable; re-running it binds the same queue again).  Without
+        ``%nbqup open``, the queue is ``JobQueue(".nbqup")``.  From code:
         ``nbqup.magics.current_queue()``.
         """
         if cell is not None:
@@ -222,16 +229,27 @@ class NbqupMagics(Magics):
     def _open(self, args: argparse.Namespace) -> None:
         if args.workers < 0:
             raise ValueError(f"workers must be >= 0, got {args.workers}")
+        name = args.as_name
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"--as needs a Python variable name, got {name!r}")
         where = Path(args.path).expanduser().resolve()
         reused = any(_same_path(q, where) for q in _open_queues())
         jq = open_queue(where, args.workers, args.executor)
+        if self.shell is not None:  # the notebook's variable, as if `jq = JobQueue(...)`
+            self.shell.user_ns[name] = jq
         role = "runs its jobs" if jq.is_owner else "is a client (another process runs the jobs)"
         if reused:
             note = "" if jq.workers == args.workers else "; close it to change its workers"
-            print(f"nbqup: {where} was already open here ({jq.workers} workers{note}); using it")
+            print(
+                f"nbqup: {where} was already open here ({jq.workers} workers{note}); "
+                f"using it as `{name}`"
+            )
         else:
             unfinished = sum(1 for r in jq.snapshot(limit=1_000_000) if not r.status.final)
-            print(f"nbqup: opened {where}: {jq.workers} workers, {unfinished} unfinished; {role}")
+            print(
+                f"nbqup: opened {where}: {jq.workers} workers, {unfinished} unfinished; "
+                f"{role}; it is `{name}`"
+            )
 
     def _jobs(self, args: argparse.Namespace) -> Any:
         return current_queue().jobs_df(status=args.status, name=args.name)

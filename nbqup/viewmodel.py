@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .durations import short_duration as _duration
 from .groups import TABLE as GROUPS_TABLE
 from .groups import decode_group
 from .keys import stored_key
@@ -83,20 +84,6 @@ class RowState:
     @property
     def info(self) -> str:
         return " · ".join(part for part in (self.percent, self.elapsed, self.message) if part)
-
-
-def _duration(seconds: float, precise: bool = False) -> str:
-    """``'7s'``, ``'1m05s'``, ``'2h03m'``, ``'1d04h'``, ``'12y200d'``; tenths under 10 s if
-    ``precise``."""
-    s = max(0.0, seconds)
-    if s < 60:
-        return f"{s:.1f}s" if precise and s < 10 else f"{int(s)}s"
-    m, sec = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    d, h = divmod(h, 24)
-    if d >= 365:
-        return f"{d // 365}y{d % 365}d"
-    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
 def _time(value: Any) -> float | None:

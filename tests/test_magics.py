@@ -64,6 +64,22 @@ def test_open_reuses_a_queue_already_open_on_the_path(
     assert magics.current_queue() is first
 
 
+def test_open_binds_the_queue_to_jq_or_the_name_given(
+    shell: InteractiveShell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_line_magic("nbqup", f"open {tmp_path / 's'} -w 0")
+    first = magics.current_queue()
+    assert shell.user_ns["jq"] is first
+    assert capsys.readouterr().out.endswith("; it is `jq`\n")
+    shell.run_line_magic("nbqup", f"open {tmp_path / 'other'} -w 0 --as other")
+    assert shell.user_ns["other"] is magics.current_queue() is not first
+    assert shell.user_ns["jq"] is first  # --as leaves jq alone
+    shell.user_ns["jq"] = "overwritten"
+    shell.run_line_magic("nbqup", f"open {tmp_path / 's'}")  # re-running binds it again
+    assert shell.user_ns["jq"] is first
+    assert capsys.readouterr().out.endswith("using it as `jq`\n")
+
+
 def test_cell_magic_runs_the_cell_as_a_job(shell: InteractiveShell, tmp_path: Path) -> None:
     shell.run_line_magic("nbqup", f"open {tmp_path / 's'} -w 1")
     shell.user_ns["n"] = 4
@@ -82,6 +98,8 @@ def test_cell_magic_runs_the_cell_as_a_job(shell: InteractiveShell, tmp_path: Pa
         ("open", None, "the following arguments are required: path"),
         ("open x -w many", None, "invalid int value: 'many'"),
         ("open x -w -1", None, "workers must be >= 0"),
+        ("open x --as 1x", None, "--as needs a Python variable name, got '1x'"),
+        ("open x --as class", None, "--as needs a Python variable name, got 'class'"),
         ("cancel nosuchjob", None, "no job 'nosuchjob'"),
         ("jobs --status sleeping", None, "unknown status"),
         ("open 'unclosed", None, "No closing quotation"),
@@ -140,8 +158,9 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
 def test_kernel_line_magics(kernel: Kernel, tmp_path: Path) -> None:
     opened = kernel.run(f"%nbqup open {tmp_path / 's'} -w 2")
     assert opened.stdout.startswith(f"nbqup: opened {tmp_path / 's'}: 2 workers, 0 unfinished")
+    assert opened.stdout.endswith("; it is `jq`\n")
+    assert kernel.value("jq is current_queue() and str(jq.path)") == str(tmp_path / "s")
     kernel.run(
-        "jq = current_queue()\n"
         "def nap(s):\n"
         "    end = time.time() + s\n"
         "    while time.time() < end:\n"
@@ -166,6 +185,13 @@ def test_kernel_line_magics(kernel: Kernel, tmp_path: Path) -> None:
     kernel.run("slow_id = slow.id")
     (frame,) = kernel.run("%nbqup jobs").data()
     assert "quick" in frame["text/html"] and "slow" in frame["text/html"]
+    # the display is readable (the value, `_`, is the DataFrame, every column kept)
+    for raw in ("NaT", "0 days", "()", "None", "+00:00"):
+        assert raw not in frame["text/html"], raw
+    assert "empty columns not shown: " in frame["text/html"]
+    assert kernel.value("list(_.columns[:3]) + [str(_['duration'].dtype)]") == [
+        "name", "status", "attempts", "timedelta64[us]",
+    ]  # fmt: skip
     (cancelled_only,) = kernel.run("%nbqup jobs --status cancelled").data()
     assert "slow" in cancelled_only["text/plain"] and "quick" not in cancelled_only["text/plain"]
 
