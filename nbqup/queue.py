@@ -418,6 +418,28 @@ class JobQueue:
         wanted = schedule_statuses(status)
         return [Schedule(self._access, sid) for sid in self._schedules.with_status(wanted)]
 
+    def apply_requests(self) -> bool:
+        """Apply now the cancels, retries and schedule changes that clients asked for.
+
+        The process running the store applies them on its periodic check; on a store no
+        process runs they would wait for the next one.  As the owner this applies them
+        here; as a client, on a store no process runs, it owns the store for a moment
+        without running anything (the lock is marked brief: a process opening the store
+        meanwhile waits for it) -- what ``nbqup cancel`` and ``nbqup retry`` do, so the
+        job reads cancelled right after.  True once applied; False if another process
+        runs the store (it applies them on its next check).
+        """
+        self._check_open()
+        if self.is_owner:
+            return self._recovery.apply_briefly()
+        if self.path is None:
+            return False
+        brief = JobQueue(self.path, 0, durability=self.store.durability, clock=self._clock)
+        try:
+            return brief._recovery.apply_briefly()
+        finally:
+            brief.close()
+
     def _check_open(self) -> None:
         if self._state.closed or self._state.stopping:
             raise RuntimeError(f"{self!r} is closed")
