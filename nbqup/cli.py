@@ -13,7 +13,8 @@
 Reading commands open the store with ``workers=0`` (as a client: they never run a job and
 never create a store).  ``cancel`` and ``retry`` write a request that the process running
 the store's workers applies on its periodic check; when such a process is alive, the
-command waits a few seconds to report what it did.
+command waits a few seconds to report what it did.  When none is, the command applies
+its request itself at once, owning the store for a moment without running anything.
 
 ``worker`` is the detached worker: it owns the store (``if_locked="raise"``: it refuses a
 store another live process already runs) so that notebooks opening the same path become
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Cancel the job ID (a job id or a unique prefix of one) of the store at PATH.  A "
         "queued or scheduled job never runs; a running one is asked to stop (a thread job "
         "at its next progress/checkpoint call).  The process running the store applies it; "
-        "if none is running, the next one to open the store does.",
+        "if none is running, it is applied at once.",
     )
     p.add_argument("path", metavar="PATH", help="the store directory")
     p.add_argument("id", metavar="ID", help="a job id, or a unique prefix of one")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run a failed or cancelled job again",
         "Queue the failed or cancelled job ID (a job id or a unique prefix of one) of the "
         "store at PATH again, with a fresh budget of retries.  The process running the store "
-        "applies it; if none is running, the next one to open the store does.",
+        "applies it; if none is running, it is applied at once (the next process to run "
+        "the store runs the job).",
     )
     p.add_argument("path", metavar="PATH", help="the store directory")
     p.add_argument("id", metavar="ID", help="a job id, or a unique prefix of one")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cli_store import open_store, owner_pid
 from .errors import last_line
+from .schedules import STATES as SCHEDULE_STATES
 
 if TYPE_CHECKING:
     from .records import JobRecord
@@ -36,7 +37,7 @@ def run_status(args: argparse.Namespace) -> int:
             else:
                 counts[str(rec.status)] += 1
         set_aside = len(jq.corrupt)
-        schedules: Counter[str] = Counter(s.state for s in jq.schedules())
+        schedules: Counter[str] = Counter(s.status for s in jq.schedules(SCHEDULE_STATES))
         owner = owner_pid(jq)
         path = jq.path
     rows = [("store", str(path))]
@@ -51,8 +52,8 @@ def run_status(args: argparse.Namespace) -> int:
         parts += [f"{set_aside} set aside"] if set_aside else []
         rows.append(("corrupt", ", ".join(parts)))
     if schedules:
-        states = ("active", "paused", "cancelled")
-        rows.append(("schedules", ", ".join(f"{schedules[s]} {s}" for s in states if schedules[s])))
+        shown = [f"{schedules[s]} {s}" for s in SCHEDULE_STATES if schedules[s]]
+        rows.append(("schedules", ", ".join(shown)))
     for label, value in rows:
         print(f"{label:<10} {value}")
     return 0

@@ -1,6 +1,10 @@
-"""The commands that change a store: ``nbqup cancel`` and ``nbqup retry`` (a request the
-process running the store's workers applies; they wait a few seconds to report what it
-did), ``nbqup salvage`` (a fresh copy of a damaged store) and ``nbqup demo``.
+"""The commands that change a store: ``nbqup cancel`` and ``nbqup retry``, ``nbqup
+salvage`` (a fresh copy of a damaged store) and ``nbqup demo``.
+
+``cancel`` and ``retry`` leave a request in the store.  On a store no process runs they
+apply it at once, owning the store for a moment without running anything (so ``nbqup
+jobs`` right after shows the change); while a process runs the store, that process
+applies it on its periodic check, and they wait a few seconds to report what it did.
 """
 
 from __future__ import annotations
@@ -33,14 +37,7 @@ def run_cancel(args: argparse.Namespace) -> int:
         rec = find_job(jq, args.id)
         if not jq.get(rec.id).cancel():
             raise CliError(f"job {_label(rec)} already {rec.status}; nothing to cancel")
-        owner = owner_pid(jq)
-        if owner is None:
-            print(
-                f"cancel of job {_label(rec)} recorded; no process is running the store, "
-                "the next one to run it applies it before running anything"
-            )
-            return 0
-        now = _follow(jq, rec.id, lambda r: r.status.final)
+        owner, now = _apply(jq, rec, lambda r: r.status.final)
     if now.status == "cancelled":
         print(f"cancelled job {_label(rec)}")
     elif now.status.final:
@@ -51,7 +48,7 @@ def run_cancel(args: argparse.Namespace) -> int:
             "stops at its next progress or checkpoint call)"
         )
     else:
-        print(f"cancel of job {_label(rec)} requested; process {owner} has not applied it yet")
+        print(f"cancel of job {_label(rec)} requested; {_who(owner)} has not applied it yet")
     return 0
 
 
@@ -62,20 +59,38 @@ def run_retry(args: argparse.Namespace) -> int:
             jq.get(rec.id).retry(fresh=args.fresh)
         except ValueError as exc:
             raise CliError(one_line(exc)) from None
-        owner = owner_pid(jq)
-        if owner is None:
-            print(
-                f"retry of job {_label(rec)} recorded; no process is running the store, "
-                "the next one to run it runs the job"
-            )
-            return 0
         before = (rec.status, rec.attempts, rec.finished)
-        now = _follow(jq, rec.id, lambda r: (r.status, r.attempts, r.finished) != before)
-    if (now.status, now.attempts, now.finished) != before:
-        print(f"retried job {_label(rec)}: now {now.status}")
+        owner, now = _apply(jq, rec, lambda r: (r.status, r.attempts, r.finished) != before)
+    if (now.status, now.attempts, now.finished) == before:
+        print(f"retry of job {_label(rec)} requested; {_who(owner)} has not applied it yet")
+    elif owner is None:
+        print(
+            f"retried job {_label(rec)}: now {now.status}; no process is running the store, "
+            "the next one to run it runs the job"
+        )
     else:
-        print(f"retry of job {_label(rec)} requested; process {owner} has not applied it yet")
+        print(f"retried job {_label(rec)}: now {now.status}")
     return 0
+
+
+def _apply(
+    jq: JobQueue, rec: JobRecord, done: Callable[[JobRecord], bool]
+) -> tuple[int | None, JobRecord]:
+    """Have the request just left for job ``rec`` applied: at once, by owning the store
+    for a moment, when no process runs it (``JobQueue.apply_requests``); else by the
+    process that does, followed until ``done`` (or for a few seconds).  Returns that
+    process's pid (None: applied here) and the job's record then."""
+    if jq.apply_requests():
+        now = jq.store.load(rec.id)
+        if now is None:  # pragma: no cover - records are never deleted
+            raise CliError(f"job {rec.id} vanished from store {jq.path}")
+        return None, now
+    return owner_pid(jq), _follow(jq, rec.id, done)
+
+
+def _who(owner: int | None) -> str:
+    # None: the process that ran the store stopped just as the request was left
+    return "no process" if owner is None else f"process {owner}"
 
 
 def _follow(jq: JobQueue, job_id: str, done: Callable[[JobRecord], bool]) -> JobRecord:

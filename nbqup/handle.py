@@ -253,8 +253,14 @@ class Schedule:
         return Trigger.from_dict(self.record.trigger).describe()
 
     @property
+    def status(self) -> str:
+        """``"active"``, ``"paused"`` or ``"cancelled"``, as stored: in a client process,
+        what the owner did (a pause asked for here shows once the owner applied it)."""
+        return self.record.state
+
+    @property
     def state(self) -> str:
-        """``"active"``, ``"paused"`` or ``"cancelled"``."""
+        """The older name of :attr:`status`."""
         return self.record.state
 
     @property

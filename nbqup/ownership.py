@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import StorePermissionError
 from .health import disk_full
 
-__all__ = ["OWNER_FILE", "Ownership", "holder", "recorded_pid"]
+__all__ = ["OWNER_FILE", "Ownership", "brief_holder", "holder", "recorded_pid"]
 
 #: The file the owner writes its pid to, for messages (never trusted as the lock).
 OWNER_FILE = "owner.json"
@@ -59,9 +59,11 @@ class Ownership:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> bool:
+    def acquire(self, brief: bool = False) -> bool:
         """Take the lock if no other process (nor another :class:`Ownership` here) holds
-        it; True if held now.  Writes ``owner.json``; raises
+        it; True if held now.  Writes ``owner.json`` (saying ``brief`` for a hold of a
+        moment, during which a process opening the store waits: see
+        :func:`brief_holder`); raises
         :class:`~nbqup.StorePermissionError` naming the path (holding nothing) when the
         store directory cannot be written."""
         if self._fd is not None:
@@ -85,7 +87,7 @@ class Ownership:
             os.close(fd)
             return False
         try:
-            _write_pid(self.path)
+            _write_pid(self.path, brief)
         except OSError as exc:
             os.close(fd)  # releases the lock: a store we cannot write is not ours to run
             if legacy is not None:
@@ -149,11 +151,14 @@ def _legacy_lock(path: Path) -> int | None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def _write_pid(path: Path) -> None:
+def _write_pid(path: Path, brief: bool) -> None:
     tmp = path / f"{OWNER_FILE}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    owner: dict[str, object] = {"pid": os.getpid()}
+    if brief:
+        owner["brief"] = True
     try:
-        os.write(fd, json.dumps({"pid": os.getpid()}).encode())
+        os.write(fd, json.dumps(owner).encode())
     finally:
         os.close(fd)
     os.replace(tmp, path / OWNER_FILE)
@@ -165,6 +170,20 @@ def recorded_pid(path: str | os.PathLike[str]) -> int | None:
         return int(json.loads((Path(path) / OWNER_FILE).read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def brief_holder(path: str | os.PathLike[str]) -> bool:
+    """Whether the owner lock is held for a moment only: by a process that applies the
+    requests of a store no process runs (``nbqup cancel``/``retry``), running nothing,
+    and lets go within a fraction of a second.  A process opening the store to run it
+    waits for that rather than becoming a client."""
+    try:
+        owner = json.loads((Path(path) / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict) or owner.get("brief") is not True:
+        return False
+    return holder(path) == owner.get("pid")
 
 
 def holder(path: str | os.PathLike[str]) -> int | None:

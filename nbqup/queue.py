@@ -53,6 +53,7 @@ from .recovery import Recovery
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .schedules import Schedules
+from .schedules import statuses as schedule_statuses
 from .shared import Shared
 from .slots import WorkerSlots
 from .state import JobState
@@ -403,13 +404,41 @@ class JobQueue:
         state = "closed" if self._state.closed else f"{len(self._state.live)} unfinished"
         return f"<JobQueue {where} {role} workers={self.workers} {state}>"
 
-    def schedules(self, state: str | None = None) -> list[Schedule]:
-        """Every recurring schedule recorded (only those in ``state`` if given)."""
-        out = []
-        for sid in self._schedules.ids():
-            if state is None or self._schedules.record(sid).state == state:
-                out.append(Schedule(self._access, sid))
-        return out
+    def schedules(
+        self, status: str | Iterable[str] | None = None, *, state: str | None = None
+    ) -> list[Schedule]:
+        """The recurring schedules recorded, oldest first: the active and paused ones, or
+        those whose :attr:`Schedule.status` is ``status`` (one of ``"active"``,
+        ``"paused"``, ``"cancelled"``, or a collection of them: ValueError naming the valid
+        ones otherwise).  ``state=`` is the older name of ``status``."""
+        if state is not None:
+            if status is not None:
+                raise TypeError("give status= or state=, not both")
+            status = state
+        wanted = schedule_statuses(status)
+        return [Schedule(self._access, sid) for sid in self._schedules.with_status(wanted)]
+
+    def apply_requests(self) -> bool:
+        """Apply now the cancels, retries and schedule changes that clients asked for.
+
+        The process running the store applies them on its periodic check; on a store no
+        process runs they would wait for the next one.  As the owner this applies them
+        here; as a client, on a store no process runs, it owns the store for a moment
+        without running anything (the lock is marked brief: a process opening the store
+        meanwhile waits for it) -- what ``nbqup cancel`` and ``nbqup retry`` do, so the
+        job reads cancelled right after.  True once applied; False if another process
+        runs the store (it applies them on its next check).
+        """
+        self._check_open()
+        if self.is_owner:
+            return self._recovery.apply_briefly()
+        if self.path is None:
+            return False
+        brief = JobQueue(self.path, 0, durability=self.store.durability, clock=self._clock)
+        try:
+            return brief._recovery.apply_briefly()
+        finally:
+            brief.close()
 
     def _check_open(self) -> None:
         if self._state.closed or self._state.stopping:

@@ -15,10 +15,12 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import ownership
 from .errors import DiskFull, StoreCorrupt, StorePermissionError, StoreWriteError
 from .health import disk_full
 from .records import FINAL, JobRecord, Status
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Recovery"]
 
 log = logging.getLogger("nbqup")
+
+#: How long a process opening a store waits for a brief holder of its owner lock (a
+#: ``nbqup cancel`` applying its request) before it becomes a client or refuses it.
+BRIEF_WAIT = 5.0
 
 
 class Recovery:
@@ -159,7 +165,7 @@ class Recovery:
         process (once space is freed) works.
         """
         try:
-            self._state.owner = self._shared.store.acquire_owner()
+            self._state.owner = self._acquire_past_brief_holds()
             if not self._state.owner and if_locked == "raise":
                 raise self._shared.store.locked_error()
             if self._state.owner:
@@ -172,6 +178,39 @@ class Recovery:
             if full is None:
                 raise
             raise full from exc
+
+    def _acquire_past_brief_holds(self) -> bool:
+        """Take the owner lock; while a process holds it for a moment only (applying the
+        requests of a store nobody ran, :meth:`apply_briefly`), wait for it to let go --
+        up to :data:`BRIEF_WAIT` -- instead of becoming a client or refusing the store."""
+        store = self._shared.store
+        deadline = time.monotonic() + BRIEF_WAIT
+        pause = 0.002
+        while not store.acquire_owner():
+            if store.path is None or not ownership.brief_holder(store.path):
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)  # polls a lock held for a fraction of a second
+            pause = min(pause * 2, 0.05)
+        return True
+
+    def apply_briefly(self) -> bool:
+        """Own a store no process runs just long enough to apply the requests clients
+        left (``nbqup cancel``/``retry``), running nothing: take the owner lock (marked
+        brief, so a process opening the store meanwhile waits), recover -- which loads
+        the unfinished jobs and applies the requests -- and leave the writes and the
+        lock to the queue's ``close()``.  False, doing nothing, if another process runs
+        the store: that one applies them.  No request is lost or applied twice: whoever
+        holds the lock applies them, each taken once (:meth:`~nbqup.requests.Requests.take`).
+        """
+        if self._state.owner:
+            self.apply_requests()
+            return True
+        if not self._shared.store.acquire_owner(brief=True):
+            return False
+        self.recover()
+        return True
 
     # -- a client taking over ------------------------------------------------------------
 

@@ -34,11 +34,11 @@ from .records import JobRecord, ScheduleRecord, Status, new_id
 from .triggers import Trigger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .shared import Shared
 
-__all__ = ["Schedules"]
+__all__ = ["LISTED", "STATES", "Schedules", "statuses"]
 
 #: Options of a schedule's runs copied onto each run's job record.
 RUN_FIELDS = (
@@ -52,7 +52,10 @@ RUN_FIELDS = (
     "max_crashes",
 )
 _EPSILON = 1e-6
+#: What a schedule's ``status`` can be.
 STATES = ("active", "paused", "cancelled")
+#: What ``jq.schedules()`` lists by default: the schedules not cancelled.
+LISTED = ("active", "paused")
 
 
 def dump(srec: ScheduleRecord) -> bytes:
@@ -66,6 +69,27 @@ def load(body: bytes) -> ScheduleRecord:
 def key_of(srec: ScheduleRecord) -> str:
     """The schedule's entry in the ``keys`` table (hashed if too long for LMDB)."""
     return stored_key("schedule:" + srec.key)
+
+
+def statuses(status: str | Iterable[str] | None) -> frozenset[str]:
+    """The schedule statuses ``status`` names (one, or a collection of them); None means
+    :data:`LISTED`.  A ValueError names the valid ones.
+
+    >>> sorted(statuses(None)), sorted(statuses("cancelled"))
+    (['active', 'paused'], ['cancelled'])
+    >>> statuses(["running"])
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule status must be one of 'active', 'paused', 'cancelled'; got 'running'
+    """
+    if status is None:
+        return frozenset(LISTED)
+    wanted = [status] if isinstance(status, str) else list(status)
+    for one in wanted:
+        if one not in STATES:
+            valid = ", ".join(repr(s) for s in STATES)
+            raise ValueError(f"schedule status must be one of {valid}; got {one!r}")
+    return frozenset(wanted)
 
 
 class Schedules:
@@ -103,6 +127,11 @@ class Schedules:
 
     def ids(self) -> list[str]:
         return self._shared.store.schedule_ids()
+
+    def with_status(self, wanted: frozenset[str]) -> list[str]:
+        """The ids of the schedules whose status is in ``wanted``, oldest first (each
+        read as :meth:`record` does: the owner's own, else the store's)."""
+        return [sid for sid in self.ids() if self.record(sid).state in wanted]
 
     # -- creating ------------------------------------------------------------------------
 

@@ -412,15 +412,16 @@ class Store:
 
     # -- the owner lock (see nbqup.ownership) -----------------------------------------
 
-    def acquire_owner(self) -> bool:
+    def acquire_owner(self, brief: bool = False) -> bool:
         """Become the one process that runs this store's workers; False if another is.
+        ``brief``: for a moment only, running nothing (see :func:`~nbqup.ownership.brief_holder`).
 
         The lock is a ``flock`` on the store directory itself (deleting files in the
         store cannot release it), released by the kernel when the process dies; the
         holder's pid is written beside it for messages.  Raises
         :class:`~nbqup.StorePermissionError` when the store directory cannot be written.
         """
-        return self._owner is None or self._owner.acquire()
+        return self._owner is None or self._owner.acquire(brief)
 
     def owner_pid(self) -> int | None:
         """Pid of the live process holding the owner lock, if known."""

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from nbqup import JobQueue
+from nbqup.recovery import Recovery
 from nbqup.store import Store
 
 WAIT = 20
@@ -216,27 +218,115 @@ def test_jobs_json(store: Prepared) -> None:
 # ------------------------------------------------------------------------ cancel, retry
 
 
-def test_cancel_and_retry_without_a_running_owner(store: Prepared) -> None:
+def statuses(store: Prepared) -> dict[str, tuple[str, int]]:
+    """(status, attempts) of each job, as ``nbqup jobs --json`` shows them."""
+    data = json.loads("\n".join(ok(cli("jobs", store.path, "--json"))))
+    return {d["id"]: (d["status"], d["attempts"]) for d in data}
+
+
+def test_cancel_and_retry_apply_at_once_on_a_store_no_process_runs(store: Prepared) -> None:
+    """No process runs the store: the command owns it for a moment and applies its own
+    request, so ``jobs`` right after shows the change; doing it twice says so."""
     prefix = store.sum[:15]
-    assert ok(cli("cancel", store.path, prefix)) == [
-        f"cancel of job {store.sum} (sum) recorded; no process is running the store, "
-        "the next one to run it applies it before running anything"
-    ]
+    assert ok(cli("cancel", store.path, prefix)) == [f"cancelled job {store.sum} (sum)"]
+    assert statuses(store)[store.sum] == ("cancelled", 0)
+    line = fails(cli("cancel", store.path, store.sum), 1)
+    assert line == f"nbqup: job {store.sum} (sum) already cancelled; nothing to cancel"
     assert ok(cli("retry", store.path, store.divmod)) == [
-        f"retry of job {store.divmod} (divmod) recorded; no process is running the store, "
-        "the next one to run it runs the job"
+        f"retried job {store.divmod} (divmod): now queued; no process is running the "
+        "store, the next one to run it runs the job"
     ]
+    assert statuses(store)[store.divmod] == ("queued", 1)
+    line = fails(cli("retry", store.path, store.divmod), 1)
+    assert line == (
+        f"nbqup: job {store.divmod} is queued; only failed or cancelled jobs can be retried"
+    )
     line = fails(cli("cancel", store.path, store.pow), 1)
     assert line == f"nbqup: job {store.pow} (pow) already succeeded; nothing to cancel"
     line = fails(cli("retry", store.path, store.later), 1)
     assert line == (
         f"nbqup: job {store.later} is scheduled; only failed or cancelled jobs can be retried"
     )
-    with JobQueue(store.path, workers=1) as jq:  # the next owner applies both requests
+    assert ok(cli("status", store.path))[1:] == [
+        f"owner      {OWNER_NONE}",  # the command let the store go
+        "scheduled  1",
+        "queued     1",
+        "succeeded  1",
+        "cancelled  1",
+        "total      4",
+    ]
+    with JobQueue(store.path, workers=0) as jq:
+        assert dict(jq.store.requests.text) == {}  # each request was taken once, applied
+    with JobQueue(store.path, workers=1) as jq:  # the next owner runs the retried job once
         assert jq.get(store.sum).status == "cancelled"
         retried = jq.get(store.divmod)
         assert retried.wait(WAIT)
         assert retried.status == "failed" and retried.attempts == 2
+
+
+_OPENER = """
+import sys
+from nbqup import JobQueue, ownership
+path, job_id, if_locked = sys.argv[1:]
+looked = ownership.brief_holder
+def brief_holder(p):
+    found = looked(p)
+    if found:
+        print("waiting", flush=True)
+        ownership.brief_holder = looked
+    return found
+ownership.brief_holder = brief_holder
+with JobQueue(path, workers=1, poll_interval=0.05, if_locked=if_locked) as jq:
+    job = jq.get(job_id)
+    job.wait(60)
+    print("owner" if jq.is_owner else "client", job.status, job.attempts, flush=True)
+"""
+
+
+@pytest.mark.parametrize("if_locked", ["client", "raise"])
+def test_a_process_opening_the_store_during_the_brief_hold_waits_for_it(
+    store: Prepared, monkeypatch: pytest.MonkeyPatch, if_locked: str
+) -> None:
+    """A real second process opens the store to run it while a retry holds it: it
+    waits for the hold to end (rather than becoming a client or, with
+    ``if_locked="raise"`` as ``nbqup worker`` opens, refusing the store), then runs the
+    retried job exactly once -- the request was neither lost nor applied twice."""
+    holding, go = threading.Event(), threading.Event()
+    recover = Recovery.recover
+
+    def held_until_go(self: Recovery) -> None:
+        holding.set()
+        assert go.wait(WAIT)
+        recover(self)
+
+    monkeypatch.setattr(Recovery, "recover", held_until_go)
+    applied: list[bool] = []
+    with JobQueue(store.path, workers=0) as client:
+        client.get(store.divmod).retry()  # the request, as ``nbqup retry`` leaves it
+        applying = threading.Thread(target=lambda: applied.append(client.apply_requests()))
+        applying.start()
+        assert holding.wait(WAIT)  # the owner lock is held, marked brief
+        opener = subprocess.Popen(
+            [sys.executable, "-c", _OPENER, str(store.path), store.divmod, if_locked],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert opener.stdout is not None
+            assert opener.stdout.readline() == "waiting\n"  # it found the lock held
+            go.set()
+            applying.join(WAIT)
+            assert applied == [True]
+            out, _ = opener.communicate(timeout=WAIT * 2)
+        finally:
+            go.set()
+            if opener.poll() is None:
+                opener.kill()
+    assert opener.returncode == 0
+    assert out.splitlines() == ["owner failed 2"]  # it ran the job, once more
+    with JobQueue(store.path, workers=0) as jq:
+        assert jq.get(store.divmod).attempts == 2
+        assert not jq.store.requests.waiting(store.divmod)
 
 
 def test_cancel_and_retry_applied_by_a_live_owner(store: Prepared) -> None:

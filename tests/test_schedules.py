@@ -360,6 +360,49 @@ def test_cancelled_schedule_frees_its_key(clock: ManualClock, name: str) -> None
         assert CALLS[name] == [t0 + HOUR]
 
 
+def test_schedules_lists_the_live_ones_and_filters_by_status(clock: ManualClock) -> None:
+    with JobQueue(None, workers=1, clock=clock) as jq:
+        a = jq.options(key="a").every("1h").submit(abs, -1)
+        p = jq.options(key="p").every("1h").submit(abs, -2)
+        c = jq.options(key="c").every("1h").submit(abs, -3)
+        p.pause()
+        c.cancel()
+        assert [a.status, p.status, c.status] == ["active", "paused", "cancelled"]
+        assert jq.schedules() == [a, p]  # cancelled ones are left out by default
+        assert jq.schedules("cancelled") == [c]
+        assert jq.schedules(status={"active", "cancelled"}) == [a, c]
+        assert jq.schedules(status=("active", "paused", "cancelled")) == [a, p, c]
+        assert jq.schedules(state="paused") == [p]  # the older name
+        for bad in ("running", ["active", "done"], ""):
+            with pytest.raises(ValueError, match="'active', 'paused', 'cancelled'; got '"):
+                jq.schedules(bad)
+        with pytest.raises(TypeError, match="not both"):
+            jq.schedules("active", state="active")
+
+
+def test_a_client_sees_the_status_the_owner_set(tmp_path: Path) -> None:
+    """active -> paused -> cancelled, each read by a client from the store: set by the
+    owner, and asked for by the client (shown once the owner applied the request)."""
+    path = tmp_path / "s"
+    with (
+        JobQueue(path, workers=1, poll_interval=0.02) as owner,
+        JobQueue(path, workers=0) as client,
+    ):
+        mine = owner.every("1h").submit(abs, -1)
+        (seen,) = client.schedules()
+        assert seen.id == mine.id and seen.status == "active"
+        mine.pause()
+        assert seen.status == "paused" and client.schedules() == [seen]
+        mine.cancel()
+        assert seen.status == "cancelled" and seen.next_run is None
+        assert client.schedules() == [] and client.schedules("cancelled") == [seen]
+        theirs = client.every("2h").submit(abs, -2)
+        assert theirs.status == "active"
+        theirs.pause()  # a request the owner applies on its periodic check
+        until(lambda: theirs.status == "paused", "the owner to apply the pause")
+        assert owner.schedules("paused")[0].id == theirs.id
+
+
 def test_cancel_is_not_undone_by_a_concurrent_periodic_check(tmp_path: Path, name: str) -> None:
     """Regression: the owner's periodic check could read a schedule from the store after
     ``cancel()`` dropped it from memory but before the cancel was committed, and load it
@@ -413,7 +456,8 @@ def test_paused_and_cancelled_states_survive_a_reopen(
         cancelled.cancel()
     clock.advance(3 * HOUR)
     with JobQueue(path, workers=1, clock=clock) as jq:
-        states = {s.key: s.state for s in jq.schedules()}
+        assert {s.key: s.status for s in jq.schedules()} == {"p": "paused"}
+        states = {s.key: s.status for s in jq.schedules(["paused", "cancelled"])}
         assert states == {"p": "paused", "c": "cancelled"}
         looked(jq)
         assert jq.jobs() == []  # neither fired, nothing was recorded as missed
@@ -423,7 +467,8 @@ def test_paused_and_cancelled_states_survive_a_reopen(
         clock.advance(HOUR)
         assert settled_runs(paused, 1) == [(t0 + 4 * HOUR, "succeeded")]
         fresh = jq.options(key="c").every("1h").submit(tick, name)  # the key is free
-        assert fresh.id != cancelled.id and len(jq.schedules()) == 3
+        assert fresh.id != cancelled.id and len(jq.schedules()) == 2
+        assert len(jq.schedules(("active", "paused", "cancelled"))) == 3
 
 
 # ================================================================ missed runs, overlaps

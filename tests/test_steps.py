@@ -225,8 +225,8 @@ def test_nbqup_retry_fresh_on_the_command_line(tmp_path: Path, log: str) -> None
         assert jq.get(job_id).wait(WAIT)
     command = [sys.executable, "-m", "nbqup", "retry", "--fresh", str(tmp_path / "s"), job_id]
     done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=True)
-    assert "recorded" in done.stdout
-    with JobQueue(tmp_path / "s", workers=1) as jq:  # the next owner applies it
+    assert done.stdout.startswith(f"retried job {job_id} (always_fails): now queued;")
+    with JobQueue(tmp_path / "s", workers=1) as jq:  # the next owner runs it
         assert jq.get(job_id).wait(WAIT) and jq.get(job_id).attempts == 2
     assert lines(log) == ["restored None", "step"] * 2
 
