@@ -443,8 +443,7 @@ def test_rows_are_labelled_stay_in_order_and_keep_their_buttons_whole(
             board.scroll_into_view_if_needed()
             buttons = page.evaluate(TRUNCATED)
             assert len(buttons) >= 3 * 3 and not [b for b, cut in buttons if cut], buttons
-            if os.environ.get("NBQUP_SCREENSHOT"):
-                board.screenshot(path=str(SCREENSHOT.with_name("dashboard-narrow.png")))
+            board.screenshot(path=str(lab.log.parent / "narrow.png"))  # to look at
         finally:
             page.set_viewport_size({"width": 1280, "height": 1000})
 
@@ -481,3 +480,4 @@ def test_after_a_kernel_restart_the_old_dashboards_read_as_static_tables(
             assert "not live: as last shown before its kernel stopped" in old.inner_text()
         assert _labels(_board(page, "labels-store")) == ["k0", "k1", "k2"]
         assert "succeeded" in _board(page, "labels-store").inner_text()
+        board.screenshot(path=str(lab.log.parent / "restarted.png"))
