@@ -10,19 +10,12 @@ the plain renderings used where widgets cannot be shown.
 >>> row_state(rec, now=65.0).info
 '50% · 1m05s · epoch 5'
 
-A row is labelled by what tells jobs of one function apart, without reading their
-pickled arguments (:func:`job_label`): the job's key, else the name it was given, else a
-short form of its call from the keyword arguments its record keeps.
-
->>> row_state(JobRecord(id="j2", name="train", fn_name="train", created=0.0,
-...                     kwargs={"lr": 0.1, "batch": 32}), now=0.0).label
-'train(lr=0.1, batch=32)'
+A row is labelled by what tells jobs of one function apart (:mod:`nbqup.labels`).
 """
 
 from __future__ import annotations
 
 import html
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from .groups import TABLE as GROUPS_TABLE
 from .groups import decode_group
 from .keys import stored_key
+from .labels import job_label, queue_title
+from .labels import one_line as _one_line
 from .records import FINAL, JobRecord, Status
 from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
@@ -42,13 +37,10 @@ __all__ = [
     "GroupState",
     "QueueState",
     "RowState",
-    "job_label",
     "queue_state",
-    "queue_title",
     "render_html",
     "render_text",
     "row_state",
-    "short_path",
 ]
 
 #: Rows a dashboard shows: running jobs, then waiting ones, then the latest finished.
@@ -69,8 +61,6 @@ _TEXT = {"": "var(--jp-brand-color1, #1976d2)", "info": "var(--jp-ui-font-color2
          "danger": "var(--jp-error-color0, #c62828)",
          "warning": "var(--jp-warn-color0, #ef6c00)",
          "neutral": "var(--jp-ui-font-color2, #757575)"}  # fmt: skip
-#: Characters of a row's label, and of one argument's value in it.
-LABEL_CHARS, VALUE_CHARS = 48, 16
 
 
 # ====================================================================== the model
@@ -136,37 +126,6 @@ def _fraction(value: Any) -> float | None:
     """Stored progress as a float in [0, 1] (all nbqup records), else None."""
     number = isinstance(value, float | int) and not isinstance(value, bool)
     return float(value) if number and 0.0 <= value <= 1.0 else None
-
-
-def _one_line(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _value(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return _one_line(text, VALUE_CHARS)
-
-
-def job_label(rec: JobRecord) -> str:
-    """What a row calls a job: its key; else the name it was given (``options(name=)``);
-    else a short form of its call, ``train(lr=0.1, batch=32)``, from the keyword
-    arguments its record keeps in short form -- ``…`` stands for positional arguments,
-    which only the pickled payload holds (never unpickled for a label).  Keys nbqup
-    made (``unique=True``, a group's items) say nothing to a reader and are not used.
-    """
-    key = rec.key if isinstance(rec.key, str) else None
-    if key and rec.group is None and not key.startswith("unique:"):
-        return _one_line(key, LABEL_CHARS)
-    fn = str(rec.fn_name or "")
-    name = str(rec.name or fn or rec.id)
-    if name != fn or not fn:
-        return _one_line(name, LABEL_CHARS)
-    kwargs = rec.kwargs if isinstance(rec.kwargs, dict) else {}
-    parts = ["…"] if rec.has_args and not kwargs else []
-    parts += [f"{k}={_value(v)}" for k, v in kwargs.items()]
-    call = f"{fn.rsplit('<locals>.', 1)[-1]}({', '.join(parts)})"
-    return call if len(call) <= LABEL_CHARS else call[: LABEL_CHARS - 2] + "…)"
 
 
 def row_state(rec: JobRecord, now: float) -> RowState:
@@ -296,43 +255,6 @@ def _queue_closed(jq: Any) -> bool:
 def _now(queue: Any) -> float:
     now = getattr(queue, "now", None)
     return float(now()) if callable(now) else time.time()
-
-
-def short_path(path: str | os.PathLike[str] | None, cwd: str | None = None) -> str:
-    """A store's path as a dashboard's title shows it: relative to the working directory
-    when under it, else with the home folder as ``~``; ``"memory"`` for no path.
-
-    >>> short_path("/home/ann/exp/.nbqup", cwd="/home/ann/exp")
-    '.nbqup'
-    >>> short_path(None)
-    'memory'
-    """
-    if path is None:
-        return "memory"
-    full = os.path.abspath(path)
-    try:
-        cwd = cwd or os.getcwd()
-    except OSError:  # the working directory was deleted
-        cwd = None
-    if cwd is not None and (full == cwd or full.startswith(cwd.rstrip(os.sep) + os.sep)):
-        return os.path.relpath(full, cwd)
-    home = os.path.expanduser("~")
-    if home not in ("", os.sep) and full.startswith(home.rstrip(os.sep) + os.sep):
-        return "~" + full[len(home.rstrip(os.sep)) :]
-    return full
-
-
-def queue_title(jq: Any) -> str:
-    """``'.nbqup · runs here · 4 workers'``, or ``'.nbqup · client of pid 4242'`` when
-    another process runs the store (``'client, not running'`` when none does)."""
-    where = short_path(jq.path)
-    if jq.is_owner:
-        return f"{where} · runs here · {jq.workers} worker{'' if jq.workers == 1 else 's'}"
-    try:
-        pid = jq.store.owner_pid()
-    except Exception:  # a fake or closing store: say what is known
-        pid = None
-    return f"{where} · client of pid {pid}" if pid else f"{where} · client, not running"
 
 
 def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:

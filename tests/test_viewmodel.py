@@ -5,20 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from nbqup.groups import TABLE, encode_group
 from nbqup.keys import stored_key
 from nbqup.records import JobRecord, Status
-from nbqup.viewmodel import (
-    LABEL_CHARS,
-    job_label,
-    queue_state,
-    queue_title,
-    render_html,
-    render_text,
-    short_path,
-)
+from nbqup.viewmodel import queue_state, render_html, render_text
 
 
 class Store:
@@ -112,22 +102,6 @@ def rec(i: int, **fields: object) -> JobRecord:
     return JobRecord(id=f"job{i:04d}", **{**base, **fields})  # type: ignore[arg-type]
 
 
-def test_a_row_is_labelled_by_key_else_given_name_else_its_call() -> None:
-    assert job_label(rec(0, key="k0")) == "k0"
-    assert job_label(rec(1, name="nightly")) == "nightly"
-    assert job_label(rec(2, kwargs={"lr": 0.1, "batch": 32})) == "work(lr=0.1, batch=32)"
-    assert job_label(rec(3, kwargs={"path": "a.csv"})) == "work(path='a.csv')"
-    assert job_label(rec(4, has_args=True)) == "work(…)"  # positional: only in the payload
-    assert job_label(rec(5, fn_name="Model.fit", name="Model.fit")) == "Model.fit()"
-    local = rec(5, fn_name="make.<locals>.fit", name="make.<locals>.fit", kwargs={"a": 1})
-    assert job_label(local) == "fit(a=1)"
-    long = job_label(rec(6, kwargs={f"p{i}": "x" * 40 for i in range(5)}))
-    assert len(long) == LABEL_CHARS and long.startswith("work(p0='xxxx") and long.endswith("…)")
-    # keys nbqup made say nothing to a reader: a group's items, unique=True
-    assert job_label(rec(7, key="sweep#ab12", group="sweep", kwargs={"lr": 1})) == "work(lr=1)"
-    assert job_label(rec(8, key="unique:9f8e", kwargs={"lr": 2})) == "work(lr=2)"
-
-
 def test_three_keyed_jobs_of_one_function_have_distinct_labels_and_tooltips() -> None:
     recs = [rec(i, key=f"k{i}", status=Status.RUNNING, started=990.0, attempts=1) for i in range(3)]
     rows = queue_state(Queue(recs, {})).rows
@@ -153,17 +127,3 @@ def test_a_cancelled_row_is_grey_at_what_it_reached_and_says_cancelled_once() ->
     assert (rs.bar, rs.bar_style, rs.percent, rs.message) == (0.05, "neutral", "5%", "")
     assert render_text(state).splitlines()[-1].count("cancelled") == 1
     assert "width:5.0%;background:var(--jp-border-color1" in render_html(state)
-
-
-def test_the_title_says_where_the_store_is_and_who_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert short_path("/w/exp/.nbqup", cwd="/w/exp") == ".nbqup"
-    assert short_path("/w/exp", cwd="/w/exp") == "."
-    assert short_path("/w/other/.nbqup", cwd="/w/exp") == "/w/other/.nbqup"
-    monkeypatch.setenv("HOME", "/home/ann")
-    assert short_path("/home/ann/runs/s", cwd="/w/exp") == "~/runs/s"
-    jq = Queue([], {})
-    assert queue_title(jq) == "/fake · runs here · 2 workers"
-    jq.is_owner = False
-    assert queue_title(jq) == "/fake · client, not running"  # a fake store: no owner pid
-    jq.store.owner_pid = lambda: 4242  # type: ignore[attr-defined]
-    assert queue_title(jq) == "/fake · client of pid 4242"
