@@ -18,6 +18,7 @@ from kernel_helpers import Kernel, widget_messages
 import nbqup
 from nbqup import widget_refresher, widgets
 from nbqup.records import JobRecord, Status
+from nbqup.widget_views import NEUTRAL
 from nbqup.widgets import QueueView, Refresher, row_state
 
 ipywidgets = pytest.importorskip("ipywidgets")
@@ -335,6 +336,10 @@ def test_buttons_call_cancel_and_retry_and_show_output() -> None:
         assert job.wait(WAIT) and job.status == "cancelled"
         ref.tick()
         assert row.cancel.disabled and not row.retry.disabled
+        assert "width:50.0%;background:var(--jp-border-color1" in row.html.value  # grey, 50%
+        bar = widgets.JobView(job, refresher=ref)
+        assert (bar.bar.value, bar.bar.bar_style, bar.bar.style.bar_color) == (0.5, "", NEUTRAL)
+        bar.close()
         STOP.set()
         row.retry.click()
         assert job.wait(WAIT) and job.status == "succeeded"
