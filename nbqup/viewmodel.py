@@ -9,6 +9,8 @@ the plain renderings used where widgets cannot be shown.
 ...                 started=0.0, progress=0.5, message="epoch 5")
 >>> row_state(rec, now=65.0).info
 '50% · 1m05s · epoch 5'
+
+A row is labelled by what tells jobs of one function apart (:mod:`nbqup.labels`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .durations import short_duration as _duration
 from .groups import TABLE as GROUPS_TABLE
 from .groups import decode_group
 from .keys import stored_key
+from .labels import job_label, queue_title
+from .labels import one_line as _one_line
 from .records import FINAL, JobRecord, Status
 from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
@@ -43,18 +47,21 @@ __all__ = [
 #: Rows a dashboard shows: running jobs, then waiting ones, then the latest finished.
 MAX_ROWS = 50
 
-#: FloatProgress bar styles, and the theme colours the HTML rows use for them.
+#: Bar styles (FloatProgress's, plus "neutral": a cancelled job stopped, it did not fail),
+#: and the theme colours the HTML rows use for them.
 _BAR_STYLE = {Status.RUNNING: "", Status.QUEUED: "info", Status.SCHEDULED: "info",
-              Status.SUCCEEDED: "success", Status.FAILED: "danger", Status.CANCELLED: "danger",
-              Status.SKIPPED: "warning"}  # fmt: skip
+              Status.SUCCEEDED: "success", Status.FAILED: "danger",
+              Status.CANCELLED: "neutral", Status.SKIPPED: "warning"}  # fmt: skip
 _FILL = {"": "var(--jp-brand-color1, #2196f3)", "info": "var(--jp-info-color2, #90caf9)",
          "success": "var(--jp-success-color1, #4caf50)",
          "danger": "var(--jp-error-color1, #e53935)",
-         "warning": "var(--jp-warn-color1, #ffa726)"}  # fmt: skip
+         "warning": "var(--jp-warn-color1, #ffa726)",
+         "neutral": "var(--jp-border-color1, #9e9e9e)"}  # fmt: skip
 _TEXT = {"": "var(--jp-brand-color1, #1976d2)", "info": "var(--jp-ui-font-color2, #757575)",
          "success": "var(--jp-success-color0, #2e7d32)",
          "danger": "var(--jp-error-color0, #c62828)",
-         "warning": "var(--jp-warn-color0, #ef6c00)"}  # fmt: skip
+         "warning": "var(--jp-warn-color0, #ef6c00)",
+         "neutral": "var(--jp-ui-font-color2, #757575)"}  # fmt: skip
 
 
 # ====================================================================== the model
@@ -67,11 +74,20 @@ class RowState:
     id: str
     name: str
     status: Status
-    bar: float  #: bar length in [0, 1]; a final job gets a full bar in its colour
+    bar: float  #: bar length in [0, 1]; a finished job a full bar, a cancelled one where it got
     bar_style: str
     percent: str
     elapsed: str
     message: str
+    label: str = ""  #: what tells the job apart from others of its function (:func:`job_label`)
+    key: str | None = None
+    attempts: int = 0
+
+    @property
+    def tooltip(self) -> str:
+        """The row's tooltip: label, id, key and attempts, one a line."""
+        key = _one_line(self.key, 200) if self.key else "none"
+        return f"{self.label or self.name}\nid {self.id}\nkey {key}\nattempts {self.attempts}"
 
     @property
     def final(self) -> bool:
@@ -99,11 +115,6 @@ def _fraction(value: Any) -> float | None:
     return float(value) if number and 0.0 <= value <= 1.0 else None
 
 
-def _one_line(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def row_state(rec: JobRecord, now: float) -> RowState:
     """A job record's row at time ``now`` (epoch seconds, the queue's clock)."""
     st, final = rec.status, rec.status in FINAL
@@ -123,16 +134,21 @@ def row_state(rec: JobRecord, now: float) -> RowState:
     else:
         errors = rec.errors if isinstance(rec.errors, tuple | list) else ()
         message = rec.message or (errors[-1] if errors and final else "")
+        message = "" if message == st.value else message  # the status says it already
+    reached = round(min(1.0, max(0.0, fraction or 0.0)), 3)  # quantised: fewer messages
+    attempts = rec.attempts if isinstance(rec.attempts, int) else 0
     return RowState(
         id=rec.id,
         name=str(rec.name or rec.fn_name or rec.id),
         status=st,
-        # quantised, so that tiny steps do not each cost a widget message
-        bar=1.0 if final else round(min(1.0, max(0.0, fraction or 0.0)), 3),
+        bar=1.0 if final and st is not Status.CANCELLED else reached,
         bar_style=_BAR_STYLE.get(st, ""),
         percent=percent,
         elapsed=elapsed,
         message=_one_line(str(message)),
+        label=job_label(rec),
+        key=rec.key if isinstance(rec.key, str) else None,
+        attempts=attempts,
     )
 
 
@@ -229,13 +245,13 @@ def _now(queue: Any) -> float:
 
 
 def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
-    """The dashboard's model: running jobs first, then waiting ones, then finished ones.
+    """The dashboard's model: the rows of the running jobs, then of the waiting ones, then
+    of the latest finished ones, up to ``max_rows`` -- shown in creation order.
 
     Counts: unfinished jobs from the snapshot, finished ones as the store keeps them
     (:meth:`~nbqup.store.Store.finished_counts`, one read whatever the history).
     """
-    where = str(jq.path) if jq.path else "memory"
-    title = f"{where} · {'owner' if jq.is_owner else 'client'} · {jq.workers} workers"
+    title = queue_title(jq)
     if _queue_closed(jq):
         return QueueState(title=title, counts={}, rows=[], closed=True)
     records = jq.snapshot(limit=1_000_000)
@@ -259,7 +275,8 @@ def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
             alone.append(r)
         else:
             members.setdefault(r.group, []).append(r)
-    chosen = alone[:max_rows]
+    # the rows worth showing, then in creation order: a job finishing never moves its row
+    chosen = sorted(alone[:max_rows], key=lambda r: (_time(r.created) or 0.0, r.id))
     return QueueState(
         title=title,
         counts={s: tally[s] for s in Status if tally[s]},
@@ -281,16 +298,17 @@ def render_text(state: QueueState) -> str:
     lines = [f"nbqup {state.title}: " + ("closed" if state.closed else counts)]
     if state.rows or state.groups:
         lines.append(
-            f"{'ID':<19}  {'NAME':<24} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
+            f"{'ID':<19}  {'JOB':<28} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
         )
     for gs in state.groups:
         lines.append(
-            f"{'(group)':<19}  {_one_line(gs.key, 24):<24} {'group':<9}  {_text_bar(gs.bar):<12} "
+            f"{'(group)':<19}  {_one_line(gs.key, 28):<28} {'group':<9}  {_text_bar(gs.bar):<12} "
             f"{'':>7}  {gs.summary}"
         )
     for rs in state.rows:
         lines.append(
-            f"{rs.id:<19}  {_one_line(rs.name, 24):<24} {rs.status!s:<9}  {_text_bar(rs.bar):<12} "
+            f"{rs.id:<19}  {_one_line(rs.label or rs.name, 28):<28} {rs.status!s:<9}  "
+            f"{_text_bar(rs.bar):<12} "
             f"{rs.elapsed:>7}  {' '.join(filter(None, [rs.percent, rs.message]))}".rstrip()
         )
     if state.hidden:
@@ -309,8 +327,9 @@ def _status_html(rs: RowState) -> str:
 
 def _css_bar(rs: RowState | GroupState, width: int = 120) -> str:
     return (
-        f'<span style="display:inline-block;width:{width}px;height:10px;vertical-align:middle;'
-        f'background:var(--jp-layout-color3, #e0e0e0)"><span style="display:block;height:10px;'
+        f'<span style="display:inline-block;flex:0 0 {width}px;width:{width}px;height:10px;'
+        f'vertical-align:middle;background:var(--jp-layout-color3, #e0e0e0)">'
+        f'<span style="display:block;height:10px;'
         f'width:{rs.bar:.1%};background:{_FILL[rs.bar_style]}"></span></span>'
     )
 
@@ -335,37 +354,49 @@ def render_html(state: QueueState) -> str:
         for gs in state.groups
     )
     rows = groups + "".join(
-        f"<tr><td><code>{e(rs.id)}</code></td><td>{e(rs.name)}</td><td>{_status_html(rs)}</td>"
+        f'<tr><td><code>{e(rs.id)}</code></td><td title="{e(rs.tooltip)}">{e(rs.label or rs.name)}'
+        f"</td><td>{_status_html(rs)}</td>"
         f"<td>{_css_bar(rs)} {e(rs.percent)}</td><td>{e(rs.elapsed)}</td>"
         f"<td>{e(rs.message)}</td></tr>"
         for rs in state.rows
     )
-    head = "".join(f"<th>{h}</th>" for h in ("id", "name", "status", "progress", "time", "message"))
+    head = "".join(f"<th>{h}</th>" for h in ("id", "job", "status", "progress", "time", "message"))
     head = f"<tr>{head}</tr>"
     table = f'<table style="font-size:90%">{head}{rows}</table>' if rows else ""
     return f"<div>{_counts_html(state)}</div>{table}"
 
 
 def _cell(
-    text: str, width: int, *, title: str = "", bold: bool = False, right: bool = False
+    text: str,
+    width: int,
+    *,
+    title: str = "",
+    bold: bool = False,
+    right: bool = False,
+    grow: bool = False,
 ) -> str:
+    """A cell of a row's flex line: ``width`` px wide, or at least that wide and taking
+    the room left (``grow``: the last cell, cut short with an ellipsis)."""
     e = html.escape
-    style = f"display:inline-block;width:{width}px;overflow:hidden;text-overflow:ellipsis;"
-    style += "vertical-align:middle;" + ("text-align:right;" if right else "")
+    flex = f"flex:1 1 {width}px;min-width:0;" if grow else f"flex:0 0 {width}px;"
+    style = flex + "overflow:hidden;text-overflow:ellipsis;" + ("text-align:right;" * right)
     body = f"<b>{e(text)}</b>" if bold else e(text)
     return f'<span title="{e(title or text)}" style="{style}">{body}</span>'
+
+
+#: A row's line: its cells side by side; the last one takes the room left, or shrinks.
+ROW_LINE = "display:flex;align-items:center;gap:6px;white-space:nowrap;min-width:0"
 
 
 def _row_html(rs: RowState) -> str:
     """One dashboard row: a single HTML widget, so a change costs one message."""
     return (
-        '<div style="white-space:nowrap">'
-        + _cell(rs.name, 180, title=f"{rs.name} ({rs.id})", bold=True)
-        + f' <span style="display:inline-block;width:76px">{_status_html(rs)}</span> '
+        f'<div style="{ROW_LINE}">'
+        + _cell(rs.label or rs.name, 190, title=rs.tooltip, bold=True)
+        + f'<span style="flex:0 0 72px">{_status_html(rs)}</span>'
         + _css_bar(rs)
-        + _cell(rs.percent, 42, right=True)
+        + _cell(rs.percent, 38, right=True)
         + _cell(rs.elapsed, 58, right=True)
-        + "&nbsp;&nbsp;"
-        + _cell(rs.message, 280)
+        + _cell(rs.message, 100, grow=True)
         + "</div>"
     )

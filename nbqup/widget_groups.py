@@ -13,7 +13,7 @@ import html
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from .viewmodel import GroupState, RowState, _cell, _css_bar
+from .viewmodel import ROW_LINE, GroupState, RowState, _cell, _css_bar
 from .widget_refresher import Want
 
 __all__ = ["GroupRow", "group_html", "sync_rows"]
@@ -39,13 +39,12 @@ R = TypeVar("R", bound=JobRow)
 def group_html(gs: GroupState) -> str:
     """The group's line: its key, the aggregate bar, its counts (one HTML widget)."""
     return (
-        '<div style="white-space:nowrap">'
-        + _cell(f"▸ {gs.key}", 180, title=f"group {gs.key}", bold=True)
-        + ' <span style="display:inline-block;width:76px">group</span> '
+        f'<div style="{ROW_LINE}">'
+        + _cell(f"▸ {gs.key}", 190, title=f"group {gs.key}", bold=True)
+        + '<span style="flex:0 0 72px">group</span>'
         + _css_bar(gs)
-        + _cell(f"{gs.bar:.0%}", 42, right=True)
-        + "&nbsp;&nbsp;"
-        + _cell(gs.summary, 340)
+        + _cell(f"{gs.bar:.0%}", 38, right=True)
+        + _cell(gs.summary, 160, grow=True)
         + "</div>"
     )
 

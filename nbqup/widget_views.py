@@ -5,6 +5,14 @@ As in ``tqdm.notebook`` the model computes and the widgets only render: what a v
 comes from :mod:`nbqup.viewmodel`; its widgets are built once (in the calling thread) and
 afterwards only the refresher (:mod:`nbqup.widget_refresher`) writes their values.  Button
 callbacks call ``job.cancel()`` / ``job.retry()`` and leave every widget write to it.
+
+A row is a flex line that wraps: on a narrow output its buttons move under its text
+rather than being squeezed to "Out…".  A view outlives its kernel in the page: once the
+front end marks its widgets disconnected (a kernel restart), :data:`STYLE` hides their
+buttons and the broken-link icons and says the view is no longer live, so what is left
+reads as a static table.  :meth:`QueueView.static` and :meth:`JobView.static` are the
+snapshots that replace a displayed view in place when its queue closes
+(:func:`nbqup.widgets.before_close`).
 """
 
 from __future__ import annotations
@@ -45,6 +53,26 @@ __all__ = ["ROWS_PER_TICK", "JobView", "QueueView", "import_ipywidgets", "job_ht
 #: Rows a dashboard builds per tick for jobs that appear (a row opens 5 widget comms).
 ROWS_PER_TICK = 4
 _INSTALL = "nbqup's live views need ipywidgets: pip install 'nbqup[notebook]'"
+#: The CSS class of a view's outer widget.
+LIVE_CLASS = "nbqup-live"
+#: Rules for views whose kernel went away (the front end adds the class
+#: ``jupyter-widgets-disconnected`` to their widgets): no buttons, no broken-link icons,
+#: a note instead.  Part of the first HTML widget of each view (a ``<style>`` there
+#: applies to the page; the rules are the same for every view).
+STYLE = (
+    "<style>"
+    f".{LIVE_CLASS}.jupyter-widgets-disconnected::before,"
+    f".{LIVE_CLASS} .jupyter-widgets-disconnected::before{{display:none!important}}"
+    f".{LIVE_CLASS}.jupyter-widgets-disconnected .widget-button,"
+    f".{LIVE_CLASS}.jupyter-widgets-disconnected .widget-toggle-button{{display:none!important}}"
+    ".nbqup-gone{display:none}"
+    ".jupyter-widgets-disconnected .nbqup-gone{display:inline}"
+    "</style>"
+)
+#: Shown in a view whose kernel went away, after its header.
+GONE = ' <span class="nbqup-gone"><i>· not live: as last shown before its kernel stopped</i></span>'
+#: The colour of a neutral progress bar (a cancelled job's).
+NEUTRAL = "#9e9e9e"
 
 
 def import_ipywidgets() -> Any:
@@ -83,7 +111,9 @@ class _Row:
             self.buttons.append(button)
         self.show, self.cancel, self.retry = self.buttons
         self.cancel.disabled, self.retry.disabled = rs.final, not rs.can_retry
-        self.box = w.HBox([self.html, *self.buttons], layout=shared["row"])
+        # the buttons wrap as one, under the text when the line is too narrow for both
+        self.button_box = w.HBox(self.buttons, layout=shared["buttons"])
+        self.box = w.HBox([self.html, self.button_box], layout=shared["row"])
 
     def want(self, rs: RowState, want: Want, shown: bool) -> None:
         want(self.html, 1 if rs.status is Status.RUNNING else 0, value=_row_html(rs))
@@ -93,7 +123,7 @@ class _Row:
 
     def widgets(self) -> list[Any]:
         """The row's widgets, the box holding them last."""
-        return [self.html, *self.buttons, self.box]
+        return [self.html, *self.buttons, self.button_box, self.box]
 
     def close(self) -> None:
         for widget in self.widgets():
@@ -108,10 +138,15 @@ class _LiveView:
     done: bool
     _closed: bool
     _refresher: Refresher
+    #: The display ids it was displayed under (``display(..., display_id=True)``): where
+    #: its static snapshot replaces it when its queue closes.
+    display_ids: list[str]
 
     def _start(self, done: bool) -> None:
         """Called once the widgets are built: from now on only the refresher writes them."""
         self.widget._nbqup_view = self  # the widget keeps its view alive until closed
+        self.widget.add_class(LIVE_CLASS)
+        self.display_ids = []
         self.done = done
         if not done:
             self._refresher.add(self)
@@ -153,10 +188,11 @@ class QueueView(_LiveView):
         self._panel: tuple[dict[str, Any], ...] = ()
         self._panel_key: tuple[str | None, float] = (None, 0.0)
         self._shared = {  # one layout and style per kind, not one per widget
-            "html": w.Layout(width="780px"),
-            "button": w.Layout(width="68px"),
-            "toggle": w.Layout(width="68px"),
-            "row": w.Layout(align_items="center"),
+            "html": w.Layout(flex="1 1 600px", min_width="0", max_width="820px"),
+            "button": w.Layout(width="68px", flex="0 0 68px"),
+            "toggle": w.Layout(width="68px", flex="0 0 68px"),
+            "buttons": w.Layout(flex="0 0 auto"),
+            "row": w.Layout(align_items="center", flex_flow="row wrap"),
             "html_style": _style(w.HTML),
             "button_style": _style(w.Button),
         }
@@ -182,7 +218,7 @@ class QueueView(_LiveView):
 
     def _header(self, state: QueueState) -> str:
         notice = f'<br><span style="color:{_TEXT["danger"]}">{html.escape(self.notice)}</span>'
-        return _counts_html(state) + (notice if self.notice else "")
+        return STYLE + _counts_html(state) + GONE + (notice if self.notice else "")
 
     def refresh(self, want: Want) -> None:
         state = self.state()
@@ -264,10 +300,18 @@ class QueueView(_LiveView):
         self._close_widgets([*widgets, self.header, self.rows_box, self.output, self.widget])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        state = self.state()
         data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        data.update({"text/plain": render_text(state), "text/html": render_html(state)})
+        data.update(self.static())
         return data
+
+    def static(self, note: str = "") -> dict[str, str]:
+        """The dashboard as it is now, as text and HTML (no widgets), ``note`` under it."""
+        state = self.state()
+        tail = f"<p><i>{html.escape(note)}</i></p>" if note else ""
+        return {
+            "text/plain": render_text(state) + (f"\n{note}" if note else ""),
+            "text/html": render_html(state) + tail,
+        }
 
     def __repr__(self) -> str:
         return render_text(self.state())
@@ -286,7 +330,10 @@ class JobView(_LiveView):
         self._refresher = refresher or widget_refresher.refresher()
         rs = self.state()
         self.label = w.HTML(self._label(rs), layout=w.Layout(max_width="320px"))
-        self.bar = w.FloatProgress(value=rs.bar, min=0.0, max=1.0, bar_style=rs.bar_style)
+        style, color = _bar_style(rs)
+        self.bar = w.FloatProgress(
+            value=rs.bar, min=0.0, max=1.0, bar_style=style, style={"bar_color": color}
+        )
         self.info = w.HTML(html.escape(rs.info), layout=w.Layout(max_width="420px"))
         self.widget = w.HBox(
             [self.label, self.bar, self.info], layout=w.Layout(align_items="center")
@@ -298,7 +345,8 @@ class JobView(_LiveView):
 
     @staticmethod
     def _label(rs: RowState) -> str:
-        return f"<b>{html.escape(rs.name)}</b> {_status_html(rs)}"
+        label = html.escape(rs.label or rs.name)
+        return f'{STYLE}<b title="{html.escape(rs.tooltip)}">{label}</b> {_status_html(rs)}{GONE}'
 
     def refresh(self, want: Want) -> None:
         if _queue_closed(getattr(self.job, "_queue", None)):
@@ -306,7 +354,9 @@ class JobView(_LiveView):
             return
         rs = self.state()
         want(self.label, 0, value=self._label(rs))
-        want(self.bar, 0 if rs.final else 1, bar_style=rs.bar_style, value=rs.bar)
+        style, color = _bar_style(rs)
+        want(self.bar.style, 0, bar_color=color)
+        want(self.bar, 0 if rs.final else 1, bar_style=style, value=rs.bar)
         want(self.info, 0 if rs.final else 1, value=html.escape(rs.info))
         self.done = rs.final
 
@@ -316,8 +366,17 @@ class JobView(_LiveView):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        data.update({"text/plain": repr(self), "text/html": self._repr_html_()})
+        data.update(self.static())
         return data
+
+    def static(self, note: str = "") -> dict[str, str]:
+        """The progress bar as it is now, as text and HTML (no widgets), ``note`` after it."""
+        rs = self.state()
+        tail = f" <i>{html.escape(note)}</i>" if note else ""
+        return {
+            "text/plain": job_text(rs) + (f"  {note}" if note else ""),
+            "text/html": job_html(rs)[: -len("</div>")] + tail + "</div>",
+        }
 
     def __repr__(self) -> str:
         return job_text(self.state())
@@ -326,15 +385,22 @@ class JobView(_LiveView):
         return job_html(self.state())
 
 
+def _bar_style(rs: RowState) -> tuple[str, str | None]:
+    """A FloatProgress's ``bar_style`` and ``style.bar_color`` for ``rs``: a neutral bar (a
+    cancelled job) is no FloatProgress style but the default one in grey."""
+    return ("", NEUTRAL) if rs.bar_style == "neutral" else (rs.bar_style, None)
+
+
 def job_text(rs: RowState) -> str:
     filled = round(rs.bar * 10)
     bar = "[" + "#" * filled + "." * (10 - filled) + "]"
-    return f"{rs.name} {bar} {rs.status} {rs.info}".rstrip() + f"  ({rs.id})"
+    return f"{rs.label or rs.name} {bar} {rs.status} {rs.info}".rstrip() + f"  ({rs.id})"
 
 
 def job_html(rs: RowState) -> str:
     e = html.escape
     return (
-        f"<div><b>{e(rs.name)}</b> {_status_html(rs)} {_css_bar(rs, 200)} "
+        f'<div><b title="{e(rs.tooltip)}">{e(rs.label or rs.name)}</b> {_status_html(rs)} '
+        f"{_css_bar(rs, 200)} "
         f"{e(rs.info)} <code>{e(rs.id)}</code></div>"
     )

@@ -27,10 +27,22 @@ in :mod:`nbqup.widget_views` and the refresher in :mod:`nbqup.widget_refresher`.
 module is what the rest of nbqup calls (``jq.widget()``, ``display(job)``,
 ``job.show()``); importing it registers :func:`before_close` as a :mod:`nbqup.closing`
 hook.
+
+Widgets live only as long as their kernel: reopened later, or after a restart, a
+notebook would show dead widgets.  So the views nbqup displays itself (``display(jq)``,
+``display(job)``, ``%nbqup``) are displayed under a display id, and when their queue
+closes -- ``jq.close()``, or the kernel shutting down, whose ``atexit`` closes every
+queue while the kernel can still publish -- each is replaced in place
+(``update_display``) by a static HTML snapshot of its final state, which the notebook
+then saves.  A front end that restarts the kernel itself (JupyterLab's *Restart
+Kernel*) forgets its display ids before the old kernel hears of it, so there the
+update cannot land: the views' CSS (:data:`~nbqup.widget_views.STYLE`) turns the
+disconnected widgets into a static table instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import weakref
@@ -90,13 +102,57 @@ def widgets_usable() -> bool:
     return getattr(_shell(), "kernel", None) is not None
 
 
+#: Under the snapshot that replaces a view when its queue closes.
+CLOSED_NOTE = "a snapshot: its queue closed"
+
+
 def before_close(jq: JobQueue) -> None:
     """Show every view its final state now, since views stop updating once their queue
-    is closed.  Registered as a :mod:`nbqup.closing` hook when this module is imported:
+    is closed; replace each view of ``jq`` nbqup displayed by its static snapshot.
+    Registered as a :mod:`nbqup.closing` hook when this module is imported:
     ``jq.close()`` calls it while the store is still open."""
     shared = refresher()
     if shared.views():
         shared.flush()
+    for view in _displayed_views(jq):
+        bundle = view.static(CLOSED_NOTE)
+        for display_id in view.display_ids:
+            _update_display(bundle, display_id)
+        view.display_ids.clear()
+
+
+_displayed: weakref.WeakSet[QueueView | JobView] = weakref.WeakSet()
+
+
+def _displayed_views(jq: JobQueue) -> list[QueueView | JobView]:
+    """The views of ``jq``'s dashboard and jobs shown under a display id."""
+    store = jq.store
+    return [
+        v
+        for v in list(_displayed)
+        if v.display_ids and (v.jq is jq if isinstance(v, QueueView) else _store_of(v.job) is store)
+    ]
+
+
+def _store_of(job: Job) -> Any:
+    return getattr(getattr(job, "_queue", None), "store", None)
+
+
+def _show_live(view: QueueView | JobView) -> None:
+    """Display ``view`` under a new display id (replaced by a snapshot at close)."""
+    from IPython.display import display
+
+    handle = display(view, display_id=True)
+    if handle is not None:
+        view.display_ids.append(handle.display_id)
+        _displayed.add(view)
+
+
+def _update_display(bundle: dict[str, str], display_id: str) -> None:
+    from IPython.display import update_display
+
+    with contextlib.suppress(Exception):  # a kernel going away: nothing more to tell
+        update_display(bundle, display_id=display_id, raw=True)
 
 
 _views_lock = threading.Lock()
@@ -151,9 +207,7 @@ def _show_static(text: str, html_: str) -> None:
 def display_queue(jq: JobQueue) -> None:
     """``display(jq)``: the live dashboard in a kernel, a text/HTML table elsewhere."""
     if widgets_usable() and not _queue_closed(jq):
-        from IPython.display import display
-
-        display(queue_view(jq))
+        _show_live(queue_view(jq))
         return
     state = queue_state(jq)
     _show_static(render_text(state), render_html(state))
@@ -165,9 +219,7 @@ def display_job(job: Job) -> None:
     queue = getattr(job, "_queue", None)
     rs = row_state(job.record, _now(queue))
     if not rs.final and widgets_usable() and not _queue_closed(queue):
-        from IPython.display import display
-
-        display(job_view(job))
+        _show_live(job_view(job))
         return
     _show_static(job_text(rs), job_html(rs))
 

@@ -2,17 +2,24 @@
 chromium (driven by Playwright's Python API) runs all its cells, and the live views must
 render as ipywidgets -- DOM elements of the widgets, not their text/HTML fallback.
 
-After the quickstart's cells the copy gets one more, the test's own: a 500-job group
+After the quickstart's cells the copy gets two more, the test's own: a 500-job group
 (``jq.map(..., key=)``) in a dashboard must be one row whose "Jobs" toggle expands it to
-its job rows.  It saves docs/dashboard.png, the screenshot in the README.  Everything stays local:
-JupyterLab listens on 127.0.0.1 with a token, fetches no news and checks for no updates,
-its config, data, settings and runtime folders are in tmp, and the browser aborts any
-request that is not for that server.  Skipped, saying why, without /usr/bin/chromium
-(`apt-get install chromium`; scripts/test.sh installs it when it runs as root).
+its job rows; three keyed jobs of one function (held on events until the test lets one
+finish, through a second client of the same kernel) must have rows a reader can tell
+apart, which stay in place when one finishes and keep their buttons whole at 800 px.
+Then the kernel is restarted from the menu: the dashboards from before must read as
+static tables, not as broken widgets.  One JupyterLab, one browser and one kernel serve
+every test of the module (in order); the first saves docs/dashboard.png, the README's
+screenshot.  Everything stays local: JupyterLab listens on 127.0.0.1 with a token,
+fetches no news and checks for no updates, its config, data, settings and runtime
+folders are in tmp, and the browser aborts any request that is not for that server.
+Skipped, saying why, without /usr/bin/chromium (`apt-get install chromium`;
+scripts/test.sh installs it when it runs as root).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -24,6 +31,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,7 @@ CHROMIUM_ARGS = [
 ]
 START = 90  # seconds for JupyterLab to come up and the notebook to open
 RUN = 90  # seconds for the cells to run
+OUTPUT = ".jp-OutputArea-output"
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -52,6 +61,7 @@ if not CHROMIUM.exists():
     )
 pytest.importorskip("jupyterlab", reason="the browser test needs jupyterlab (nbqup[test])")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+browser_test = pytest.mark.timeout(300)
 
 
 def _free_port() -> int:
@@ -88,32 +98,54 @@ def _without_outputs(source: Path, target: Path) -> None:
     target.write_text(json.dumps(nb, indent=1))
 
 
-#: The cell appended to the quickstart's copy: its own in-memory queue (the quickstart's
-#: last cell closed and removed its store), a 500-job group, and the dashboard.
+#: The cells appended to the quickstart's copy.  Its own in-memory queue (the
+#: quickstart's last cell closed and removed its store), a 500-job group, the dashboard.
 GROUP_CELL = """\
 gq = nbqup.JobQueue(None, workers=2)
 grid = gq.map(abs, range(500), key="grid-500")
 print("grid done:", grid.wait(60))
 display(gq)
 """
+#: Three jobs of one function, keyed, each held until the test sets its event; a store
+#: in the working directory, so the title shows it relative.
+LABELS_CELL = """\
+import threading
+gates = {k: threading.Event() for k in ("k0", "k1", "k2")}
+def work(k):
+    import __main__
+    __main__.gates[k].wait(120)
+    return k
+lq = nbqup.JobQueue("labels-store", workers=3)
+keyed = [lq.options(key=k).submit(work, k) for k in gates]
+display(lq)
+"""
 
 
-def _with_group_cell(path: Path) -> None:
+def _with_cells(path: Path, *sources: str) -> None:
     nb = json.loads(path.read_text())
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": []}
-    nb["cells"].append({**cell, "source": GROUP_CELL.splitlines(keepends=True)})
+    nb["cells"] += [{**cell, "source": s.splitlines(keepends=True)} for s in sources]
     path.write_text(json.dumps(nb, indent=1))
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab on 127.0.0.1 serving a copy of the quickstart: (its URL, its folder)."""
-    # a short folder of its own: the dashboard's title shows the store's full path
+@dataclass
+class Lab:
+    url: str
+    root: Path  # the notebook's folder (the kernel's working directory)
+    runtime: Path  # JupyterLab's runtime folder: the kernels' connection files
+    log: Path
+    outside: list[str] = field(default_factory=list)  # requests the page tried to make
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A JupyterLab on 127.0.0.1 serving a copy of the quickstart."""
+    tmp_path = tmp_path_factory.mktemp("lab")
     top = Path(tempfile.mkdtemp(prefix="nbqup-"))
     root = top / "notebooks"
     root.mkdir()
     _without_outputs(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
-    _with_group_cell(root / "quickstart.ipynb")
+    _with_cells(root / "quickstart.ipynb", GROUP_CELL, LABELS_CELL)
     home = tmp_path / "jupyter"
     _settings(home / "settings")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "JUPYTER"))}
@@ -143,7 +175,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI and this machine run as root
         cmd.append("--ServerApp.allow_root=True")
-    log = (tmp_path / "jupyterlab.log").open("w")
+    log_path = tmp_path / "jupyterlab.log"
+    log = log_path.open("w")
     server = subprocess.Popen(
         cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
     )
@@ -151,14 +184,16 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
         deadline = time.monotonic() + START
         while True:
-            assert server.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
+            assert server.poll() is None, log_path.read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
                     break
             except OSError:
                 assert time.monotonic() < deadline, "JupyterLab did not start"
                 time.sleep(0.25)
-        yield f"{base}/lab/tree/quickstart.ipynb?token={token}", root
+        yield Lab(
+            f"{base}/lab/tree/quickstart.ipynb?token={token}", root, home / "runtime", log_path
+        )
     finally:
         server.terminate()  # a clean stop: it shuts its kernels down
         try:
@@ -170,136 +205,279 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _text_of(page: Any, selector: str) -> str:
-    return " ".join(page.locator(selector).all_inner_texts())
-
-
-def _group_row_expands(page: Any, output: str) -> None:
-    """GROUP_CELL's dashboard: the 500-job group is one row (no job rows, no buttons but
-    its toggle); clicking "Jobs" expands it to MAX_ROWS job rows and "... and N more"."""
-    page.get_by_text("grid done: True").wait_for(state="attached")
-    board = page.locator(f"{output} .jupyter-widgets.widget-vbox:has-text('memory')").last
-    toggle = board.locator(".widget-toggle-button", has_text="Jobs")
-    toggle.wait_for(state="attached")
-    board.scroll_into_view_if_needed()
-    page.wait_for_function("el => el.textContent.includes('500 jobs')", arg=board.element_handle())
-    assert toggle.count() == 1  # one group row
-    assert board.locator(".widget-button:has-text('Cancel')").count() == 0  # no job rows
-    toggle.click()
-    page.wait_for_function(  # its job rows, built a few per refresher tick
-        "el => el.querySelectorAll('.widget-button').length >= 3 * 50"
-        " && el.textContent.includes('and 450 more')",
-        arg=board.element_handle(),
-    )
-    assert board.locator(".widget-button:has-text('Cancel')").count() == 50
-
-
-@pytest.mark.timeout(300)
-def test_dashboard_and_progress_bars_render_as_widgets(
-    lab: tuple[str, Path], tmp_path: Path
-) -> None:
-    url, root = lab
-    outside: list[str] = []
-    local = url.split("/lab/", 1)[0]
+@pytest.fixture(scope="module")
+def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Chromium page for every test of the module, allowed to reach only the lab."""
+    local = lab.url.split("/lab/", 1)[0]
 
     def only_local(route: Any) -> None:
         if route.request.url.startswith((local, "data:", "blob:")):
             route.continue_()
         else:
-            outside.append(route.request.url)
+            lab.outside.append(route.request.url)
             route.abort()
 
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
+            str(tmp_path_factory.mktemp("chromium-profile")),
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 1000},
         )
-        page = browser.pages[0] if browser.pages else browser.new_page()
         try:
             browser.route("**/*", only_local)
-            page.set_default_timeout(START * 1000)
-            with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url):
-                page.goto(url)  # opens the notebook and starts its kernel
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for()
-            page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
-            page.keyboard.press("Escape")  # command mode, then
-            page.keyboard.press("Control+b")  # hide the file browser: room for the rows
-            started = (  # a prompt shows "[*]:" or "[1]:" once the kernel took a cell
-                "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-                ".some(el => /\\[[*0-9]+\\]/.test(el.textContent))"
-            )
-            for _ in range(3):  # Run -> Run All Cells, from the menu bar
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
-                try:
-                    page.wait_for_function(started, timeout=20_000)
-                    break
-                except sync_api.TimeoutError:
-                    continue  # the kernel's connection was not ready: run all again
-            else:
-                pytest.fail("Run -> Run All Cells did not get the kernel to run the cells")
-
-            page.set_default_timeout(RUN * 1000)
-            output = ".jp-OutputArea-output"
-            # display(job): an ipywidgets FloatProgress inside an HBox
-            bar = page.locator(f"{output} .jupyter-widgets.widget-hbox .widget-hprogress").first
-            bar.wait_for(state="attached")  # (cells off screen may be skipped in layout)
-            # display(jq): the dashboard, a VBox with a header, rows and buttons
-            dashboard = page.locator(
-                f"{output} .jupyter-widgets.widget-vbox:has(.widget-button:has-text('Cancel'))"
-            ).first
-            dashboard.wait_for(state="attached")
-            dashboard.scroll_into_view_if_needed()
-            page.wait_for_function(  # live, mid-run
-                "el => el.textContent.includes('running')", arg=dashboard.element_handle()
-            )
-            assert "nbqup" in dashboard.inner_text()
-            assert dashboard.locator(".widget-button").count() >= 3 * 4  # 3 per job row
-            assert dashboard.locator(".widget-html").count() >= 1 + 4  # header + rows
-
-            # let the bars fill a little, then keep the picture for the README
-            time.sleep(1.5)
-            # the job's bar at the top of the picture, the dashboard below it
-            bar.evaluate(
-                "el => { el.closest('.jp-Cell-outputWrapper').scrollIntoView({block: 'start'});"
-                " document.querySelector('.jp-WindowedPanel-outer')?.scrollBy(0, -24); }"
-            )
-            time.sleep(0.3)
-            # The README's picture is refreshed only when asked (NBQUP_SCREENSHOT=1) or
-            # missing, so running the suite leaves the work tree clean.
-            shot = SCREENSHOT
-            if SCREENSHOT.exists() and not os.environ.get("NBQUP_SCREENSHOT"):
-                shot = tmp_path / "dashboard.png"
-            shot.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(shot))
-            assert shot.stat().st_size > 10_000  # a real picture, not an empty page
-
-            # the whole notebook ran: its last cell removed the store
-            page.get_by_text("closed and removed .nbqup-quickstart").wait_for(state="attached")
-            page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for()
-            dashboard.scroll_into_view_if_needed()
-            errors = _text_of(page, f"{output}[data-mime-type='application/vnd.jupyter.stderr']")
-            assert "Traceback" not in errors, errors
-            # widgets rendered, not their fallbacks or a "model not found" error
-            texts = _text_of(page, output)
-            assert "Error displaying widget" not in texts
-            assert "Loading widget" not in texts
-            assert page.locator(f"{output} .widget-hprogress").count() >= 1
-            assert "succeeded" in dashboard.inner_text()
-            _group_row_expands(page, output)
-        except Exception:  # keep what the page showed, and say it in the test's output
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            (tmp_path / "failure.html").write_text(page.content())
-            print(f"the page as it was: {tmp_path / 'failure.png'}, failure.html")
-            print("its outputs:", _text_of(page, ".jp-OutputArea-output")[-4000:])
-            print("JupyterLab's log:", (tmp_path / "jupyterlab.log").read_text()[-3000:])
-            raise
+            yield browser.pages[0] if browser.pages else browser.new_page()
         finally:
             browser.close()
-    assert not outside, f"the page tried to reach outside the machine: {outside[:5]}"
-    assert SCREENSHOT.stat().st_size > 10_000
-    assert not (root / ".nbqup-quickstart").exists()  # the notebook cleaned up
+    assert not lab.outside, f"the page tried to reach outside the machine: {lab.outside[:5]}"
+
+
+@pytest.fixture(scope="module")
+def notebook(lab: Lab, page: Any) -> Any:
+    """The page with the notebook open and Run -> Run All Cells started."""
+    with _explained(page, lab):
+        page.set_default_timeout(START * 1000)
+        with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url):
+            page.goto(lab.url)  # opens the notebook and starts its kernel
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        _idle(page)
+        page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+        page.keyboard.press("Escape")  # command mode, then
+        page.keyboard.press("Control+b")  # hide the file browser: room for the rows
+        started = (  # a prompt shows "[*]:" or "[1]:" once the kernel took a cell
+            "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+            ".some(el => /\\[[*0-9]+\\]/.test(el.textContent))"
+        )
+        for _ in range(3):  # Run -> Run All Cells, from the menu bar
+            _menu(page, "Run", "Run All Cells")
+            try:
+                page.wait_for_function(started, timeout=20_000)
+                break
+            except sync_api.TimeoutError:
+                continue  # the kernel's connection was not ready: run all again
+        else:
+            pytest.fail("Run -> Run All Cells did not get the kernel to run the cells")
+        page.set_default_timeout(RUN * 1000)
+    return page
+
+
+@contextlib.contextmanager
+def _explained(page: Any, lab: Lab) -> Iterator[None]:
+    """On a failure, keep what the page showed and say it in the test's output."""
+    try:
+        yield
+    except Exception:
+        folder = lab.log.parent
+        page.screenshot(path=str(folder / "failure.png"))
+        (folder / "failure.html").write_text(page.content())
+        print(f"the page as it was: {folder / 'failure.png'}, failure.html")
+        print("its outputs:", _text_of(page, OUTPUT)[-4000:])
+        print("JupyterLab's log:", lab.log.read_text()[-3000:])
+        raise
+
+
+def _menu(page: Any, menu: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=menu).first.click()
+    page.locator(".lm-Menu-item:visible", has_text=item).first.click()
+
+
+def _idle(page: Any) -> None:
+    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for()
+
+
+def _text_of(page: Any, selector: str) -> str:
+    return " ".join(page.locator(selector).all_inner_texts())
+
+
+def _output_of(page: Any, code: str) -> Any:
+    """The output area of the code cell whose source contains ``code``."""
+    return page.locator(f".jp-CodeCell:has(.jp-InputArea:has-text({json.dumps(code)}))").locator(
+        ".jp-OutputArea"
+    )
+
+
+def _board(page: Any, title: str) -> Any:
+    """The live dashboard whose title contains ``title``."""
+    return page.locator(f"{OUTPUT} .nbqup-live.widget-vbox:has-text({json.dumps(title)})").last
+
+
+def _labels(board: Any) -> list[str]:
+    """The rows' labels, top to bottom."""
+    return list(board.locator(".widget-html span[title] > b").all_inner_texts())
+
+
+@contextlib.contextmanager
+def _kernel_client(lab: Lab) -> Iterator[Any]:
+    """A second client of the notebook's kernel: code run through it reaches the kernel
+    while the page only sees what the widgets show."""
+    from jupyter_client.blocking.client import BlockingKernelClient
+
+    (connection,) = lab.runtime.glob("kernel-*.json")
+    client = BlockingKernelClient(connection_file=str(connection))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=30)
+        yield client
+    finally:
+        client.stop_channels()
+
+
+@browser_test
+def test_dashboard_and_progress_bars_render_as_widgets(notebook: Any, lab: Lab) -> None:
+    page = notebook
+    with _explained(page, lab):
+        # display(job): an ipywidgets FloatProgress inside an HBox
+        bar = page.locator(f"{OUTPUT} .jupyter-widgets.widget-hbox .widget-hprogress").first
+        bar.wait_for(state="attached")  # (cells off screen may be skipped in layout)
+        # display(jq): the dashboard, a VBox with a header, rows and buttons
+        dashboard = page.locator(
+            f"{OUTPUT} .jupyter-widgets.widget-vbox:has(.widget-button:has-text('Cancel'))"
+        ).first
+        dashboard.wait_for(state="attached")
+        dashboard.scroll_into_view_if_needed()
+        page.wait_for_function(  # live, mid-run
+            "el => el.textContent.includes('running')", arg=dashboard.element_handle()
+        )
+        assert "nbqup .nbqup-quickstart · runs here · 2 workers" in dashboard.inner_text()
+        assert dashboard.locator(".widget-button").count() >= 3 * 4  # 3 per job row
+        assert dashboard.locator(".widget-html").count() >= 1 + 4  # header + rows
+        assert {"train-0.3", "train(lr=0.1)", "train(lr=0.5)"} <= set(_labels(dashboard))
+
+        # let the bars fill a little, then keep the picture for the README
+        time.sleep(1.5)
+        # the job's bar at the top of the picture, the dashboard below it
+        bar.evaluate(
+            "el => { el.closest('.jp-Cell-outputWrapper').scrollIntoView({block: 'start'});"
+            " document.querySelector('.jp-WindowedPanel-outer')?.scrollBy(0, -24); }"
+        )
+        time.sleep(0.3)
+        # The README's picture is refreshed only when asked (NBQUP_SCREENSHOT=1) or
+        # missing, so running the suite leaves the work tree clean.
+        shot = SCREENSHOT
+        if SCREENSHOT.exists() and not os.environ.get("NBQUP_SCREENSHOT"):
+            shot = lab.log.parent / "dashboard.png"
+        shot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000  # a real picture, not an empty page
+
+        # the whole notebook ran: its last cell removed the store
+        page.get_by_text("closed and removed .nbqup-quickstart").wait_for(state="attached")
+        _board(page, "labels-store").wait_for(state="attached")
+        _idle(page)
+        errors = _text_of(page, f"{OUTPUT}[data-mime-type='application/vnd.jupyter.stderr']")
+        assert "Traceback" not in errors, errors
+        # widgets rendered, not their fallbacks or a "model not found" error
+        texts = _text_of(page, OUTPUT)
+        assert "Error displaying widget" not in texts
+        assert "Loading widget" not in texts
+        # jq.close() replaced the quickstart's views in place by static snapshots
+        for code in ("display(jq)", "display(job)"):
+            out = _output_of(page, code)
+            assert out.locator(".jupyter-widgets").count() == 0
+            assert "a snapshot: its queue closed" in out.inner_text()
+            assert "succeeded" in out.inner_text()
+        assert _output_of(page, "display(jq)").locator("table td", has_text="train-0.3").count()
+    assert not (lab.root / ".nbqup-quickstart").exists()  # the notebook cleaned up
+
+
+@browser_test
+def test_a_500_job_group_is_one_row_that_expands(notebook: Any, lab: Lab) -> None:
+    """GROUP_CELL's dashboard: the 500-job group is one row (no job rows, no buttons but
+    its toggle); clicking "Jobs" expands it to MAX_ROWS job rows and "... and N more"."""
+    page = notebook
+    with _explained(page, lab):
+        page.get_by_text("grid done: True").wait_for(state="attached")
+        board = _board(page, "memory")
+        toggle = board.locator(".widget-toggle-button", has_text="Jobs")
+        toggle.wait_for(state="attached")
+        board.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "el => el.textContent.includes('500 jobs')", arg=board.element_handle()
+        )
+        assert toggle.count() == 1  # one group row
+        assert board.locator(".widget-button:has-text('Cancel')").count() == 0  # no job rows
+        toggle.click()
+        page.wait_for_function(  # its job rows, built a few per refresher tick
+            "el => el.querySelectorAll('.widget-button').length >= 3 * 50"
+            " && el.textContent.includes('and 450 more')",
+            arg=board.element_handle(),
+        )
+        assert board.locator(".widget-button:has-text('Cancel')").count() == 50
+        assert "abs(…)" in _labels(board)
+
+
+#: For each button of a live view: is its text cut short (wider than the button)?
+TRUNCATED = """() => [...document.querySelectorAll('.nbqup-live .widget-button')]
+    .filter(b => b.offsetWidth > 0)
+    .map(b => [b.textContent.trim(), b.scrollWidth > b.clientWidth + 1 || b.clientWidth < 60])"""
+
+
+@browser_test
+def test_rows_are_labelled_stay_in_order_and_keep_their_buttons_whole(
+    notebook: Any, lab: Lab
+) -> None:
+    page = notebook
+    with _explained(page, lab):
+        board = _board(page, "labels-store")
+        board.wait_for(state="attached")
+        board.scroll_into_view_if_needed()
+        assert "labels-store · runs here · 3 workers" in board.inner_text()  # relative path
+        page.wait_for_function(
+            "el => el.textContent.split('running').length > 3", arg=board.element_handle()
+        )
+        assert _labels(board) == ["k0", "k1", "k2"]
+        tip = board.locator("span[title] > b", has_text="k1").locator("..")
+        assert "key k1" in tip.get_attribute("title") and "attempts 1" in tip.get_attribute("title")
+        with _kernel_client(lab) as kc:  # the last one finishes
+            reply = kc.execute_interactive("gates['k2'].set(); keyed[2].wait(20)", timeout=30)
+            assert reply["content"]["status"] == "ok"
+        page.wait_for_function(
+            "el => el.textContent.includes('succeeded')", arg=board.element_handle()
+        )
+        assert _labels(board) == ["k0", "k1", "k2"]  # nothing moved
+
+        page.set_viewport_size({"width": 800, "height": 1000})
+        try:
+            board.scroll_into_view_if_needed()
+            buttons = page.evaluate(TRUNCATED)
+            assert len(buttons) >= 3 * 3 and not [b for b, cut in buttons if cut], buttons
+            board.screenshot(path=str(lab.log.parent / "narrow.png"))  # to look at
+        finally:
+            page.set_viewport_size({"width": 1280, "height": 1000})
+
+
+@browser_test
+def test_after_a_kernel_restart_the_old_dashboards_read_as_static_tables(
+    notebook: Any, lab: Lab
+) -> None:
+    """JupyterLab forgets its display ids before the old kernel hears of the restart, so
+    no update of the kernel's reaches the page: the dashboards' own CSS must turn the
+    disconnected widgets into a static table -- rows kept, no buttons, no broken-link
+    icons, a note saying it is no longer live."""
+    page = notebook
+    with _explained(page, lab):
+        board = _board(page, "labels-store")
+        board.wait_for(state="attached")
+        assert board.locator(".widget-button:visible").count() >= 9
+        _menu(page, "Kernel", "Restart Kernel…")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        page.wait_for_function(
+            "el => el.classList.contains('jupyter-widgets-disconnected')",
+            arg=board.element_handle(),
+        )
+        _idle(page)  # the new kernel
+        for title in ("labels-store", "memory"):
+            old = _board(page, title)
+            old.scroll_into_view_if_needed()
+            assert old.locator(".widget-button:visible, .widget-toggle-button:visible").count() == 0
+            icons = old.evaluate(
+                "el => [el, ...el.querySelectorAll('.jupyter-widgets-disconnected')]"
+                ".filter(x => getComputedStyle(x, '::before').display !== 'none').length"
+            )
+            assert icons == 0
+            assert "not live: as last shown before its kernel stopped" in old.inner_text()
+        assert _labels(_board(page, "labels-store")) == ["k0", "k1", "k2"]
+        assert "succeeded" in _board(page, "labels-store").inner_text()
+        board.screenshot(path=str(lab.log.parent / "restarted.png"))

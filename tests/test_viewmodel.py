@@ -92,3 +92,38 @@ def test_text_and_html_show_a_group_as_one_line_with_its_counts() -> None:
     assert "job0001" not in text
     page = render_html(state)
     assert page.count("sweep") == 1 and "500 jobs: queued 495" in page and "job0001" not in page
+
+
+# ------------------------------------------------------------ rows a reader can follow
+
+
+def rec(i: int, **fields: object) -> JobRecord:
+    base: dict[str, object] = {"name": "work", "fn_name": "work", "created": 900.0 + i}
+    return JobRecord(id=f"job{i:04d}", **{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_three_keyed_jobs_of_one_function_have_distinct_labels_and_tooltips() -> None:
+    recs = [rec(i, key=f"k{i}", status=Status.RUNNING, started=990.0, attempts=1) for i in range(3)]
+    rows = queue_state(Queue(recs, {})).rows
+    assert [rs.label for rs in rows] == ["k0", "k1", "k2"]
+    assert rows[1].tooltip == "k1\nid job0001\nkey k1\nattempts 1"
+    page = render_html(queue_state(Queue(recs, {})))
+    assert all(f">k{i}</td>" in page for i in range(3))
+
+
+def test_rows_stay_in_creation_order_when_a_job_finishes() -> None:
+    recs = [rec(i, key=f"k{i}", status=Status.RUNNING, started=990.0) for i in range(3)]
+    jq = Queue(recs, {})
+    before = [rs.id for rs in queue_state(jq).rows]
+    recs[2].status, recs[2].finished = Status.SUCCEEDED, 995.0
+    recs[0].status = Status.QUEUED
+    assert [rs.id for rs in queue_state(jq).rows] == before == ["job0000", "job0001", "job0002"]
+
+
+def test_a_cancelled_row_is_grey_at_what_it_reached_and_says_cancelled_once() -> None:
+    cancelled = rec(0, status=Status.CANCELLED, progress=0.05, message="cancelled")
+    state = queue_state(Queue([cancelled], {}))
+    rs = state.rows[0]
+    assert (rs.bar, rs.bar_style, rs.percent, rs.message) == (0.05, "neutral", "5%", "")
+    assert render_text(state).splitlines()[-1].count("cancelled") == 1
+    assert "width:5.0%;background:var(--jp-border-color1" in render_html(state)

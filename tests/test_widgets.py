@@ -18,6 +18,7 @@ from kernel_helpers import Kernel, widget_messages
 import nbqup
 from nbqup import widget_refresher, widgets
 from nbqup.records import JobRecord, Status
+from nbqup.widget_views import NEUTRAL
 from nbqup.widgets import QueueView, Refresher, row_state
 
 ipywidgets = pytest.importorskip("ipywidgets")
@@ -110,8 +111,9 @@ def test_row_state_of_each_status() -> None:
     assert rs.message == "KeyError: 'x'"
     assert row_state(rec.copy(), 0.0).bar_style == "danger"
 
-    rec.status = Status.CANCELLED
-    assert row_state(rec, 0.0).bar_style == "danger"
+    rec.status, rec.message = Status.CANCELLED, "cancelled"
+    rs = row_state(rec, 0.0)  # stopped where it got to, in grey; "cancelled" said once
+    assert (rs.bar, rs.bar_style, rs.percent, rs.message) == (0.25, "neutral", "25%", "")
 
     later = JobRecord(id="b", name="", fn_name="report", created=0.0)
     later.status, later.scheduled_for = Status.SCHEDULED, 400.0
@@ -126,7 +128,7 @@ def test_text_and_html_renderings() -> None:
     jq = FakeQueue(recs)
     view = QueueView(jq, refresher=Refresher(thread=False))  # type: ignore[arg-type]
     text = repr(view)
-    assert text.splitlines()[0] == "nbqup /fake · owner · 4 workers: running 1 · failed 1"
+    assert text.splitlines()[0] == "nbqup /fake · runs here · 4 workers: running 1 · failed 1"
     assert "job000  " in text and "[#####.....]" in text and "50%" in text
     assert "ValueError: <bad> & worse" in text
     page = view._repr_html_()
@@ -136,13 +138,13 @@ def test_text_and_html_renderings() -> None:
     view.close()
 
 
-def test_dashboard_shows_running_then_waiting_then_finished_and_caps_rows() -> None:
+def test_dashboard_picks_running_then_waiting_then_finished_in_creation_order() -> None:
     recs = running(3)
     recs[0].status = Status.SUCCEEDED
-    recs += [JobRecord(id=f"q{i}", name="q", created=0.0) for i in range(60)]
+    recs += [JobRecord(id=f"q{i:02d}", name="q", created=0.0) for i in range(60)]
     view = QueueView(FakeQueue(recs), max_rows=10, refresher=Refresher(thread=False))  # type: ignore[arg-type]
-    state = view.state()
-    assert [r.id for r in state.rows][:3] == ["job001", "job002", "q0"]
+    state = view.state()  # the running two, then the first waiting: older, so shown first
+    assert [r.id for r in state.rows] == [*(f"q{i:02d}" for i in range(8)), "job001", "job002"]
     assert len(state.rows) == 10 and state.hidden == 53
     assert state.counts == {Status.QUEUED: 60, Status.RUNNING: 2, Status.SUCCEEDED: 1}
     assert "and 53 more" in repr(view)
@@ -190,9 +192,10 @@ def test_only_changed_values_are_written_and_rows_are_built_once(
     assert "60%" in rows["job002"].html.value
     assert ref.tick(0.4) == 0
     jq.records[2].status, jq.records[2].finished = Status.FAILED, 1000.0
-    # the counts, the row, its Cancel and Retry buttons, and the rows' order (it moved
-    # below the running ones)
-    assert ref.tick(0.6) == 5
+    # the counts, the row, its Cancel and Retry buttons; the rows keep their order
+    boxes = view.rows_box.children
+    assert ref.tick(0.6) == 4
+    assert view.rows_box.children == boxes
     assert rows["job002"].cancel.disabled and not rows["job002"].retry.disabled
     assert view._rows == rows and all(view._rows[k] is rows[k] for k in rows)
     view.close()
@@ -333,6 +336,10 @@ def test_buttons_call_cancel_and_retry_and_show_output() -> None:
         assert job.wait(WAIT) and job.status == "cancelled"
         ref.tick()
         assert row.cancel.disabled and not row.retry.disabled
+        assert "width:50.0%;background:var(--jp-border-color1" in row.html.value  # grey, 50%
+        bar = widgets.JobView(job, refresher=ref)
+        assert (bar.bar.value, bar.bar.bar_style, bar.bar.style.bar_color) == (0.5, "", NEUTRAL)
+        bar.close()
         STOP.set()
         row.retry.click()
         assert job.wait(WAIT) and job.status == "succeeded"
@@ -563,3 +570,59 @@ def test_a_job_view_ends_when_its_queue_closes() -> None:
     finally:
         STOP.set()
         jq.close()
+
+
+# -------------------------------------------- snapshots replace views when they end
+
+SHOWN = """
+import threading, nbqup
+from IPython.display import display
+gate = threading.Event()
+def held(k):
+    import __main__
+    __main__.gate.wait(20)
+    return k
+{name} = nbqup.JobQueue(None, workers=1)
+{name}_job = {name}.options(key="{name}-k").submit(held, k=1)
+display({name})
+display({name}_job)
+"""
+
+
+def _displays(messages: list[Any]) -> dict[str, dict[str, Any]]:
+    """The bundles displayed under a display id, by id (the last one shown wins)."""
+    return {
+        m.content["transient"]["display_id"]: m.content["data"]
+        for m in messages
+        if m.type in ("display_data", "update_display_data")
+        and m.content.get("transient", {}).get("display_id")
+    }
+
+
+@kernel_test
+def test_closing_a_queue_or_the_kernel_replaces_its_views_by_snapshots(tmp_path: Path) -> None:
+    """What a notebook keeps of a view is a static table, not a dead widget: when the
+    queue closes, and when the kernel shuts down (atexit closes every queue while the
+    kernel still publishes), each displayed view is updated in place by its snapshot."""
+    kernel = Kernel(tmp_path / "kernel")
+    try:
+        shown = _displays(kernel.run(SHOWN.format(name="jq")).messages)
+        assert len(shown) == 2  # the dashboard and the job's bar, each under an id
+        assert all("application/vnd.jupyter.widget-view+json" in b for b in shown.values())
+        closed = kernel.run("gate.set(); jq_job.wait(10); jq.close()")
+        updates = _displays(closed.messages)
+        assert set(updates) == set(shown)  # both, in place
+        for bundle in updates.values():
+            assert set(bundle) == {"text/plain", "text/html"}  # no widget left
+            assert "jq-k" in bundle["text/html"] and "succeeded" in bundle["text/html"]
+        assert "<table" in "".join(b["text/html"] for b in updates.values())
+
+        shown = _displays(kernel.run(SHOWN.format(name="kq")).messages)  # a new gate
+        kernel.km.shutdown_kernel(now=False)  # as a front end's "Shut Down Kernel"
+        at_exit = _displays(kernel.collect(1.0))
+        assert set(at_exit) == set(shown)
+        for bundle in at_exit.values():  # as it was left: resumed when the store reopens
+            assert set(bundle) == {"text/plain", "text/html"}
+            assert "kq-k" in bundle["text/plain"] and "queued" in bundle["text/plain"]
+    finally:
+        kernel.close()
