@@ -134,12 +134,19 @@ def test_fresh_venv_from_binder_requirements_runs_the_quickstart(tmp_path: Path)
     everything = "\n".join(printed(c) for c in code_cells)
     assert "{'epoch': 5, 'loss': 0.1681}" in everything
     assert "closed and removed .nbqup-quickstart" in everything
-    widgets = [
-        o
-        for c in code_cells
-        for o in c.outputs
-        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
-    ]
-    assert widgets, "display(job) / display(jq) should have shown ipywidgets in that kernel"
+    # the quickstart closes its queue at the end, which replaces each live view by a static
+    # snapshot (update_display); the widgets it showed live on in the widget state nbclient
+    # saved, and the snapshots show that the views were nbqup's
+    models = (
+        nb.metadata.get("widgets", {})
+        .get("application/vnd.jupyter.widget-state+json", {})
+        .get("state", {})
+    )
+    names = {m.get("model_name") for m in models.values()}
+    assert "FloatProgressModel" in names, (
+        "display(job) / display(jq) should have shown ipywidgets in that kernel"
+    )
+    html = "\n".join(o.get("data", {}).get("text/html", "") for c in code_cells for o in c.outputs)
+    assert "a snapshot: its queue closed" in html
     assert not (work / ".nbqup-quickstart").exists()
     print(f"pip install took {installed:.0f}s; the notebook {time.monotonic() - began:.0f}s")
