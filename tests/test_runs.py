@@ -15,7 +15,7 @@ from nbqup import JobQueue
 from nbqup.clock import ManualClock
 from nbqup.codec import encode
 from nbqup.records import JOB_FIELDS, JobRecord, Status
-from nbqup.runs import end_run, history, run_time, start_run
+from nbqup.runs import end_run, history, run_time, start_run, unstart_run
 from nbqup.store import Store
 from nbqup.viewmodel import row_state
 
@@ -164,6 +164,22 @@ def test_a_record_without_a_list_shows_its_one_run() -> None:
     assert history(rec) == ((1.0, 4.0, "succeeded"),)
     end_run(rec, 5.0, "crashed")  # no run is going: nothing changes
     assert rec.runs == ()
+
+
+def test_a_run_whose_running_mark_was_not_written_is_taken_back() -> None:
+    """The store refused the running mark (a full disk): the run did not start."""
+    first = JobRecord(id="j", name="f", created=0.0)
+    start_run(first, 1.0)
+    first.started, first.status = 1.0, Status.RUNNING
+    unstart_run(first)
+    first.status = Status.QUEUED
+    assert history(first) == ()
+    again = JobRecord(id="k", name="f", created=0.0, status=Status.QUEUED, started=1.0,
+                      finished=2.0, runs=((1.0, 2.0, "failed"),))  # fmt: skip
+    start_run(again, 3.0)
+    assert history(again)[-1] == (3.0, None, "running")
+    unstart_run(again)
+    assert history(again) == ((1.0, 2.0, "failed"),)
 
 
 def test_records_written_before_runs_were_kept_read_back(store_path: Path) -> None:
