@@ -308,13 +308,15 @@ def _runs(
 
     begun, ended = _floats(started), _floats(finished)
     ended[codes == _CODES["running"]] = now
-    seconds = ended - begun
-    seconds[~(seconds >= 0.0)] = 0.0  # never started, still waiting, or damaged times
+    with np.errstate(invalid="ignore", over="ignore"):  # damaged times: inf - inf
+        seconds = ended - begun
     counts = (begun == begun).astype(np.int64)  # 1 where started is a number
     for i in [i for i, listed in enumerate(runs) if listed]:
         listed = runs[i]
         counts[i] = len(listed) if isinstance(listed, tuple | list) else 0
         seconds[i] = run_time(listed, now) if isinstance(listed, tuple | list) else 0.0
+    # never started, still waiting, or times no record of nbqup holds (damaged): nothing
+    seconds[~((seconds >= 0.0) & (seconds <= MAX_TIMESTAMP - MIN_TIMESTAMP))] = 0.0
     micros = np.round(seconds * 1e6).astype(np.int64).view("timedelta64[us]")
     return {"runs": counts, "run_time": micros}
 

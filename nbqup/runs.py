@@ -28,6 +28,7 @@ retried, and when a second run starts.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .records import JobRecord, Status
@@ -87,12 +88,21 @@ def history(rec: JobRecord) -> tuple[Run, ...]:
     """
     runs = rec.runs
     if runs:
-        return runs
+        return _readable(runs)
     if rec.started is None:
         return ()
     status = rec.status
     finished = None if status is Status.RUNNING else rec.finished
     return ((rec.started, finished, _IMPLIED.get(status, INTERRUPTED)),)
+
+
+def _readable(runs: Any) -> tuple[Run, ...]:
+    """The stored list, less what does not read as a run (a record damaged by hand)."""
+    if type(runs) is tuple and all(type(r) is tuple and len(r) == 3 for r in runs):
+        return runs
+    if not isinstance(runs, tuple | list):
+        return ()
+    return tuple(tuple(r) for r in runs if isinstance(r, tuple | list) and len(r) == 3)
 
 
 def start_run(rec: JobRecord, now: float) -> None:
@@ -115,7 +125,9 @@ def end_run(rec: JobRecord, finished: float | None, outcome: str) -> None:
 def end_final(rec: JobRecord, finished: float, status: Status) -> None:
     """The job ends with ``status`` (before it is set).  A run still marked running ends
     with it; a job with no list needs nothing: its status and times tell."""
-    runs = rec.runs
+    if not rec.runs:
+        return
+    runs = history(rec)
     if runs and runs[-1][2] == RUNNING:
         rec.runs = (*runs[:-1], (runs[-1][0], finished, status.value))
 
@@ -129,8 +141,9 @@ def spell_out(rec: JobRecord) -> None:
 def unstart_run(rec: JobRecord) -> None:
     """Take back a run whose running mark could not be written (it did not start)."""
     if rec.runs:
-        if rec.runs[-1][2] == RUNNING:
-            rec.runs = rec.runs[:-1]
+        runs = history(rec)
+        if runs and runs[-1][2] == RUNNING:
+            rec.runs = runs[:-1]
     else:
         rec.started = None
 
@@ -143,11 +156,15 @@ def run_time(runs: tuple[Run, ...] | Any, now: float) -> float:
         try:
             started, finished, outcome = run
             if finished is not None:
-                total += max(0.0, float(finished) - float(started))
+                span = float(finished) - float(started)
             elif outcome == RUNNING:
-                total += max(0.0, now - float(started))
+                span = now - float(started)
+            else:
+                continue
         except (TypeError, ValueError):
             continue
+        if math.isfinite(span) and span > 0.0:
+            total += span
     return total
 
 

@@ -130,7 +130,7 @@ def row_state(rec: JobRecord, now: float) -> RowState:
         elapsed = "in " + _duration(due - now)
     else:
         elapsed = ""
-    runs = history(rec) if isinstance(rec.runs, tuple | list) else ()
+    runs = history(rec)
     if len(runs) > 1 and elapsed and st is not Status.SCHEDULED:  # the time of all runs
         elapsed = f"{_duration(run_time(runs, now), precise=final)} · {len(runs)} runs"
     fraction = _fraction(rec.progress)

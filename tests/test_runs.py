@@ -15,7 +15,7 @@ from nbqup import JobQueue
 from nbqup.clock import ManualClock
 from nbqup.codec import encode
 from nbqup.records import JOB_FIELDS, JobRecord, Status
-from nbqup.runs import end_run, history, run_time, start_run, unstart_run
+from nbqup.runs import end_final, end_run, history, run_time, start_run, unstart_run
 from nbqup.store import Store
 from nbqup.viewmodel import row_state
 
@@ -151,7 +151,15 @@ def test_jobs_df_runs_and_run_time(clock: ManualClock, name: str) -> None:
 def test_run_time_sums_the_runs_and_counts_a_crash_as_nothing() -> None:
     runs = ((0.0, 2.0, "failed"), (5.0, None, "crashed"), (10.0, None, "running"))
     assert run_time(runs, now=13.0) == 5.0
-    assert run_time(((1.0, "x", "failed"), "damaged"), now=0.0) == 0.0
+    damaged = ((1.0, "x", "failed"), "damaged", (0.0, float("inf"), "failed"), (2.0, 1.0, "failed"))
+    assert run_time(damaged, now=0.0) == 0.0
+    rec = JobRecord(id="j", name="f", created=0.0, started=1.0, runs=5)  # type: ignore[arg-type]
+    assert history(rec) == ()
+    rec.runs = [[1.0, 2.0, "failed"], "x"]  # type: ignore[assignment]
+    assert history(rec) == ((1.0, 2.0, "failed"),)
+    rec.runs = ((1.0, None, "running"), (5,))  # type: ignore[assignment]
+    end_final(rec, 3.0, Status.FAILED)  # what reads is ended; the rest is dropped
+    assert history(rec) == ((1.0, 3.0, "failed"),)
 
 
 def test_a_record_without_a_list_shows_its_one_run() -> None:
