@@ -22,6 +22,7 @@ from .clock import poll_until, wait_deadline, wait_left
 from .errors import SerializationError, StoreCorrupt
 from .keys import show_key
 from .records import FINAL, JobRecord, ScheduleRecord, Status, as_datetime, statuses
+from .runs import spell_out
 from .steps import step_rows
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ class JobAccess:
                 self._shared.finished.forget(job_id)
             break
         try:
+            spell_out(rec)  # its status will no longer tell how its last run ended
             rec.status = Status.QUEUED
             rec.finished = None
             rec.message = "retried"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SerializationError, StoreCorrupt
 from .records import FINAL, Status, statuses
+from .runs import run_time
 from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
@@ -56,11 +57,11 @@ _FINAL = frozenset(s.value for s in FINAL)
 _VALUES = {s: s.value for s in Status}  # a live Status member -> its plain str
 #: Fields a running job changes in memory before (or without) writing them to the store.
 _LIVE_FIELDS = ("status", "scheduled_for", "started", "finished", "attempts", "message",
-                "progress", "errors", "result_repr", "has_result")  # fmt: skip
+                "progress", "errors", "result_repr", "has_result", "runs")  # fmt: skip
 #: Record fields a row is made of, in this order.
 _FIELDS = ("id", "name", "status", "attempts", "progress", "created", "scheduled_for", "started",
            "finished", "errors", "result_repr", "tags", "message", "key", "kwargs",
-           "has_result", "upstream", "group")  # fmt: skip
+           "has_result", "upstream", "group", "runs")  # fmt: skip
 _STATUS, _NAME, _TAGS = (_FIELDS.index(f) for f in ("status", "name", "tags"))
 _LIVE_AT = tuple(_FIELDS.index(f) for f in _LIVE_FIELDS)
 _HAS_RESULT = _FIELDS.index("has_result")
@@ -68,7 +69,7 @@ _created = operator.itemgetter(_FIELDS.index("created"))
 _TIMES = ("created", "scheduled_for", "started", "finished")
 #: The columns every :func:`jobs_df` has, before the ``arg.*`` ones.
 COLUMNS = ("name", "status", "attempts", "progress", *_TIMES, "duration", "error", "result",
-           "tags", "message", "key", "upstream", "group")  # fmt: skip
+           "tags", "message", "key", "upstream", "group", "runs", "run_time")  # fmt: skip
 
 
 def jobs_df(
@@ -84,7 +85,9 @@ def jobs_df(
     ``duration`` (``finished - started``), ``error`` (last line of the last error),
     ``result`` (a short repr), ``tags``, ``message``, ``key``, ``upstream`` (the ids of the
     jobs passed as arguments, a list), ``group`` (the key of the ``jq.map`` group the job
-    is an item of; missing like ``key`` when none), and ``arg.<name>`` for each keyword
+    is an item of; missing like ``key`` when none), ``runs`` (how many runs started, see
+    ``job.runs``), ``run_time`` (a timedelta: the runs' time summed, the running one up to
+    now; a crashed run, its end unknown, adds nothing), and ``arg.<name>`` for each keyword
     argument any job was given.  Unfinished jobs show their live, in-memory state.
 
     Filters combine: ``status`` (one or a list), ``name`` (exact) and ``tags`` (rows
@@ -161,7 +164,7 @@ def _build(
     with _gc_paused():
         rows = _collect(jq, status, name, tags)
         has_result = [bool(row[_HAS_RESULT]) for row in rows]
-        df = _frame(pd, rows)
+        df = _frame(pd, rows, jq.now())
         del rows  # freed while paused, so the collector has nothing to scan afterwards
     return df, has_result
 
@@ -215,8 +218,9 @@ def _collect(
 # ------------------------------------------------------------------------------ building
 
 
-def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
-    """The jobs_df frame, each column built whole from the rows."""
+def _frame(pd: Any, rows: list[tuple[Any, ...]], now: float) -> pd.DataFrame:
+    """The jobs_df frame, each column built whole from the rows (``now``: the queue's
+    clock, for the run time of running jobs)."""
     import numpy as np
 
     n = len(rows)
@@ -242,6 +246,7 @@ def _frame(pd: Any, rows: list[tuple[Any, ...]]) -> pd.DataFrame:
             list(u) if isinstance(u, tuple | list) else [] for u in get("upstream")
         ),
         "group": get("group"),  # missing like "key": None, NaN under pandas' str dtype
+        **_runs(get("runs"), get("started"), get("finished"), codes, now),
     }
     # Keyword names in order of first use; most jobs share a handful of signatures.
     for arg in dict.fromkeys(k for names in dict.fromkeys(map(tuple, kwargs)) for k in names):
@@ -296,6 +301,29 @@ def _utc_times(pd: Any, values: list[Any]) -> Any:
     micros = np.round(np.where(ok, seconds, 0.0) * 1e6).astype(np.int64).view("datetime64[us]")
     micros[~ok] = np.datetime64("NaT")
     return pd.DatetimeIndex(micros).tz_localize("UTC").array
+
+
+def _runs(
+    runs: list[Any], started: list[Any], finished: list[Any], codes: Any, now: float
+) -> dict[str, Any]:
+    """The ``runs`` and ``run_time`` columns.  A job that ran at most once keeps no list
+    (:mod:`nbqup.runs`): its run is read from its times, for every such row at once;
+    only the few with a list are summed one by one."""
+    import numpy as np
+
+    begun, ended = _floats(started), _floats(finished)
+    ended[codes == _CODES["running"]] = now
+    with np.errstate(invalid="ignore", over="ignore"):  # damaged times: inf - inf
+        seconds = ended - begun
+    counts = (begun == begun).astype(np.int64)  # 1 where started is a number
+    for i in [i for i, listed in enumerate(runs) if listed]:
+        listed = runs[i]
+        counts[i] = len(listed) if isinstance(listed, tuple | list) else 0
+        seconds[i] = run_time(listed, now) if isinstance(listed, tuple | list) else 0.0
+    # never started, still waiting, or times no record of nbqup holds (damaged): nothing
+    seconds[~((seconds >= 0.0) & (seconds <= MAX_TIMESTAMP - MIN_TIMESTAMP))] = 0.0
+    micros = np.round(seconds * 1e6).astype(np.int64).view("timedelta64[us]")
+    return {"runs": counts, "run_time": micros}
 
 
 def _attempts(pd: Any, values: list[Any]) -> Any:

@@ -16,6 +16,7 @@ from . import display_hooks
 from .context import current_context
 from .errors import JobCancelled, JobFailed
 from .records import JobRecord, ScheduleRecord, Status, as_datetime
+from .runs import as_dicts, history
 
 if TYPE_CHECKING:
     from .ports import QueuePort
@@ -71,8 +72,27 @@ class Job:
 
     @property
     def attempts(self) -> int:
-        """Runs started: 1 during the first run, 3 after two retries."""
+        """Runs that count: 1 during the first run, 3 after two retries.  A run stopped by
+        ``close(wait=False)`` or a kernel shutdown is not counted; :attr:`runs` lists
+        every run."""
         return self._rec.attempts
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run started, oldest first: one dict each with ``started``, ``finished``
+        (UTC datetimes; ``finished`` is None while it runs, and for a run that crashed:
+        when its process died is not known) and ``outcome`` -- ``"succeeded"``,
+        ``"failed"``, ``"crashed"``, ``"interrupted"`` (``close(wait=False)`` or kernel
+        shutdown), ``"cancelled"`` or ``"running"``.  See :mod:`nbqup.runs`.
+
+        >>> import nbqup
+        >>> with nbqup.JobQueue(path=None, workers=1) as jq:
+        ...     job = jq.options(retries=1).submit(int, "x")
+        ...     done = job.wait(timeout=10)
+        ...     [run["outcome"] for run in job.runs]
+        ['failed', 'failed']
+        """
+        return as_dicts(history(self._rec), as_datetime)
 
     @property
     def progress(self) -> float | None:

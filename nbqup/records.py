@@ -130,7 +130,8 @@ class JobRecord:
     scheduled_for: float | None = None
     started: float | None = None
     finished: float | None = None
-    #: Runs started: 1 during the first run, 3 after two retries.
+    #: Runs that count (:mod:`nbqup.runs` lists them all): 1 during the first run, 3
+    #: after two retries; a run stopped by ``close(wait=False)`` is not counted.
     attempts: int = 0
     #: Runs that were cut short because their process died.
     crashes: int = 0
@@ -184,6 +185,9 @@ class JobRecord:
     #: Key of the group (``jq.map(..., key=)``, :mod:`nbqup.groups`) this job is an item of:
     #: the dashboard shows a group as one row.
     group: str | None = None
+    #: Every run started but the implied first one, ``(started, finished, outcome)``
+    #: oldest first (:mod:`nbqup.runs`: empty while the job ran at most once).
+    runs: tuple[tuple[float, float | None, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
@@ -197,6 +201,8 @@ class JobRecord:
         for name in ("tags", "depends_on", "errors", "upstream"):
             if name in known:
                 known[name] = tuple(known[name])
+        if "runs" in known:
+            known["runs"] = tuple(map(tuple, known["runs"]))
         return cls(**known)
 
     def to_values(self) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ from . import ownership
 from .errors import DiskFull, StoreCorrupt, StorePermissionError, StoreWriteError
 from .health import disk_full
 from .records import FINAL, JobRecord, Status
+from .runs import CRASHED, end_run
 from .runtime import count_crash
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class Recovery:
                 self._shared.store.drop_pending(job_id)
                 continue
             if rec.status is Status.RUNNING:
+                end_run(rec, None, CRASHED)  # when it died is not known
                 if count_crash(rec, "the process running it died"):
                     rec.status = Status.FAILED
                     rec.finished = self._shared.clock.now()

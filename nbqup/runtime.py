@@ -30,6 +30,7 @@ from . import payload
 from .cache import done_entry
 from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
+from .runs import INTERRUPTED, end_final, end_run
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -155,8 +156,10 @@ class Runtime:
             if blobs:
                 self._shared.writer.add(blobs=blobs)
             return
-        rec.status = status
         rec.finished = self._shared.clock.now()
+        if rec.runs:
+            end_final(rec, rec.finished, status)
+        rec.status = status
         if message is not None:
             rec.message = message
         # A final record is not changed again: it needs no snapshot for the writer.
@@ -234,6 +237,7 @@ class Runtime:
         records = []
         outputs: list[tuple[str, str, bytes]] = []
         zombies = _zombies.setdefault(str(self._shared.store.path), {})
+        now = self._shared.clock.now()
         with self._state.lock:
             for job_id, ctx in running.items():
                 ctx.stop_reason = SHUTDOWN
@@ -244,6 +248,7 @@ class Runtime:
                 outputs.extend(written)
                 if written:
                     rec.output_attempt = rec.attempts
+                end_run(rec, now, INTERRUPTED)
                 rec.status = Status.QUEUED
                 rec.attempts = max(0, rec.attempts - 1)
                 rec.message = "interrupted by close(); resumes on reopen"

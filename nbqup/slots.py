@@ -27,6 +27,7 @@ from .context import JobContext, RunningJob
 from .errors import NbqupError, SerializationError, StoreFailed, StoreWriteError, last_line
 from .executors import Call, Outcome
 from .records import JobRecord, Status
+from .runs import CRASHED, FAILED, end_run, start_run, unstart_run
 from .runtime import SHUTDOWN, count_crash, output_blobs
 from .triggers import retry_delay
 from .trouble import STORE_FAILED
@@ -136,6 +137,7 @@ class WorkerSlots:
         slot takes it); its record, context, the ticket of that write and its attempt."""
         rec = self._state.live[job_id]
         now = self._shared.clock.now()
+        start_run(rec, now)
         rec.status = Status.RUNNING
         rec.attempts += 1
         rec.started = now
@@ -188,6 +190,7 @@ class WorkerSlots:
             if self._state.live.get(rec.id) is not rec or rec.status is not Status.RUNNING:
                 return
             rec.attempts -= 1
+            unstart_run(rec)
             if ctx.stop_reason is not None and ctx.stop_reason != STORE_FAILED:
                 self._runtime.end(rec, Status.CANCELLED, message=ctx.stop_reason)
             elif self._state.failure is None:
@@ -283,6 +286,7 @@ class WorkerSlots:
                 rec.output_attempt = rec.attempts
             cancelled = ctx.stop_reason is not None
             if outcome.crashed and not cancelled:
+                end_run(rec, now, CRASHED)
                 if count_crash(rec, last_line(outcome.traceback or str(outcome.error))):
                     self._runtime.end(rec, Status.FAILED, blobs=blobs)
                 else:
@@ -321,6 +325,7 @@ class WorkerSlots:
                 jitter=rec.retry_jitter,
                 max_delay=_MAX_RETRY_DELAY,
             )
+            end_run(rec, now, FAILED)
             rec.status = Status.SCHEDULED
             rec.scheduled_for = now + delay
             rec.message = f"retry {runs} of {rec.retries} after: {last_line(text)}"

@@ -28,6 +28,7 @@ from .keys import stored_key
 from .labels import job_label, queue_title
 from .labels import one_line as _one_line
 from .records import FINAL, JobRecord, Status
+from .runs import history, run_time
 from .triggers import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ def row_state(rec: JobRecord, now: float) -> RowState:
         elapsed = "in " + _duration(due - now)
     else:
         elapsed = ""
+    runs = history(rec)
+    if len(runs) > 1 and elapsed and st is not Status.SCHEDULED:  # the time of all runs
+        elapsed = f"{_duration(run_time(runs, now), precise=final)} · {len(runs)} runs"
     fraction = _fraction(rec.progress)
     percent = "" if fraction is None or st is Status.SUCCEEDED else f"{fraction:.0%}"
     if st is Status.SUCCEEDED and rec.result_repr is not None:

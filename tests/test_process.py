@@ -120,11 +120,15 @@ def test_process_that_exits_is_run_again_then_failed(jq: JobQueue) -> None:
     again = jq.submit(exit_first_time)
     assert again.result(timeout=WAIT) == "attempt 2"
     assert again.attempts == 2 and again.record.crashes == 1
+    crashed, ran = again.runs  # the owner saw the child die: its end is known
+    assert (crashed["outcome"], ran["outcome"]) == ("crashed", "succeeded")
+    assert ran["started"] >= crashed["finished"] >= crashed["started"]
     # ... until max_crashes deaths, then the job is failed and the queue goes on.
     dead = jq.options(max_crashes=3).submit(exit_hard)
     with pytest.raises(nbqup.JobFailed, match=r"died 3 times.*exit code 7"):
         dead.result(timeout=WAIT)
     assert dead.attempts == 3
+    assert [run["outcome"] for run in dead.runs] == ["crashed"] * 3
     assert jq.submit(report, 1).result(timeout=WAIT)[1] == {"step": 1}
 
 
