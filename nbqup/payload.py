@@ -93,16 +93,22 @@ def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
     return digest, blob
 
 
-def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | None:
+def dumps_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, name_fault: bool = True
+) -> bytes | None:
     """Pickle of ``(args, kwargs)``, ``None`` when there are none.
 
-    On failure the :class:`SerializationError` names the first argument at fault.
+    On failure the :class:`SerializationError` names the first argument at fault (found
+    by pickling them one by one; ``name_fault=False``: not looked for, when the caller
+    only needs to know that they did not pickle).
     """
     if not args and not kwargs:
         return None
     try:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
+        if not name_fault:
+            raise SerializationError("the arguments", exc) from exc
         for i, value in enumerate(args):
             _check_one(f"argument {i} ({type(value).__name__})", value)
         for key, value in kwargs.items():
