@@ -36,6 +36,7 @@ __all__ = [
     "dumps_args",
     "dumps_fn",
     "dumps_result",
+    "fingerprint",
     "kwargs_summary",
     "load_fn",
     "loads",
@@ -55,8 +56,9 @@ _repr.maxother = 60
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 5
 
 
-def _fingerprint(fn: Any) -> tuple[int, ...] | None:
-    """Identity of what a plain function's pickle depends on; None: do not cache."""
+def fingerprint(fn: Any) -> tuple[int, ...] | None:
+    """Identity of what a plain function's pickle depends on (its code, defaults, the
+    objects its globals and closure hold); None: do not cache (not a plain function)."""
     code = getattr(fn, "__code__", None)
     glob = getattr(fn, "__globals__", None)
     if code is None or glob is None:
@@ -73,7 +75,7 @@ def _fingerprint(fn: Any) -> tuple[int, ...] | None:
 
 def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
     """``(content hash, pickle)`` of a callable; raises :class:`SerializationError`."""
-    fp = _fingerprint(fn)
+    fp = fingerprint(fn)
     if fp is not None:
         try:
             cached = _fn_cache.get(fn)

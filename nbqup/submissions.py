@@ -203,8 +203,11 @@ class Submissions:
         if rec.key is None and options.get("unique"):
             rec.key = _unique_key(sub.fn, rec.fn, args_blob)
         if options.get("cache"):
-            stored = rec.fn or f"task:{rec.task_type}"
-            rec.cache = cache.cache_key(cache.function_identity(sub.fn, stored), args_blob)
+            if rec.task_type:
+                call = (f"task:{rec.task_type}", (sub.fn, *sub.args))
+            else:
+                call = (sub.fn, sub.args)
+            rec.cache = cache.cache_key(*call, sub.kwargs, args_blob)
         self._check_dependencies(rec)
         return rec, blobs
 

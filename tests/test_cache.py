@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from children import start
+from children import log_lines, start
 from jobfns import CALLS, EVENTS, block, flaky, record
 
 from nbqup import JobQueue
@@ -282,3 +282,64 @@ def test_a_fixed_function_of_a_module_misses(
             # keyed by the same pickle: see the issue note, not the cache's concern)
     finally:
         sys.modules.pop("featurize_mod", None)
+
+
+class Loads:
+    """Counts its instances unpickled in this process."""
+
+    count = 0
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Loads.count += 1
+        self.__dict__.update(state)
+
+
+def test_a_cached_submit_loads_nothing_back(name: str) -> None:
+    """The key is computed from one pickling pass: a notebook class's instance is not
+    unpickled in the submitting kernel (which ran its code and rebound its methods)."""
+    with JobQueue(None, workers=0) as jq:
+        Loads.count = 0
+        first = jq.options(cache=True).submit(record, name, Loads(1))
+        assert jq.options(cache=True).submit(record, name, Loads(1)).id == first.id
+        assert jq.options(cache=True).submit(record, name, Loads(2)).id != first.id
+        assert Loads.count == 0
+
+
+NOTEBOOK = """
+class Config:
+    def __init__(self, lr):
+        self.lr = lr
+
+LABELS = {"cat", "dog", "bird", "fish", "owl", "emu"}
+
+def train(cfg):
+    log("train")
+    return sorted(LABELS), cfg.lr
+
+with nbqup.JobQueue(STORE, workers=1) as jq:
+    job = jq.options(cache=True).submit(train, Config(0.1))
+    assert job.result(timeout=60) == (sorted(LABELS), 0.1)
+    print(job.id, job.record.cache, ",".join(LABELS), flush=True)
+"""
+
+
+def test_a_notebook_class_and_a_global_set_hit_in_a_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same notebook code (a ``__main__`` class, a global set) run in two processes
+    -- a kernel restart -- with other string hash seeds: the same cache key, and the
+    second process's cached submit is answered by the first's job."""
+    runs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        child = start(tmp_path, NOTEBOOK)
+        out, _ = child.communicate(timeout=WAIT)
+        assert child.returncode == 0
+        runs.append(out.split())
+    (first_id, first_key, first_order), (second_id, second_key, second_order) = runs
+    assert first_order != second_order  # the set iterates in another order
+    assert second_key == first_key and second_id == first_id
+    assert log_lines(tmp_path) == ["train"]  # ran in the first process only
