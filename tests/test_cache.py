@@ -17,6 +17,7 @@ import cloudpickle
 import pytest
 from children import log_lines, start
 from jobfns import CALLS, EVENTS, block, flaky, record
+from kernel_helpers import Kernel
 
 from nbqup import JobQueue
 from nbqup.clock import ManualClock
@@ -343,3 +344,45 @@ def test_a_notebook_class_and_a_global_set_hit_in_a_new_process(
     assert first_order != second_order  # the set iterates in another order
     assert second_key == first_key and second_id == first_id
     assert log_lines(tmp_path) == ["train"]  # ran in the first process only
+
+
+CELL = f"""
+import os, nbqup
+
+class Config:
+    def __init__(self, lr):
+        self.lr = lr
+
+LABELS = {{"cat", "dog", "bird"}}
+
+def train(cfg):
+    return sorted(LABELS), cfg.lr, os.getpid()
+
+jq = nbqup.JobQueue("store", workers=1)
+job = jq.options(cache=True).submit(train, Config(0.1))
+ran_in = job.result(timeout={WAIT})[2]
+"""
+
+
+def test_a_cached_cell_hits_after_a_real_kernel_restart(tmp_path: Path) -> None:
+    """A notebook cell compiled by a real kernel (its file name holds the kernel's pid)
+    with a notebook class and a global set: after a restart, running the cell again is
+    answered by the job of the first session, which ran nothing in the second."""
+    kernel = Kernel(tmp_path)
+    try:
+        sessions = []
+        for _ in range(2):
+            kernel.run(CELL)
+            sessions.append(
+                kernel.value(
+                    "[job.id, job.record.cache, ran_in, os.getpid(), train.__code__.co_filename]"
+                )
+            )
+            kernel.run("jq.close()")
+            kernel.restart()
+    finally:
+        kernel.close()
+    (id1, key1, ran1, pid1, file1), (id2, key2, ran2, pid2, file2) = sessions
+    assert pid1 != pid2 and file1 != file2  # a new kernel process, another cell file
+    assert (id2, key2) == (id1, key1)
+    assert ran1 == ran2 == pid1  # the result of the first session's run
