@@ -246,8 +246,9 @@ class Submissions:
 
         The arguments are pickled first as they are, in the one pass every submit makes:
         a Job among them refuses to pickle (``Job.__reduce__``), and only then are they
-        searched for Jobs and pickled again with markers in their place.  A submit without
-        Job arguments -- nearly all, and those with big data -- is not walked at all.
+        searched for Jobs and pickled again with markers in their place (at once when a
+        Job is given at the top level).  A submit without Job arguments -- nearly all,
+        and those with big data -- is not walked at all.
         Raises :class:`~nbqup.SerializationError` (or TypeError, or ValueError for a Job
         of another queue or ``jobs_allowed=False``) before anything is written; in the
         order a search for Jobs before pickling would.
@@ -259,11 +260,14 @@ class Submissions:
         lead = (fn,) if name in self._runtime.task_executors else ()
         ups: tuple[str, ...] = ()
         args_blob: bytes | None = None
-        try:
-            args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, name_fault=False)
-            pickled = True
-        except SerializationError:  # a Job among them, or an argument that does not pickle
-            pickled = False
+        # a Job at the top level (the common way to pass one) is seen without the pickle
+        pickled = not any(isinstance(v, Job) for v in (*sub.args, *sub.kwargs.values()))
+        if pickled:
+            try:
+                args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, name_fault=False)
+            except SerializationError:  # a Job among them, or an argument that does not pickle
+                pickled = False
+        if not pickled:
             sub, ups = self._upstream(sub)
             if ups and not jobs_allowed:
                 raise ValueError("a Job cannot be an argument of a recurring schedule") from None
