@@ -260,13 +260,14 @@ class Submissions:
         lead = (fn,) if name in self._runtime.task_executors else ()
         ups: tuple[str, ...] = ()
         args_blob: bytes | None = None
+        pickled = not (lead or sub.args or sub.kwargs)  # True: nothing to pickle
         # a Job at the top level (the common way to pass one) is seen without the pickle
-        pickled = not any(isinstance(v, Job) for v in (*sub.args, *sub.kwargs.values()))
-        if pickled:
+        if not pickled and not any(isinstance(v, Job) for v in (*sub.args, *sub.kwargs.values())):
             try:
                 args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, name_fault=False)
+                pickled = True
             except SerializationError:  # a Job among them, or an argument that does not pickle
-                pickled = False
+                pass
         if not pickled:
             sub, ups = self._upstream(sub)
             if ups and not jobs_allowed:
