@@ -8,11 +8,15 @@ newest success wins).  Failed and cancelled jobs never answer.
 
 What "the same call" means -- the cache key (:func:`cache_key`):
 
-- the function by content: the content hash of its stored cloudpickle (the record's
-  ``fn``), not its name, so a changed body misses and a renamed copy hits; a registered
-  task type (``jq.register``) by its type's name and its pickled instance;
+- the function by content (:mod:`nbqup.callkey`): a notebook function or lambda by its
+  code, defaults, closure and the globals it reads (a notebook class among them by its
+  name and content, a set in sorted order), and by its source when it can be read, so a
+  changed body misses and re-running an unchanged cell hits, after a kernel restart too;
+  a function imported from a module by its module, name and source; a registered task
+  type (``jq.register``) by its type's name and its instance, as an argument;
 - the arguments by their pickle: equal arguments are those that pickle to equal bytes
-  (``1`` and ``1.0`` differ; so may two equal dicts built in another order).
+  (``1`` and ``1.0`` differ; so may two equal dicts built in another order), an instance
+  of a notebook class with its class by content and a set argument sorted.
 
 A cached submit while a job of the same key is still waiting or running returns that
 job, as ``key=`` does, so re-running a cell does not start the work twice.
@@ -27,10 +31,9 @@ restart.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from typing import Any, Protocol
 
-from . import payload
+from . import callkey
 from .errors import StoreCorrupt
 from .records import FINAL, JobRecord, Status
 from .triggers import to_seconds
@@ -40,9 +43,7 @@ __all__ = [
     "cache_option",
     "done_entry",
     "find",
-    "function_identity",
     "live_entry",
-    "settled",
 ]
 
 _DONE, _LIVE = "d:", "l:"
@@ -70,51 +71,23 @@ def cache_option(value: Any) -> bool | float:
         raise ValueError(f"cache must be True or a positive duration, got {value!r}") from None
 
 
-def function_identity(fn: Any, stored: str) -> str:
-    """What the cache compares of a function: ``stored`` (the content hash of its stored
-    pickle, or ``"task:<type>"``) and, when its source can be read, a hash of that source.
-    A function importable from a module is pickled by reference (its module and name), so
-    its pickle does not change when its body is fixed; its source does.
+def cache_key(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], args_blob: bytes | None
+) -> str:
+    """The key of a call: ``fn`` (a function, or ``"task:"`` and a registered task type's
+    name, its instance first in ``args``) and its arguments, by :func:`nbqup.callkey.call_key`
+    -- one pickling pass, the same in every process.  Should that pickler fail where
+    cloudpickle did not (``args_blob``), the key is of that pickle: good in this process.
 
-    >>> function_identity(len, "ab12")   # no source to read: the stored hash alone
-    'ab12'
-    """
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return stored
-    return f"{stored}:{hashlib.blake2b(source.encode(), digest_size=12).hexdigest()}"
-
-
-def cache_key(function: str, args_blob: bytes | None) -> str:
-    """The key of a call: ``function`` (the stored function's content hash, or
-    ``"task:"`` and a registered task type's name) and its pickled arguments, as
-    :func:`settled`.
-
-    >>> blob = payload.dumps_args((1,), {})
-    >>> cache_key("ab12", blob) == cache_key("ab12", blob) != cache_key("ab12", None)
+    >>> cache_key("task:T", (1,), {}, None) == cache_key("task:T", (1,), {}, None)
     True
     """
-    h = hashlib.blake2b(function.encode(), digest_size=20)
-    h.update(b"\0")
-    if args_blob is not None:
-        h.update(settled(args_blob))
-    return h.hexdigest()
-
-
-def settled(args_blob: bytes) -> bytes:
-    """The arguments' pickle as this process will make it from now on: unpickled and
-    pickled again.
-
-    cloudpickle pickles a class defined in the notebook by value, and unpickling it in
-    the same process (a thread job does) rebinds the class's methods, which changes how
-    its instances pickle next time; once, after which they stay the same.  Without this
-    an argument of such a class would miss the first time after its job ran.
-    """
     try:
-        return payload.dumps_args(*payload.loads_args(args_blob)) or b""
-    except Exception:  # pickled a moment ago but does not load: keep it as it is
-        return args_blob
+        return callkey.call_key(fn, args, kwargs)
+    except Exception:  # a key that holds within this session is still a key
+        h = hashlib.blake2b(repr(fn).encode(), digest_size=20)
+        h.update(args_blob or b"")
+        return h.hexdigest()
 
 
 class _Txn(Protocol):  # what Store.transact hands over (nbqup.store._StoreTxn)

@@ -39,6 +39,7 @@ __all__ = [
     "dumps_args",
     "dumps_fn",
     "dumps_result",
+    "fingerprint",
     "kwargs_summary",
     "load_fn",
     "loads",
@@ -58,8 +59,9 @@ _repr.maxother = 60
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 5
 
 
-def _fingerprint(fn: Any) -> tuple[int, ...] | None:
-    """Identity of what a plain function's pickle depends on; None: do not cache."""
+def fingerprint(fn: Any) -> tuple[int, ...] | None:
+    """Identity of what a plain function's pickle depends on (its code, defaults, the
+    objects its globals and closure hold); None: do not cache (not a plain function)."""
     code = getattr(fn, "__code__", None)
     glob = getattr(fn, "__globals__", None)
     if code is None or glob is None:
@@ -76,7 +78,7 @@ def _fingerprint(fn: Any) -> tuple[int, ...] | None:
 
 def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
     """``(content hash, pickle)`` of a callable; raises :class:`SerializationError`."""
-    fp = _fingerprint(fn)
+    fp = fingerprint(fn)
     if fp is not None:
         try:
             cached = _fn_cache.get(fn)
@@ -96,16 +98,22 @@ def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
     return digest, blob
 
 
-def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | None:
+def dumps_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, name_fault: bool = True
+) -> bytes | None:
     """Pickle of ``(args, kwargs)``, ``None`` when there are none.
 
-    On failure the :class:`SerializationError` names the first argument at fault.
+    On failure the :class:`SerializationError` names the first argument at fault (found
+    by pickling them one by one; ``name_fault=False``: not looked for, when the caller
+    only needs to know that they did not pickle).
     """
     if not args and not kwargs:
         return None
     try:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
+        if not name_fault:
+            raise SerializationError("the arguments", exc) from exc
         for i, value in enumerate(args):
             _check_one(f"argument {i} ({type(value).__name__})", value)
         for key, value in kwargs.items():

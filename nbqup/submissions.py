@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import cache, groups, payload, upstream
-from .errors import StoreWriteError
+from .errors import SerializationError, StoreWriteError
 from .handle import Job
 from .keys import show_key, stored_key
 from .records import JobRecord, ScheduleRecord, Status, new_id
@@ -160,11 +160,9 @@ class Submissions:
         bad = next((o for o in ("depends_on", "unique", "cache") if options.get(o)), None)
         if bad is not None:
             raise ValueError(f"{bad} does not apply to recurring schedules")
-        if self._upstream(sub)[1]:
-            raise ValueError("a Job cannot be an argument of a recurring schedule")
         now = self._shared.clock.now()
         sid = "s" + new_id(now)
-        fields, blobs, args_blob = self._call_payload(sub, sid)
+        sub, _, fields, blobs, args_blob = self._call_payload(sub, sid, jobs_allowed=False)
         name = options.get("name") or fields["fn_name"]
         first = trigger.next_after(now if sub.due is None else sub.due - 1e-6)
         key = options.get("key") or _schedule_key(sub.fn, fields["fn_name"], trigger, args_blob)
@@ -187,10 +185,9 @@ class Submissions:
     def _prepare(self, sub: Submission) -> tuple[JobRecord, Blobs]:
         """A job's record and payload blobs, checked; nothing is written yet."""
         now = self._shared.clock.now()
-        sub, ups = self._upstream(sub)
-        options = sub.options
         rec = JobRecord(id=new_id(now), name="", created=now)
-        fields, blobs, args_blob = self._call_payload(sub, rec.id)
+        sub, ups, fields, blobs, args_blob = self._call_payload(sub, rec.id)
+        options = sub.options
         for name, value in fields.items():
             setattr(rec, name, value)
         rec.name = options.get("name") or rec.fn_name
@@ -206,8 +203,11 @@ class Submissions:
         if rec.key is None and options.get("unique"):
             rec.key = _unique_key(sub.fn, rec.fn, args_blob)
         if options.get("cache"):
-            stored = rec.fn or f"task:{rec.task_type}"
-            rec.cache = cache.cache_key(cache.function_identity(sub.fn, stored), args_blob)
+            if rec.task_type:
+                call = (f"task:{rec.task_type}", (sub.fn, *sub.args))
+            else:
+                call = (sub.fn, sub.args)
+            rec.cache = cache.cache_key(*call, sub.kwargs, args_blob)
         self._check_dependencies(rec)
         return rec, blobs
 
@@ -239,19 +239,41 @@ class Submissions:
                 state.submitting.difference_update(rec.id for rec in records)
 
     def _call_payload(
-        self, sub: Submission, args_key: str
-    ) -> tuple[dict[str, Any], Blobs, bytes | None]:
-        """Pickle a call: record fields, blobs to write, and the pickled arguments.
+        self, sub: Submission, args_key: str, jobs_allowed: bool = True
+    ) -> tuple[Submission, tuple[str, ...], dict[str, Any], Blobs, bytes | None]:
+        """Pickle a call: ``sub`` with its Job arguments replaced by markers and their ids
+        (:meth:`_upstream`), record fields, blobs to write, and the pickled arguments.
 
-        Raises :class:`~nbqup.SerializationError` (or TypeError) before anything is written.
+        The arguments are pickled first as they are, in the one pass every submit makes:
+        a Job among them refuses to pickle (``Job.__reduce__``), and only then are they
+        searched for Jobs and pickled again with markers in their place (at once when a
+        Job is given at the top level).  A submit without Job arguments -- nearly all,
+        and those with big data -- is not walked at all.
+        Raises :class:`~nbqup.SerializationError` (or TypeError, or ValueError for a Job
+        of another queue or ``jobs_allowed=False``) before anything is written; in the
+        order a search for Jobs before pickling would.
         """
-        fn, args, kwargs = sub.fn, sub.args, sub.kwargs
+        fn = sub.fn
         fields: dict[str, Any] = {"python": payload.PYTHON, "pickler": payload.PICKLER}
         blobs: Blobs = []
         name = type_name(type(fn))
-        if name in self._runtime.task_executors:
+        lead = (fn,) if name in self._runtime.task_executors else ()
+        ups: tuple[str, ...] = ()
+        args_blob: bytes | None = None
+        pickled = not (lead or sub.args or sub.kwargs)  # True: nothing to pickle
+        # a Job at the top level (the common way to pass one) is seen without the pickle
+        if not pickled and not any(isinstance(v, Job) for v in (*sub.args, *sub.kwargs.values())):
+            try:
+                args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, name_fault=False)
+                pickled = True
+            except SerializationError:  # a Job among them, or an argument that does not pickle
+                pass
+        if not pickled:
+            sub, ups = self._upstream(sub)
+            if ups and not jobs_allowed:
+                raise ValueError("a Job cannot be an argument of a recurring schedule") from None
+        if lead:
             fields["task_type"] = fields["fn_name"] = name
-            args = (fn, *args)
         elif callable(fn):
             fn_hash, fn_blob = payload.dumps_fn(fn)
             fields["fn"] = fn_hash
@@ -263,12 +285,13 @@ class Submissions:
                 f"submit() needs a callable or an instance of a registered task type, "
                 f"got {type(fn).__name__}"
             )
-        args_blob = payload.dumps_args(args, kwargs)
+        if not pickled:  # raises, naming the argument at fault, if one still does not pickle
+            args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs)
         if args_blob is not None:
             fields["has_args"] = True
             blobs.append(("args", args_key, args_blob))
-        fields["kwargs"] = payload.kwargs_summary(kwargs)
-        return fields, blobs, args_blob
+        fields["kwargs"] = payload.kwargs_summary(sub.kwargs)
+        return sub, ups, fields, blobs, args_blob
 
     def _upstream(self, sub: Submission) -> tuple[Submission, tuple[str, ...]]:
         """``sub`` with its Job arguments replaced by markers, and their ids

@@ -1,18 +1,20 @@
 """Jobs as arguments: a :class:`~nbqup.Job` in a job's arguments is its result, once ready.
 
 ``jq.submit(train, data=a)`` with ``a`` a Job makes the new job wait for ``a`` and be
-called with ``a.result()``.  At submit, :func:`extract` walks the arguments -- the top
-level, and inside lists, tuples and dict values (not other objects: a Job in an
-attribute is an ordinary argument) -- replaces each Job by an :class:`Upstream` marker
-holding its id, and gives the ids back.  The stored arguments thus hold ids, not handles
-bound to one process's queue, and the ids are recorded with the job (``upstream``, and in
-``depends_on`` too, so that waiting, cancelling when an upstream job fails or is
-cancelled, and re-deriving all of it when the store is reopened are the dependency
-machinery's).  When the job is run, :func:`substitute` puts each upstream job's result in
-its marker's place before the call is handed to an executor: the result travels by value
-to a thread, a process or a Dask worker alike.  A result its dependents will load is
-handed over in memory (:class:`Handoff`), so that a large one is not read back and
-decompressed from the store.
+called with ``a.result()``.  A submit pickles its arguments as they are first: a Job
+refuses to be pickled, so the pickling every submit makes is what finds that there is one
+(the arguments of nearly every submit are not walked).  Only then :func:`extract` walks
+them -- the top level, and inside lists, tuples and dict values (not other objects: a Job
+in an attribute still refuses, a :class:`~nbqup.SerializationError`) -- replaces each Job
+by an :class:`Upstream` marker holding its id, and gives the ids back.  The stored
+arguments thus hold ids, not handles bound to one process's queue, and the ids are
+recorded with the job (``upstream``, and in ``depends_on`` too, so that waiting,
+cancelling when an upstream job fails or is cancelled, and re-deriving all of it when the
+store is reopened are the dependency machinery's).  When the job is run,
+:func:`substitute` puts each upstream job's result in its marker's place before the call
+is handed to an executor: the result travels by value to a thread, a process or a Dask
+worker alike.  A result its dependents will load is handed over in memory
+(:class:`Handoff`), so that a large one is not read back and decompressed from the store.
 
 >>> args, kwargs, ids = extract((1, [Upstream("a"), 2]), {"b": {"x": Upstream("b")}},
 ...                             job_id=lambda v: v.job_id if isinstance(v, Upstream) else None)
@@ -47,9 +49,9 @@ def extract(
     """``args`` and ``kwargs`` with each value that ``job_id`` names (a Job: its id, else
     None) replaced by an :class:`Upstream` marker, and the ids found, each once, in order.
 
-    Containers without a Job are returned as they are (not copied).  Every submit with
-    arguments runs this, so a first pass only looks (under 1 us for a few plain values);
-    the arguments are rebuilt only when a Job is among them.  A list that contains itself
+    Containers without a Job are returned as they are (not copied).  A first pass only
+    looks; the arguments are rebuilt only when a Job is among them (a submit calls this
+    only when its arguments did not pickle, which a Job makes them do).  A list that contains itself
     (or nesting deeper than the recursion limit) is searched no further: left as it is.
 
     >>> loop = [1]; loop.append(loop)

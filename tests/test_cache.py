@@ -15,8 +15,9 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from children import start
+from children import log_lines, start
 from jobfns import CALLS, EVENTS, block, flaky, record
+from kernel_helpers import Kernel
 
 from nbqup import JobQueue
 from nbqup.clock import ManualClock
@@ -282,3 +283,106 @@ def test_a_fixed_function_of_a_module_misses(
             # keyed by the same pickle: see the issue note, not the cache's concern)
     finally:
         sys.modules.pop("featurize_mod", None)
+
+
+class Loads:
+    """Counts its instances unpickled in this process."""
+
+    count = 0
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Loads.count += 1
+        self.__dict__.update(state)
+
+
+def test_a_cached_submit_loads_nothing_back(name: str) -> None:
+    """The key is computed from one pickling pass: a notebook class's instance is not
+    unpickled in the submitting kernel (which ran its code and rebound its methods)."""
+    with JobQueue(None, workers=0) as jq:
+        Loads.count = 0
+        first = jq.options(cache=True).submit(record, name, Loads(1))
+        assert jq.options(cache=True).submit(record, name, Loads(1)).id == first.id
+        assert jq.options(cache=True).submit(record, name, Loads(2)).id != first.id
+        assert Loads.count == 0
+
+
+NOTEBOOK = """
+class Config:
+    def __init__(self, lr):
+        self.lr = lr
+
+LABELS = {"cat", "dog", "bird", "fish", "owl", "emu"}
+
+def train(cfg):
+    log("train")
+    return sorted(LABELS), cfg.lr
+
+with nbqup.JobQueue(STORE, workers=1) as jq:
+    job = jq.options(cache=True).submit(train, Config(0.1))
+    assert job.result(timeout=60) == (sorted(LABELS), 0.1)
+    print(job.id, job.record.cache, ",".join(LABELS), flush=True)
+"""
+
+
+def test_a_notebook_class_and_a_global_set_hit_in_a_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same notebook code (a ``__main__`` class, a global set) run in two processes
+    -- a kernel restart -- with other string hash seeds: the same cache key, and the
+    second process's cached submit is answered by the first's job."""
+    runs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        child = start(tmp_path, NOTEBOOK)
+        out, _ = child.communicate(timeout=WAIT)
+        assert child.returncode == 0
+        runs.append(out.split())
+    (first_id, first_key, first_order), (second_id, second_key, second_order) = runs
+    assert first_order != second_order  # the set iterates in another order
+    assert second_key == first_key and second_id == first_id
+    assert log_lines(tmp_path) == ["train"]  # ran in the first process only
+
+
+CELL = f"""
+import os, nbqup
+
+class Config:
+    def __init__(self, lr):
+        self.lr = lr
+
+LABELS = {{"cat", "dog", "bird"}}
+
+def train(cfg):
+    return sorted(LABELS), cfg.lr, os.getpid()
+
+jq = nbqup.JobQueue("store", workers=1)
+job = jq.options(cache=True).submit(train, Config(0.1))
+ran_in = job.result(timeout={WAIT})[2]
+"""
+
+
+def test_a_cached_cell_hits_after_a_real_kernel_restart(tmp_path: Path) -> None:
+    """A notebook cell compiled by a real kernel (its file name holds the kernel's pid)
+    with a notebook class and a global set: after a restart, running the cell again is
+    answered by the job of the first session, which ran nothing in the second."""
+    kernel = Kernel(tmp_path)
+    try:
+        sessions = []
+        for _ in range(2):
+            kernel.run(CELL)
+            sessions.append(
+                kernel.value(
+                    "[job.id, job.record.cache, ran_in, os.getpid(), train.__code__.co_filename]"
+                )
+            )
+            kernel.run("jq.close()")
+            kernel.restart()
+    finally:
+        kernel.close()
+    (id1, key1, ran1, pid1, file1), (id2, key2, ran2, pid2, file2) = sessions
+    assert pid1 != pid2 and file1 != file2  # a new kernel process, another cell file
+    assert (id2, key2) == (id1, key1)
+    assert ran1 == ran2 == pid1  # the result of the first session's run

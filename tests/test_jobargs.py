@@ -16,6 +16,7 @@ from jobfns import EVENTS, add, boom, held
 
 import nbqup
 from nbqup import JobQueue
+from nbqup.payload import loads_args
 from nbqup.upstream import Upstream, extract, substitute
 from nbqup.viewmodel import queue_state, render_text
 
@@ -215,3 +216,31 @@ def test_a_job_where_it_is_not_looked_for_is_a_clear_error(jq: JobQueue) -> None
     with pytest.raises(nbqup.SerializationError, match=f"job {a.id} cannot be pickled"):
         jq.submit(echo, pair(a, 1))
     assert [j.id for j in jq.jobs()] == [a.id]
+
+
+class Passes(list):  # type: ignore[type-arg]
+    """A list counting the passes over it: a search for Jobs and a pickle each iterate it
+    once (a list subclass is searched, as a Group)."""
+
+    count = 0
+
+    def __iter__(self) -> Any:
+        Passes.count += 1
+        return super().__iter__()
+
+
+def test_arguments_without_jobs_are_pickled_once_and_not_searched() -> None:
+    """Jobs are found by the pickling every submit makes (a Job refuses to pickle): the
+    arguments of a submit without one are gone over once, however big."""
+    big = Passes(range(10_000))
+    with JobQueue(None, workers=0) as jq:
+        Passes.count = 0
+        plain = jq.submit(echo, big, n=1)
+        assert Passes.count == 1  # the pickle; no search for Jobs before it
+        stored = loads_args(jq.store.get_blob("args", plain.id))
+        assert stored == ((big,), {"n": 1}) and type(stored[0][0]) is Passes  # kept
+        a = jq.submit(add, 1, 2)
+        with_job = jq.submit(echo, big, a)  # a Job: searched for, and replaced by a marker
+        assert with_job.record.upstream == (a.id,)
+        stored = loads_args(jq.store.get_blob("args", with_job.id))
+        assert stored == ((big, Upstream(a.id)), {}) and type(stored[0][0]) is Passes

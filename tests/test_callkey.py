@@ -1,0 +1,80 @@
+"""The key of a call (nbqup.callkey): what makes notebook code pickle differently from
+one kernel session to the next -- a cell's file name, a class's identity, a set's order
+-- does not change it; a change of what the code does does.
+
+Code is compiled here as a notebook kernel compiles a cell: in ``__main__``, from a file
+named after the kernel's pid.  Separate processes with other hash seeds are in
+tests/test_cache.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbqup.callkey import call_key
+
+
+def cell(source: str, pid: int = 100) -> dict[str, Any]:
+    """The namespace after running ``source`` as a notebook cell of the kernel ``pid``."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, f"/tmp/ipykernel_{pid}/2412.py", "exec"), namespace)
+    return namespace
+
+
+TRAIN = """
+LABELS = {"cat", "dog", "bird"}
+
+class Config:
+    def __init__(self, lr):
+        self.lr = lr
+
+    def scaled(self):
+        return self.lr * 2
+
+def train(cfg):
+    return sorted(LABELS), cfg.scaled()
+"""
+
+
+def key(ns: dict[str, Any], *args: Any) -> str:
+    return call_key(ns["train"], args, {})
+
+
+def test_a_cell_run_again_or_in_another_kernel_has_the_same_key() -> None:
+    first, again, restarted = cell(TRAIN), cell(TRAIN), cell(TRAIN, pid=200)
+    assert first["Config"] is not again["Config"]  # a new class each run
+    keys = {key(ns, ns["Config"](0.1)) for ns in (first, again, restarted)}
+    assert len(keys) == 1
+
+
+def test_what_the_code_does_changes_the_key() -> None:
+    base = key(cell(TRAIN), cell(TRAIN)["Config"](0.1))
+    body = cell(TRAIN.replace("cfg.scaled()", "cfg.scaled() + 1"))
+    method = cell(TRAIN.replace("self.lr * 2", "self.lr * 3"))
+    labels = cell(TRAIN.replace('"bird"}', '"owl"}'))
+    assert key(body, body["Config"](0.1)) != base
+    assert key(method, method["Config"](0.1)) != base  # a method of the class it is given
+    assert key(labels, labels["Config"](0.1)) != base  # a global it reads
+    ns = cell(TRAIN)
+    assert key(ns, ns["Config"](0.2)) != base  # the argument
+
+
+def test_a_set_counts_by_its_elements_not_their_order() -> None:
+    words = [f"w{i}" for i in range(12)]
+    small = set(words)
+    grown = set(words + [f"x{i}" for i in range(200)])
+    grown -= {f"x{i}" for i in range(200)}  # equal, in a bigger table: another order
+    assert small == grown and list(small) != list(grown)
+    one, other = cell("def f(x):\n    return x in S\n"), cell("def f(x):\n    return x in S\n")
+    one["S"], other["S"] = small, grown
+    assert call_key(one["f"], (1,), {}) == call_key(other["f"], (1,), {})
+    assert call_key(len, (small,), {}) == call_key(len, (grown,), {})  # an argument
+    assert call_key(len, (frozenset(small),), {}) != call_key(len, (small,), {})
+
+
+def test_recursive_and_self_referring_code_has_a_key() -> None:
+    ns = cell(
+        "class Node:\n    def clone(self):\n        return Node()\n\n"
+        "def depth(n):\n    return 0 if n <= 0 else 1 + depth(n - 1)\n"
+    )
+    assert call_key(ns["depth"], (ns["Node"](),), {}) == call_key(ns["depth"], (ns["Node"](),), {})
