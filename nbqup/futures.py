@@ -102,7 +102,7 @@ class FutureCall:
     def __reduce__(self) -> tuple[Any, ...]:
         return (FutureCall, (self.fn,))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         ctx = current_context()
         if ctx is None:  # called plainly, outside a job
             return self.fn(*args, **kwargs)

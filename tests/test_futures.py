@@ -145,10 +145,11 @@ def test_a_job_cancelled_from_outside_ends_its_future(jq: JobQueue, name: str) -
 
 def test_done_callbacks_run_once_after_the_end_is_durable(tmp_path: Path) -> None:
     statuses: list[str] = []
+    called = threading.Event()
     with JobQueue(tmp_path / "store", workers=1) as jq:
         fut = jq.executor().submit(add, 2, 3)
-        fut.add_done_callback(lambda f: statuses.append(f.job.status))
-        assert fut.result(timeout=WAIT) == 5
+        fut.add_done_callback(lambda f: (statuses.append(f.job.status), called.set()))
+        assert called.wait(WAIT) and fut.result() == 5
     assert statuses == ["succeeded"]
     with JobQueue(tmp_path / "store", workers=0) as reopened:  # durable: seen by a new open
         assert reopened.get(fut.job.id).status == "succeeded"
@@ -157,11 +158,17 @@ def test_done_callbacks_run_once_after_the_end_is_durable(tmp_path: Path) -> Non
 def test_a_callback_may_submit_again(jq: JobQueue) -> None:
     ex = jq.executor()
     chained: list[cf.Future[Any]] = []
+    called = threading.Event()
+
+    def chain(f: cf.Future[Any]) -> None:
+        chained.append(ex.submit(add, f.result(), 10))
+        called.set()
+
     first = ex.submit(add, 1, 1)
-    first.add_done_callback(lambda f: chained.append(ex.submit(add, f.result(), 10)))
-    assert first.result(timeout=WAIT) == 2
-    ex.shutdown(wait=True)  # waits for the one the callback submitted too, if it was in
-    assert chained and chained[0].result(timeout=WAIT) == 12
+    first.add_done_callback(chain)
+    assert called.wait(WAIT)  # the callback ran in the waiter thread, and submitted
+    assert chained[0].result(timeout=WAIT) == 12
+    ex.shutdown()
 
 
 def test_a_client_queue_settles_futures_of_jobs_another_queue_runs(tmp_path: Path) -> None:
