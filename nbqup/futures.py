@@ -35,6 +35,7 @@ import concurrent.futures as cf
 import contextlib
 import queue
 import threading
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,14 +51,19 @@ if TYPE_CHECKING:
 
 __all__ = ["FutureCall", "JobFuture", "QueueExecutor"]
 
+#: The most job ids the waiter takes from its inbox at once.
+_BATCH = 1000
+#: How many functions an executor keeps a :class:`FutureCall` of (see ``_call``).
+_KEEP_CALLS = 8
 #: The name of the durable step that keeps the exception a job's call raised.
 RAISED = "nbqup.futures:raised"
 
 
 class _Registry:
     """The unfinished futures of this process by job id, for :class:`FutureCall` (which
-    knows its job, not its futures).  Submitting holds ``lock`` until the future is in,
-    so a job that starts at once finds it."""
+    knows its job, not its futures).  A future goes in once its job is recorded; if the
+    job started before that, the submit marks the future running itself (under
+    ``lock``, so that one of the two does)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -93,11 +99,29 @@ class FutureCall:
 
     It pickles as ``fn`` does (by reference when importable), and keeps ``fn``'s name
     (the job's name, in the dashboard) and source (the key ``unique=True`` derives).
+    Around a plain function it shows that function's code, globals, defaults and
+    closure, which is what :func:`nbqup.payload.dumps_fn` checks before it reuses a
+    pickle: an executor submitting one function many times (with one ``FutureCall``,
+    see :meth:`QueueExecutor.submit`) pickles it once, as ``jq.submit`` does.
     """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = self.__wrapped__ = fn  # its source makes ``unique=True`` keys
         self.__qualname__: str = getattr(fn, "__qualname__", type(fn).__qualname__)
+        if isinstance(fn, types.FunctionType):
+            self.__code__, self.__globals__ = fn.__code__, fn.__globals__
+            self.__defaults__, self.__kwdefaults__ = fn.__defaults__, fn.__kwdefaults__
+            self.__closure__ = fn.__closure__
+
+    def mirrors(self, fn: types.FunctionType) -> bool:
+        """Whether this still shows ``fn`` as it is (its code or defaults were not
+        replaced since)."""
+        return (
+            self.fn is fn
+            and self.__code__ is fn.__code__
+            and self.__defaults__ is fn.__defaults__
+            and self.__kwdefaults__ is fn.__kwdefaults__
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FutureCall, (self.fn,))
@@ -200,6 +224,8 @@ class QueueExecutor(cf.Executor):
         self._submitting = 0
         self._waiter: threading.Thread | None = None
         self._shut = False
+        #: The last few plain functions submitted, each with its one FutureCall.
+        self._calls: dict[types.FunctionType, FutureCall] = {}
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Record ``fn(*args, **kwargs)`` as a job (durable when this returns); its future.
@@ -210,19 +236,36 @@ class QueueExecutor(cf.Executor):
             self._submitting += 1
             self._start_waiter()
         try:
-            with _registry.lock:
-                job = self._submitter.submit(FutureCall(fn), *args, **kwargs)
-                fut = JobFuture(job, self)
-                _registry.by_job.setdefault(job.id, []).append(fut)
-                with self._lock:
-                    self._pending.setdefault(job.id, []).append(fut)
-        finally:
+            job = self._submitter.submit(self._call(fn), *args, **kwargs)
+        except BaseException:
             with self._lock:
                 self._submitting -= 1
-            self._inbox.put("")  # the waiter looks again (whether it may stop, say)
+            self._inbox.put("")  # the waiter looks again: it may have nothing left
+            raise
+        fut = JobFuture(job, self)
+        with _registry.lock:
+            _registry.by_job.setdefault(job.id, []).append(fut)
+            with self._lock:
+                self._pending.setdefault(job.id, []).append(fut)
+                self._submitting -= 1
+            if job.status is Status.RUNNING:  # it started before its future was in
+                _set_running(fut)
         if job.done():  # ended before its future was in: no push will come
             self.look_at(job.id)
         return fut
+
+    def _call(self, fn: Callable[..., Any]) -> FutureCall:
+        """The FutureCall of ``fn``: the same one for the same plain function (so its
+        pickle is reused) while it is among the last few submitted."""
+        if not isinstance(fn, types.FunctionType):
+            return FutureCall(fn)  # a bound method, say: not kept (it holds its object)
+        with self._lock:
+            call = self._calls.get(fn)
+            if call is None or not call.mirrors(fn):
+                call = self._calls[fn] = FutureCall(fn)
+                while len(self._calls) > _KEEP_CALLS:
+                    del self._calls[next(iter(self._calls))]
+            return call
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submits; ``cancel_futures`` cancels the jobs not started yet;
@@ -254,24 +297,30 @@ class QueueExecutor(cf.Executor):
     def _wait_loop(self) -> None:
         """Settle futures as their jobs end, until this executor has none left."""
         while True:
-            timeout = None if self._jq.is_owner else self._poll
-            try:
-                job_id = self._inbox.get(timeout=timeout)
-            except queue.Empty:  # a client: nothing is pushed, look at every job
-                with self._lock:
-                    ids = list(self._pending)
-                for i in ids:
-                    self._settle(i)
-                job_id = ""
-            if job_id is None:  # the queue closed
-                self._closed()
-            elif job_id:
-                self._settle(job_id)
+            for job_id in self._next_ids():
+                if job_id is None:  # the queue closed
+                    self._closed()
+                elif job_id:
+                    self._settle(job_id)
             with self._lock:
                 if not self._pending and not self._submitting:
                     self._watch(self._inbox.put, False)
                     self._waiter = None
                     return
+
+    def _next_ids(self) -> list[str | None]:
+        """The ids in the inbox: at least one (waiting for it), as many as are there --
+        or, for a client queue (nothing is pushed) after ``poll_interval``, every job
+        this executor waits for."""
+        try:
+            ids = [self._inbox.get(timeout=None if self._jq.is_owner else self._poll)]
+        except queue.Empty:
+            with self._lock:
+                return list(self._pending)
+        with contextlib.suppress(queue.Empty):
+            while len(ids) < _BATCH:
+                ids.append(self._inbox.get_nowait())
+        return ids
 
     def _settle(self, job_id: str) -> None:
         """Settle the futures of ``job_id`` if the job has ended."""

@@ -16,7 +16,7 @@ import children
 import pytest
 from jobfns import EVENTS, add, block, boom, cooperative_loop
 
-from nbqup import JobCancelled, JobFailed, JobQueue
+from nbqup import JobCancelled, JobFailed, JobQueue, payload
 from nbqup.futures import RAISED, FutureCall, JobFuture
 
 WAIT = 30
@@ -252,3 +252,22 @@ def test_executor_jobs_resume_after_a_sigkill_and_a_rerun_reattaches(tmp_path: P
         "run 2 attempt 1",
         "run 3 attempt 1",
     ]
+
+
+def test_a_function_submitted_again_is_pickled_once(
+    jq: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pickled: list[object] = []
+    real = payload.cloudpickle.dumps
+
+    def counting(obj: object, *args: Any, **kwargs: Any) -> bytes:
+        if isinstance(obj, FutureCall):
+            pickled.append(obj.fn)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(payload.cloudpickle, "dumps", counting)
+    ex = jq.executor()
+    futs = [ex.submit(add, i, 1) for i in range(3)]
+    assert [f.result(timeout=WAIT) for f in futs] == [1, 2, 3]
+    assert pickled == [add]  # as jq.submit: once per function
+    assert len({f.job.record.fn for f in futs}) == 1  # and stored once
