@@ -74,6 +74,7 @@ class _Registry:
     def start(self, job_id: str) -> bool:
         """Mark the job's pending futures running; False if one was cancelled first."""
         with self.lock:
+            self.raised.pop(job_id, None)  # an earlier attempt's: this one ends otherwise
             go = True
             for fut in self.by_job.get(job_id, ()):
                 if fut.running() or (fut.done() and not fut.cancelled()):
