@@ -36,13 +36,15 @@ import contextlib
 import queue
 import threading
 import types
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import closing
 from .context import current_context
-from .errors import JobCancelled, JobFailed, NbqupError
+from .errors import JobCancelled, JobFailed
 from .records import Status
 from .steps import step, step_key, stored_result
 
@@ -214,7 +216,7 @@ class QueueExecutor(cf.Executor):
                 "jq.executor(key=...) would give every call the same key: use unique=True "
                 "(each call keyed by its function and arguments)"
             )
-        self._jq = jq
+        self._jq = self.queue = jq
         self._submitter = jq.options(**options)
         self._watch = watch
         self._poll = poll_interval
@@ -227,6 +229,7 @@ class QueueExecutor(cf.Executor):
         self._shut = False
         #: The last few plain functions submitted, each with its one FutureCall.
         self._calls: dict[types.FunctionType, FutureCall] = {}
+        _executors.add(self)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
         """Record ``fn(*args, **kwargs)`` as a job (durable when this returns); its future.
@@ -335,23 +338,35 @@ class QueueExecutor(cf.Executor):
             if not status.final:
                 return
             outcome = _outcome(job, status, self._jq.store)
-        except NbqupError as exc:  # the store failed: the futures cannot end otherwise
-            outcome = exc
+        except Exception as exc:
+            if self._jq.closed:  # told below, with where to find the job
+                return
+            outcome = exc  # the store failed: the futures cannot end otherwise
         self._finish(job_id, futs, outcome)
 
+    def settle_all(self) -> None:
+        """Settle the futures of every job that has ended (the queue is closing: its
+        store is still open, see :mod:`nbqup.closing`)."""
+        with self._lock:
+            ids = list(self._pending)
+        for job_id in ids:
+            self._settle(job_id)
+
     def _finish(self, job_id: str, futs: list[JobFuture], outcome: Any) -> None:
-        """Forget ``futs`` and settle them with ``outcome`` (outside the locks: their
+        """Forget ``futs`` and settle them with ``outcome`` -- those still unsettled:
+        the waiter and a closing queue may both get here -- outside the locks (their
         callbacks may submit again)."""
         with _registry.lock, self._lock:
+            mine = [f for f in self._pending.get(job_id, ()) if f in futs]
             for table in (_registry.by_job, self._pending):
-                left = [f for f in table.get(job_id, ()) if f not in futs]
+                left = [f for f in table.get(job_id, ()) if f not in mine]
                 if left:
                     table[job_id] = left
                 else:
                     table.pop(job_id, None)
             if job_id not in _registry.by_job:
                 _registry.raised.pop(job_id, None)
-        for fut in futs:
+        for fut in mine:
             _settle_one(fut, outcome)
 
     def _closed(self) -> None:
@@ -365,6 +380,18 @@ class QueueExecutor(cf.Executor):
                 f"store is reopened (find it with jq.get({job_id!r}))"
             )
             self._finish(job_id, futs, why)
+
+
+_executors: weakref.WeakSet[QueueExecutor] = weakref.WeakSet()
+
+
+@closing.register
+def _before_close(jq: Any) -> None:
+    """A queue is closing, its jobs settled: settle the futures of those that ended
+    while its store can still be read (the rest are told it closed)."""
+    for executor in list(_executors):
+        if executor.queue is jq:
+            executor.settle_all()
 
 
 _notify_lock = threading.Lock()

@@ -203,6 +203,16 @@ def test_closing_the_queue_ends_waiting_futures_with_where_to_find_the_job(
         assert reopened.get(running.job.id).result(timeout=WAIT) is True
 
 
+def test_futures_of_jobs_that_end_as_the_queue_closes_get_their_results(
+    tmp_path: Path,
+) -> None:
+    with JobQueue(tmp_path / "store", workers=2) as jq:
+        futs = [jq.executor().submit(add, i, 1) for i in range(20)]
+        assert jq.wait(timeout=WAIT)
+    # settled by the waiter, or by the closing queue while its store could be read
+    assert [f.result(timeout=0) for f in futs] == list(range(1, 21))
+
+
 def test_future_call_runs_plainly_outside_a_job_and_keeps_the_name() -> None:
     call = FutureCall(add)
     assert call(2, b=3) == 5 and call.__qualname__ == "add"
