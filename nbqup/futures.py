@@ -15,18 +15,18 @@ How a :class:`JobFuture` follows its job:
   and one waiter thread per executor (alive while it has unfinished futures) settles the
   futures of that job.  A client queue (another process runs the jobs) has nothing to
   push: there the waiter looks at its jobs once every ``poll_interval``.
-- *Running and cancelling.*  The job runs a :class:`FutureCall` around the function.
-  Where the job runs in this process (the thread executor), it first marks the futures
-  of its job running (``set_running_or_notify_cancel``): from then on ``cancel()`` is
-  False, and a future cancelled before that makes the job end cancelled without calling
-  the function.  Elsewhere (a worker process, a Dask task, another owner) ``cancel()`` is
+- *Running and cancelling.*  The job runs a :class:`~nbqup.futurecalls.FutureCall`
+  around the function.  Where the job runs in this process (the thread executor), it
+  first marks the futures of its job running: from then on ``cancel()`` is False, and a
+  future cancelled before that makes the job end cancelled without calling the
+  function.  Elsewhere (a worker process, a Dask task, another owner) ``cancel()`` is
   False once the job's record says ``running``, and True -- cancelling the job -- before.
-- *Exceptions keep their type.*  A job that raised gives its future the exception
-  itself where it ran in this process; else the pickled exception, stored with the job
-  as a durable step named ``nbqup.futures:raised`` (so it also reaches a future in a
-  client process), re-raised with the remote traceback as its ``__cause__``.  An
-  exception that cannot be pickled or unpickled, or a job failed for another reason (its
-  process died ``max_crashes`` times), gives :class:`~nbqup.JobFailed`.
+- *Exceptions keep their type*: the one the call raised, as it is where it ran here,
+  else unpickled from the job's store (see :mod:`nbqup.futurecalls`); else
+  :class:`~nbqup.JobFailed`.
+- *When the queue closes*, a closing hook settles the futures of jobs that ended while
+  the store can still be read; the others end with a RuntimeError saying where to find
+  the job (it resumes when the store is reopened).
 """
 
 from __future__ import annotations
@@ -38,138 +38,31 @@ import threading
 import types
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import closing
-from .context import current_context
-from .errors import JobCancelled, JobFailed
+from .errors import JobCancelled
+from .futurecalls import FutureCall, TrackedFuture, registry
 from .records import Status
-from .steps import step, step_key, stored_result
 
 if TYPE_CHECKING:
     from .handle import Job
 
-__all__ = ["FutureCall", "JobFuture", "QueueExecutor"]
+__all__ = ["JobFuture", "QueueExecutor"]
 
 #: The most job ids the waiter takes from its inbox at once.
 _BATCH = 1000
 #: How many functions an executor keeps a :class:`FutureCall` of (see ``_call``).
 _KEEP_CALLS = 8
-#: The name of the durable step that keeps the exception a job's call raised.
-RAISED = "nbqup.futures:raised"
 
 
-class _Registry:
-    """The unfinished futures of this process by job id, for :class:`FutureCall` (which
-    knows its job, not its futures).  A future goes in once its job is recorded; if the
-    job started before that, the submit marks the future running itself (under
-    ``lock``, so that one of the two does)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.by_job: dict[str, list[JobFuture]] = {}
-        #: Exceptions raised by calls that ran here, by job id, until their futures end.
-        self.raised: dict[str, BaseException] = {}
-
-    def start(self, job_id: str) -> bool:
-        """Mark the job's pending futures running; False if one was cancelled first."""
-        with self.lock:
-            self.raised.pop(job_id, None)  # an earlier attempt's: this one ends otherwise
-            go = True
-            for fut in self.by_job.get(job_id, ()):
-                if fut.running() or (fut.done() and not fut.cancelled()):
-                    continue  # a retry of a run begun already (or it ended)
-                go = _set_running(fut) and go  # False: it was cancelled
-            return go
-
-    def keep(self, job_id: str, exc: BaseException) -> bool:
-        """Keep ``exc`` for the job's futures here; False if there are none."""
-        with self.lock:
-            if job_id not in self.by_job:
-                return False
-            self.raised[job_id] = exc
-            return True
-
-
-_registry = _Registry()
-
-
-class FutureCall:
-    """What a job of ``jq.executor()`` runs: ``fn`` itself, with its futures told when
-    it starts and the exception it raises kept for them (see the module docstring).
-
-    It pickles as ``fn`` does (by reference when importable), and keeps ``fn``'s name
-    (the job's name, in the dashboard) and source (the key ``unique=True`` derives).
-    Around a plain function it shows that function's code, globals, defaults and
-    closure, which is what :func:`nbqup.payload.dumps_fn` checks before it reuses a
-    pickle: an executor submitting one function many times (with one ``FutureCall``,
-    see :meth:`QueueExecutor.submit`) pickles it once, as ``jq.submit`` does.
-    """
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = self.__wrapped__ = fn  # its source makes ``unique=True`` keys
-        self.__qualname__: str = getattr(fn, "__qualname__", type(fn).__qualname__)
-        if isinstance(fn, types.FunctionType):
-            self.__code__, self.__globals__ = fn.__code__, fn.__globals__
-            self.__defaults__, self.__kwdefaults__ = fn.__defaults__, fn.__kwdefaults__
-            self.__closure__ = fn.__closure__
-
-    def mirrors(self, fn: types.FunctionType) -> bool:
-        """Whether this still shows ``fn`` as it is (its code or defaults were not
-        replaced since)."""
-        return (
-            self.fn is fn
-            and self.__code__ is fn.__code__
-            and self.__defaults__ is fn.__defaults__
-            and self.__kwdefaults__ is fn.__kwdefaults__
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FutureCall, (self.fn,))
-
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        ctx = current_context()
-        if ctx is None:  # called plainly, outside a job
-            return self.fn(*args, **kwargs)
-        job = ctx.job
-        if not _registry.start(job.id):
-            cancel = getattr(job, "cancel", None)
-            if cancel is not None:
-                cancel()  # the run ends cancelled, not failed
-            raise JobCancelled(job.id, "its future was cancelled before it started")
-        try:
-            return self.fn(*args, **kwargs)
-        except JobCancelled:
-            raise
-        except Exception as exc:
-            if not _registry.keep(job.id, exc):
-                _store_exception(job.attempts, exc)
-            raise
-
-
-def _store_exception(attempt: int, exc: BaseException) -> None:
-    """Keep the pickled exception as the job's step :data:`RAISED` (with the attempt
-    it belongs to); nothing if it does not pickle or the step cannot be written."""
-    with contextlib.suppress(Exception):
-        blob = cloudpickle.dumps(exc)
-        step(_stored, attempt, blob, name=RAISED)
-
-
-def _stored(attempt: int, blob: bytes) -> tuple[int, bytes]:
-    return attempt, blob
-
-
-class JobFuture(cf.Future):
+class JobFuture(TrackedFuture):
     """A ``concurrent.futures.Future`` of one job: ``fut.job`` is its :class:`~nbqup.Job`."""
 
     def __init__(self, job: Job, executor: QueueExecutor) -> None:
         super().__init__()
         self.job = job
         self._executor = executor
-        #: Waiters of ``wait``/``as_completed`` were told it is cancelled (done).
-        self.notified = False
 
     def cancel(self) -> bool:
         """Cancel the job if it has not started: True if the future is (now) cancelled,
@@ -247,13 +140,13 @@ class QueueExecutor(cf.Executor):
             self._inbox.put("")  # the waiter looks again: it may have nothing left
             raise
         fut = JobFuture(job, self)
-        with _registry.lock:
-            _registry.by_job.setdefault(job.id, []).append(fut)
+        with registry.lock:
+            registry.by_job.setdefault(job.id, []).append(fut)
             with self._lock:
                 self._pending.setdefault(job.id, []).append(fut)
                 self._submitting -= 1
             if job.status is Status.RUNNING:  # it started before its future was in
-                _set_running(fut)
+                fut.set_running()
         if job.done():  # ended before its future was in: no push will come
             self.look_at(job.id)
         return fut
@@ -356,16 +249,12 @@ class QueueExecutor(cf.Executor):
         """Forget ``futs`` and settle them with ``outcome`` -- those still unsettled:
         the waiter and a closing queue may both get here -- outside the locks (their
         callbacks may submit again)."""
-        with _registry.lock, self._lock:
+        with registry.lock, self._lock:
             mine = [f for f in self._pending.get(job_id, ()) if f in futs]
-            for table in (_registry.by_job, self._pending):
-                left = [f for f in table.get(job_id, ()) if f not in mine]
-                if left:
-                    table[job_id] = left
-                else:
-                    table.pop(job_id, None)
-            if job_id not in _registry.by_job:
-                _registry.raised.pop(job_id, None)
+            _drop(registry.by_job, job_id, mine)
+            _drop(self._pending, job_id, mine)
+            if job_id not in registry.by_job:
+                registry.raised.pop(job_id, None)
         for fut in mine:
             _settle_one(fut, outcome)
 
@@ -382,6 +271,18 @@ class QueueExecutor(cf.Executor):
             self._finish(job_id, futs, why)
 
 
+F = TypeVar("F", bound=cf.Future)
+
+
+def _drop(table: dict[str, list[F]], job_id: str, gone: list[JobFuture]) -> None:
+    """Take ``gone`` out of the futures of ``job_id`` in ``table``."""
+    left = [f for f in table.get(job_id, ()) if f not in gone]
+    if left:
+        table[job_id] = left
+    else:
+        table.pop(job_id, None)
+
+
 _executors: weakref.WeakSet[QueueExecutor] = weakref.WeakSet()
 
 
@@ -394,21 +295,6 @@ def _before_close(jq: Any) -> None:
             executor.settle_all()
 
 
-_notify_lock = threading.Lock()
-
-
-def _set_running(fut: JobFuture) -> bool:
-    """``set_running_or_notify_cancel``, remembering a cancel it told the waiters of."""
-    with _notify_lock:
-        if fut.notified:
-            return False
-        running = fut.set_running_or_notify_cancel()
-        fut.notified = not running
-        return running
-
-
-#: How a job ended, for its futures: a value (as ``_Value``), an exception to raise, or
-#: ``_CANCELLED`` (before it ran).
 class _Value:
     __slots__ = ("value",)
 
@@ -426,7 +312,7 @@ def _outcome(job: Job, status: Status, store: Any) -> Any:
         except Exception as exc:  # the result cannot be read back
             return exc
     if status is Status.FAILED:
-        return _job_exception(job, store)
+        return registry.exception(job, store)
     if job.started is None:  # cancelled (or skipped) before it ran
         return _CANCELLED
     return JobCancelled(job.id, job.message)
@@ -434,39 +320,15 @@ def _outcome(job: Job, status: Status, store: Any) -> Any:
 
 def _settle_one(fut: JobFuture, outcome: Any) -> None:
     if fut.cancelled():
-        _set_running(fut)  # tells wait() and as_completed() it is done
+        fut.set_running()  # tells wait() and as_completed() it is done
     elif fut.done():
         return
     elif isinstance(outcome, _Value):
         fut.set_result(outcome.value)
     elif outcome is _CANCELLED and not fut.running():
         cf.Future.cancel(fut)
-        _set_running(fut)
+        fut.set_running()
     elif isinstance(outcome, BaseException):
         fut.set_exception(outcome)
     else:
         fut.set_exception(JobCancelled(fut.job.id, fut.job.message))
-
-
-def _job_exception(job: Job, store: Any) -> BaseException:
-    """The exception a failed job's call raised (see the module docstring), else
-    :class:`~nbqup.JobFailed`."""
-    failed = JobFailed(job.id, job.error, job.name)
-    exc = _registry.raised.get(job.id)
-    if exc is not None:
-        return exc
-    try:
-        body = store.get_blob("steps", step_key(job.id, RAISED, 0))
-        if body is None:
-            return failed
-        attempt, blob = stored_result(body)
-        if attempt != job.attempts:  # from an earlier attempt: not how it ended
-            return failed
-        exc = cloudpickle.loads(blob)
-    except Exception:
-        return failed
-    if not isinstance(exc, BaseException):
-        return failed
-    if exc.__cause__ is None:
-        exc.__cause__ = failed  # the remote traceback, as a process pool gives it
-    return exc

@@ -1,8 +1,9 @@
 """``jq.executor()`` (nbqup.futures): futures of durable jobs -- how a future follows its
-job (running, cancelled, the exception's type), the real ``concurrent.futures.wait`` and
+job (running, cancelled, callbacks), the real ``concurrent.futures.wait`` and
 ``as_completed``, a client queue, a closed queue, and jobs that outlive a SIGKILL of the
 process that submitted them.  What CPython checks of every executor is in
-``test_futures_conformance.py``."""
+``test_futures_conformance.py``; what runs inside the job (the exception's type) in
+``test_futurecalls.py``."""
 
 from __future__ import annotations
 
@@ -16,37 +17,10 @@ import children
 import pytest
 from jobfns import EVENTS, add, block, boom, cooperative_loop
 
-from nbqup import JobCancelled, JobFailed, JobQueue, payload
-from nbqup.futures import RAISED, FutureCall, JobFuture
+from nbqup import JobCancelled, JobQueue
+from nbqup.futures import JobFuture
 
 WAIT = 30
-
-
-class Unusual(Exception):
-    """An exception type of the tests' own: re-raised as itself, not as JobFailed."""
-
-
-class Unpicklable(Exception):
-    def __init__(self, lock: Any) -> None:
-        super().__init__("holds a lock")
-        self.lock = lock
-
-    def __reduce__(self) -> Any:
-        raise TypeError("cannot pickle this one")
-
-
-def raise_unusual(x: int) -> None:
-    raise Unusual(x)
-
-
-def raise_unpicklable() -> None:
-    raise Unpicklable(threading.Lock())
-
-
-@pytest.fixture
-def lmdb_jq(tmp_path: Path) -> Any:
-    with JobQueue(tmp_path / "store", workers=2) as jq:
-        yield jq
 
 
 def test_futures_work_with_the_real_wait_and_as_completed(jq: JobQueue, name: str) -> None:
@@ -72,43 +46,6 @@ def test_options_are_checked_at_the_call_and_key_is_refused(jq: JobQueue) -> Non
         jq.executor(retries=-1)
     with pytest.raises(ValueError, match="unique=True"):
         jq.executor(key="one")
-
-
-def test_an_exception_keeps_its_type_in_process(jq: JobQueue) -> None:
-    ex = jq.executor()
-    fut = ex.submit(raise_unusual, 7)
-    assert isinstance(fut.exception(timeout=WAIT), Unusual)
-    with pytest.raises(Unusual, match="7"):
-        fut.result()
-    assert fut.job.status == "failed" and "Unusual: 7" in (fut.job.error or "")
-    assert fut.job.steps == []  # nothing stored: the future here got the exception itself
-
-
-def test_an_exception_from_a_worker_process_is_unpickled_with_its_traceback(
-    tmp_path: Path,
-) -> None:
-    with JobQueue(tmp_path / "store", workers=1, executor="process") as jq:
-        ex = jq.executor()
-        fut = ex.submit(raise_unusual, 3)
-        error = fut.exception(timeout=WAIT)
-        assert type(error) is Unusual and error.args == (3,)
-        assert isinstance(error.__cause__, JobFailed)  # the remote traceback
-        assert "raise_unusual" in error.__cause__.remote_traceback
-        assert [s["name"] for s in fut.job.steps] == [RAISED]
-
-
-def test_an_exception_that_cannot_be_pickled_is_job_failed(tmp_path: Path) -> None:
-    with JobQueue(tmp_path / "store", workers=1, executor="process") as jq:
-        fut = jq.executor().submit(raise_unpicklable)
-        with pytest.raises(JobFailed, match="holds a lock"):
-            fut.result(timeout=WAIT)
-
-
-def test_a_retried_job_ends_with_its_last_exception(jq: JobQueue) -> None:
-    fut = jq.executor(retries=1).submit(boom)
-    with pytest.raises(ValueError, match="bad input 42"):
-        fut.result(timeout=WAIT)
-    assert fut.job.attempts == 2
 
 
 def test_cancel_of_a_queued_job_cancels_both_and_never_runs_it(jq: JobQueue, name: str) -> None:
@@ -181,8 +118,8 @@ def test_a_client_queue_settles_futures_of_jobs_another_queue_runs(tmp_path: Pat
         ex = client.executor()
         futs = [ex.submit(add, i, 100) for i in range(3)]
         assert [f.result(timeout=WAIT) for f in futs] == [100, 101, 102]
-        with pytest.raises(Unusual):
-            ex.submit(raise_unusual, 1).result(timeout=WAIT)
+        with pytest.raises(ValueError, match="bad input 42"):  # its own type, here too
+            ex.submit(boom).result(timeout=WAIT)
 
 
 def test_closing_the_queue_ends_waiting_futures_with_where_to_find_the_job(
@@ -211,11 +148,6 @@ def test_futures_of_jobs_that_end_as_the_queue_closes_get_their_results(
         assert jq.wait(timeout=WAIT)
     # settled by the waiter, or by the closing queue while its store could be read
     assert [f.result(timeout=0) for f in futs] == list(range(1, 21))
-
-
-def test_future_call_runs_plainly_outside_a_job_and_keeps_the_name() -> None:
-    call = FutureCall(add)
-    assert call(2, b=3) == 5 and call.__qualname__ == "add"
 
 
 RESTART = """
@@ -262,22 +194,3 @@ def test_executor_jobs_resume_after_a_sigkill_and_a_rerun_reattaches(tmp_path: P
         "run 2 attempt 1",
         "run 3 attempt 1",
     ]
-
-
-def test_a_function_submitted_again_is_pickled_once(
-    jq: JobQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pickled: list[object] = []
-    real = payload.cloudpickle.dumps
-
-    def counting(obj: object, *args: Any, **kwargs: Any) -> bytes:
-        if isinstance(obj, FutureCall):
-            pickled.append(obj.fn)
-        return real(obj, *args, **kwargs)
-
-    monkeypatch.setattr(payload.cloudpickle, "dumps", counting)
-    ex = jq.executor()
-    futs = [ex.submit(add, i, 1) for i in range(3)]
-    assert [f.result(timeout=WAIT) for f in futs] == [1, 2, 3]
-    assert pickled == [add]  # as jq.submit: once per function
-    assert len({f.job.record.fn for f in futs}) == 1  # and stored once
