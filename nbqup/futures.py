@@ -35,13 +35,15 @@ import concurrent.futures as cf
 import contextlib
 import queue
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import closing
-from .errors import JobCancelled
+from .context import current_context
+from .errors import JobCancelled, NbqupError
 from .futurecalls import FutureCall, TrackedFuture, registry
 from .records import Status
 
@@ -69,7 +71,7 @@ class JobFuture(TrackedFuture):
         False if it runs or is done -- as ``concurrent.futures`` says."""
         if self.cancelled():
             return True
-        if not self.done() and not self.running() and self.job.status is Status.RUNNING:
+        if not self.done() and not self.running() and self._job_running():
             return False  # it runs elsewhere (a worker process): too late
         if not super().cancel():
             return False
@@ -77,6 +79,36 @@ class JobFuture(TrackedFuture):
             self.job.cancel()
         self._executor.look_at(self.job.id)  # told as cancelled once the job has ended
         return True
+
+    def _job_running(self) -> bool:
+        try:
+            return self.job.status is Status.RUNNING
+        except RuntimeError:  # the queue is closed: the future is told so at once
+            return False
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; inside a job, the wait lends the job's worker slot."""
+        return super().result(self._wait_in_job(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; inside a job, the wait lends the job's worker slot."""
+        return super().exception(self._wait_in_job(timeout))
+
+    def _wait_in_job(self, timeout: float | None) -> float | None:
+        """Inside a job, wait as ``job.wait`` does first -- the waiting job's worker slot
+        runs this job meanwhile (:mod:`nbqup.nested`), so jobs waiting on futures of
+        their queue cannot take every slot and wait for ever, as they would in a thread
+        pool -- and return what is left of ``timeout``."""
+        if self.done() or current_context() is None:
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.job.wait(timeout)
+        except NbqupError:  # Deadlock (a wait that could never end), StoreFailed
+            raise
+        except RuntimeError:  # the queue closed: the future is told so
+            pass
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def __repr__(self) -> str:
         return f"<JobFuture {self.job.id} {self._state.lower()}>"

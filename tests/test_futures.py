@@ -108,6 +108,22 @@ def test_a_callback_may_submit_again(jq: JobQueue) -> None:
     ex.shutdown()
 
 
+QUEUES: dict[str, JobQueue] = {}
+
+
+def fan_out(name: str, n: int) -> list[int]:
+    """A job that submits to an executor of its own queue and waits for the futures."""
+    with QUEUES[name].executor() as ex:
+        return [f.result(timeout=WAIT) for f in [ex.submit(add, i, 1) for i in range(n)]]
+
+
+def test_a_job_waiting_on_futures_of_its_queue_lends_its_worker(tmp_path: Path, name: str) -> None:
+    with JobQueue(tmp_path / "store", workers=1) as jq:  # one worker: a thread pool hangs
+        QUEUES[name] = jq
+        outer = jq.executor().submit(fan_out, name, 3)
+        assert outer.result(timeout=WAIT) == [1, 2, 3]
+
+
 def test_a_client_queue_settles_futures_of_jobs_another_queue_runs(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with (
