@@ -45,6 +45,7 @@ from .commits import GroupCommit
 from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
+from .futures import QueueExecutor
 from .groups import Group, check_group_key, group_keys, read_group
 from .handle import Job, Schedule
 from .nested import NestedWaits
@@ -226,6 +227,20 @@ class JobQueue:
         :class:`~nbqup.groups.Group`; ``key``: a durable group a re-run extends."""
         return Submitter(self._access).map(fn, items, key=key)
 
+    def executor(self, **options: Any) -> QueueExecutor:
+        """A ``concurrent.futures.Executor`` whose every call is a durable job of this
+        queue, with ``options`` (as :meth:`options`, checked now) -- see :mod:`nbqup.futures`."""
+        return QueueExecutor(self, options, self._watch_ends, self._poll)
+
+    def _watch_ends(self, watcher: Callable[[str | None], None], on: bool) -> None:
+        """Call ``watcher(job_id)`` as each job's end is durable here (``watcher(None)``
+        when the queue closes) -- or no more, with ``on=False``."""
+        with self._state.lock:
+            if on:
+                self._state.watchers.append(watcher)
+            elif watcher in self._state.watchers:
+                self._state.watchers.remove(watcher)
+
     def group(self, key: str) -> Group:
         """The group recorded by ``map(..., key=key)``; KeyError if there is none."""
         found = read_group(self.store, check_group_key(key))
@@ -344,6 +359,8 @@ class JobQueue:
             self._state.done.notify_all()
             for cond in self._state.job_waits.values():
                 cond.notify_all()
+            for watch in self._state.watchers:
+                watch(None)
         try:
             self._executor.close(wait=wait and not failed)
         finally:

@@ -230,6 +230,8 @@ class Runtime:
         if cond is not None:
             cond.notify_all()
         self._state.done.notify_all()
+        for watch in self._state.watchers:
+            watch(rec.id)
 
     def abandon(self, running: dict[str, JobContext]) -> None:
         """close(wait=False): running jobs go back to queued; their run does not count,

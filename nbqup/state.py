@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StoreFailed
@@ -77,6 +78,9 @@ class JobState:
         self.ending: list[tuple[JobRecord, int, list[tuple[str, str, bytes]]]] = []
         #: job id -> when (monotonic) its progress was last written.
         self.last_persist: dict[str, float] = {}
+        #: Called (lock held) with the id of each job once its end is durable, and with
+        #: None when the queue closes; each only hands the id on (``jq.executor()``).
+        self.watchers: list[Callable[[str | None], None]] = []
         #: Ties in the heaps are broken by arrival.
         self.seq = itertools.count()
         #: This process owns the store and runs its jobs (set once recovery is done).

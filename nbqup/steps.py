@@ -40,7 +40,7 @@ from .context import JobContext, current_context
 from .errors import SerializationError
 from .keys import MAX_KEY_BYTES, stored_key
 
-__all__ = ["StepRun", "step", "step_key", "step_rows"]
+__all__ = ["StepRun", "step", "step_key", "step_rows", "stored_result"]
 
 T = TypeVar("T")
 #: Of a step's stored record.  1: the result inside the record (read still, for steps an
@@ -169,6 +169,11 @@ def step(fn: Any = None, /, *args: Any, name: str | None = None, **kwargs: Any) 
 
         return durable
     return _call(name, fn, args, kwargs)
+
+
+def stored_result(body: bytes) -> Any:
+    """The result a stored step record holds (whatever unpickling it raises, raised)."""
+    return payload.loads(pickle.loads(body)[7])
 
 
 def step_rows(bodies: list[tuple[str, bytes]], as_time: Callable[[float], Any]) -> list[dict]:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,12 +146,18 @@ def test_a_full_disk_and_deleted_lock_files_kill_nothing_and_run_nothing_twice(
         assert any("disk full" in p for p in reports["disk"]["problems"]), reports["disk"]
 
 
+def _figures(tmp_path: Path, module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m module *args --json FILE`` (tiny sizes) and return its figures."""
+    out = tmp_path / f"{module}.json"
+    proc = _run([module, *args, "--json", str(out)], timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
+
+
 @pytest.mark.timeout(120)
 def test_steps_benchmark_runs(tmp_path: Path) -> None:
-    out = tmp_path / "steps.json"
-    proc = _run(["benchmarks.steps", "--calls", "20", "--json", str(out)], timeout=110)
-    assert proc.returncode == 0, proc.stderr
-    figures = json.loads(out.read_text())
+    figures = _figures(tmp_path, "benchmarks.steps", "--calls", "20")
     assert figures["calls"] == 20
     assert set(figures) >= {"plain", "step", "checkpoint", "replay"}
     assert figures["plain"]["x_plain"] == 1.0
@@ -158,9 +165,15 @@ def test_steps_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_jobargs_benchmark_runs(tmp_path: Path) -> None:
-    out = tmp_path / "jobargs.json"
-    proc = _run(["benchmarks.jobargs", "--rounds", "2", "--mb", "1", "--json", str(out)], 110)
-    assert proc.returncode == 0, proc.stderr
-    figures = json.loads(out.read_text())
+    figures = _figures(tmp_path, "benchmarks.jobargs", "--rounds", "2", "--mb", "1")
     assert set(figures) >= {"pass_ms", "pickle_ms", "pass_x_pickle"}
     assert figures["pass_ms"] > 0 and figures["pickle_ms"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_executor_benchmark_runs(tmp_path: Path) -> None:
+    """jq.executor() against ThreadPoolExecutor and the queue's own submit/result."""
+    figures = _figures(tmp_path, "benchmarks.executor", "--calls", "50", "--rounds", "1")
+    assert figures["calls"] == 50
+    assert set(figures["x_threadpool"]) == {"threadpool", "executor", "queue"}
+    assert figures["x_threadpool"]["threadpool"] == 1.0 and figures["executor_x_queue"] > 0
