@@ -225,6 +225,17 @@ class JobQueue:
         :class:`~nbqup.groups.Group`; ``key``: a durable group a re-run extends."""
         return Submitter(self._access).map(fn, items, key=key)
 
+    def joblib(self, *, n_jobs: int | None = None, key: str | None = None, **options: Any) -> Any:
+        """``with jq.joblib(n_jobs=4): GridSearchCV(...).fit(X, y)``: joblib's calls as
+        jobs of this queue (needs ``nbqup[sklearn]``); a call equal to one that already
+        succeeded here returns its stored result instead of running (see
+        :mod:`nbqup.joblib_backend` and :mod:`nbqup.callkey`).  At most ``n_jobs`` (default:
+        ``workers``) run at once; ``key`` names the group of each ``Parallel`` call's jobs;
+        ``options`` are ``jq.options(...)`` for every job."""
+        from .joblib_backend import JoblibConfig
+
+        return JoblibConfig(self._access, self.workers, n_jobs=n_jobs, key=key, **options)
+
     def group(self, key: str) -> Group:
         """The group recorded by ``map(..., key=key)``; KeyError if there is none."""
         found = read_group(self.store, check_group_key(key))
