@@ -113,15 +113,24 @@ def normal_form(obj: Any, depth: int = 0) -> Any:
 def _function(fn: types.FunctionType, depth: int) -> tuple[Any, ...]:
     """A function by content: where it is defined, its source or code, its defaults and
     its closure's values (not the globals it reads)."""
-    try:
-        body: Any = inspect.getsource(fn)
-    except (OSError, TypeError):
+    body: Any = _source(fn.__code__)
+    if body is None:
         code = fn.__code__
         consts = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
         body = (hashlib.blake2b(code.co_code).hexdigest(), normal_form(consts, depth))
     cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
     extras = (fn.__defaults__, fn.__kwdefaults__, cells)
     return ("function", _module(fn), fn.__qualname__, body, normal_form(extras, depth))
+
+
+@functools.lru_cache(maxsize=1024)
+def _source(code: types.CodeType) -> str | None:
+    """The source of a function's code, or None; kept, since a search dispatches the
+    same function hundreds of times and reading it (tokenizing the file) takes ms."""
+    try:
+        return inspect.getsource(code)
+    except (OSError, TypeError):
+        return None
 
 
 def _filled(cell: Any) -> bool:

@@ -23,7 +23,9 @@ that job and not run again.
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -53,6 +55,7 @@ class NbqupBackend(ParallelBackendBase):
     ``jq.options(...)`` for every job, ``key`` the group key (None: derived)."""
 
     supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
     supports_timeout = True
     supports_sharedmem = False  # results come back by value
     uses_threads = False
@@ -73,6 +76,7 @@ class NbqupBackend(ParallelBackendBase):
         self._key = key
         self._group: str | None = key
         self._pool: ThreadPoolExecutor | None = None
+        self._inner: Any = None  # the inner thread limits while a call runs
         self._lock = threading.Lock()
         self._unfinished: set[str] = set()  # job ids of this call's batches
 
@@ -88,7 +92,10 @@ class NbqupBackend(ParallelBackendBase):
         return int(n_jobs)
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
-        """Start a ``Parallel`` call: a pool of ``n_jobs`` threads, a fresh group.
+        """Start a ``Parallel`` call: a pool of ``n_jobs`` threads, a fresh group, and the
+        BLAS/OpenMP thread pools of this process limited to ``cpu_count // n_jobs`` (or
+        ``inner_max_num_threads``) until it ends -- what joblib does for its worker
+        processes: ``n_jobs`` jobs each running a full-size pool oversubscribe the CPUs.
 
         Returns at least 2: joblib runs a call it is told has one worker in its own
         thread, outside any backend -- and so outside the store."""
@@ -96,13 +103,19 @@ class NbqupBackend(ParallelBackendBase):
         self.parallel = parallel
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="nbqup-joblib")
         self._group = self._key
+        if self._inner is None:
+            inner = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
+            self._inner = _limit_inner_threads(inner)
         return max(n, 2)
 
     def submit(
         self, func: Any, callback: Callable[[Future[list[Any]]], None] | None = None
     ) -> Future[list[Any]]:
         """Queue one batch: a pool thread submits it as a job and waits for its result."""
-        key = call_key(func.items)
+        try:
+            key = call_key(func.items)
+        except Exception:  # something in it joblib cannot hash: run it, never answer it
+            key = f"joblib:unhashable:{uuid.uuid4().hex}"
         with self._lock:
             if self._group is None:
                 self._group = f"joblib {_label(func)} {key.split(':')[-1][:12]}"
@@ -146,10 +159,23 @@ class NbqupBackend(ParallelBackendBase):
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
 
     def terminate(self) -> None:
-        """The ``Parallel`` call ended: its pool goes (its threads are idle by now)."""
+        """The ``Parallel`` call ended: its pool goes (its threads are idle by now) and
+        the inner thread pools get their sizes back."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.restore_original_limits()
+
+
+def _limit_inner_threads(limit: int) -> Any:
+    """threadpoolctl's limits (scikit-learn depends on it), or None without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=limit)
 
 
 def _label(batch: Any) -> str:

@@ -164,3 +164,13 @@ def test_jobargs_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert set(figures) >= {"pass_ms", "pickle_ms", "pass_x_pickle"}
     assert figures["pass_ms"] > 0 and figures["pickle_ms"] > 0
+
+
+def test_gridsearch_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "gridsearch.json"
+    args = ["benchmarks.gridsearch", "--rounds", "1", "--candidates", "2", "--json", str(out)]
+    proc = _run(args, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["fits"] == 10  # the same scores on every backend is asserted inside
+    assert min(figures[f"{b}_s"] for b in ("loky", "threading", "nbqup", "nbqup_cached")) > 0
