@@ -3,12 +3,12 @@
 
 The same search -- ``LogisticRegression`` over ``--candidates`` values of ``C``, 5-fold,
 on a small synthetic data set -- is run with ``n_jobs`` workers on loky, on threading and
-on a nbqup queue (thread executor, a fresh store on disk each round, so every fit runs
-and is recorded), the backends alternating round after round; medians of ``--rounds``
+on a nbqup queue (``--executor``, default thread; a fresh store on disk each round, so
+every fit runs and is recorded), the backends alternating round after round; medians of ``--rounds``
 after one warm-up round each (loky starts its worker processes there).  For context, the
 same search again on the store it just filled: every fit answered by the cache.
 
-    python -m benchmarks.gridsearch --rounds 5 [--candidates 12] [--n-jobs 2]
+    python -m benchmarks.gridsearch --rounds 5 [--candidates 12] [--n-jobs 2] [--executor process]
 """
 
 from __future__ import annotations
@@ -41,13 +41,21 @@ def search(candidates: int, X: Any, y: Any, config: AbstractContextManager[Any])
         return GridSearchCV(LogisticRegression(max_iter=200), grid, cv=FOLDS).fit(X, y)
 
 
+def _warm(_: int) -> None:
+    """Import what a fit needs (in a process executor's worker, before timing)."""
+    import sklearn.linear_model
+    import sklearn.model_selection  # noqa: F401
+
+    time.sleep(0.05)  # long enough for the other worker to take the next one
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
 
 
-def run(rounds: int, candidates: int, n_jobs: int) -> dict[str, Any]:
+def run(rounds: int, candidates: int, n_jobs: int, executor: str = "thread") -> dict[str, Any]:
     """Median seconds per backend, the ratios to loky, and the cached re-run."""
     X, y = make_classification(300, n_features=10, random_state=0)
     times: dict[str, list[float]] = {"loky": [], "threading": [], "nbqup": [], "nbqup_cached": []}
@@ -60,16 +68,19 @@ def run(rounds: int, candidates: int, n_jobs: int) -> dict[str, Any]:
                 scores[backend] = list(out.cv_results_["mean_test_score"])
                 if i:
                     times[backend].append(spent)
-            with nbqup.JobQueue(Path(tmp) / f"s{i}", workers=n_jobs) as jq:
+            store = Path(tmp) / f"s{i}"
+            with nbqup.JobQueue(store, workers=n_jobs, executor=executor) as jq:
+                jq.map(_warm, range(2 * n_jobs)).results(timeout=120)  # workers started
                 spent, out = _timed(lambda: search(candidates, X, y, jq.joblib(n_jobs=n_jobs)))
                 again, _ = _timed(lambda: search(candidates, X, y, jq.joblib(n_jobs=n_jobs)))
-                assert len(jq.jobs()) == candidates * FOLDS, "one job per fit"
+                assert len(jq.jobs()) == 2 * n_jobs + candidates * FOLDS, "one job per fit"
             scores["nbqup"] = list(out.cv_results_["mean_test_score"])
             if i:
                 times["nbqup"].append(spent)
                 times["nbqup_cached"].append(again)
     assert scores["nbqup"] == scores["loky"] == scores["threading"], "the same search"
     out: dict[str, Any] = {"fits": candidates * FOLDS, "n_jobs": n_jobs, "rounds": rounds}
+    out["executor"] = executor
     out.update({f"{name}_s": statistics.median(spent) for name, spent in times.items()})
     out["nbqup_x_loky"] = out["nbqup_s"] / out["loky_s"]
     out["nbqup_x_threading"] = out["nbqup_s"] / out["threading_s"]
@@ -81,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--candidates", type=int, default=12, help="values of C (x5 folds)")
     p.add_argument("--n-jobs", type=int, default=2)
+    p.add_argument("--executor", default="thread", choices=("thread", "process"))
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
-    out = run(args.rounds, args.candidates, args.n_jobs)
+    out = run(args.rounds, args.candidates, args.n_jobs, args.executor)
     for name, figure in out.items():
         print(
             f"{name:>18}: {figure:8.3f}" if isinstance(figure, float) else f"{name:>18}: {figure}"

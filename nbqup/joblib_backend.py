@@ -23,6 +23,7 @@ that job and not run again.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -42,9 +43,16 @@ from .submit import validate_options
 __all__ = ["JoblibConfig", "NbqupBackend", "run_batch"]
 
 
-def run_batch(batch: Callable[[], list[Any]]) -> list[Any]:
-    """The job of one joblib batch: call it (a ``BatchedCalls``: its calls' results)."""
-    return batch()
+def run_batch(batch: Callable[[], list[Any]], inner_threads: int | None = None) -> list[Any]:
+    """The job of one joblib batch: call it (a ``BatchedCalls``: its calls' results),
+    with BLAS/OpenMP pools of ``inner_threads`` -- in a process executor's worker too,
+    which the limits set in the submitting process do not reach."""
+    limits = _limit_inner_threads(inner_threads) if inner_threads else None
+    try:
+        return batch()
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
 
 
 class NbqupBackend(ParallelBackendBase):
@@ -77,6 +85,7 @@ class NbqupBackend(ParallelBackendBase):
         self._group: str | None = key
         self._pool: ThreadPoolExecutor | None = None
         self._inner: Any = None  # the inner thread limits while a call runs
+        self._threads = 1  # the size of the inner thread pools
         self._lock = threading.Lock()
         self._unfinished: set[str] = set()  # job ids of this call's batches
 
@@ -103,9 +112,9 @@ class NbqupBackend(ParallelBackendBase):
         self.parallel = parallel
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="nbqup-joblib")
         self._group = self._key
+        self._threads = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
         if self._inner is None:
-            inner = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
-            self._inner = _limit_inner_threads(inner)
+            self._inner = _limit_inner_threads(self._threads)
         return max(n, 2)
 
     def submit(
@@ -129,7 +138,7 @@ class NbqupBackend(ParallelBackendBase):
     def _run(self, batch: Any, key: str, group: str) -> list[Any]:
         options = self._options if "name" in self._options else {**self._options}
         options.setdefault("name", _label(batch))
-        sub = Submission(run_batch, (batch,), {}, options, cache_key=key)
+        sub = Submission(run_batch, (batch, self._threads), {}, options, cache_key=key)
         self._port.submit_group(group, [sub])
         job_id = self._port.store.job_for_key(item_key(group, key.encode()))
         if job_id is None:  # answered by a job of another group: the cache finds it
@@ -169,13 +178,24 @@ class NbqupBackend(ParallelBackendBase):
             inner.restore_original_limits()
 
 
-def _limit_inner_threads(limit: int) -> Any:
-    """threadpoolctl's limits (scikit-learn depends on it), or None without it."""
+@functools.lru_cache(maxsize=1)
+def _controller() -> Any:
+    """threadpoolctl's view of this process's thread pools (scikit-learn depends on
+    it; None without it), made once: making one scans the loaded libraries."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    return threadpool_limits(limits=limit)
+    return ThreadpoolController()
+
+
+def _limit_inner_threads(limit: int) -> Any:
+    """Limit this process's BLAS/OpenMP pools to ``limit`` threads until the returned
+    object's ``restore_original_limits()`` (None without threadpoolctl).  Nested in a
+    limit of the same size -- thread jobs under a ``Parallel`` call -- restoring is
+    harmless whatever the order."""
+    controller = _controller()
+    return None if controller is None else controller.limit(limits=limit)
 
 
 def _label(batch: Any) -> str:

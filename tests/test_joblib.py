@@ -20,6 +20,7 @@ from sklearn.model_selection import GridSearchCV
 
 import nbqup.joblib  # noqa: F401  (registers the backend "nbqup")
 from nbqup import JobFailed, JobQueue
+from nbqup.viewmodel import queue_state
 
 WAIT = 30
 
@@ -35,6 +36,9 @@ def test_parallel_returns_the_same_list_as_without_nbqup(name: str) -> None:
         assert len(jq.jobs()) == 14
         groups = {len(g): g.key for g in jq.groups()}  # one group per Parallel call
         assert sorted(groups) == [2, 12] and groups[12].startswith("joblib add ")
+        dashboard = queue_state(jq)  # what display(jq) shows: two group rows, no job rows
+        assert not dashboard.rows
+        assert {(g.key, g.total) for g in dashboard.groups} == {(k, n) for n, k in groups.items()}
 
 
 def test_an_equal_call_returns_the_stored_result_and_runs_nothing(name: str) -> None:
