@@ -8,7 +8,8 @@ every fit runs and is recorded), the backends alternating round after round; med
 after one warm-up round each (loky starts its worker processes there).  For context, the
 same search again on the store it just filled: every fit answered by the cache.
 
-    python -m benchmarks.gridsearch --rounds 5 [--candidates 12] [--n-jobs 2] [--executor process]
+    python -m benchmarks.gridsearch --rounds 5 [--candidates 12] [--n-jobs 2] [--samples 300]
+                                    [--executor process]
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def run(rounds: int, candidates: int, n_jobs: int, executor: str = "thread") -> dict[str, Any]:
+def run(
+    rounds: int, candidates: int, n_jobs: int, executor: str = "thread", samples: int = 300
+) -> dict[str, Any]:
     """Median seconds per backend, the ratios to loky, and the cached re-run."""
-    X, y = make_classification(300, n_features=10, random_state=0)
+    X, y = make_classification(samples, n_features=10, random_state=0)
     times: dict[str, list[float]] = {"loky": [], "threading": [], "nbqup": [], "nbqup_cached": []}
     scores: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +83,7 @@ def run(rounds: int, candidates: int, n_jobs: int, executor: str = "thread") -> 
                 times["nbqup_cached"].append(again)
     assert scores["nbqup"] == scores["loky"] == scores["threading"], "the same search"
     out: dict[str, Any] = {"fits": candidates * FOLDS, "n_jobs": n_jobs, "rounds": rounds}
-    out["executor"] = executor
+    out["executor"], out["samples"] = executor, samples
     out.update({f"{name}_s": statistics.median(spent) for name, spent in times.items()})
     out["nbqup_x_loky"] = out["nbqup_s"] / out["loky_s"]
     out["nbqup_x_threading"] = out["nbqup_s"] / out["threading_s"]
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=12, help="values of C (x5 folds)")
     p.add_argument("--n-jobs", type=int, default=2)
     p.add_argument("--executor", default="thread", choices=("thread", "process"))
+    p.add_argument("--samples", type=int, default=300, help="rows of the data (fit size)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
-    out = run(args.rounds, args.candidates, args.n_jobs, args.executor)
+    out = run(args.rounds, args.candidates, args.n_jobs, args.executor, args.samples)
     for name, figure in out.items():
         print(
             f"{name:>18}: {figure:8.3f}" if isinstance(figure, float) else f"{name:>18}: {figure}"
