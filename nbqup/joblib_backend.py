@@ -4,7 +4,7 @@ as jobs, so a re-run after a kernel crash runs only what is missing.
 ``with jq.joblib(n_jobs=4): GridSearchCV(model, grid).fit(X, y)`` (or
 ``parallel_config(backend="nbqup")``, see :mod:`nbqup.joblib`) makes every batch of calls
 joblib dispatches a job of ``jq``, submitted with ``options(cache=True)`` under the key
-:func:`nbqup.callkey.call_key` gives it.  A batch equal to one that already succeeded in
+:func:`nbqup.joblib_key.call_key` gives it.  A batch equal to one that already succeeded in
 the store (or is still queued or running there, resumed after a restart) is answered by
 that job and not run again.
 
@@ -34,9 +34,9 @@ from typing import Any
 import joblib
 from joblib.parallel import ParallelBackendBase
 
-from .callkey import call_key
 from .groups import check_group_key, item_key
 from .handle import Job
+from .joblib_key import call_key
 from .ports import QueuePort, Submission
 from .submit import validate_options
 

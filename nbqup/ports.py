@@ -30,7 +30,7 @@ class Submission:
     """One call being submitted: ``fn(*args, **kwargs)`` with its validated options,
     due no sooner than ``due`` (epoch seconds; None: at once).  ``cache_key``: the key
     an ``options(cache=...)`` submit is looked up by, computed by the caller (the joblib
-    backend, :mod:`nbqup.callkey`) instead of from the pickled call; in a group it also
+    backend, :mod:`nbqup.joblib_key`) instead of from the pickled call; in a group it also
     names the item.
 
     >>> Submission(abs, (-1,)).due is None

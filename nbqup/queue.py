@@ -229,7 +229,7 @@ class JobQueue:
         """``with jq.joblib(n_jobs=4): GridSearchCV(...).fit(X, y)``: joblib's calls as
         jobs of this queue (needs ``nbqup[sklearn]``); a call equal to one that already
         succeeded here returns its stored result instead of running (see
-        :mod:`nbqup.joblib_backend` and :mod:`nbqup.callkey`).  At most ``n_jobs`` (default:
+        :mod:`nbqup.joblib_backend` and :mod:`nbqup.joblib_key`).  At most ``n_jobs`` (default:
         ``workers``) run at once; ``key`` names the group of each ``Parallel`` call's jobs;
         ``options`` are ``jq.options(...)`` for every job."""
         from .joblib_backend import JoblibConfig

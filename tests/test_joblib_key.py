@@ -1,4 +1,4 @@
-"""The key of a dispatched call (nbqup.callkey): equal for calls that compute the same
+"""The key of a dispatched call (nbqup.joblib_key): equal for calls that compute the same
 result -- including the calls a real scikit-learn ``GridSearchCV`` dispatches, which
 carry a fresh uuid and timestamp each time -- and different when the function, an
 estimator parameter, the data or the folds differ."""
@@ -17,7 +17,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
 
-from nbqup.callkey import call_key, normal_form
+from nbqup.joblib_key import call_key, normal_form
 
 Items = list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
 DISPATCHED: list[Items] = []
