@@ -28,7 +28,10 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Submission:
     """One call being submitted: ``fn(*args, **kwargs)`` with its validated options,
-    due no sooner than ``due`` (epoch seconds; None: at once).
+    due no sooner than ``due`` (epoch seconds; None: at once).  ``cache_key``: the key
+    an ``options(cache=...)`` submit is looked up by, computed by the caller (the joblib
+    backend, :mod:`nbqup.joblib_key`) instead of from the pickled call; in a group it also
+    names the item.
 
     >>> Submission(abs, (-1,)).due is None
     True
@@ -39,6 +42,7 @@ class Submission:
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     due: float | None = None
+    cache_key: str | None = None
 
 
 class QueuePort(Protocol):

@@ -241,6 +241,17 @@ class JobQueue:
             elif watcher in self._state.watchers:
                 self._state.watchers.remove(watcher)
 
+    def joblib(self, *, n_jobs: int | None = None, key: str | None = None, **options: Any) -> Any:
+        """``with jq.joblib(n_jobs=4): GridSearchCV(...).fit(X, y)``: joblib's calls as
+        jobs of this queue (needs ``nbqup[sklearn]``); a call equal to one that already
+        succeeded here returns its stored result instead of running (see
+        :mod:`nbqup.joblib_backend` and :mod:`nbqup.joblib_key`).  At most ``n_jobs`` (default:
+        ``workers``) run at once; ``key`` names the group of each ``Parallel`` call's jobs;
+        ``options`` are ``jq.options(...)`` for every job."""
+        from .joblib_backend import JoblibConfig
+
+        return JoblibConfig(self._access, self.workers, n_jobs=n_jobs, key=key, **options)
+
     def group(self, key: str) -> Group:
         """The group recorded by ``map(..., key=key)``; KeyError if there is none."""
         found = read_group(self.store, check_group_key(key))

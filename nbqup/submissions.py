@@ -100,7 +100,7 @@ class Submissions:
         for sub in subs:
             rec, blobs = self._prepare(sub)
             args_blob = next((body for table, _, body in blobs if table == "args"), None)
-            rec.key = groups.item_key(key, args_blob)
+            rec.key = groups.item_key(key, _content(sub.cache_key) or args_blob)
             rec.group = key
             blobs = [b for b in blobs if b[0] != "fn" or b[1] not in fns]
             fns.update(k for t, k, _ in blobs if t == "fn")
@@ -202,7 +202,9 @@ class Submissions:
         rec.key = options.get("key")
         if rec.key is None and options.get("unique"):
             rec.key = _unique_key(sub.fn, rec.fn, args_blob)
-        if options.get("cache"):
+        if options.get("cache") and sub.cache_key is not None:  # the caller's key
+            rec.cache = sub.cache_key
+        elif options.get("cache"):
             if rec.task_type:
                 call = (f"task:{rec.task_type}", (sub.fn, *sub.args))
             else:
@@ -319,6 +321,10 @@ class Submissions:
                 known = dep in self._state.live
             if not known and not self._shared.store.has_job(dep):
                 raise ValueError(f"depends_on names an unknown job {show_key(dep)}")
+
+
+def _content(cache_key: str | None) -> bytes | None:
+    return None if cache_key is None else cache_key.encode()
 
 
 def _job_id(value: Any) -> str | None:

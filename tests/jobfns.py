@@ -67,3 +67,11 @@ def fails_then_waits(name: str) -> None:
     if len(CALLS[name]) == 1:
         raise RuntimeError("first run fails")
     EVENTS[name].wait(30)  # a retried run: still running when it is cancelled
+
+
+def gate(name: str, x: Any) -> Any:
+    """Sets ``EVENTS[f"{name}:started:{x}"]``, returns ``x`` once ``EVENTS[f"{name}:{x}"]``
+    is set (a call the test lets finish when it has looked)."""
+    EVENTS[f"{name}:started:{x}"].set()
+    EVENTS[f"{name}:{x}"].wait(30)
+    return x

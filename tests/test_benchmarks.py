@@ -177,3 +177,13 @@ def test_executor_benchmark_runs(tmp_path: Path) -> None:
     assert figures["calls"] == 50
     assert set(figures["x_threadpool"]) == {"threadpool", "executor", "queue"}
     assert figures["x_threadpool"]["threadpool"] == 1.0 and figures["executor_x_queue"] > 0
+
+
+def test_gridsearch_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "gridsearch.json"
+    args = ["benchmarks.gridsearch", "--rounds", "1", "--candidates", "2", "--json", str(out)]
+    proc = _run(args, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["fits"] == 10  # the same scores on every backend is asserted inside
+    assert min(figures[f"{b}_s"] for b in ("loky", "threading", "nbqup", "nbqup_cached")) > 0

@@ -25,7 +25,7 @@ pytest.importorskip("nbval")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = NOTEBOOKS / "nbval_sanitize.cfg"
-NAMES = ["quickstart", "survive-restart", "scheduling", "sweeps", "workflow"]
+NAMES = ["quickstart", "survive-restart", "scheduling", "sweeps", "workflow", "gridsearch"]
 
 
 def _code_cells(nb: Any) -> list[int]:
@@ -186,4 +186,28 @@ def test_workflow_notebook_rerun_after_a_kernel_kill_reuses_what_is_done(tmp_pat
     )
     _interrupted_run(nb, tmp_path, sweep, probe, kill=True)
     assert {i: _text(nb.cells[i]) for i in expected} == expected
+    assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the store"
+
+
+@pytest.mark.timeout(120)
+def test_gridsearch_notebook_killed_mid_search_finishes_on_rerun(tmp_path: Path) -> None:
+    """gridsearch.ipynb's story: the kernel dies in the middle of the search; running all
+    cells again finishes it without a second job for any fit, with the uninterrupted
+    run's answers (the same as a plain search's)."""
+    nb = nbformat.read(NOTEBOOKS / "gridsearch.ipynb", as_version=4)
+    code = _code_cells(nb)
+    expected = {i: _text(nb.cells[i]) for i in code if "NBVAL_CHECK_OUTPUT" in nb.cells[i].source}
+    search = next(i for i in code if "GridSearchCV(SlowLogistic" in nb.cells[i].source)
+    opened = code[code.index(search) - 1]
+    probe = (  # the search cell, run in a thread so that the kernel can die mid-search
+        "import threading\n"
+        f"worker = threading.Thread(target=exec, args=({nb.cells[search].source!r}, globals()))\n"
+        "worker.start()\n"
+        "while worker.is_alive() and jq.counts()['succeeded'] < 3:\n"
+        "    time.sleep(0.02)\n"
+        "print('some done', jq.counts()['succeeded'] < 12)"
+    )
+    seen = _interrupted_run(nb, tmp_path, opened, probe, kill=True)
+    assert seen == "some done True\n", seen
+    assert {i: _text(nb.cells[i]) for i in expected} == expected  # "fit jobs: 12" among them
     assert not list(tmp_path.glob("nbqup-*")), "the last cell removes the store"
