@@ -98,10 +98,10 @@ class Registry:
         if exc is not None:
             return exc
         try:
-            body = store.get_blob("steps", step_key(job.id, RAISED, 0))
-            if body is None:
+            found, kept = stored_result(store, step_key(job.id, RAISED, 0))
+            if not found:
                 return failed
-            attempt, blob = stored_result(body)
+            attempt, blob = kept
             if attempt != job.attempts:  # from an earlier attempt: not how it ended
                 return failed
             exc = cloudpickle.loads(blob)

@@ -171,9 +171,18 @@ def step(fn: Any = None, /, *args: Any, name: str | None = None, **kwargs: Any) 
     return _call(name, fn, args, kwargs)
 
 
-def stored_result(body: bytes) -> Any:
-    """The result a stored step record holds (whatever unpickling it raises, raised)."""
-    return payload.loads(pickle.loads(body)[7])
+def stored_result(store: Any, key: str) -> tuple[bool, Any]:
+    """``(True, result)`` of the step stored under ``key`` in ``store`` (a record of either
+    format: the result inside it, or in the ``stepres`` table); ``(False, None)`` if there
+    is none.  Whatever unpickling raises, raised."""
+    body = store.get_blob("steps", key)
+    if body is None:
+        return False, None
+    record = pickle.loads(body)
+    blob = record[7] if record[0] == 1 else store.get_blob("stepres", key)
+    if blob is None:
+        return False, None
+    return True, payload.loads(blob)
 
 
 def step_rows(bodies: list[tuple[str, bytes]], as_time: Callable[[float], Any]) -> list[dict]:
