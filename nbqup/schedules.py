@@ -223,8 +223,10 @@ class Schedules:
         if not run and burst is not None and burst.count == 1 and now - burst.last <= on_time:
             run, burst = [burst.last], None  # a single slot on time runs, whatever the policy
         last = self._state.live.get(srec.last_job) if srec.last_job else None
+        # A run that ended stays live until its final write is durable (Runtime.settle):
+        # only one not final goes on; one whose end is being written does not skip a slot.
         still = None
-        if last is not None and run:  # the previous run goes on: none starts next to it
+        if last is not None and not last.status.final and run:  # none starts next to it
             still, why = last.id, f"the previous run {last.id} was still {last.status}"
             burst, run = Burst(len(run), first=run[0], last=run[-1]).merge(burst), []
         if still is None:
