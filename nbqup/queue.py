@@ -47,6 +47,7 @@ from .executors import Executor, make_executor
 from .finished import FinishedJobs
 from .groups import Group, check_group_key, group_keys, read_group
 from .handle import Job, Schedule
+from .limits import LimitBook, gpu_slots
 from .nested import NestedWaits
 from .records import JobRecord
 from .recovery import Recovery
@@ -87,6 +88,9 @@ class JobQueue:
     workers raises :class:`~nbqup.DiskFull` and keeps nothing open or locked (free some
     space and open it again); ``workers=0`` opens an existing store there to read it.
 
+    ``gpus`` (a count, or the device ids: ``gpus=[0, 1]``) are the GPU slots jobs asking
+    for ``options(gpus=n)`` hold while they run (:mod:`nbqup.gate`).
+
     .. warning:: a store holds pickles; opening one runs code from it, like
        ``pickle.load``.  Open only stores you trust.
     """
@@ -101,6 +105,7 @@ class JobQueue:
         clock: Clock | None = None,
         poll_interval: float = 0.5,
         if_locked: str = "client",
+        gpus: int | Iterable[int] | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -108,6 +113,7 @@ class JobQueue:
             raise ValueError(f"if_locked must be 'client' or 'raise', got {if_locked!r}")
         if not 0 < poll_interval <= 86_400:
             raise ValueError(f"poll_interval must be > 0 and at most a day, got {poll_interval!r}")
+        self._gpus = gpu_slots(gpus)  # ValueError before anything is opened
         self._executor: Executor = make_executor(executor)
         self._clock = clock or SystemClock()
         self._poll = poll_interval
@@ -120,10 +126,10 @@ class JobQueue:
             self._recovery.open_as_owner(if_locked)
         self._takeover_stop = threading.Event()
         if self.is_owner:
-            self._threads.start()
+            self._start_owner()
         elif workers > 0:
             take_over = functools.partial(
-                self._recovery.take_over, self._takeover_stop, self._threads.start
+                self._recovery.take_over, self._takeover_stop, self._start_owner
             )
             threading.Thread(target=take_over, name="nbqup-takeover", daemon=True).start()
         for entry in self.store.corrupt():  # set aside now or by an earlier open
@@ -166,6 +172,18 @@ class JobQueue:
             state, runtime, slots, self._scheduler, self._turns, self.workers
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
+        state.gate.now = self._clock.now  # limits and GPU slots (nbqup.gate)
+        self._limits = access.limits = LimitBook(self.store, state, self._gpus, self._wake_slots)
+        self._scheduler.checks.append(self._limits.reload)  # limits other processes set
+
+    def _start_owner(self) -> None:
+        """This process owns the store now (at open or by a takeover): its threads run."""
+        self._limits.owned()
+        self._threads.start()
+
+    def _wake_slots(self) -> None:
+        with self._state.lock:
+            self._state.work.notify_all()
 
     def _handle(self, job_id: str) -> Job:
         """The handle of a job of this queue (a running job's, for its context)."""
@@ -188,7 +206,8 @@ class JobQueue:
         ``unique``, ``priority``, ``retries``, ``retry_delay``, ``retry_backoff``,
         ``retry_jitter``, ``timeout``, ``max_crashes``, ``depends_on``, ``missed``,
         ``cache`` (True or a greatest age: answered by a job that already ran the same
-        call, :mod:`nbqup.cache`).
+        call, :mod:`nbqup.cache`), ``limits`` (names given to :meth:`limit`), ``gpus``
+        (GPU slots held while it runs: ``JobQueue(gpus=...)``, :mod:`nbqup.gate`).
 
         Unknown options and bad values raise at once (TypeError / ValueError).
         """
@@ -249,6 +268,28 @@ class JobQueue:
 
         validate_options(options)
         return wrap if fn is None else wrap(fn)
+
+    def limit(self, name: str, concurrency: int | None = None, rate: str | None = None) -> None:
+        """Record (or change) the limit ``name``: at most ``concurrency`` of its jobs
+        running at once, and starts paced to ``rate`` (``"60/min"``, ``"5/s"``,
+        ``"1000/h"``); jobs count against it with ``options(limits=name)``.
+
+        Stored with the queue, so every process that runs its jobs honours it; a change
+        applies to jobs not started yet.  ValueError for a malformed rate or a
+        concurrency below 1, and nothing is recorded.  See :mod:`nbqup.limits`.
+        """
+        self._check_open()
+        self._limits.define(name, concurrency, rate)
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Every limit recorded: ``{"openai": {"concurrency": 4, "rate": "60/min"}}``."""
+        return self._limits.all()
+
+    def limit_counts(self) -> dict[str, tuple[int, int]]:
+        """``{name: (running, waiting)}`` for each limit (and ``"GPUs"``) in the process
+        running the jobs; empty in a client (it runs none)."""
+        with self._state.lock:
+            return self._state.gate.counts() if self._state.owner else {}
 
     def register(self, task_type: type, executor: Any) -> None:
         """Route ``jq.submit(task_type(...))`` to ``executor.execute(task)`` (seed style)."""

@@ -184,6 +184,12 @@ class JobRecord:
     #: Key of the group (``jq.map(..., key=)``, :mod:`nbqup.groups`) this job is an item of:
     #: the dashboard shows a group as one row.
     group: str | None = None
+    #: Names of the limits (``jq.limit``, :mod:`nbqup.limits`) the job counts against.
+    limits: tuple[str, ...] = ()
+    #: GPU slots the job holds while it runs (``options(gpus=n)``), and the ones its
+    #: last run was given (``current_job().gpus``).
+    gpus: int = 0
+    gpu_slots: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
@@ -194,7 +200,7 @@ class JobRecord:
         """Build a record from :meth:`to_dict` output; unknown fields are ignored."""
         known = {k: v for k, v in data.items() if k in _JOB_DEFAULTS}
         known["status"] = Status(known.get("status", Status.QUEUED))
-        for name in ("tags", "depends_on", "errors", "upstream"):
+        for name in ("tags", "depends_on", "errors", "upstream", "limits", "gpu_slots"):
             if name in known:
                 known[name] = tuple(known[name])
         return cls(**known)

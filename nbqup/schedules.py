@@ -50,6 +50,8 @@ RUN_FIELDS = (
     "retry_jitter",
     "timeout",
     "max_crashes",
+    "limits",
+    "gpus",
 )
 _EPSILON = 1e-6
 STATES = ("active", "paused", "cancelled")

@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from .errors import StoreFailed
+from .gate import Gate
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -87,6 +88,8 @@ class JobState:
         self.closed = False
         #: The store failed for good (see nbqup.trouble): nothing more is written.
         self.failure: StoreFailed | None = None
+        #: Limits and GPU slots: which ready job may start (see nbqup.gate).
+        self.gate = Gate(self)
 
     def push_due(self, when: float, entry: str) -> None:
         """Put a job id (or ``"@" + schedule id``) on the due-time heap and wake the

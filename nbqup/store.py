@@ -20,6 +20,7 @@ with a few named tables::
     info      name     -> store format and such
     steps     job id/n:name -> a durable step's argument hash and result (nbqup.steps)
     cache     d:/l: + call hash -> job id (the result cache: nbqup.cache)
+    limits    name     -> a limit as JSON; "@gpus": the owner's GPU slots (nbqup.limits)
 
 Every read and write of a table goes through the zict stack:
 :class:`~nbqup.leaf.LMDBTable` is the leaf over one table (why LMDB: :mod:`nbqup.leaf`)
