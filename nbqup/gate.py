@@ -106,6 +106,8 @@ class Gate:
         self._gpus: tuple[int, ...] = ()
         self._free_gpus: list[int] = []
         self._timers: dict[str, float] = {}  # name -> when its wake-up is on the due heap
+        #: GPUs are the executor's business (Dask resources): no slots are held here.
+        self.gpus_elsewhere = False
         self.now: Callable[[], float] = lambda: 0.0  # the queue's clock (set when wired)
 
     # -- the limits --------------------------------------------------------------------
@@ -226,7 +228,7 @@ class Gate:
                         f"may start at {text[:12]} UTC{' or later' if ahead else ''}"
                     )
                     return name
-        if rec.gpus and rec.gpus > len(self._free_gpus):
+        if rec.gpus and rec.gpus > len(self._free_gpus) and not self.gpus_elsewhere:
             total = len(self._gpus)
             rec.message = (
                 f"waiting for {rec.gpus} GPU slots: {len(self._free_gpus)} of {total} free"
@@ -244,7 +246,7 @@ class Gate:
             if pace is not None:
                 pace.started(now)
         slots: tuple[int, ...] = ()
-        if rec.gpus:
+        if rec.gpus and not self.gpus_elsewhere:
             slots = tuple(self._free_gpus[: rec.gpus])
             del self._free_gpus[: rec.gpus]
             rec.gpu_slots = slots

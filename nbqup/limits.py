@@ -143,7 +143,13 @@ class LimitBook:
     the owner's gate (when this process runs jobs)."""
 
     def __init__(
-        self, store: Store, state: JobState, gpus: tuple[int, ...], notify: Callable[[], None]
+        self,
+        store: Store,
+        state: JobState,
+        gpus: tuple[int, ...],
+        notify: Callable[[], None],
+        *,
+        gpus_elsewhere: bool = False,
     ) -> None:
         self._store = store
         self._state = state
@@ -152,8 +158,11 @@ class LimitBook:
         self.gpus = gpus
         self._notify = notify  # after a change in memory: wake the worker slots
         self._seen: dict[str, dict[str, Any]] | None = None
+        #: The executor places GPU jobs itself (Dask: ``resources={"GPU": n}``).
+        self.gpus_elsewhere = gpus_elsewhere
         with state.lock:
             self._gate.set_gpus(gpus)
+            self._gate.gpus_elsewhere = gpus_elsewhere
 
     def _table(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -189,7 +198,7 @@ class LimitBook:
                     f"jq.limit({unknown[0]!r}, concurrency=..., rate=...) (limits: {have})"
                 )
         wanted = options.get("gpus") or 0
-        if wanted:
+        if wanted and not self.gpus_elsewhere:
             have_gpus = len(self.gpus) or len(self._table().get(GPUS_KEY, {}).get("slots", ()))
             if wanted > have_gpus:
                 raise ValueError(

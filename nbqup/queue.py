@@ -173,7 +173,13 @@ class JobQueue:
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
         state.gate.now = self._clock.now  # limits and GPU slots (nbqup.gate)
-        self._limits = access.limits = LimitBook(self.store, state, self._gpus, self._wake_slots)
+        self._limits = access.limits = LimitBook(
+            self.store,
+            state,
+            self._gpus,
+            self._wake_slots,
+            gpus_elsewhere=self._executor.name == "dask",  # Dask places GPU jobs itself
+        )
         self._scheduler.checks.append(self._limits.reload)  # limits other processes set
 
     def _start_owner(self) -> None:

@@ -146,6 +146,8 @@ class WorkerSlots:
         ctx = JobContext(
             self._job_handle(job_id), self._runtime, deadline=deadline, timeout=rec.timeout
         )
+        if rec.gpus:  # what the executor hands on (CUDA_VISIBLE_DEVICES, Dask resources)
+            ctx.gpus, ctx.gpu_request = rec.gpu_slots, rec.gpus
         self._state.running[job_id] = ctx
         self._state.runners[job_id] = threading.current_thread()
         return rec, ctx, self._shared.writer.add([rec.copy()]), rec.attempts

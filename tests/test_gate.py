@@ -6,8 +6,10 @@ clock with ``jq.wait_turn()``, never by sleeping.
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from limitfns import TRACE, event, most_at_once, traced
+from limitfns import TRACE, cuda_devices, event, most_at_once, traced
 
 import nbqup
 from nbqup.clock import ManualClock
@@ -135,3 +137,15 @@ def test_gpu_slots_are_never_shared_and_jobs_see_theirs() -> None:
                 holder[gpu] = tag
             else:
                 del holder[gpu]
+
+
+def test_process_children_see_their_cuda_visible_devices() -> None:
+    with nbqup.JobQueue(None, workers=2, executor="process", gpus=[0, 1]) as jq:
+        ones = jq.options(gpus=1).map(cuda_devices, [(), ()])
+        both = jq.options(gpus=2).submit(cuda_devices)
+        plain = jq.submit(cuda_devices)
+        seen = [job.result(timeout=WAIT) for job in ones]
+        assert both.result(timeout=WAIT) == ("0,1", [0, 1])
+        assert plain.result(timeout=WAIT) == (os.environ.get("CUDA_VISIBLE_DEVICES"), [])
+    for env, gpus in seen:
+        assert len(gpus) == 1 and env == str(gpus[0])
