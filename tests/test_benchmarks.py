@@ -164,3 +164,14 @@ def test_jobargs_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert set(figures) >= {"pass_ms", "pickle_ms", "pass_x_pickle"}
     assert figures["pass_ms"] > 0 and figures["pickle_ms"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_limits_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    args = ["--jobs", "20", "--rate", "200", "--unlimited", "50", "--parked", "5", "--rounds", "1"]
+    proc = _run(["benchmarks.limits", *args, "--json", str(out)], timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["rate"]["jobs"] == 20 and figures["rate"]["achieved_per_s"] > 0
+    assert figures["beside"]["parked"] == 5 and len(figures["beside"]["ratios"]) == 1

@@ -127,3 +127,22 @@ def test_a_client_sees_the_owners_gpus(tmp_path: Path) -> None:
         client.options(gpus=2)
         with pytest.raises(ValueError, match="has 2"):
             client.options(gpus=3)
+
+
+def test_the_dashboard_shows_each_limit_running_and_waiting() -> None:
+    from limitfns import event
+
+    from nbqup.viewmodel import queue_state, render_html, render_text
+
+    with nbqup.JobQueue(None, workers=2, gpus=1) as jq:
+        jq.limit("api", concurrency=1)
+        jobs = jq.options(limits="api").map(traced, [("v0", None, "dash"), ("v1",), ("v2",)])
+        jq.wait_turn(WAIT)
+        state = queue_state(jq)
+        assert state.limits == {"api": (1, 2), "GPUs": (0, 0)}
+        line = "limits: api 1 running, 2 waiting · GPUs 0 running, 0 waiting"
+        assert line in render_text(state).splitlines()
+        assert line in render_html(state)
+        event("dash").set()
+        assert all(job.wait(WAIT) for job in jobs)
+        assert queue_state(jq).limits["api"] == (0, 0)
