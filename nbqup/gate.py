@@ -16,8 +16,9 @@ Rates are paced evenly, like a token bucket holding one token: starts are at lea
 ``period / count`` apart (``"60/min"``: one a second), and a start that comes late (by
 up to an interval, or 50 ms) keeps the pace (the next is due one interval after the
 planned time), so the long-run rate is the limit.  On top, no more than ``count`` starts
-fall within any ``period`` (a sliding window).  The rate's memory is the owner's: a new owner (a reopen, a takeover) starts
-the pacing afresh, which lets at most about one extra start through around a restart.
+fall within any ``period`` (a sliding window).  The rate's memory is the owner's: a new
+owner (a reopen, a takeover) starts the pacing afresh, which lets at most about one
+extra start through around a restart.
 
 All of it lives in memory, under the queue's lock: one process runs a store's jobs, so
 its counts are every worker's; after a restart nothing runs, and the counts start at 0.
