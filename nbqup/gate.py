@@ -113,6 +113,9 @@ class Gate:
         self._timers: dict[str, float] = {}  # name -> when its wake-up is on the due heap
         #: GPUs are the executor's business (Dask resources): no slots are held here.
         self.gpus_elsewhere = False
+        #: Called with a job parked for the first time: its message is written (set when
+        #: wired), so other processes and the command line see why it waits.
+        self.parked_first: Callable[[JobRecord], object] = lambda rec: None
         self.now: Callable[[], float] = lambda: 0.0  # the queue's clock (set when wired)
 
     # -- the limits --------------------------------------------------------------------
@@ -146,6 +149,7 @@ class Gate:
             self._take(rec)
             return True
         self._park(blocker, entry, rec)
+        self.parked_first(rec)
         return False
 
     def try_take(self, rec: JobRecord) -> bool:

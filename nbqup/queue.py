@@ -173,6 +173,7 @@ class JobQueue:
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
         state.gate.now = self._clock.now  # limits and GPU slots (nbqup.gate)
+        state.gate.parked_first = lambda rec: self._writer.add([rec.copy()])  # its message
         self._limits = access.limits = LimitBook(
             self.store,
             state,

@@ -48,14 +48,17 @@ def most_at_once(trace: list[tuple[str, str]], tags: set[str] | None = None) -> 
     return peak
 
 
-def logged(log: str, tag: str, hold: float = 0.05) -> str:
-    """Append ``enter TAG`` and ``exit TAG`` to a file (a job in another process)."""
+def logged(log: str, tag: str, hold: float = 0.05, until: str | None = None) -> str:
+    """Append ``enter TAG`` and ``exit TAG`` to a file (a job in another process); in
+    between, run ``hold`` seconds, or until the file ``until`` exists."""
     for what in ("enter", "exit"):
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, f"{what} {tag}\n".encode())
         os.close(fd)
         if what == "enter":
             time.sleep(hold)
+            while until is not None and not os.path.exists(until):
+                time.sleep(0.005)
     return tag
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_detached_worker_honours_a_limit_a_client_sets(tmp_path: Path) -> None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     worker = subprocess.Popen(
-        [*NBQUP, "worker", str(store), "-w", "3"],
+        [*NBQUP, "worker", str(store), "-w", "3", "--gpus", "0,1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -109,7 +110,19 @@ def test_a_detached_worker_honours_a_limit_a_client_sets(tmp_path: Path) -> None
         with nbqup.JobQueue(store, workers=0) as client:  # the worker owns the store
             assert not client.is_owner
             client.limit("api", concurrency=1)  # reaches the worker through the store
-            jobs = client.options(limits="api").map(logged, [(str(log), f"w{i}") for i in range(4)])
+            client.options(gpus=2)  # the worker's --gpus, recorded in the store
+            with pytest.raises(ValueError, match="has 2"):
+                client.options(gpus=3)
+            go = tmp_path / "go"
+            items = [(str(log), "w0", 0.0, str(go))] + [(str(log), f"w{i}") for i in range(1, 4)]
+            jobs = client.options(limits="api").map(logged, items)
+            # the worker holds w1 back and writes why: the client reads it from the store
+            deadline = time.monotonic() + WAIT
+            while not (jobs[1].message or "").startswith("waiting for limit 'api'"):
+                assert time.monotonic() < deadline, (jobs[1].status, jobs[1].message)
+                time.sleep(0.01)
+            assert jobs[1].status == "queued"
+            go.touch()
             for job in jobs:
                 assert job.wait(WAIT), job.status
             assert [job.result() for job in jobs] == [f"w{i}" for i in range(4)]
