@@ -242,7 +242,7 @@ class Gate:
             rec.message = (
                 f"waiting for {rec.gpus} GPU slots: {len(self._free_gpus)} of {total} free"
                 if rec.gpus <= total
-                else f"needs {rec.gpus} GPUs but this queue has {total} (JobQueue(gpus=...))"
+                else f"needs {rec.gpus} GPU slots but this queue has {total} (JobQueue(gpus=...))"
             )
             return GPU
         return None
