@@ -7,6 +7,7 @@ clock with ``jq.wait_turn()``, never by sleeping.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from limitfns import TRACE, cuda_devices, event, most_at_once, traced
@@ -149,3 +150,23 @@ def test_process_children_see_their_cuda_visible_devices() -> None:
         assert plain.result(timeout=WAIT) == (os.environ.get("CUDA_VISIBLE_DEVICES"), [])
     for env, gpus in seen:
         assert len(gpus) == 1 and env == str(gpus[0])
+
+
+def test_a_job_run_in_a_waiting_jobs_slot_obeys_the_limit_too() -> None:
+    from limitfns import IDS, QUEUES, outer
+
+    with nbqup.JobQueue(None, workers=2) as jq:
+        QUEUES["q"] = jq
+        jq.limit("api", concurrency=1)
+        holder = jq.options(limits="api").submit(traced, "holder", None, "nest-go")
+        waiting = jq.submit(outer, "inner")
+        deadline = time.monotonic() + WAIT
+        while not jq._state.awaiting:  # the outer job waits, lending its slot (nbqup.nested)
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert jq.wait_turn(WAIT)
+        assert jq.get(IDS["inner"]).status == "queued"  # not run in the lent slot
+        event("nest-go").set()
+        assert waiting.result(timeout=WAIT) == [] and holder.wait(WAIT)
+        QUEUES.clear()
+    assert most_at_once(TRACE, {"holder", "inner"}) == 1
