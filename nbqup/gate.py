@@ -296,6 +296,15 @@ class Gate:
         if name in self.parked:
             self._wake()
 
+    def fire_due(self, now: float) -> float | None:
+        """While ``close(wait=True)`` waits, the scheduler releases only what running jobs
+        wait for: wake rate-held jobs whose time came (one may be such), and say in how
+        many seconds the next such time is (None: no rate holds a job back)."""
+        for name, when in list(self._timers.items()):
+            if when <= now + _EPS:
+                self.timer(name)
+        return min(self._timers.values()) - now if self._timers else None
+
     def _timer(self, name: str, when: float) -> None:
         if self._timers.get(name, float("inf")) <= when + _EPS:
             return  # a wake-up at that time or sooner is on the heap already

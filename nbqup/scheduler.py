@@ -66,6 +66,9 @@ class Scheduler:
                 now = self._shared.clock.now()
                 if self._state.stopping:  # close(wait=True) waits for the running jobs
                     wait = self._nested.release_awaited(now)  # only what they wait for
+                    held = self._state.gate.fire_due(now)  # ... held back by a rate
+                    if held is not None and self._state.awaiting:
+                        wait = held if wait is None else min(wait, held)
                 else:
                     self._release_due(now)
                     wait = next_check - time.monotonic()

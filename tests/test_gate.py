@@ -7,6 +7,7 @@ clock with ``jq.wait_turn()``, never by sleeping.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -170,3 +171,34 @@ def test_a_job_run_in_a_waiting_jobs_slot_obeys_the_limit_too() -> None:
         assert waiting.result(timeout=WAIT) == [] and holder.wait(WAIT)
         QUEUES.clear()
     assert most_at_once(TRACE, {"holder", "inner"}) == 1
+
+
+def test_close_waits_for_a_job_waiting_on_a_rate_held_job_and_ends() -> None:
+    """close(wait=True) lets a running job finish; if it waits inside for a job a rate
+    holds back, the rate's next start still comes (it does not hang)."""
+    from limitfns import IDS, QUEUES, outer
+
+    clock = ManualClock(1_700_000_000.0)
+    jq = nbqup.JobQueue(None, workers=2, clock=clock)
+    QUEUES["q"] = jq
+    try:
+        jq.limit("api", rate="1/min")
+        assert jq.options(limits="api").submit(abs, -1).result(timeout=WAIT) == 1
+        jq.submit(outer, "late")
+        deadline = time.monotonic() + WAIT
+        while not jq._state.awaiting:  # the outer job waits for its rate-held job
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        closing = threading.Thread(target=jq.close)
+        closing.start()
+        while not jq._state.stopping:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert jq.get(IDS["late"]).status == "queued"
+        clock.advance(60)
+        closing.join(WAIT)
+        assert not closing.is_alive() and jq.closed
+        assert ("exit", "late") in TRACE  # it ran, and the job waiting for it ended
+    finally:
+        QUEUES.clear()
+        jq.close(wait=False)
