@@ -14,7 +14,7 @@ import collections
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import payload
@@ -26,6 +26,7 @@ from .runs import spell_out
 from .steps import step_rows
 
 if TYPE_CHECKING:
+    from .limits import LimitBook
     from .nested import NestedWaits
     from .ports import Submission
     from .recovery import Recovery
@@ -68,6 +69,8 @@ class JobAccess:
         self._submissions = submissions
         self._name = name  # the queue, in words, for error messages
         self.check_open = check_open  # RuntimeError once the queue is closing
+        #: The store's limits and this queue's GPU slots (set by the queue, nbqup.limits).
+        self.limits: LimitBook | None = None
 
     @property
     def store(self) -> Store:
@@ -393,6 +396,10 @@ class JobAccess:
 
     def schedule(self, submission: Submission, trigger: Trigger) -> str:
         return self._submissions.schedule(submission, trigger)
+
+    def check_resources(self, options: Mapping[str, Any]) -> None:
+        if self.limits is not None and (options.get("limits") or options.get("gpus")):
+            self.limits.check(options)
 
     def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
         return self._submissions.submit_group(key, submissions)

@@ -78,14 +78,14 @@ class Call:
         """Call the function with the arguments, here."""
         return self.fn(*self.args, **self.kwargs)
 
-    def task(self, job: RunningJob) -> Task:
+    def task(self, job: RunningJob, gpus: tuple[int, ...] = ()) -> Task:
         """What runs this call in another process: the pickles as stored (a live callable
-        is pickled now)."""
+        is pickled now), and the GPU slots the job holds."""
         fn_hash, fn_blob = self.fn_hash, self.fn_blob
         if fn_hash is None or fn_blob is None:
             fn_hash, fn_blob = payload.dumps_fn(self.fn)
         args_blob = payload.dumps_args(self.args, self.kwargs) if self._given else self.args_blob
-        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, args_blob)
+        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, args_blob, gpus)
 
 
 @dataclass

@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to look for jobs and requests from other processes (default: 0.2)",
     )
+    p.add_argument(
+        "--gpus",
+        default=None,
+        metavar="IDS",
+        help="GPU slots for jobs asking for options(gpus=n): a count or device ids, '0,1'",
+    )
     p.set_defaults(run=run_worker)
 
     p = command(

@@ -81,6 +81,7 @@ def run_worker(args: argparse.Namespace) -> int:
                 durability=args.durability,
                 poll_interval=args.poll,
                 if_locked="raise",
+                gpus=_gpus(getattr(args, "gpus", None)),
             )
         except StoreLocked as exc:
             holder = f"process {exc.pid}" if exc.pid else "another process"
@@ -90,7 +91,7 @@ def run_worker(args: argparse.Namespace) -> int:
             ) from None
         except StoreCorrupt:  # a ValueError too, but not a usage error
             raise
-        except ValueError as exc:  # a bad --executor
+        except ValueError as exc:  # a bad --executor or --gpus
             raise CliError(one_line(exc), EXIT_USAGE) from None
         if created:
             print(f"nbqup worker: created a new store at {jq.path}", flush=True)
@@ -113,3 +114,15 @@ def run_worker(args: argparse.Namespace) -> int:
         return 0
     finally:
         signals.restore()
+
+
+def _gpus(text: str | None) -> int | list[int] | None:
+    """``--gpus``: ``2`` (a count) or ``0,1`` (device ids); JobQueue checks the values."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.lstrip("-").isdigit() for part in parts):
+        raise CliError(f"--gpus takes a count or device ids like 0,1, got {text!r}", EXIT_USAGE)
+    if len(parts) == 1 and "," not in text:
+        return int(parts[0])
+    return [int(part) for part in parts]

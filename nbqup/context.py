@@ -83,6 +83,9 @@ class JobContext:
         self.steps: Any = None
         #: Whether the job set a progress message of its own (steps then leave it alone).
         self.own_message = False
+        #: GPU slots the run holds, and how many it asked for (``options(gpus=n)``).
+        self.gpus: tuple[int, ...] = ()
+        self.gpu_request = 0
 
     def check(self) -> None:
         """Raise inside the job if it was cancelled or ran past its deadline."""

@@ -59,7 +59,9 @@ class DaskExecutor(Executor):
             self._wait_for_cluster(ctx)
             task = call.task(ctx.job)
             tag = f"nbqup-{call.job_id}-{task.attempts}-{secrets.token_hex(3)}"
-            future = self.client.submit(_run_task, task, tag, key=tag, pure=False)
+            # options(gpus=n): Dask places it on a worker started with GPU resources
+            wanted = {"GPU": ctx.gpu_request} if ctx.gpu_request else None
+            future = self.client.submit(_run_task, task, tag, key=tag, pure=False, resources=wanted)
         except Exception as exc:
             return Outcome.raised(exc)
         try:

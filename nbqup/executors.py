@@ -46,9 +46,12 @@ class WorkerDied(RuntimeError):
 class _Child:
     """One worker process (``python -m nbqup._child``) and the pipes to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: tuple[int, ...] = ()) -> None:
         from multiprocessing.connection import Connection
 
+        #: The GPU slots this process may see (its ``CUDA_VISIBLE_DEVICES``), fixed at
+        #: its start: CUDA reads the variable once.
+        self.gpus = gpus
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self._lock = threading.Lock()
@@ -64,7 +67,7 @@ class _Child:
             ],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
-            env=_child_env(),
+            env=_child_env(gpus),
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -88,9 +91,12 @@ class _Child:
                 conn.close()
 
 
-def _child_env() -> dict[str, str]:
-    """The child finds this nbqup (and the parent's sys.path) first."""
+def _child_env(gpus: tuple[int, ...] = ()) -> dict[str, str]:
+    """The child finds this nbqup (and the parent's sys.path) first, and sees only its
+    job's GPU slots (if the job holds any)."""
     env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.pop("NBQUP_CHILD_FORWARD", None)
@@ -105,7 +111,10 @@ class ProcessExecutor(Executor):
     and is retried if it has retries left -- while the queue goes on.  Progress,
     checkpoints, printed output and ``display(...)`` travel back to this process.
     Processes are started with ``subprocess`` (never ``fork``: the store must not cross
-    a fork), so the first job of each slot pays for starting Python.
+    a fork), so the first job of each slot pays for starting Python.  A job holding GPU
+    slots (``options(gpus=n)``) runs in a process started with ``CUDA_VISIBLE_DEVICES``
+    set to them (CUDA reads it once per process: a slot whose next job holds other
+    slots, or none, starts a new process).
     """
 
     name = "process"
@@ -121,10 +130,13 @@ class ProcessExecutor(Executor):
         #: what relaying the jobs' work cost, for benchmarks and tests.
         self.messages_received = 0
 
-    def _child(self) -> _Child:
+    def _child(self, gpus: tuple[int, ...]) -> _Child:
         child: _Child | None = getattr(self._local, "child", None)
+        if child is not None and child.gpus != gpus:  # a job on other GPU slots
+            self._drop(child)
+            child = None
         if child is None or not child.alive():
-            child = _Child()
+            child = _Child(gpus)
             self._local.child = child
             with self._lock:
                 self._children.add(child)
@@ -138,8 +150,8 @@ class ProcessExecutor(Executor):
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
         try:
-            task = call.task(ctx.job)
-            child = self._child()
+            task = call.task(ctx.job, ctx.gpus)
+            child = self._child(ctx.gpus)
             child.send_conn.send(task)
         except Exception as exc:
             return Outcome.raised(exc)

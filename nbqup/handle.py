@@ -113,6 +113,11 @@ class Job:
         return self._rec.tags
 
     @property
+    def gpus(self) -> list[int]:
+        """The GPU slots its run holds (``options(gpus=n)``; the last run's once over)."""
+        return list(self._rec.gpu_slots)
+
+    @property
     def key(self) -> str | None:
         return self._rec.key
 

@@ -148,6 +148,8 @@ class NestedWaits:
             if current in self._state.blocked:
                 todo.extend(self._state.blocked[current])
             elif rec.status is Status.QUEUED and current not in self._state.held:
+                if (rec.limits or rec.gpus) and not self._state.gate.try_take(rec):
+                    continue  # held back by a limit: it runs when that lets it (nbqup.gate)
                 return current
         return None
 

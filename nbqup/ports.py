@@ -134,6 +134,11 @@ class QueuePort(Protocol):
         """Record a recurring schedule (first run at ``submission.due``); its id."""
         ...
 
+    def check_resources(self, options: Mapping[str, Any]) -> None:
+        """ValueError for a limit the store does not know, or more GPUs than the queue
+        has (:mod:`nbqup.limits`)."""
+        ...
+
     def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
         """Record the group ``key``'s new items (:mod:`nbqup.groups`), all or none; the
         ids of all its members, in order."""

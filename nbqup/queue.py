@@ -5,23 +5,11 @@ open, runs a scheduler thread and a fixed number of worker slots.  Any other pro
 opens the same store is a *client*: it submits, reads and asks for cancels; the owner
 finds client-submitted jobs and requests on its periodic check.
 
-:class:`JobQueue` holds the parts and wires them (:meth:`JobQueue._wire`); each is one
-idea with a small public interface:
-
-- :class:`~nbqup.state.JobState` -- unfinished jobs in memory, under one lock;
-- :class:`~nbqup.runtime.Runtime` -- job state changes, the runtime of running jobs;
-- :class:`~nbqup.slots.WorkerSlots` -- what a worker slot does, the retry policy;
-- :class:`~nbqup.threads.OwnerThreads` -- the owner's threads, started and stopped;
-- :class:`~nbqup.scheduler.Scheduler` and :class:`~nbqup.turns.Turns` -- due times,
-  the periodic check, and knowing a pass has ended;
-- :class:`~nbqup.recovery.Recovery` -- becoming the owner (at open or by a takeover) and
-  what an owner takes on from the store;
-- :class:`~nbqup.nested.NestedWaits` -- waits inside jobs of this queue;
-- :class:`~nbqup.trouble.StoreTrouble` -- a store refusing writes or failing for good;
-- :class:`~nbqup.submissions.Submissions` -- recording new jobs and schedules;
-- :class:`~nbqup.access.JobAccess` -- what handles, builders and views call (the
-  :class:`~nbqup.ports.QueuePort`);
-- :class:`~nbqup.finished.FinishedJobs` -- jobs finished here, kept for reads.
+:class:`JobQueue` holds the parts and wires them (:meth:`JobQueue._wire`), each one idea
+with a small public interface -- the state under one lock, the runtime, worker slots,
+scheduler and turns, recovery, nested waits, store trouble, submissions, the access the
+handles and views call (:class:`~nbqup.ports.QueuePort`), finished jobs, limits; the
+table "The owner's parts" in ``docs/architecture.md`` says what each does and holds.
 """
 
 from __future__ import annotations
@@ -48,6 +36,7 @@ from .finished import FinishedJobs
 from .futures import QueueExecutor
 from .groups import Group, check_group_key, group_keys, read_group
 from .handle import Job, Schedule
+from .limits import LimitBook, gpu_slots
 from .nested import NestedWaits
 from .records import JobRecord
 from .recovery import Recovery
@@ -89,6 +78,9 @@ class JobQueue:
     workers raises :class:`~nbqup.DiskFull` and keeps nothing open or locked (free some
     space and open it again); ``workers=0`` opens an existing store there to read it.
 
+    ``gpus`` (a count, or the device ids: ``gpus=[0, 1]``) are the GPU slots jobs asking
+    for ``options(gpus=n)`` hold while they run (:mod:`nbqup.gate`).
+
     .. warning:: a store holds pickles; opening one runs code from it, like
        ``pickle.load``.  Open only stores you trust.
     """
@@ -103,6 +95,7 @@ class JobQueue:
         clock: Clock | None = None,
         poll_interval: float = 0.5,
         if_locked: str = "client",
+        gpus: int | Iterable[int] | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -110,6 +103,7 @@ class JobQueue:
             raise ValueError(f"if_locked must be 'client' or 'raise', got {if_locked!r}")
         if not 0 < poll_interval <= 86_400:
             raise ValueError(f"poll_interval must be > 0 and at most a day, got {poll_interval!r}")
+        self._gpus = gpu_slots(gpus)  # ValueError before anything is opened
         self._executor: Executor = make_executor(executor)
         self._clock = clock or SystemClock()
         self._poll = poll_interval
@@ -122,10 +116,10 @@ class JobQueue:
             self._recovery.open_as_owner(if_locked)
         self._takeover_stop = threading.Event()
         if self.is_owner:
-            self._threads.start()
+            self._start_owner()
         elif workers > 0:
             take_over = functools.partial(
-                self._recovery.take_over, self._takeover_stop, self._threads.start
+                self._recovery.take_over, self._takeover_stop, self._start_owner
             )
             threading.Thread(target=take_over, name="nbqup-takeover", daemon=True).start()
         for entry in self.store.corrupt():  # set aside now or by an earlier open
@@ -168,6 +162,23 @@ class JobQueue:
             state, runtime, slots, self._scheduler, self._turns, self.workers
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
+        self._limits = access.limits = LimitBook(
+            self.store,
+            state,
+            self._gpus,
+            self._wake_slots,
+            gpus_elsewhere=self._executor.name == "dask",  # Dask places GPU jobs itself
+        )
+        self._limits.attach(self._clock.now, self._writer, self._scheduler.checks)
+
+    def _start_owner(self) -> None:
+        """This process owns the store now (at open or by a takeover): its threads run."""
+        self._limits.owned()
+        self._threads.start()
+
+    def _wake_slots(self) -> None:
+        with self._state.lock:
+            self._state.work.notify_all()
 
     def _handle(self, job_id: str) -> Job:
         """The handle of a job of this queue (a running job's, for its context)."""
@@ -190,7 +201,8 @@ class JobQueue:
         ``unique``, ``priority``, ``retries``, ``retry_delay``, ``retry_backoff``,
         ``retry_jitter``, ``timeout``, ``max_crashes``, ``depends_on``, ``missed``,
         ``cache`` (True or a greatest age: answered by a job that already ran the same
-        call, :mod:`nbqup.cache`).
+        call, :mod:`nbqup.cache`), ``limits`` (names given to :meth:`limit`), ``gpus``
+        (GPU slots held while it runs: ``JobQueue(gpus=...)``, :mod:`nbqup.gate`).
 
         Unknown options and bad values raise at once (TypeError / ValueError).
         """
@@ -230,16 +242,7 @@ class JobQueue:
     def executor(self, **options: Any) -> QueueExecutor:
         """A ``concurrent.futures.Executor`` whose every call is a durable job of this
         queue, with ``options`` (as :meth:`options`, checked now) -- see :mod:`nbqup.futures`."""
-        return QueueExecutor(self, options, self._watch_ends, self._poll)
-
-    def _watch_ends(self, watcher: Callable[[str | None], None], on: bool) -> None:
-        """Call ``watcher(job_id)`` as each job's end is durable here (``watcher(None)``
-        when the queue closes) -- or no more, with ``on=False``."""
-        with self._state.lock:
-            if on:
-                self._state.watchers.append(watcher)
-            elif watcher in self._state.watchers:
-                self._state.watchers.remove(watcher)
+        return QueueExecutor(self, options, self._state.watch, self._poll)
 
     def joblib(self, *, n_jobs: int | None = None, key: str | None = None, **options: Any) -> Any:
         """``with jq.joblib(n_jobs=4): GridSearchCV(...).fit(X, y)``: joblib's calls as
@@ -276,6 +279,28 @@ class JobQueue:
 
         validate_options(options)
         return wrap if fn is None else wrap(fn)
+
+    def limit(self, name: str, concurrency: int | None = None, rate: str | None = None) -> None:
+        """Record (or change) the limit ``name``: at most ``concurrency`` of its jobs
+        running at once, and starts paced to ``rate`` (``"60/min"``, ``"5/s"``,
+        ``"1000/h"``); jobs count against it with ``options(limits=name)``.
+
+        Stored with the queue, so every process that runs its jobs honours it; a change
+        applies to jobs not started yet.  ValueError for a malformed rate or a
+        concurrency below 1, and nothing is recorded.  See :mod:`nbqup.limits`.
+        """
+        self._check_open()
+        self._limits.define(name, concurrency, rate)
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Every limit recorded: ``{"openai": {"concurrency": 4, "rate": "60/min"}}``."""
+        return self._limits.all()
+
+    def limit_counts(self) -> dict[str, tuple[int, int]]:
+        """``{name: (running, waiting)}`` for each limit (and ``"GPUs"``) in the process
+        running the jobs; empty in a client (it runs none)."""
+        with self._state.lock:
+            return self._state.gate.counts() if self._state.owner else {}
 
     def register(self, task_type: type, executor: Any) -> None:
         """Route ``jq.submit(task_type(...))`` to ``executor.execute(task)`` (seed style)."""
@@ -439,11 +464,7 @@ class JobQueue:
         those whose :attr:`Schedule.status` is ``status`` (one of ``"active"``,
         ``"paused"``, ``"cancelled"``, or a collection of them: ValueError naming the valid
         ones otherwise).  ``state=`` is the older name of ``status``."""
-        if state is not None:
-            if status is not None:
-                raise TypeError("give status= or state=, not both")
-            status = state
-        wanted = schedule_statuses(status)
+        wanted = schedule_statuses(status, state)
         return [Schedule(self._access, sid) for sid in self._schedules.with_status(wanted)]
 
     def apply_requests(self) -> bool:
@@ -458,15 +479,10 @@ class JobQueue:
         runs the store (it applies them on its next check).
         """
         self._check_open()
-        if self.is_owner:
-            return self._recovery.apply_briefly()
-        if self.path is None:
-            return False
-        brief = JobQueue(self.path, 0, durability=self.store.durability, clock=self._clock)
-        try:
+        if self.is_owner or self.path is None:
+            return self.is_owner and self._recovery.apply_briefly()
+        with JobQueue(self.path, 0, durability=self.store.durability, clock=self._clock) as brief:
             return brief._recovery.apply_briefly()
-        finally:
-            brief.close()
 
     def _check_open(self) -> None:
         if self._state.closed or self._state.stopping:

@@ -188,6 +188,12 @@ class JobRecord:
     #: Every run started but the implied first one, ``(started, finished, outcome)``
     #: oldest first (:mod:`nbqup.runs`: empty while the job ran at most once).
     runs: tuple[tuple[float, float | None, str], ...] = ()
+    #: Names of the limits (``jq.limit``, :mod:`nbqup.limits`) the job counts against.
+    limits: tuple[str, ...] = ()
+    #: GPU slots the job holds while it runs (``options(gpus=n)``), and the ones its
+    #: last run was given (``current_job().gpus``).
+    gpus: int = 0
+    gpu_slots: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
@@ -198,7 +204,7 @@ class JobRecord:
         """Build a record from :meth:`to_dict` output; unknown fields are ignored."""
         known = {k: v for k, v in data.items() if k in _JOB_DEFAULTS}
         known["status"] = Status(known.get("status", Status.QUEUED))
-        for name in ("tags", "depends_on", "errors", "upstream"):
+        for name in ("tags", "depends_on", "errors", "upstream", "limits", "gpu_slots"):
             if name in known:
                 known[name] = tuple(known[name])
         if "runs" in known:

@@ -90,6 +90,8 @@ class Task(NamedTuple):
     fn_hash: str
     fn_blob: bytes
     args_blob: bytes | None
+    #: The GPU slots the job holds (``current_job().gpus`` where it runs).
+    gpus: tuple[int, ...] = ()
 
     def invoke(self) -> Any:
         """Unpickle the function (cached by its hash) and the arguments, and call it."""
@@ -110,10 +112,11 @@ class Done(NamedTuple):
 class RemoteJob:
     """What ``nbqup.current_job()`` returns inside a job run elsewhere: its identity."""
 
-    __slots__ = ("attempts", "id", "name")
+    __slots__ = ("attempts", "gpus", "id", "name")
 
-    def __init__(self, job_id: str, name: str, attempts: int) -> None:
+    def __init__(self, job_id: str, name: str, attempts: int, gpus: tuple[int, ...] = ()) -> None:
         self.id, self.name, self.attempts = job_id, name, attempts
+        self.gpus = list(gpus)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name!r} running attempts={self.attempts}>"
@@ -128,7 +131,8 @@ def run(
     """Run ``task`` as the current job, with ``runtime`` (a :class:`Sender`) and where its
     output goes; never raises for the job's errors.  The result is pickled here: one that
     cannot be fails the job, as under the thread executor."""
-    ctx = JobContext(RemoteJob(task.job_id, task.name, task.attempts), runtime, logs=logs)
+    job = RemoteJob(task.job_id, task.name, task.attempts, task.gpus)
+    ctx = JobContext(job, runtime, logs=logs)
     if outputs is not None:
         ctx.outputs = outputs
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Scheduler:
         self._nested = nested  # while close() waits: what running jobs wait for
         self._recovery = recovery  # the periodic check: other processes' jobs
         self._store_trouble = store_trouble
+        #: More looks of the periodic check (the limits clients changed, nbqup.limits).
+        self.checks: list[Callable[[], None]] = []
 
     def run(self) -> None:
         """The scheduler's thread: one pass per wake-up until the queue stops."""
@@ -63,6 +66,9 @@ class Scheduler:
                 now = self._shared.clock.now()
                 if self._state.stopping:  # close(wait=True) waits for the running jobs
                     wait = self._nested.release_awaited(now)  # only what they wait for
+                    held = self._state.gate.fire_due(now)  # ... held back by a rate
+                    if held is not None and self._state.awaiting:
+                        wait = held if wait is None else min(wait, held)
                 else:
                     self._release_due(now)
                     wait = next_check - time.monotonic()
@@ -90,11 +96,16 @@ class Scheduler:
             if job_id.startswith("@"):
                 self._schedules.fire(job_id[1:], now)
                 continue
+            if job_id.startswith("!"):  # a rate limit's next start (nbqup.gate)
+                self._state.gate.timer(job_id[1:])
+                continue
             self._runtime.release(job_id, now)
 
     def periodic_check(self) -> None:
         """The seed's periodic check: find jobs and requests from other processes."""
-        self._recovery.adopt_pending()  # first: a request may be about a job found just now
+        for check in self.checks:  # first: the jobs found next obey what they say
+            check()
+        self._recovery.adopt_pending()  # a request may be about a job found just now
         self._recovery.apply_requests()
         self._schedules.check_new()
         self._runtime.release_held_zombies()

@@ -50,6 +50,8 @@ RUN_FIELDS = (
     "retry_jitter",
     "timeout",
     "max_crashes",
+    "limits",
+    "gpus",
 )
 _EPSILON = 1e-6
 #: What a schedule's ``status`` can be.
@@ -71,9 +73,10 @@ def key_of(srec: ScheduleRecord) -> str:
     return stored_key("schedule:" + srec.key)
 
 
-def statuses(status: str | Iterable[str] | None) -> frozenset[str]:
+def statuses(status: str | Iterable[str] | None, state: str | None = None) -> frozenset[str]:
     """The schedule statuses ``status`` names (one, or a collection of them); None means
-    :data:`LISTED`.  A ValueError names the valid ones.
+    :data:`LISTED`.  A ValueError names the valid ones.  ``state`` is the older name of
+    ``status`` (``jq.schedules(state=...)``): giving both is a TypeError.
 
     >>> sorted(statuses(None)), sorted(statuses("cancelled"))
     (['active', 'paused'], ['cancelled'])
@@ -82,6 +85,10 @@ def statuses(status: str | Iterable[str] | None) -> frozenset[str]:
     ...
     ValueError: schedule status must be one of 'active', 'paused', 'cancelled'; got 'running'
     """
+    if state is not None:
+        if status is not None:
+            raise TypeError("give status= or state=, not both")
+        status = state
     if status is None:
         return frozenset(LISTED)
     wanted = [status] if isinstance(status, str) else list(status)

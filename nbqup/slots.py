@@ -104,6 +104,7 @@ class WorkerSlots:
             if rec is not None and rec.status is Status.RUNNING:
                 self._state.running.pop(rec.id, None)
                 self._state.runners.pop(rec.id, None)
+                self._state.gate.release(rec.id)
                 rec.error = f"nbqup internal error: {exc!r}"
                 self._runtime.end(rec, Status.FAILED, message=rec.error)
         with contextlib.suppress(Exception):
@@ -147,6 +148,8 @@ class WorkerSlots:
         ctx = JobContext(
             self._job_handle(job_id), self._runtime, deadline=deadline, timeout=rec.timeout
         )
+        if rec.gpus:  # what the executor hands on (CUDA_VISIBLE_DEVICES, Dask resources)
+            ctx.gpus, ctx.gpu_request = rec.gpu_slots, rec.gpus
         self._state.running[job_id] = ctx
         self._state.runners[job_id] = threading.current_thread()
         return rec, ctx, self._shared.writer.add([rec.copy()]), rec.attempts
@@ -187,6 +190,7 @@ class WorkerSlots:
         with self._state.lock:
             self._state.running.pop(rec.id, None)
             self._state.runners.pop(rec.id, None)
+            self._state.gate.release(rec.id)
             if self._state.live.get(rec.id) is not rec or rec.status is not Status.RUNNING:
                 return
             rec.attempts -= 1
@@ -201,11 +205,16 @@ class WorkerSlots:
         """The next ready job's id, or None (the caller holds the lock)."""
         if self._state.stopping or self._state.failure is not None:
             return None
+        gate = self._state.gate
+        if gate.parked:  # jobs held back by a limit: the gate picks among them and the rest
+            return gate.pick()
         while self._state.ready:
-            _, _, job_id = heapq.heappop(self._state.ready)
-            rec = self._state.live.get(job_id)
+            entry = heapq.heappop(self._state.ready)
+            rec = self._state.live.get(entry[2])
             if rec is not None and rec.status is Status.QUEUED:
-                return job_id
+                if (rec.limits or rec.gpus) and not gate.admit(rec, entry):
+                    continue  # parked until its limit lets it start (nbqup.gate)
+                return entry[2]
         return None
 
     def _load_call(self, rec: JobRecord) -> Call:
@@ -273,6 +282,8 @@ class WorkerSlots:
         with self._state.lock:
             self._state.running.pop(job_id, None)
             self._state.runners.pop(job_id, None)
+            if self._state.gate.holding:  # it held a limit or GPU slots
+                self._state.gate.release(job_id)
             rec = self._state.live.get(job_id)
             if (
                 self._state.closed

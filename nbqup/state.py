@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StoreFailed
+from .gate import Gate
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -91,6 +92,16 @@ class JobState:
         self.closed = False
         #: The store failed for good (see nbqup.trouble): nothing more is written.
         self.failure: StoreFailed | None = None
+        #: Limits and GPU slots: which ready job may start (see nbqup.gate).
+        self.gate = Gate(self)
+
+    def watch(self, watcher: Callable[[str | None], None], on: bool) -> None:
+        """Add (``on``) or remove one of the :attr:`watchers`."""
+        with self.lock:
+            if on:
+                self.watchers.append(watcher)
+            elif watcher in self.watchers:
+                self.watchers.remove(watcher)
 
     def push_due(self, when: float, entry: str) -> None:
         """Put a job id (or ``"@" + schedule id``) on the due-time heap and wake the

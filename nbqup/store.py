@@ -21,6 +21,7 @@ with a few named tables::
     steps     job id/n:name -> a durable step's name, argument hash and times (nbqup.steps)
     stepres   job id/n:name -> its pickled result (read only when the step is replayed)
     cache     d:/l: + call hash -> job id (the result cache: nbqup.cache)
+    limits    name     -> a limit as JSON; "@gpus": the owner's GPU slots (nbqup.limits)
 
 Every read and write of a table goes through the zict stack:
 :class:`~nbqup.leaf.LMDBTable` is the leaf over one table (why LMDB: :mod:`nbqup.leaf`)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from .cache import cache_option
 from .groups import Group, check_group_key
 from .handle import Job, Schedule
+from .limits import gpus_option, limits_option
 from .ports import Submission
 from .triggers import (
     MAX_TIMESTAMP,
@@ -139,6 +140,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "depends_on": _depends_on,
     "missed": _missed,
     "cache": cache_option,
+    "limits": limits_option,
+    "gpus": gpus_option,
 }
 #: Every option ``jq.options(...)`` accepts.
 OPTION_NAMES = tuple(_CHECKS)
@@ -188,7 +191,9 @@ class Submitter:
 
     def options(self, **options: Any) -> Submitter:
         """More options (see ``JobQueue.options``); later values win."""
-        return self._with(options={**self._options, **validate_options(options)})
+        checked = validate_options(options)
+        self._queue.check_resources(checked)  # limits known, GPUs enough (nbqup.limits)
+        return self._with(options={**self._options, **checked})
 
     def after(self, delay: Duration) -> Submitter:
         """Run no sooner than ``delay`` from submit time (``"90s"``, ``"5m"``, seconds...).
@@ -287,7 +292,9 @@ class Task(Generic[P, R]):
     def __init__(self, queue: QueuePort, fn: Callable[P, R], options: Mapping[str, Any]) -> None:
         self.fn = fn
         self.name: str = getattr(fn, "__qualname__", repr(fn))
-        self._submitter = Submitter(queue, {"name": self.name, **validate_options(options)})
+        checked = validate_options(options)
+        queue.check_resources(checked)
+        self._submitter = Submitter(queue, {"name": self.name, **checked})
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -113,7 +113,7 @@ class Turns:
             rec = self._state.live.get(job_id)
             if rec is not None and rec.status is Status.QUEUED:
                 return True
-        return False
+        return bool(self._state.gate.parked) and self._state.gate.startable()
 
     def begin(self) -> int:
         """Count a pass beginning; its number if someone waits for it, else 0."""

@@ -199,6 +199,14 @@ class QueueState:
     #: One per group with a job in the snapshot, shown above the rows; its jobs are
     #: not among ``rows``.
     groups: list[GroupState] = field(default_factory=list)
+    #: Per limit (and ``"GPUs"``): jobs running and waiting (``jq.limit_counts()``).
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def limits_line(self) -> str:
+        """``"limits: api 2 running, 5 waiting · GPUs 1 running, 0 waiting"`` or ``""``."""
+        parts = [f"{name} {r} running, {w} waiting" for name, (r, w) in self.limits.items()]
+        return "limits: " + " · ".join(parts) if parts else ""
 
 
 def _group_size(jq: Any, key: str) -> int:
@@ -237,6 +245,11 @@ def _finished_counts(jq: Any) -> dict[str, int]:
         return dict(jq.store.finished_counts())
     except Exception:  # a queue closing under us: the next tick notices
         return {}
+
+
+def _limit_counts(jq: Any) -> dict[str, tuple[int, int]]:
+    counts = getattr(jq, "limit_counts", None)  # a queue-like object may have none
+    return dict(counts()) if callable(counts) else {}
 
 
 def _queue_closed(jq: Any) -> bool:
@@ -290,6 +303,7 @@ def queue_state(jq: JobQueue, max_rows: int = MAX_ROWS) -> QueueState:
             group_state(key, recs, _group_size(jq, key), now, max_rows)
             for key, recs in members.items()
         ],
+        limits=_limit_counts(jq),
     )
 
 
@@ -300,6 +314,8 @@ def render_text(state: QueueState) -> str:
     """The dashboard as a plain-text table (terminals, ``repr``)."""
     counts = " · ".join(f"{s} {n}" for s, n in state.counts.items()) or "no jobs"
     lines = [f"nbqup {state.title}: " + ("closed" if state.closed else counts)]
+    if state.limits_line:
+        lines.append(state.limits_line)
     if state.rows or state.groups:
         lines.append(
             f"{'ID':<19}  {'JOB':<28} {'STATUS':<9}  {'PROGRESS':<12} {'TIME':>7}  MESSAGE"
@@ -346,7 +362,8 @@ def _counts_html(state: QueueState) -> str:
     )
     head = f"<b>nbqup</b> {e(state.title)}: " + ("closed" if state.closed else counts or "no jobs")
     more = f"<br>… and {state.hidden} more (<code>jq.jobs_df()</code> has them all)"
-    return head + (more if state.hidden else "")
+    limits = f"<br>{e(state.limits_line)}" if state.limits_line else ""
+    return head + limits + (more if state.hidden else "")
 
 
 def render_html(state: QueueState) -> str:

@@ -187,3 +187,13 @@ def test_gridsearch_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["fits"] == 10  # the same scores on every backend is asserted inside
     assert min(figures[f"{b}_s"] for b in ("loky", "threading", "nbqup", "nbqup_cached")) > 0
+
+
+def test_limits_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    args = ["--jobs", "20", "--rate", "200", "--unlimited", "50", "--parked", "5", "--rounds", "1"]
+    proc = _run(["benchmarks.limits", *args, "--json", str(out)], timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["rate"]["jobs"] == 20 and figures["rate"]["achieved_per_s"] > 0
+    assert figures["beside"]["parked"] == 5 and len(figures["beside"]["ratios"]) == 1

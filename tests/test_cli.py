@@ -469,7 +469,7 @@ def test_help_lists_every_command() -> None:
         (
             "worker",
             "usage: nbqup worker [-h] [-w N] [--durability {process,fsync}] "
-            "[--executor EXECUTOR] [--poll SECONDS] PATH",
+            "[--executor EXECUTOR] [--poll SECONDS] [--gpus IDS] PATH",
             "does not count as an attempt",
         ),
         ("salvage", "usage: nbqup salvage [-h] [--to NEW] PATH", "reading the damaged file"),

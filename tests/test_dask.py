@@ -138,3 +138,29 @@ def test_worker_processes(tmp_path: Path) -> None:
     ):
         assert jq.submit(reporting, 2).result(timeout=WAIT) == {"done": 2}
         assert [j.result(timeout=WAIT) for j in jq.map(double, range(5))] == [0, 2, 4, 6, 8]
+
+
+def test_a_gpu_job_asks_dask_for_gpu_resources(tmp_path: Path) -> None:
+    """``options(gpus=1)`` goes to Dask as ``resources={"GPU": 1}``: on a cluster whose
+    one worker has a single GPU (and two threads), such jobs never overlap."""
+    from limitfns import TRACE, most_at_once, traced
+
+    TRACE.clear()
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=None,
+        resources={"GPU": 1},
+    )
+    with (
+        cluster,
+        distributed.Client(cluster) as client,
+        JobQueue(tmp_path / "s", workers=3, executor=client) as jq,
+    ):
+        jobs = jq.options(gpus=1).map(traced, [(f"d{i}", 0.02) for i in range(4)])
+        free = jq.submit(traced, "free", 0.05)
+        assert all(job.result(timeout=WAIT) == [] for job in jobs)
+        assert free.wait(WAIT)
+    assert most_at_once(TRACE, {f"d{i}" for i in range(4)}) == 1
+    assert most_at_once(TRACE) >= 2  # the job without GPUs ran beside them

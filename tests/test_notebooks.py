@@ -25,7 +25,15 @@ pytest.importorskip("nbval")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = NOTEBOOKS / "nbval_sanitize.cfg"
-NAMES = ["quickstart", "survive-restart", "scheduling", "sweeps", "workflow", "gridsearch"]
+NAMES = [
+    "quickstart",
+    "survive-restart",
+    "scheduling",
+    "sweeps",
+    "workflow",
+    "gridsearch",
+    "limits",
+]
 
 
 def _code_cells(nb: Any) -> list[int]:
