@@ -227,7 +227,9 @@ class JoblibConfig:
     ) -> None:
         if key is not None:
             check_group_key(key)
-        self.backend = NbqupBackend(port, workers, validate_options(options), key=key)
+        checked = validate_options(options)
+        port.check_resources(checked)  # limits known, GPUs enough (nbqup.limits)
+        self.backend = NbqupBackend(port, workers, checked, key=key)
         self.n_jobs = n_jobs or self.backend.default_n_jobs
         self._config: Any = None
 

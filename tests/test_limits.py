@@ -80,6 +80,19 @@ def test_limits_go_with_tasks_maps_groups_and_schedules() -> None:
         sched.cancel()
 
 
+def test_the_executor_and_the_joblib_backend_take_limits_like_options() -> None:
+    pytest.importorskip("joblib")
+    with nbqup.JobQueue(None, workers=2) as jq:
+        for make in (jq.executor, jq.joblib):
+            with pytest.raises(ValueError, match="unknown limit 'nope'"):
+                make(limits="nope")
+        jq.limit("api", concurrency=1)
+        with jq.executor(limits="api") as ex:
+            fut = ex.submit(abs, -3)
+            assert fut.result(timeout=WAIT) == 3 and fut.job.record.limits == ("api",)
+        assert jq.jobs() == [fut.job]  # the refused ones recorded nothing
+
+
 def test_limits_survive_a_reopen(tmp_path: Path) -> None:
     with nbqup.JobQueue(tmp_path / "store", workers=1) as jq:
         jq.limit("api", concurrency=1, rate="100/s")
