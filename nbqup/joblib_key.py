@@ -8,9 +8,10 @@ copy of the warnings filters), and pickles of equal objects can differ in their 
 :func:`call_key` hashes, with ``joblib.hashing.hash`` (numpy arrays by their contents),
 a normal form of each call built from what can change its result:
 
-- a function by its module, qualified name and source (else its bytecode and
-  constants), its defaults and the values its closure holds -- not by where it lives in
-  memory, so the same cell run again after a restart gives the same key;
+- a function by its module, qualified name, source (when it can be read) and code
+  (bytecode, constants, the names it uses), its defaults and the values its closure
+  holds -- not by where it lives in memory, so the same cell run again after a restart
+  gives the same key;
 - scikit-learn's wrapper of a dispatched function by that function and the
   scikit-learn configuration it runs under (not the copy of the warnings filters);
 - an estimator (anything with ``get_params``) by its class, its parameters (nested
@@ -111,26 +112,36 @@ def normal_form(obj: Any, depth: int = 0) -> Any:
 
 
 def _function(fn: types.FunctionType, depth: int) -> tuple[Any, ...]:
-    """A function by content: where it is defined, its source or code, its defaults and
-    its closure's values (not the globals it reads)."""
-    body: Any = _source(fn.__code__)
-    if body is None:
-        code = fn.__code__
-        consts = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
-        body = (hashlib.blake2b(code.co_code).hexdigest(), normal_form(consts, depth))
+    """A function by content: where it is defined, its source and code, its defaults
+    and its closure's values (not the globals it reads)."""
+    body = _body(fn.__code__)
     cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
     extras = (fn.__defaults__, fn.__kwdefaults__, cells)
     return ("function", _module(fn), fn.__qualname__, body, normal_form(extras, depth))
 
 
 @functools.lru_cache(maxsize=1024)
-def _source(code: types.CodeType) -> str | None:
-    """The source of a function's code, or None; kept, since a search dispatches the
-    same function hundreds of times and reading it (tokenizing the file) takes ms."""
+def _body(code: types.CodeType) -> tuple[str | None, str]:
+    """A function's source (None if it cannot be read) and :func:`_code`; kept, since a
+    search dispatches the same function hundreds of times and reading the source
+    (tokenizing the file) takes ms."""
     try:
-        return inspect.getsource(code)
+        source: str | None = inspect.getsource(code)
     except (OSError, TypeError):
-        return None
+        source = None
+    return source, _code(code)
+
+
+def _code(code: types.CodeType) -> str:
+    """A digest of what a code object computes: its bytecode, constants (nested code
+    likewise), the names and local names it uses and its argument counts.  The source
+    alone does not tell apart two lambdas on one line (``getsource`` gives the line), nor
+    is there any for code from ``exec``; line numbers are left out, so a function moved
+    in its file keeps its key."""
+    consts = [_code(c) if isinstance(c, types.CodeType) else c for c in code.co_consts]
+    counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount)
+    parts = (code.co_code, normal_form(consts), code.co_names, code.co_varnames, counts)
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
 def _filled(cell: Any) -> bool:

@@ -123,3 +123,28 @@ def test_containers_compare_by_content_not_order() -> None:
     loop: list[Any] = []
     loop.append(loop)
     normal_form(loop)  # a cycle ends at the depth limit instead of recursing for ever
+
+
+def test_two_lambdas_on_one_line_get_different_keys() -> None:
+    made = [((lambda x: x + 1), (lambda x: x * 2)) for _ in range(2)]  # the line run twice
+    (inc, dbl), (inc_again, _) = made
+    assert call_key([(inc, (3,), {})]) != call_key([(dbl, (3,), {})])
+    assert call_key([(inc, (3,), {})]) == call_key([(inc_again, (3,), {})])
+
+
+def without_source(body: str, inner: str = "0") -> Any:
+    """``f(x)`` defined where its source cannot be read (``exec``, as in ``python -c``),
+    holding a nested function returning ``inner``."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "neg": abs}
+    exec(f"def f(x):\n    g = lambda: {inner}\n    return {body}\n", namespace)
+    return namespace["f"]
+
+
+def test_a_function_without_source_is_keyed_by_its_whole_code() -> None:
+    def key(fn: Any) -> str:
+        return call_key([(fn, (-3,), {})])
+
+    assert key(without_source("abs(x)")) == key(without_source("abs(x)"))
+    assert key(without_source("abs(x)")) != key(without_source("neg(x)"))  # a name it calls
+    assert key(without_source("x")) != key(without_source("y", inner="1"))  # a local name
+    assert key(without_source("x")) != key(without_source("x", inner="1"))  # nested code
