@@ -88,6 +88,7 @@ class NbqupBackend(ParallelBackendBase):
         self._threads = 1  # the size of the inner thread pools
         self._lock = threading.Lock()
         self._unfinished: set[str] = set()  # job ids of this call's batches
+        self._equal: dict[str, int] = {}  # a call key: how many came before in this call
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """How many batches run at once: ``n_jobs`` (negative: counted back from the
@@ -112,6 +113,7 @@ class NbqupBackend(ParallelBackendBase):
         self.parallel = parallel
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="nbqup-joblib")
         self._group = self._key
+        self._equal = {}
         self._threads = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
         if self._inner is None:
             self._inner = _limit_inner_threads(self._threads)
@@ -129,6 +131,10 @@ class NbqupBackend(ParallelBackendBase):
             if self._group is None:
                 self._group = f"joblib {_label(func)} {key.split(':')[-1][:12]}"
             group = self._group
+            # equal calls of one Parallel call are each a call (unseeded randomness
+            # differs): the n-th gets its ordinal, so a re-run finds the n-th stored one
+            nth = self._equal[key] = self._equal.get(key, -1) + 1
+            key = f"{key}:{nth}" if nth else key
         assert self._pool is not None, "submit before configure"
         future = self._pool.submit(self._run, func, key, group)
         if callback is not None:

@@ -6,6 +6,7 @@ one that succeeded is not run again -- also in a new process after a SIGKILL mid
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,18 @@ def test_an_equal_call_returns_the_stored_result_and_runs_nothing(name: str) -> 
         (group,) = jq.groups()  # the re-run found its group: the same first call
         assert len(group) == 5  # one job per batch, a batch being a list of calls
         assert [out for batch in group.results() for out in batch] == again
+
+
+def test_equal_calls_in_one_parallel_call_are_each_run_and_a_rerun_maps_them_in_order() -> None:
+    # os.urandom(8) six times: six equal calls, six different results (as without nbqup)
+    with JobQueue(None, workers=2) as jq:
+        with jq.joblib(n_jobs=2):
+            first = joblib.Parallel()(joblib.delayed(os.urandom)(8) for _ in range(6))
+        assert len(set(first)) == 6 and len(jq.jobs()) == 6
+        with jq.joblib(n_jobs=2):  # the cell run again with one more: the n-th equal call
+            again = joblib.Parallel()(joblib.delayed(os.urandom)(8) for _ in range(7))
+        assert again[:6] == first and again[6] not in first  # gets the n-th stored result
+        assert len(jq.jobs()) == 7
 
 
 def test_no_more_than_n_jobs_calls_are_submitted_at_once(name: str) -> None:
