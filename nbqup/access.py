@@ -394,5 +394,7 @@ class JobAccess:
     def schedule(self, submission: Submission, trigger: Trigger) -> str:
         return self._submissions.schedule(submission, trigger)
 
-    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
-        return self._submissions.submit_group(key, submissions)
+    def submit_group(
+        self, key: str, submissions: list[Submission], members: bool = True
+    ) -> list[str]:
+        return self._submissions.submit_group(key, submissions, members)

@@ -134,7 +134,9 @@ class QueuePort(Protocol):
         """Record a recurring schedule (first run at ``submission.due``); its id."""
         ...
 
-    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
+    def submit_group(
+        self, key: str, submissions: list[Submission], members: bool = True
+    ) -> list[str]:
         """Record the group ``key``'s new items (:mod:`nbqup.groups`), all or none; the
-        ids of all its members, in order."""
+        ids of all its members, in order (``members=False``: of ``submissions``' jobs)."""
         ...

@@ -88,15 +88,21 @@ class Submissions:
         self._check_open()
         return self._record_new([self._prepare(s) for s in subs])
 
-    def submit_group(self, key: str, subs: list[Submission]) -> list[str]:
+    def submit_group(self, key: str, subs: list[Submission], members: bool = True) -> list[str]:
         """``map(..., key=key)``: the job ids of the group's members, in order (its earlier
         items first, then this call's new ones).  An item whose key holds a live or
         succeeded job gets that job; the others are new jobs, recorded with the group's
         record (:mod:`nbqup.groups`) in one transaction, all or none.  ValueError if
-        ``key`` names a group of another function."""
+        ``key`` names a group of another function.
+
+        ``members=False``: only the ids of ``subs``' jobs (new, or the job already holding
+        the item's key or answering it from the cache), in their order -- without looking up
+        the group's earlier members, which a call adding one item at a time (the joblib
+        backend) would pay for again at every item."""
         self._check_open()
         prepared: dict[str, tuple[JobRecord, Blobs]] = {}
         fns: set[str] = set()  # a function's blob is written once
+        want_all, item_keys = members, []
         for sub in subs:
             rec, blobs = self._prepare(sub)
             args_blob = next((body for table, _, body in blobs if table == "args"), None)
@@ -105,6 +111,7 @@ class Submissions:
             blobs = [b for b in blobs if b[0] != "fn" or b[1] not in fns]
             fns.update(k for t, k, _ in blobs if t == "fn")
             prepared.setdefault(rec.key, (rec, blobs))  # an item given twice is one job
+            item_keys.append(rec.key)
         fn_name = next(iter(prepared.values()))[0].fn_name if prepared else ""
         age = subs[0].options.get("cache") if subs else None
         max_age = None if age is True else age
@@ -118,9 +125,10 @@ class Submissions:
                 raise ValueError(
                     f"group {show_key(key)} is a group of {fn}, not of {fn_name}: use another key"
                 )
-            members += [m for m in prepared if m not in set(members)]
+            known = set(members)
+            members += [m for m in prepared if m not in known]
             ids = {}
-            for member in members:
+            for member in members if want_all else prepared:
                 if member in prepared:
                     rec, blobs = prepared[member]
                     ids[member] = _insert_keyed(txn, rec, blobs, max_age, now) or rec.id
@@ -128,7 +136,9 @@ class Submissions:
                     held = txn.get("keys", stored_key(member))
                     ids[member] = held.decode() if held is not None else ""
             txn.put(groups.TABLE, stored_key(key), groups.encode_group(key, fn, members))
-            return [ids[m] for m in members if ids[m]]
+            if want_all:
+                return [ids[m] for m in members if ids[m]]
+            return [ids[m] for m in item_keys]
 
         new = [rec for rec, _ in prepared.values()]
         ours = [rec.id for rec in new]

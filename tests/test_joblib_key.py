@@ -123,3 +123,24 @@ def test_containers_compare_by_content_not_order() -> None:
     loop: list[Any] = []
     loop.append(loop)
     normal_form(loop)  # a cycle ends at the depth limit instead of recursing for ever
+
+
+def test_a_memo_hashes_each_big_array_once_and_keeps_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    X, y = np.arange(4000.0).reshape(400, 10), np.arange(400) % 2
+    batches = [[(np.dot, (X, y[i:]), {"axis": i})] for i in range(5)]
+    plain = [call_key(b) for b in batches]
+    hashed: list[int] = []
+    real = joblib.hashing.hash
+
+    def counting(obj: Any, *a: Any, **kw: Any) -> str:
+        if isinstance(obj, np.ndarray):
+            hashed.append(id(obj))
+        return str(real(obj, *a, **kw))
+
+    monkeypatch.setattr(joblib.hashing, "hash", counting)
+    memo: dict[int, Any] = {}
+    assert [call_key(b, memo) for b in batches] == plain
+    assert hashed.count(id(X)) == 1  # X once for the five batches
+    assert call_key([(np.dot, (X + 1, y), {})], memo) != call_key([(np.dot, (X, y), {})], memo)
