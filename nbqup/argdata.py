@@ -1,0 +1,169 @@
+"""Big arguments stored once, by content: ``X`` given to 200 jobs is written once.
+
+A job's arguments are pickled into its own payload (the ``args`` table), so an array
+passed to every job of a sweep -- the data of a grid search, a DataFrame handed to each
+job of a ``map`` -- was pickled, compressed and written once per job.  Here each big
+object among the arguments (a numpy array or pandas object, or ``bytes``, of at least
+:data:`BIG` bytes) is pickled on its own and stored in the ``data`` table under the hash
+of its pickle, the way functions are stored once (``fn``); the job's payload holds a
+reference in its place (a pickle persistent id).
+
+- :func:`dumps` pickles ``(args, kwargs)`` that way: the payload and ``{hash: pickle}``
+  of the big objects (the caller writes those not yet stored).
+- :func:`refs` lists the hashes a payload references, without unpickling it: what a job
+  needs besides its payload (to ship it to a cluster once, say).
+- :func:`loads` unpickles a payload, reading each referenced pickle through ``fetch``
+  and keeping the last ones read (:data:`CACHE_BYTES`): a process running 200 jobs on
+  the same ``X`` reads it once.  Each job still unpickles its own copy, so a job that
+  changes its argument in place changes nobody else's.
+
+A payload without references (every payload an older nbqup wrote) is a plain pickle and
+loads as before.  Hashing a big object costs a pass over its pickle at each submit
+(about a millisecond per MB): nothing is cached by object identity, so an array changed
+in place between two submits is stored again, as it now is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+__all__ = ["BIG", "CACHE_BYTES", "TABLE", "dumps", "loads", "refs"]
+
+#: The table holding the big objects' pickles, by hash.
+TABLE = "data"
+#: Objects whose data is at least this many bytes are stored on their own.
+BIG = 64 * 1024
+#: Pickles of big objects read back and kept in this process, at most this many bytes.
+CACHE_BYTES = 512 * 1024 * 1024
+#: How a payload with references starts; then the hashes, one per line, then a blank line.
+MAGIC = b"nbqup-refs 1\n"
+_TAG = "nbqup-data"
+
+
+def _size(obj: Any) -> int:
+    """How many bytes of data ``obj`` holds if it is of a kind stored apart, else 0."""
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return len(obj)
+    module = kind.__module__
+    if module.startswith("numpy"):
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.ndarray) and obj.dtype != object:
+            return int(obj.nbytes)
+    elif module.startswith("pandas") and kind.__name__ in ("DataFrame", "Series"):
+        try:
+            usage = obj.memory_usage(index=True, deep=False)
+        except Exception:  # an object that only looks like one
+            return 0
+        return int(getattr(usage, "sum", lambda: usage)())
+    return 0
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, putting a reference in place of each big object."""
+
+    def __init__(self, file: io.BytesIO, data: dict[str, bytes]) -> None:
+        super().__init__(file, protocol=5)
+        self.data = data
+        self.order: list[str] = []
+
+    def persistent_id(self, obj: Any) -> Any:
+        if _size(obj) < BIG:
+            return None
+        blob = cloudpickle.dumps(obj, protocol=5)
+        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        if digest not in self.data:
+            self.data[digest] = blob
+            self.order.append(digest)
+        return (_TAG, digest)
+
+
+def dumps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
+    """The payload of ``(args, kwargs)`` and ``{hash: pickle}`` of the big objects in it
+    (no references and no magic if there are none: a plain pickle)."""
+    buf = io.BytesIO()
+    data: dict[str, bytes] = {}
+    pickler = _Pickler(buf, data)
+    pickler.dump((args, kwargs))
+    if not data:
+        return buf.getvalue(), data
+    head = MAGIC + "".join(f"{d}\n" for d in pickler.order).encode() + b"\n"
+    return head + buf.getvalue(), data
+
+
+def refs(blob: bytes | None) -> tuple[str, ...]:
+    """The hashes of the big objects a payload references, in order of first use.
+
+    >>> refs(dumps((b"x" * BIG,), {})[0]) == tuple(dumps((b"x" * BIG,), {})[1])
+    True
+    >>> refs(dumps((1, 2), {})[0])
+    ()
+    """
+    if blob is None or not blob.startswith(MAGIC):
+        return ()
+    end = blob.index(b"\n\n", len(MAGIC) - 1)
+    return tuple(blob[len(MAGIC) : end].decode().split())
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, fetch: Callable[[str], bytes | None]) -> None:
+        super().__init__(file)
+        self.fetch = fetch
+
+    def persistent_load(self, pid: Any) -> Any:
+        tag, digest = pid
+        if tag != _TAG:
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        return pickle.loads(_read(digest, self.fetch))
+
+
+def loads(
+    blob: bytes | None, fetch: Callable[[str], bytes | None] | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` from a payload (``None``: no arguments); ``fetch(hash)`` reads
+    a referenced pickle (None: missing, a ``LookupError``)."""
+    if blob is None:
+        return (), {}
+    if not blob.startswith(MAGIC):
+        return pickle.loads(blob)
+    if fetch is None:
+        raise LookupError("these arguments reference stored data and nothing can read it")
+    start = blob.index(b"\n\n", len(MAGIC) - 1) + 2
+    return _Unpickler(io.BytesIO(memoryview(blob)[start:]), fetch).load()
+
+
+_cache: OrderedDict[str, bytes] = OrderedDict()
+_cache_bytes = 0
+_cache_lock = threading.Lock()
+
+
+def _read(digest: str, fetch: Callable[[str], bytes | None]) -> bytes:
+    """A big object's pickle: kept in this process, or fetched (and kept)."""
+    global _cache_bytes
+    with _cache_lock:
+        blob = _cache.get(digest)
+        if blob is not None:
+            _cache.move_to_end(digest)
+            return blob
+    fetched = fetch(digest)
+    if fetched is None:
+        raise LookupError(f"argument data {digest} is missing from the store")
+    blob = bytes(fetched)
+    if len(blob) <= CACHE_BYTES:
+        with _cache_lock:
+            if digest not in _cache:
+                _cache[digest] = blob
+                _cache_bytes += len(blob)
+            while _cache_bytes > CACHE_BYTES:
+                _, dropped = _cache.popitem(last=False)
+                _cache_bytes -= len(dropped)
+    return blob
