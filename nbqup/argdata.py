@@ -3,10 +3,10 @@
 A job's arguments are pickled into its own payload (the ``args`` table), so an array
 passed to every job of a sweep -- the data of a grid search, a DataFrame handed to each
 job of a ``map`` -- was pickled, compressed and written once per job.  Here each big
-object among the arguments (a numpy array or pandas object, or ``bytes``, of at least
-:data:`BIG` bytes) is pickled on its own and stored in the ``data`` table under the hash
-of its pickle, the way functions are stored once (``fn``); the job's payload holds a
-reference in its place (a pickle persistent id).
+object among the arguments (a numpy array, a pandas ``DataFrame`` or ``Series`` of at
+least :data:`BIG` bytes; ``bytes`` stay in the payload) is pickled on its own and stored
+in the ``data`` table under the hash of its pickle, the way functions are stored once
+(``fn``); the job's payload holds a reference in its place.
 
 - :func:`dumps` pickles ``(args, kwargs)`` that way: the payload and ``{hash: pickle}``
   of the big objects (the caller writes those not yet stored).
@@ -46,14 +46,11 @@ BIG = 64 * 1024
 CACHE_BYTES = 512 * 1024 * 1024
 #: How a payload with references starts; then the hashes, one per line, then a blank line.
 MAGIC = b"nbqup-refs 1\n"
-_TAG = "nbqup-data"
 
 
 def _size(obj: Any) -> int:
     """How many bytes of data ``obj`` holds if it is of a kind stored apart, else 0."""
     kind = type(obj)
-    if kind is bytes or kind is bytearray:
-        return len(obj)
     module = kind.__module__
     if module.startswith("numpy"):
         np = sys.modules.get("numpy")
@@ -76,15 +73,17 @@ class _Pickler(cloudpickle.Pickler):
         self.data = data
         self.order: list[str] = []
 
-    def persistent_id(self, obj: Any) -> Any:
+    def reducer_override(self, obj: Any) -> Any:
+        # called for each object but the plainest (numbers, strings, bytes); an object
+        # met again in the same payload is not: the pickle refers to it as it does
         if _size(obj) < BIG:
-            return None
+            return super().reducer_override(obj)
         blob = cloudpickle.dumps(obj, protocol=5)
         digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
         if digest not in self.data:
             self.data[digest] = blob
             self.order.append(digest)
-        return (_TAG, digest)
+        return _stored, (digest,)
 
 
 def dumps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:
@@ -103,7 +102,9 @@ def dumps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, dict[st
 def refs(blob: bytes | None) -> tuple[str, ...]:
     """The hashes of the big objects a payload references, in order of first use.
 
-    >>> refs(dumps((b"x" * BIG,), {})[0]) == tuple(dumps((b"x" * BIG,), {})[1])
+    >>> import numpy as np
+    >>> payload, data = dumps((np.zeros(BIG), np.zeros(BIG)), {})
+    >>> refs(payload) == tuple(data) and len(data) == 1  # equal: stored once
     True
     >>> refs(dumps((1, 2), {})[0])
     ()
@@ -114,16 +115,16 @@ def refs(blob: bytes | None) -> tuple[str, ...]:
     return tuple(blob[len(MAGIC) : end].decode().split())
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, fetch: Callable[[str], bytes | None]) -> None:
-        super().__init__(file)
-        self.fetch = fetch
+_reading = threading.local()  # .fetch: how the payload being loaded reads its data
 
-    def persistent_load(self, pid: Any) -> Any:
-        tag, digest = pid
-        if tag != _TAG:
-            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
-        return pickle.loads(_read(digest, self.fetch))
+
+def _stored(digest: str) -> Any:
+    """A big object in a payload, unpickled from its own pickle (the payload's pickle
+    calls this for each reference, inside :func:`loads`)."""
+    fetch = getattr(_reading, "fetch", None)
+    if fetch is None:
+        raise LookupError("these arguments reference stored data and nothing can read it")
+    return pickle.loads(_read(digest, fetch))
 
 
 def loads(
@@ -135,10 +136,12 @@ def loads(
         return (), {}
     if not blob.startswith(MAGIC):
         return pickle.loads(blob)
-    if fetch is None:
-        raise LookupError("these arguments reference stored data and nothing can read it")
     start = blob.index(b"\n\n", len(MAGIC) - 1) + 2
-    return _Unpickler(io.BytesIO(memoryview(blob)[start:]), fetch).load()
+    before, _reading.fetch = getattr(_reading, "fetch", None), fetch
+    try:
+        return pickle.loads(memoryview(blob)[start:])
+    finally:
+        _reading.fetch = before
 
 
 _cache: OrderedDict[str, bytes] = OrderedDict()
