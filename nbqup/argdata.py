@@ -19,24 +19,26 @@ in the ``data`` table under the hash of its pickle, the way functions are stored
 
 A payload without references (every payload an older nbqup wrote) is a plain pickle and
 loads as before.  Hashing a big object costs a pass over its pickle at each submit
-(about a millisecond per MB): nothing is cached by object identity, so an array changed
-in place between two submits is stored again, as it now is.
+(about a millisecond per MB): by default nothing is kept by object identity, so an array
+changed in place between two submits is stored again, as it now is; a caller that knows
+better says so (:func:`remembering`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
 
-__all__ = ["BIG", "CACHE_BYTES", "TABLE", "dumps", "loads", "refs"]
+__all__ = ["BIG", "CACHE_BYTES", "TABLE", "Memo", "dumps", "loads", "refs", "remembering"]
 
 #: The table holding the big objects' pickles, by hash.
 TABLE = "data"
@@ -78,12 +80,37 @@ class _Pickler(cloudpickle.Pickler):
         # met again in the same payload is not: the pickle refers to it as it does
         if _size(obj) < BIG:
             return super().reducer_override(obj)
-        blob = cloudpickle.dumps(obj, protocol=5)
-        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        memo = getattr(_remembered, "memo", None)
+        seen = None if memo is None else memo.get(id(obj))
+        if seen is not None and seen[0] is obj:
+            digest, blob = seen[1], seen[2]
+        else:
+            blob = cloudpickle.dumps(obj, protocol=5)
+            digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+            if memo is not None:
+                memo[id(obj)] = (obj, digest, blob)
         if digest not in self.data:
             self.data[digest] = blob
             self.order.append(digest)
         return _stored, (digest,)
+
+
+#: ``id(obj) -> (obj, hash, pickle)``: big objects already pickled (see :func:`remembering`).
+Memo = dict[int, tuple[Any, str, bytes]]
+_remembered = threading.local()  # .memo: the Memo in use in this thread, if any
+
+
+@contextlib.contextmanager
+def remembering(memo: Memo) -> Iterator[None]:
+    """Within the block, in this thread, a big object already pickled into ``memo`` is
+    not pickled and hashed again: for a caller that knows its objects do not change
+    meanwhile -- the joblib backend, over one ``Parallel`` call, submitting the same
+    ``X`` with every fit.  (``memo`` holds the objects, so their ids are not reused.)"""
+    before, _remembered.memo = getattr(_remembered, "memo", None), memo
+    try:
+        yield
+    finally:
+        _remembered.memo = before
 
 
 def dumps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, dict[str, bytes]]:

@@ -34,6 +34,7 @@ from typing import Any
 import joblib
 from joblib.parallel import ParallelBackendBase
 
+from . import argdata
 from .groups import check_group_key
 from .handle import Job
 from .joblib_key import Memo, call_key
@@ -89,6 +90,7 @@ class NbqupBackend(ParallelBackendBase):
         self._lock = threading.Lock()
         self._unfinished: set[str] = set()  # job ids of this call's batches
         self._memo: Memo = {}  # the big arrays this call's keys hashed (joblib_key)
+        self._pickled: argdata.Memo = {}  # ... and its jobs' payloads pickled (argdata)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """How many batches run at once: ``n_jobs`` (negative: counted back from the
@@ -113,7 +115,7 @@ class NbqupBackend(ParallelBackendBase):
         self.parallel = parallel
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="nbqup-joblib")
         self._group = self._key
-        self._memo = {}
+        self._memo, self._pickled = {}, {}
         self._threads = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
         if self._inner is None:
             self._inner = _limit_inner_threads(self._threads)
@@ -141,7 +143,8 @@ class NbqupBackend(ParallelBackendBase):
         options = self._options if "name" in self._options else {**self._options}
         options.setdefault("name", _label(batch))
         sub = Submission(run_batch, (batch, self._threads), {}, options, cache_key=key)
-        (job_id,) = self._port.submit_group(group, [sub], members=False)
+        with argdata.remembering(self._pickled):  # X is pickled for the first fit only
+            (job_id,) = self._port.submit_group(group, [sub], members=False)
         with self._lock:
             self._unfinished.add(job_id)
         try:
@@ -172,7 +175,7 @@ class NbqupBackend(ParallelBackendBase):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        self._memo = {}  # the call's arrays are not held after it
+        self._memo, self._pickled = {}, {}  # the call's arrays are not held after it
         inner, self._inner = self._inner, None
         if inner is not None:
             inner.restore_original_limits()
