@@ -104,3 +104,14 @@ def test_a_worker_process_gets_the_data_with_the_job(tmp_path: Path) -> None:
         jobs = [jq.submit(where, X) for _ in range(2)]
         got = [j.result(timeout=WAIT) for j in jobs]
     assert got[0] == got[1] and got[0][0] == X.sum() and got[0][1] != os.getpid()
+
+
+def test_remembering_pickles_an_object_once_for_as_long_as_the_block_lasts() -> None:
+    X = np.zeros(50_000)
+    memo: argdata.Memo = {}
+    with argdata.remembering(memo):
+        first = argdata.refs(argdata.dumps((X,), {})[0])
+        X += 1  # the caller promised it would not: the memo is what was pickled
+        assert argdata.refs(argdata.dumps((X, 1), {})[0]) == first
+    assert list(memo) == [id(X)]
+    assert argdata.refs(argdata.dumps((X,), {})[0]) != first  # outside: as X is now
