@@ -401,5 +401,7 @@ class JobAccess:
         if self.limits is not None and (options.get("limits") or options.get("gpus")):
             self.limits.check(options)
 
-    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
-        return self._submissions.submit_group(key, submissions)
+    def submit_group(
+        self, key: str, submissions: list[Submission], members: bool = True
+    ) -> list[str]:
+        return self._submissions.submit_group(key, submissions, members)

@@ -31,7 +31,7 @@ T = TypeVar("T")
 TABLES = (
     "meta", "pending", "fn", "args", "result", "ckpt", "logs",
     "rich", "keys", "sched", "requests", "corrupt", "info", "steps",
-    "cache", "groups", "stepres", "limits",
+    "cache", "groups", "stepres", "limits", "data",
 )  # fmt: skip
 DURABILITIES = ("process", "fsync")
 #: What :meth:`Backend.write` takes: ``(table, key, value)`` puts, ``(table, key)``

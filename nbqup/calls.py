@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import payload
+from . import argdata, payload
 from .context import JobContext, RunningJob
 from .errors import last_line
 from .remote import Done, Task
@@ -37,6 +37,9 @@ class Call:
     #: Reads the pickled function (from the store) when it is needed.
     fn_source: Callable[[], bytes] | None = None
     args_blob: bytes | None = None
+    #: Reads a big argument's pickle by hash, if the arguments reference any
+    #: (:mod:`nbqup.argdata`).
+    data_source: Callable[[str], bytes | None] | None = None
     local_fn: Callable[..., Any] | None = None
     _fn_blob: bytes | None = field(default=None, repr=False)
     _loaded: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False)
@@ -58,7 +61,7 @@ class Call:
 
     def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self._loaded is None:
-            self._loaded = payload.loads_args(self.args_blob)
+            self._loaded = payload.loads_args(self.args_blob, self.data_source)
         return self._loaded
 
     @property
@@ -85,7 +88,14 @@ class Call:
         if fn_hash is None or fn_blob is None:
             fn_hash, fn_blob = payload.dumps_fn(self.fn)
         args_blob = payload.dumps_args(self.args, self.kwargs) if self._given else self.args_blob
-        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, args_blob, gpus)
+        data = tuple((h, self._data(h)) for h in argdata.refs(args_blob))
+        return Task(self.job_id, job.name, job.attempts, fn_hash, fn_blob, args_blob, gpus, data)
+
+    def _data(self, digest: str) -> bytes:
+        blob = None if self.data_source is None else self.data_source(digest)
+        if blob is None:
+            raise LookupError(f"argument data {digest} of job {self.job_id} is missing")
+        return blob
 
 
 @dataclass

@@ -34,9 +34,10 @@ from typing import Any
 import joblib
 from joblib.parallel import ParallelBackendBase
 
-from .groups import check_group_key, item_key
+from . import argdata
+from .groups import check_group_key
 from .handle import Job
-from .joblib_key import call_key
+from .joblib_key import Memo, call_key
 from .ports import QueuePort, Submission
 from .submit import validate_options
 
@@ -89,6 +90,8 @@ class NbqupBackend(ParallelBackendBase):
         self._lock = threading.Lock()
         self._unfinished: set[str] = set()  # job ids of this call's batches
         self._equal: dict[str, int] = {}  # a call key: how many came before in this call
+        self._memo: Memo = {}  # the big arrays this call's keys hashed (joblib_key)
+        self._pickled: argdata.Memo = {}  # ... and its jobs' payloads pickled (argdata)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """How many batches run at once: ``n_jobs`` (negative: counted back from the
@@ -114,6 +117,7 @@ class NbqupBackend(ParallelBackendBase):
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="nbqup-joblib")
         self._group = self._key
         self._equal = {}
+        self._memo, self._pickled = {}, {}
         self._threads = self.inner_max_num_threads or max((os.cpu_count() or 1) // n, 1)
         if self._inner is None:
             self._inner = _limit_inner_threads(self._threads)
@@ -124,7 +128,7 @@ class NbqupBackend(ParallelBackendBase):
     ) -> Future[list[Any]]:
         """Queue one batch: a pool thread submits it as a job and waits for its result."""
         try:
-            key = call_key(func.items)
+            key = call_key(func.items, self._memo)
         except Exception:  # something in it joblib cannot hash: run it, never answer it
             key = f"joblib:unhashable:{uuid.uuid4().hex}"
         with self._lock:
@@ -145,10 +149,8 @@ class NbqupBackend(ParallelBackendBase):
         options = self._options if "name" in self._options else {**self._options}
         options.setdefault("name", _label(batch))
         sub = Submission(run_batch, (batch, self._threads), {}, options, cache_key=key)
-        self._port.submit_group(group, [sub])
-        job_id = self._port.store.job_for_key(item_key(group, key.encode()))
-        if job_id is None:  # answered by a job of another group: the cache finds it
-            job_id = self._port.submit(sub)
+        with argdata.remembering(self._pickled):  # X is pickled for the first fit only
+            (job_id,) = self._port.submit_group(group, [sub], members=False)
         with self._lock:
             self._unfinished.add(job_id)
         try:
@@ -179,6 +181,7 @@ class NbqupBackend(ParallelBackendBase):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        self._memo, self._pickled = {}, {}  # the call's arrays are not held after it
         inner, self._inner = self._inner, None
         if inner is not None:
             inner.restore_original_limits()

@@ -53,27 +53,44 @@ IGNORED_SKLEARN_KWARGS = frozenset(
 _MAX_DEPTH = 25
 
 
-def call_key(items: Iterable[tuple[Any, tuple[Any, ...], dict[str, Any]]]) -> str:
+#: Arrays of at least this many bytes are hashed on their own (and, with a memo, once).
+BIG_ARRAY = 4096
+
+#: ``id(array) -> (array, digest)``: the arrays already hashed during one ``Parallel``
+#: call (the array is held, so its id is not reused while the memo lives).
+Memo = dict[int, tuple[Any, str]]
+
+
+def call_key(
+    items: Iterable[tuple[Any, tuple[Any, ...], dict[str, Any]]], memo: Memo | None = None
+) -> str:
     """The key of a batch of calls ``(func, args, kwargs)`` (a joblib ``BatchedCalls``'s
-    ``items``): equal for calls that compute the same results, in any process."""
+    ``items``): equal for calls that compute the same results, in any process.
+
+    ``memo``: big arrays already hashed, by identity, filled here -- a search passes the
+    same ``X`` and ``y`` to every fit, and hashing them is most of the key's cost.  Only
+    for as long as the arrays cannot change (one ``Parallel`` call); the key is the same
+    with or without it."""
     import joblib.hashing
 
-    digest = joblib.hashing.hash([_call(f, a, k) for f, a, k in items])
+    digest = joblib.hashing.hash([_call(f, a, k, memo) for f, a, k in items])
     return "joblib:" + str(digest)
 
 
-def _call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+def _call(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], memo: Memo | None
+) -> tuple[Any, ...]:
     inner = getattr(func, "function", func)  # scikit-learn's _FuncWrapper wraps it
     ignored = IGNORED_SKLEARN_KWARGS if _module(inner).startswith("sklearn.") else ()
     kept = {k: v for k, v in kwargs.items() if k not in ignored}
-    return (normal_form(func), normal_form(args), normal_form(kept))
+    return (normal_form(func, 0, memo), normal_form(args, 0, memo), normal_form(kept, 0, memo))
 
 
 def _module(obj: Any) -> str:
     return str(getattr(obj, "__module__", "") or "")
 
 
-def normal_form(obj: Any, depth: int = 0) -> Any:
+def normal_form(obj: Any, depth: int = 0, memo: Memo | None = None) -> Any:
     """``obj`` turned into plain, order-free data that ``joblib.hashing.hash`` gives the
     same digest for whenever it computes the same thing (see the module docstring).
 
@@ -83,41 +100,57 @@ def normal_form(obj: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, complex)):
         return obj
     d = depth + 1
+    if type(obj).__name__ == "ndarray" and getattr(obj, "nbytes", 0) >= BIG_ARRAY:
+        return _array(obj, memo)
     if isinstance(obj, dict):
-        pairs = [(normal_form(k, d), normal_form(v, d)) for k, v in obj.items()]
+        pairs = [(normal_form(k, d, memo), normal_form(v, d, memo)) for k, v in obj.items()]
         return ("dict", sorted(pairs, key=lambda kv: repr(kv[0])))
     if isinstance(obj, (list, tuple)):
-        return (type(obj).__name__, [normal_form(x, d) for x in obj])
+        return (type(obj).__name__, [normal_form(x, d, memo) for x in obj])
     if isinstance(obj, (set, frozenset)):
-        return ("set", sorted((normal_form(x, d) for x in obj), key=repr))
+        return ("set", sorted((normal_form(x, d, memo) for x in obj), key=repr))
     if isinstance(obj, type):
         return ("class", _module(obj), obj.__qualname__)
     if isinstance(obj, types.FunctionType):
-        return _function(obj, d)
+        return _function(obj, d, memo)
     if isinstance(obj, types.MethodType):
-        return ("method", normal_form(obj.__self__, d), normal_form(obj.__func__, d))
+        return ("method", normal_form(obj.__self__, d, memo), normal_form(obj.__func__, d))
     if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         owner = getattr(obj, "__self__", None)
         bound = None if owner is None or isinstance(owner, types.ModuleType) else owner
-        return ("builtin", _module(obj), obj.__qualname__, normal_form(bound, d))
+        return ("builtin", _module(obj), obj.__qualname__, normal_form(bound, d, memo))
     if isinstance(obj, functools.partial):
-        return ("partial", normal_form(obj.func, d), normal_form((obj.args, obj.keywords), d))
+        bound_args = normal_form((obj.args, obj.keywords), d, memo)
+        return ("partial", normal_form(obj.func, d, memo), bound_args)
     if callable(getattr(obj, "with_config_and_warning_filters", None)):
         # scikit-learn's _FuncWrapper: the function and the configuration it runs under
         config = getattr(obj, "config", {})
-        return ("sklearn-call", normal_form(obj.function, d), normal_form(config, d))
+        return ("sklearn-call", normal_form(obj.function, d, memo), normal_form(config, d))
     if callable(getattr(obj, "get_params", None)):
-        return _estimator(obj, d)
+        return _estimator(obj, d, memo)
     return obj
 
 
-def _function(fn: types.FunctionType, depth: int) -> tuple[Any, ...]:
+def _array(arr: Any, memo: Memo | None) -> tuple[str, str]:
+    """A big numpy array by its digest (its dtype, shape and bytes: joblib's hash)."""
+    import joblib.hashing
+
+    seen = None if memo is None else memo.get(id(arr))
+    if seen is not None and seen[0] is arr:
+        return ("ndarray", seen[1])
+    digest = str(joblib.hashing.hash(arr))
+    if memo is not None:
+        memo[id(arr)] = (arr, digest)
+    return ("ndarray", digest)
+
+
+def _function(fn: types.FunctionType, depth: int, memo: Memo | None = None) -> tuple[Any, ...]:
     """A function by content: where it is defined, its source and code, its defaults
     and its closure's values (not the globals it reads)."""
     body = _body(fn.__code__)
     cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
     extras = (fn.__defaults__, fn.__kwdefaults__, cells)
-    return ("function", _module(fn), fn.__qualname__, body, normal_form(extras, depth))
+    return ("function", _module(fn), fn.__qualname__, body, normal_form(extras, depth, memo))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -152,7 +185,7 @@ def _filled(cell: Any) -> bool:
     return True
 
 
-def _estimator(est: Any, depth: int) -> tuple[Any, ...]:
+def _estimator(est: Any, depth: int, memo: Memo | None = None) -> tuple[Any, ...]:
     """An estimator by its class, parameters and fitted attributes -- not by whatever
     else its ``__dict__`` holds between calls."""
     try:
@@ -166,6 +199,6 @@ def _estimator(est: Any, depth: int) -> tuple[Any, ...]:
         "estimator",
         _module(kind),
         kind.__qualname__,
-        normal_form(params, depth),
-        normal_form(fitted, depth),
+        normal_form(params, depth, memo),
+        normal_form(fitted, depth, memo),
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import argdata
 from .errors import SerializationError
 
 __all__ = [
@@ -99,10 +100,16 @@ def dumps_fn(fn: Callable[..., Any]) -> tuple[str, bytes]:
 
 
 def dumps_args(
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, name_fault: bool = True
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    name_fault: bool = True,
+    data: dict[str, bytes] | None = None,
 ) -> bytes | None:
     """Pickle of ``(args, kwargs)``, ``None`` when there are none.
 
+    ``data``: big objects among them are stored apart (:mod:`nbqup.argdata`): their
+    pickles are added to ``data`` by hash and the payload references them.
     On failure the :class:`SerializationError` names the first argument at fault (found
     by pickling them one by one; ``name_fault=False``: not looked for, when the caller
     only needs to know that they did not pickle).
@@ -110,6 +117,10 @@ def dumps_args(
     if not args and not kwargs:
         return None
     try:
+        if data is not None:
+            blob, found = argdata.dumps(args, kwargs)
+            data.update(found)
+            return blob
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
         if not name_fault:
@@ -143,9 +154,12 @@ def loads(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
-def loads_args(blob: bytes | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwargs)`` from :func:`dumps_args`' pickle (``None``: no arguments)."""
-    return ((), {}) if blob is None else pickle.loads(blob)
+def loads_args(
+    blob: bytes | None, fetch: Callable[[str], bytes | None] | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` from :func:`dumps_args`' pickle (``None``: no arguments);
+    ``fetch(hash)`` reads the big objects it references (:func:`nbqup.argdata.loads`)."""
+    return argdata.loads(blob, fetch)
 
 
 #: Functions unpickled by :func:`load_fn` and kept, the most recently used.

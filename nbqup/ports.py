@@ -139,7 +139,9 @@ class QueuePort(Protocol):
         has (:mod:`nbqup.limits`)."""
         ...
 
-    def submit_group(self, key: str, submissions: list[Submission]) -> list[str]:
+    def submit_group(
+        self, key: str, submissions: list[Submission], members: bool = True
+    ) -> list[str]:
         """Record the group ``key``'s new items (:mod:`nbqup.groups`), all or none; the
-        ids of all its members, in order."""
+        ids of all its members, in order (``members=False``: of ``submissions``' jobs)."""
         ...

@@ -92,11 +92,14 @@ class Task(NamedTuple):
     args_blob: bytes | None
     #: The GPU slots the job holds (``current_job().gpus`` where it runs).
     gpus: tuple[int, ...] = ()
+    #: ``(hash, pickle)`` of each big argument the arguments reference
+    #: (:func:`nbqup.argdata.refs`), unpickled once per process.
+    data: tuple[tuple[str, bytes], ...] = ()
 
     def invoke(self) -> Any:
         """Unpickle the function (cached by its hash) and the arguments, and call it."""
         fn = payload.load_fn(self.fn_hash, self.fn_blob)
-        args, kwargs = payload.loads_args(self.args_blob)
+        args, kwargs = payload.loads_args(self.args_blob, dict(self.data).get)
         return fn(*args, **kwargs)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import payload, upstream
+from .argdata import TABLE as DATA
 from .capture import LogBuffer, RichOutputs
 from .context import JobContext, RunningJob
 from .errors import NbqupError, SerializationError, StoreFailed, StoreWriteError, last_line
@@ -223,8 +224,9 @@ class WorkerSlots:
             call.args_blob = self._shared.store.get_blob("args", rec.args_ref or rec.id)
             if call.args_blob is None:
                 raise NbqupError(f"the arguments of job {rec.id} are missing from the store")
+            call.data_source = self._data_blob
             if rec.upstream:  # Job arguments: their results, by value
-                args, kwargs = payload.loads_args(call.args_blob)
+                args, kwargs = payload.loads_args(call.args_blob, self._data_blob)
                 call.given(*upstream.substitute(args, kwargs, self._upstream_result))
         if rec.task_type is not None:
             call.local_fn = self._runtime.task_executors[rec.task_type].execute
@@ -256,6 +258,10 @@ class WorkerSlots:
             raise SerializationError(
                 f"the result of upstream job {job_id}", exc, action="load"
             ) from exc
+
+    def _data_blob(self, digest: str) -> bytes | None:
+        """A big argument's pickle (:mod:`nbqup.argdata`), None if missing."""
+        return self._shared.store.get_blob(DATA, digest)
 
     def _fn_blob(self, job_id: str, fn_hash: str, fn_name: str) -> bytes:
         blob = self._shared.store.get_blob("fn", fn_hash)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import cache, groups, payload, upstream
+from .argdata import TABLE as DATA
 from .errors import SerializationError, StoreWriteError
 from .handle import Job
 from .keys import show_key, stored_key
@@ -54,6 +55,8 @@ class Submissions:
         self._check_open = check_open
         #: Functions (by hash) known to be stored: not pickled into the batch again.
         self._known_fns: set[str] = set()
+        #: Big arguments (by hash, :mod:`nbqup.argdata`) known to be stored.
+        self._known_data: set[str] = set()
 
     def submit(self, sub: Submission) -> str:
         """Record one job; its id, or that of the live job already holding its key."""
@@ -74,6 +77,7 @@ class Submissions:
                 return existing
             if rec.fn is not None:
                 self._known_fns.add(rec.fn)
+            self._known_data.update(k for t, k, _ in blobs if t == DATA)
             if self._state.owner:
                 self._runtime.admit(rec)
             return rec.id
@@ -88,23 +92,32 @@ class Submissions:
         self._check_open()
         return self._record_new([self._prepare(s) for s in subs])
 
-    def submit_group(self, key: str, subs: list[Submission]) -> list[str]:
+    def submit_group(self, key: str, subs: list[Submission], members: bool = True) -> list[str]:
         """``map(..., key=key)``: the job ids of the group's members, in order (its earlier
         items first, then this call's new ones).  An item whose key holds a live or
         succeeded job gets that job; the others are new jobs, recorded with the group's
         record (:mod:`nbqup.groups`) in one transaction, all or none.  ValueError if
-        ``key`` names a group of another function."""
+        ``key`` names a group of another function.
+
+        ``members=False``: only the ids of ``subs``' jobs (new, or the job already holding
+        the item's key or answering it from the cache), in their order -- without looking up
+        the group's earlier members, which a call adding one item at a time (the joblib
+        backend) would pay for again at every item."""
         self._check_open()
         prepared: dict[str, tuple[JobRecord, Blobs]] = {}
         fns: set[str] = set()  # a function's blob is written once
+        data: dict[str, bytes] = {}  # so is a big argument's, whichever item is new
+        want_all, item_keys = members, []
         for sub in subs:
             rec, blobs = self._prepare(sub)
             args_blob = next((body for table, _, body in blobs if table == "args"), None)
             rec.key = groups.item_key(key, _content(sub.cache_key) or args_blob)
             rec.group = key
-            blobs = [b for b in blobs if b[0] != "fn" or b[1] not in fns]
+            data.update({k: b for t, k, b in blobs if t == DATA})
+            blobs = [b for b in blobs if b[0] != DATA and (b[0] != "fn" or b[1] not in fns)]
             fns.update(k for t, k, _ in blobs if t == "fn")
             prepared.setdefault(rec.key, (rec, blobs))  # an item given twice is one job
+            item_keys.append(rec.key)
         fn_name = next(iter(prepared.values()))[0].fn_name if prepared else ""
         age = subs[0].options.get("cache") if subs else None
         max_age = None if age is True else age
@@ -118,9 +131,12 @@ class Submissions:
                 raise ValueError(
                     f"group {show_key(key)} is a group of {fn}, not of {fn_name}: use another key"
                 )
-            members += [m for m in prepared if m not in set(members)]
+            known = set(members)
+            members += [m for m in prepared if m not in known]
+            for digest, body in data.items():
+                txn.put(DATA, digest, body)
             ids = {}
-            for member in members:
+            for member in members if want_all else prepared:
                 if member in prepared:
                     rec, blobs = prepared[member]
                     ids[member] = _insert_keyed(txn, rec, blobs, max_age, now) or rec.id
@@ -128,7 +144,9 @@ class Submissions:
                     held = txn.get("keys", stored_key(member))
                     ids[member] = held.decode() if held is not None else ""
             txn.put(groups.TABLE, stored_key(key), groups.encode_group(key, fn, members))
-            return [ids[m] for m in members if ids[m]]
+            if want_all:
+                return [ids[m] for m in members if ids[m]]
+            return [ids[m] for m in item_keys]
 
         new = [rec for rec, _ in prepared.values()]
         ours = [rec.id for rec in new]
@@ -139,6 +157,7 @@ class Submissions:
             recorded = set(ids)
             new = [rec for rec in new if rec.id in recorded]
             self._known_fns.update(rec.fn for rec in new if rec.fn is not None)
+            self._known_data.update(data)
             if self._state.owner and new:
                 with self._state.lock:
                     for rec in new:
@@ -224,6 +243,7 @@ class Submissions:
         try:
             self._shared.writer.flush(self._shared.writer.add(records, blobs))
             self._known_fns.update(rec.fn for rec in records if rec.fn is not None)
+            self._known_data.update(k for t, k, _ in blobs if t == DATA)
             if state.owner:
                 with state.lock:
                     for rec in records:
@@ -263,10 +283,13 @@ class Submissions:
         ups: tuple[str, ...] = ()
         args_blob: bytes | None = None
         pickled = not (lead or sub.args or sub.kwargs)  # True: nothing to pickle
+        data: dict[str, bytes] = {}  # big arguments, stored apart (nbqup.argdata)
         # a Job at the top level (the common way to pass one) is seen without the pickle
         if not pickled and not any(isinstance(v, Job) for v in (*sub.args, *sub.kwargs.values())):
             try:
-                args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, name_fault=False)
+                args_blob = payload.dumps_args(
+                    (*lead, *sub.args), sub.kwargs, name_fault=False, data=data
+                )
                 pickled = True
             except SerializationError:  # a Job among them, or an argument that does not pickle
                 pass
@@ -288,10 +311,13 @@ class Submissions:
                 f"got {type(fn).__name__}"
             )
         if not pickled:  # raises, naming the argument at fault, if one still does not pickle
-            args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs)
+            args_blob = payload.dumps_args((*lead, *sub.args), sub.kwargs, data=data)
         if args_blob is not None:
             fields["has_args"] = True
             blobs.append(("args", args_key, args_blob))
+        for digest, body in data.items():
+            if digest not in self._known_data and not self._shared.store.has(DATA, digest):
+                blobs.append((DATA, digest, body))
         fields["kwargs"] = payload.kwargs_summary(sub.kwargs)
         return sub, ups, fields, blobs, args_blob
 

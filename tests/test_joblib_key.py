@@ -148,3 +148,24 @@ def test_a_function_without_source_is_keyed_by_its_whole_code() -> None:
     assert key(without_source("abs(x)")) != key(without_source("neg(x)"))  # a name it calls
     assert key(without_source("x")) != key(without_source("y", inner="1"))  # a local name
     assert key(without_source("x")) != key(without_source("x", inner="1"))  # nested code
+
+
+def test_a_memo_hashes_each_big_array_once_and_keeps_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    X, y = np.arange(4000.0).reshape(400, 10), np.arange(400) % 2
+    batches = [[(np.dot, (X, y[i:]), {"axis": i})] for i in range(5)]
+    plain = [call_key(b) for b in batches]
+    hashed: list[int] = []
+    real = joblib.hashing.hash
+
+    def counting(obj: Any, *a: Any, **kw: Any) -> str:
+        if isinstance(obj, np.ndarray):
+            hashed.append(id(obj))
+        return str(real(obj, *a, **kw))
+
+    monkeypatch.setattr(joblib.hashing, "hash", counting)
+    memo: dict[int, Any] = {}
+    assert [call_key(b, memo) for b in batches] == plain
+    assert hashed.count(id(X)) == 1  # X once for the five batches
+    assert call_key([(np.dot, (X + 1, y), {})], memo) != call_key([(np.dot, (X, y), {})], memo)

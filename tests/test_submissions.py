@@ -88,3 +88,13 @@ def test_map_records_all_jobs_or_none(jq: JobQueue) -> None:
     jobs = jq.map(add, [{"a": i} for i in range(50)])
     assert [j.result(timeout=WAIT) for j in jobs] == list(range(50))
     assert jq.store.count("fn") == 1  # one function, stored once
+
+
+def test_submit_group_without_members_gives_the_ids_of_the_items_given(jq: JobQueue) -> None:
+    port = jq._access
+    first = port.submit_group("g", [Submission(add, (i,), {}, {}) for i in range(3)])
+    again = port.submit_group(
+        "g", [Submission(add, (2,), {}, {}), Submission(add, (9,), {}, {})], members=False
+    )
+    assert again[0] == first[2] and again[1] not in first  # the item held, then a new one
+    assert port.submit_group("g", [], members=True) == [*first, again[1]]
