@@ -12,11 +12,16 @@ What "the same call" means -- the cache key (:func:`cache_key`):
   code, defaults, closure and the globals it reads (a notebook class among them by its
   name and content, a set in sorted order), and by its source when it can be read, so a
   changed body misses and re-running an unchanged cell hits, after a kernel restart too;
-  a function imported from a module by its module, name and source; a registered task
-  type (``jq.register``) by its type's name and its instance, as an argument;
+  a function imported from a module by its module, name, source and its module file's
+  content (a fixed helper beside it); a registered task type (``jq.register``) by its
+  type's name and its instance, as an argument;
 - the arguments by their pickle: equal arguments are those that pickle to equal bytes
   (``1`` and ``1.0`` differ; so may two equal dicts built in another order), an instance
-  of a notebook class with its class by content and a set argument sorted.
+  of a notebook class with its class by content and a set, wherever it is, sorted.
+
+Within a session a function's key is reused while the objects it reads are the same
+ones, as its payload pickle is (:func:`nbqup.payload.fingerprint`): a global changed in
+place is not seen by either -- the job would run with the old value anyway.
 
 A cached submit while a job of the same key is still waiting or running returns that
 job, as ``key=`` does, so re-running a cell does not start the work twice.

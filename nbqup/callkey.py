@@ -13,12 +13,17 @@ these:
   as a token: its module and qualified name and a hash of its content -- for a function
   its code (without file name and line numbers), defaults, closure and the globals it
   reads; for a class its bases and its attributes;
-- a set or frozenset among those (a global ``LABELS = {"cat", "dog"}``, a constant of
-  the code), or given as an argument itself, is written sorted.
+- a set or frozenset, wherever it is (a global ``LABELS = {"cat", "dog"}``, a constant
+  of the code, an argument, a dataclass field, a list item, a dict value), is written
+  sorted: the pickler's ``persistent_id`` sees every object, sets included (its
+  ``reducer_override`` never sees a set), so this costs no walk of its own;
+- a function imported from a module (pickled by reference, its module and name) is also
+  written with its source and a hash of its module's source file, so fixing a helper it
+  calls in the same module changes the key too (:func:`module_digest`).
 
 Nothing is unpickled, so computing a key neither doubles the memory of a big argument nor
 runs a notebook class's code in the submitting kernel; the bytes go straight into the
-hash.  A set nested deeper in the arguments (inside a list) is pickled as it is.
+hash.  :func:`args_key` is the same key of arguments alone (a group item's).
 
 >>> call_key(len, (1,), {}) == call_key(len, (1,), {}) != call_key(len, (2,), {})
 True
@@ -31,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import os
+import sys
 import types
 import weakref
 from typing import Any, NamedTuple
@@ -40,15 +47,17 @@ from cloudpickle import cloudpickle as _cp
 
 from . import payload
 
-__all__ = ["SetOf", "Token", "call_key"]
+__all__ = ["SetOf", "Token", "args_key", "call_key", "module_digest"]
 
 _DEPTH = 20
 
-#: Digests of functions, kept while what they read stays the same objects (as the
-#: payload's function pickles are, :func:`nbqup.payload.fingerprint`).
-_fn_digests: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], str]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Digests of functions and classes, kept while what they hold stays the same objects
+#: (as the payload's function pickles are, :func:`nbqup.payload.fingerprint`): a sweep
+#: over instances of a notebook class hashes the class once, not once per item.
+_fn_digests: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
+#: Module source hashes by file: ``path -> ((mtime_ns, size), digest)``.
+_module_digests: dict[str, tuple[tuple[int, int], bytes]] = {}
 
 
 class Token(NamedTuple):
@@ -72,18 +81,54 @@ def call_key(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
     ``fn`` counts by content (:class:`Token`), and also by its source when it can be read:
     a function imported from a module is written by reference, its module and name,
-    which stay the same when its body is fixed; its source does not.  Raises what
-    pickling the arguments raises.
+    which stay the same when its body is fixed; its source does not, nor does its
+    module's file (:func:`module_digest`), which holds the helpers it calls.  Raises
+    what pickling the arguments raises.
     """
     h = hashlib.blake2b(digest_size=20)
     digests: dict[int, str] = {}
     _dump(h, fn, digests)
     with contextlib.suppress(OSError, TypeError):
         h.update(inspect.getsource(fn).encode())
+    if type(fn) is types.FunctionType and _by_reference(fn):
+        h.update(module_digest(fn))
     h.update(b"\0")
-    if args or kwargs:  # a set argument sorted; the rest is not walked, only pickled
-        _dump(h, (tuple(map(_set_of, args)), {k: _set_of(v) for k, v in kwargs.items()}))
+    if args or kwargs:
+        _dump(h, (args, kwargs))
     return h.hexdigest()
+
+
+def args_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The key of a call's arguments alone, the same in every process (a group item's:
+    :func:`nbqup.groups.item_key`).  Raises what pickling them raises (a ``Job``).
+
+    >>> args_key(({"b", "a"},), {}) == args_key(({"a", "b"},), {}) != args_key((), {})
+    True
+    """
+    h = hashlib.blake2b(digest_size=20)
+    _dump(h, (args, kwargs))
+    return h.digest()
+
+
+def module_digest(fn: Any) -> bytes:
+    """A hash of the source file of ``fn``'s module (empty if it has none: a builtin, a
+    compiled extension), kept per file while its mtime and size stay the same -- one
+    ``stat`` per key, the file read once per change."""
+    path = getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return b""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        held = _module_digests.get(path)
+        if held is not None and held[0] == stamp:
+            return held[1]
+        with open(path, "rb") as f:
+            digest = hashlib.blake2b(f.read(), digest_size=16).digest()
+    except OSError:
+        return b""
+    _module_digests[path] = (stamp, digest)
+    return digest
 
 
 class _Sink:
@@ -111,6 +156,14 @@ class _KeyPickler(cloudpickle.Pickler):
         super().__init__(file, protocol=5)
         self._digests = digests
 
+    def persistent_id(self, obj: Any) -> Any:
+        """A set or frozenset, wherever it is, as a :class:`SetOf` (its elements sorted):
+        the C pickler writes sets before it would ask :meth:`reducer_override`."""
+        kind = type(obj)
+        if kind is set or kind is frozenset:
+            return SetOf(kind.__name__, _sorted(_canon(v) for v in obj))
+        return None
+
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is types.FunctionType:
@@ -122,23 +175,27 @@ class _KeyPickler(cloudpickle.Pickler):
         except TypeError:
             is_class = False
         if is_class and obj not in _cp._BUILTIN_TYPE_NAMES and not _by_reference(obj):
-            digest = self._digest(obj, _class_parts)
+            digest = self._kept(obj, _class_fingerprint(obj), _class_parts)
             return Token, ("class", obj.__module__, obj.__qualname__, digest)
         return super().reducer_override(obj)
 
     def _function(self, fn: types.FunctionType) -> str:
-        """A function's digest, kept for the next keys unless it was hashed while
-        another's was (a mutual recursion: its digest depends on where it started)."""
-        if id(fn) in self._digests:
-            return self._digests[id(fn)]
-        fp = payload.fingerprint(fn)
-        held = _fn_digests.get(fn)
+        return self._kept(fn, payload.fingerprint(fn), _function_parts)
+
+    def _kept(self, obj: Any, fp: Any, parts: Any) -> str:
+        """A function's or class's digest, kept for the next keys while ``fp`` holds,
+        unless it was hashed while another's was (a mutual recursion: its digest depends
+        on where it started)."""
+        if id(obj) in self._digests:
+            return self._digests[id(obj)]
+        held = _fn_digests.get(obj)
         if held is not None and held[0] == fp:
             return held[1]
         outer = "" in self._digests.values()
-        digest = self._digest(fn, _function_parts)
+        digest = self._digest(obj, parts)
         if fp is not None and not outer:
-            _fn_digests[fn] = (fp, digest)
+            with contextlib.suppress(TypeError):  # not weak-referenceable
+                _fn_digests[obj] = (fp, digest)
         return digest
 
     def _digest(self, obj: Any, parts: Any) -> str:
@@ -152,9 +209,9 @@ class _KeyPickler(cloudpickle.Pickler):
         return digest
 
 
-def _by_reference(cls: type) -> bool:
+def _by_reference(obj: Any) -> bool:
     try:
-        return bool(_cp._should_pickle_by_reference(cls))
+        return bool(_cp._should_pickle_by_reference(obj))
     except Exception:  # an odd class: by value, as cloudpickle would
         return False
 
@@ -202,9 +259,26 @@ def _code_parts(code: types.CodeType) -> tuple[Any, ...]:
     )
 
 
+def _class_fingerprint(cls: type) -> tuple[Any, ...]:
+    """Identity of what a class's digest depends on: its bases and the objects its
+    attributes hold (a method by :func:`nbqup.payload.fingerprint`)."""
+    return (
+        tuple(map(id, cls.__bases__)),
+        tuple(
+            (k, id(v), payload.fingerprint(v) if type(v) is types.FunctionType else None)
+            for k, v in vars(cls).items()
+        ),
+    )
+
+
 def _class_parts(cls: type) -> tuple[Any, ...]:
-    """What a class pickled by value is: its metaclass, name, bases and attributes."""
+    """What a class pickled by value is: its metaclass, name, bases and attributes --
+    but not the ``__doc__`` a dataclass writes itself: it shows its defaults' reprs, a
+    set's in the order of the process's hash seed (the defaults count, as fields)."""
     attrs, _ = _cp._class_getstate(cls)
+    doc = attrs.get("__doc__")
+    if "__dataclass_fields__" in attrs and str(doc).startswith(cls.__name__ + "("):
+        attrs = {k: v for k, v in attrs.items() if k != "__doc__"}
     return (
         type(cls),
         cls.__name__,
@@ -214,13 +288,6 @@ def _class_parts(cls: type) -> tuple[Any, ...]:
 
 
 _EMPTY_CELL = Token("cell", "", "", "empty")
-
-
-def _set_of(value: Any) -> Any:
-    kind = type(value)
-    if kind is set or kind is frozenset:
-        return SetOf(kind.__name__, _sorted(_canon(v) for v in value))
-    return value
 
 
 def _canon(value: Any, depth: int = 0) -> Any:

@@ -6,12 +6,14 @@ plus what a sweep needs as a whole -- ``counts()``, ``progress``, ``done()``, ``
 ``results()``, ``cancel()``, ``retry()``, ``df()``.
 
 With ``key=K`` the group is durable and re-runnable: item ``i``'s job gets the key
-``item_key(K, args, kwargs)`` (the group key and a hash of the item's pickled content),
-so running the cell again -- after a code fix, a kernel restart, or with more grid points
--- submits only the items whose job is missing, failed or cancelled; the others are the
-jobs already there.  The group's record (its function's name and its members' keys, in
-item order) lives in the store's ``groups`` table, written in the same transaction as the
-new jobs, so ``jq.group(K)`` finds it after a restart and from a client process.
+``item_key(K, item_content(args, kwargs))`` (the group key and a hash of the item's
+arguments, pickled as a cache key is: :func:`nbqup.callkey.args_key`, the same in every
+process -- a notebook dataclass, a set of strings), so running the cell again -- after
+a code fix, a kernel restart, or with more grid points -- submits only the items whose
+job is missing, failed or cancelled; the others are the jobs already there.  The group's
+record (its function's name and its members' keys, in item order) lives in the store's
+``groups`` table, written in the same transaction as the new jobs, so ``jq.group(K)``
+finds it after a restart and from a client process.
 
 >>> import nbqup
 >>> with nbqup.JobQueue(path=None, workers=2) as jq:
@@ -28,6 +30,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import callkey
 from .handle import Job
 from .keys import stored_key
 from .records import Status
@@ -42,6 +45,7 @@ __all__ = [
     "decode_group",
     "encode_group",
     "group_keys",
+    "item_content",
     "item_key",
     "read_group",
 ]
@@ -57,8 +61,26 @@ def check_group_key(key: Any) -> str:
     return key
 
 
+def item_content(args: tuple[Any, ...], kwargs: dict[str, Any], args_blob: bytes | None) -> bytes:
+    """What an item's key hashes: its arguments' :func:`nbqup.callkey.args_key`, the same
+    after a kernel restart (cloudpickle's bytes are not: a notebook class is pickled under
+    an id drawn afresh in each process, a set in the order of the process's hash seed).
+    An item that pickler refuses (a ``Job`` argument) falls back to ``args_blob``, the
+    payload's pickle with the Job's id in its place (its key is as it was).
+
+    Keys stored before this were hashes of cloudpickle's bytes: a keyed sweep stored then
+    submits each of its items once more on its first re-run, and the group then holds
+    both (README, Groups).
+    """
+    try:
+        return callkey.args_key(args, kwargs)
+    except Exception:
+        return args_blob or b""
+
+
 def item_key(group_key: str, args_blob: bytes | None) -> str:
-    """The job key of one item: the group key and a hash of the item's pickled call.
+    """The job key of one item: the group key and a hash of the item's content
+    (:func:`item_content`).
 
     >>> item_key("sweep", b"x") == item_key("sweep", b"x") != item_key("sweep", b"y")
     True

@@ -111,7 +111,9 @@ class Submissions:
         for sub in subs:
             rec, blobs = self._prepare(sub)
             args_blob = next((body for table, _, body in blobs if table == "args"), None)
-            rec.key = groups.item_key(key, _content(sub.cache_key) or args_blob)
+            call = ((sub.fn,) if rec.task_type else ()) + tuple(sub.args)
+            item = _content(sub.cache_key) or groups.item_content(call, sub.kwargs, args_blob)
+            rec.key = groups.item_key(key, item)
             rec.group = key
             data.update({k: b for t, k, b in blobs if t == DATA})
             blobs = [b for b in blobs if b[0] != DATA and (b[0] != "fn" or b[1] not in fns)]

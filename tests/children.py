@@ -30,14 +30,33 @@ def log(line):
 """
 
 
-def start(tmp_path: Path, body: str, *extra: str, stdin: bool = False) -> subprocess.Popen[str]:
+def start(
+    tmp_path: Path,
+    body: str,
+    *extra: str,
+    stdin: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
     """Run ``PRELUDE + body`` as a script with the store and log paths as arguments
-    (``stdin``: with a pipe to its standard input, to tell it when to go on)."""
+    (``stdin``: with a pipe to its standard input, to tell it when to go on; ``env``:
+    its environment, else this process's)."""
     script = tmp_path / f"child{time.monotonic_ns()}.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
     args = [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "log"), *extra]
     pipe = subprocess.PIPE if stdin else None
-    return subprocess.Popen(args, stdin=pipe, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, stdin=pipe, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def run_per_seed(tmp_path: Path, body: str, seeds: tuple[str, ...] = ("1", "2")) -> list[list[str]]:
+    """Run ``body`` to its end once per string hash seed (a kernel restart, whose sets of
+    strings iterate in another order): each run's printed words."""
+    runs = []
+    for seed in seeds:
+        child = start(tmp_path, body, env={**os.environ, "PYTHONHASHSEED": seed})
+        out, _ = child.communicate(timeout=WAIT)
+        assert child.returncode == 0
+        runs.append(out.split())
+    return runs
 
 
 def read_line(proc: subprocess.Popen[str]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from children import log_lines, start
+from children import log_lines, run_per_seed, start
 from jobfns import CALLS, EVENTS, block, flaky, record
 from kernel_helpers import Kernel
 
@@ -327,19 +327,11 @@ with nbqup.JobQueue(STORE, workers=1) as jq:
 """
 
 
-def test_a_notebook_class_and_a_global_set_hit_in_a_new_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_notebook_class_and_a_global_set_hit_in_a_new_process(tmp_path: Path) -> None:
     """The same notebook code (a ``__main__`` class, a global set) run in two processes
     -- a kernel restart -- with other string hash seeds: the same cache key, and the
     second process's cached submit is answered by the first's job."""
-    runs = []
-    for seed in ("1", "2"):
-        monkeypatch.setenv("PYTHONHASHSEED", seed)
-        child = start(tmp_path, NOTEBOOK)
-        out, _ = child.communicate(timeout=WAIT)
-        assert child.returncode == 0
-        runs.append(out.split())
+    runs = run_per_seed(tmp_path, NOTEBOOK)
     (first_id, first_key, first_order), (second_id, second_key, second_order) = runs
     assert first_order != second_order  # the set iterates in another order
     assert second_key == first_key and second_id == first_id

@@ -9,9 +9,15 @@ tests/test_cache.py.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from nbqup.callkey import call_key
+import pytest
+
+from nbqup.callkey import args_key, call_key
 
 
 def cell(source: str, pid: int = 100) -> dict[str, Any]:
@@ -78,3 +84,58 @@ def test_recursive_and_self_referring_code_has_a_key() -> None:
         "def depth(n):\n    return 0 if n <= 0 else 1 + depth(n - 1)\n"
     )
     assert call_key(ns["depth"], (ns["Node"](),), {}) == call_key(ns["depth"], (ns["Node"](),), {})
+
+
+def test_a_set_nested_in_an_argument_counts_by_its_elements() -> None:
+    """A set in a list, a dict value, an object's attribute or a dataclass field (and a
+    frozenset default in the dataclass's own docstring) is written sorted too."""
+    words = [f"w{i}" for i in range(12)]
+    small = set(words)
+    grown = set(words + [f"x{i}" for i in range(200)])
+    grown -= {f"x{i}" for i in range(200)}
+    assert list(small) != list(grown)
+    source = "import dataclasses\n@dataclasses.dataclass\nclass C:\n    s: frozenset = S\n"
+    one: dict[str, Any] = {"__name__": "__main__", "S": frozenset(small)}
+    other: dict[str, Any] = {"__name__": "__main__", "S": frozenset(grown)}
+    exec(compile(source, "/tmp/ipykernel_100/1.py", "exec"), one)
+    exec(compile(source, "/tmp/ipykernel_200/1.py", "exec"), other)
+    assert list(one["C"]().s) != list(other["C"]().s)  # and so do their docstrings
+    for a, b in [
+        ([small], [grown]),
+        ({"f": small}, {"f": grown}),
+        ((1, [{"f": frozenset(small)}]), (1, [{"f": frozenset(grown)}])),
+        (SimpleNamespace(s=small), SimpleNamespace(s=grown)),
+        (one["C"](), other["C"]()),
+    ]:
+        assert call_key(len, (a,), {}) == call_key(len, (b,), {})
+        assert args_key((), {"x": a}) == args_key((), {"x": b})
+    assert call_key(len, ([small],), {}) != call_key(len, ([small | {"y"}],), {})
+
+
+def test_a_fixed_helper_in_the_module_of_a_function_changes_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module function is pickled by reference: its key holds its module's source, so
+    fixing a helper it calls (its own source unchanged) changes the key."""
+    mod = tmp_path / "keyhelper.py"
+    body = "def _loss(x):\n    return x * {}\n\ndef train(x):\n    return _loss(x)\n"
+    mod.write_text(body.format(10))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("keyhelper")
+    try:
+        before = call_key(module.train, (3,), {})
+        assert call_key(module.train, (3,), {}) == before
+        mod.write_text(body.format(2) + "# fixed\n")  # another size: seen without mtime
+        assert call_key(module.train, (3,), {}) != before
+    finally:
+        sys.modules.pop("keyhelper", None)
+
+
+def test_a_class_changed_after_a_key_changes_the_next_key() -> None:
+    """A class's digest is kept between keys only while its attributes are the same
+    objects: a method replaced on the class counts at the next key."""
+    ns = cell(TRAIN)
+    before = key(ns, ns["Config"](0.1))
+    assert key(ns, ns["Config"](0.1)) == before
+    ns["Config"].scaled = cell("def scaled(self):\n    return self.lr * 3\n")["scaled"]
+    assert key(ns, ns["Config"](0.1)) != before

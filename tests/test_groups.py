@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from children import start
+from children import log_lines, run_per_seed, start
 from jobfns import CALLS, EVENTS, block, boom, flaky, record
 
 import nbqup
@@ -243,3 +243,34 @@ def test_jobs_df_group_column_names_the_group_of_each_item() -> None:
         assert df.loc[[j.id for j in again], "group"].tolist() == ["sweep-g"] * 3
         assert pd.isna(df.loc[plain.id, "group"])  # like "key": None, or NaN in a str column
         assert jq.map(abs, [-5]).key is None and jq.jobs_df()["group"].count() == 3
+
+
+SWEEP = """
+import dataclasses
+
+@dataclasses.dataclass
+class Cfg:                                   # a notebook class, with a set in a field
+    lr: float
+    tags: frozenset = frozenset({"cat", "dog", "bird", "fish", "owl", "emu"})
+
+def train(cfg, features=()):
+    log("train")
+    return cfg.lr
+
+items = [dict(cfg=Cfg(0.1)), dict(cfg=Cfg(0.2), features={"age", "income", "zip", "score"})]
+with nbqup.JobQueue(STORE, workers=1) as jq:
+    g = jq.map(train, items, key="sweep")
+    assert g.results(timeout=60) == [0.1, 0.2]
+    print(len(jq.jobs()), " ".join(j.id for j in g), ",".join(Cfg(0).tags), flush=True)
+"""
+
+
+def test_a_keyed_sweep_rerun_after_a_restart_submits_nothing(tmp_path: Path) -> None:
+    """The same sweep cell run in two processes -- a kernel restart -- with other string
+    hash seeds: items of a notebook dataclass holding a set, and a set in a dict item,
+    get the same item keys, so the second run is the first's group and runs nothing."""
+    runs = run_per_seed(tmp_path, SWEEP)
+    (first_count, *first_ids, first_order), (second_count, *second_ids, second_order) = runs
+    assert first_order != second_order  # the set iterates in another order
+    assert first_count == second_count == "2" and second_ids == first_ids
+    assert log_lines(tmp_path) == ["train", "train"]  # ran in the first process only
