@@ -99,13 +99,15 @@ def test_a_set_nested_in_an_argument_counts_by_its_elements() -> None:
     other: dict[str, Any] = {"__name__": "__main__", "S": frozenset(grown)}
     exec(compile(source, "/tmp/ipykernel_100/1.py", "exec"), one)
     exec(compile(source, "/tmp/ipykernel_200/1.py", "exec"), other)
-    assert list(one["C"]().s) != list(other["C"]().s)  # and so do their docstrings
+    # the defaults' (and so the docstrings') orders differ in some processes only: a
+    # frozenset copied from a set is laid out afresh; the fields given below always do
     for a, b in [
         ([small], [grown]),
         ({"f": small}, {"f": grown}),
         ((1, [{"f": frozenset(small)}]), (1, [{"f": frozenset(grown)}])),
         (SimpleNamespace(s=small), SimpleNamespace(s=grown)),
         (one["C"](), other["C"]()),
+        (one["C"](s=small), other["C"](s=grown)),
     ]:
         assert call_key(len, (a,), {}) == call_key(len, (b,), {})
         assert args_key((), {"x": a}) == args_key((), {"x": b})
