@@ -13,9 +13,11 @@ time its next start is allowed: the gate puts ``"!" + name`` on the scheduler's 
 heap (the queue's clock, no sleeps) and the scheduler calls :meth:`Gate.timer`.
 
 Rates are paced evenly, like a token bucket holding one token: starts are at least
-``period / count`` apart (``"60/min"``: one a second), and a start that comes late (by
-up to an interval, or 50 ms) keeps the pace (the next is due one interval after the
-planned time), so the long-run rate is the limit.  On top, no more than ``count`` starts
+``period / count`` apart (``"60/min"``: one a second), and a start that comes late by
+up to 50 ms (a thread's wake-up on a busy machine) keeps the pace (the next is due one
+interval after the planned time), so the long-run rate is the limit and consecutive
+starts are never closer than ``interval - 50 ms``; a start later than that restarts the
+pace from itself.  On top, no more than ``count`` starts
 fall within any ``period`` (a sliding window).  The rate's memory is the owner's: a new
 owner (a reopen, a takeover) starts the pacing afresh, which lets at most about one
 extra start through around a restart.
@@ -43,8 +45,8 @@ __all__ = ["GPU", "Gate", "Rate"]
 #: The name parked GPU jobs wait under (no limit name starts with "@").
 GPU = "@gpus"
 _EPS = 1e-6  # seconds of clock rounding forgiven (a ManualClock advanced by 0.1s steps)
-#: A start at most this late (or one interval, if longer) keeps the pace: the starts
-#: after it catch up (thread wake-ups on a busy machine take milliseconds).
+#: A start at most this late keeps the pace: the start after it catches up (thread
+#: wake-ups on a busy machine take milliseconds), never by more than this.
 _CATCH_UP = 0.05
 Entry = tuple[int, int, str]  # (-priority, sequence, job id), as on the ready heap
 
@@ -90,7 +92,7 @@ class _Pace:
 
     def started(self, now: float) -> None:
         late = now - self.next_at
-        keep = 0 <= late < max(self.interval, _CATCH_UP)
+        keep = 0 <= late < _CATCH_UP
         self.next_at = (self.next_at if keep else now) + self.interval
         self.starts.append(now)
 

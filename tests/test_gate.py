@@ -89,6 +89,24 @@ def test_a_rate_spreads_starts_on_the_queue_clock(clock: ManualClock) -> None:
     assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
 
 
+def test_a_late_start_never_lets_the_next_one_through_early(clock: ManualClock) -> None:
+    with nbqup.JobQueue(None, workers=4, clock=clock) as jq:
+        jq.limit("api", rate="60/min")
+        t0 = clock.now()
+        first = jq.options(limits="api").submit(abs, -1)
+        assert jq.wait_turn(WAIT) and first.wait(WAIT)
+        clock.advance(1.9)  # the next submit comes late (a slow cell)
+        late, after = jq.options(limits="api").map(abs, [-2, -3])
+        assert jq.wait_turn(WAIT) and late.wait(WAIT)
+        clock.advance(0.1)
+        assert jq.wait_turn(WAIT)
+        assert after.status == "queued"  # 0.1 s after the late start: too soon
+        clock.advance(0.9)
+        assert jq.wait_turn(WAIT) and after.wait(WAIT)
+        starts = [job.record.started - t0 for job in (first, late, after)]
+    assert starts == pytest.approx([0.0, 1.9, 2.9])
+
+
 def test_a_rate_held_job_says_when_it_may_start() -> None:
     clock = ManualClock(1_700_000_000.0)  # 22:13:20 UTC
     with nbqup.JobQueue(None, workers=2, clock=clock) as jq:
