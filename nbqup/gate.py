@@ -292,6 +292,42 @@ class Gate:
         if self.parked:
             self._wake()
 
+    def lend(self, job_id: str) -> tuple[str, ...]:
+        """A running job waits inside for another job (:mod:`nbqup.nested`): while it
+        does no work, its limits count it no more -- so the job it waits for may start
+        under the same full limit -- and the names are returned for :meth:`resume`.  Its
+        GPU slots stay held (its memory is on them)."""
+        held = self.holding.get(job_id)
+        if held is None or not held[0]:
+            return ()
+        names, slots = held
+        self.holding[job_id] = ((), slots)
+        for name in names:
+            self.running[name] -= 1
+            if not self.running[name]:
+                del self.running[name]
+        if self.parked:
+            self._wake()
+        return names
+
+    def may_resume(self, names: tuple[str, ...]) -> bool:
+        """Whether a job that lent ``names`` may count against them again now (the
+        concurrency has room; a rate does not count a resumption as a start)."""
+        for name in names:
+            concurrency = self._limits.get(name, (None, None))[0]
+            if concurrency is not None and self.running[name] >= concurrency:
+                return False
+        return True
+
+    def resume(self, job_id: str, names: tuple[str, ...]) -> None:
+        """The job's wait ended: it holds ``names`` again (see :meth:`lend`)."""
+        held = self.holding.get(job_id)
+        if held is None or not names:
+            return
+        for name in names:
+            self.running[name] += 1
+        self.holding[job_id] = (names, held[1])
+
     def timer(self, name: str) -> None:
         """A rate's next start is allowed now (the scheduler's due-time heap)."""
         self._timers.pop(name, None)
