@@ -21,6 +21,12 @@ How a :class:`JobFuture` follows its job:
   future cancelled before that makes the job end cancelled without calling the
   function.  Elsewhere (a worker process, a Dask task, another owner) ``cancel()`` is
   False once the job's record says ``running``, and True -- cancelling the job -- before.
+- *Callbacks run off the waiter*: ``add_done_callback`` functions of a future the waiter
+  settles run on a small pool of their own (in the order added, as ever), so a callback
+  may wait for another future of the same executor -- as under a ThreadPoolExecutor --
+  without stopping the waiter that would settle it.  Added to a done future, or called
+  by ``cancel()``, they run at once in the caller's thread, as ``concurrent.futures``
+  says.
 - *Exceptions keep their type*: the one the call raised, as it is where it ran here,
   else unpickled from the job's store (see :mod:`nbqup.futurecalls`); else
   :class:`~nbqup.JobFailed`.
@@ -56,6 +62,24 @@ __all__ = ["JobFuture", "QueueExecutor"]
 _BATCH = 1000
 #: How many functions an executor keeps a :class:`FutureCall` of (see ``_call``).
 _KEEP_CALLS = 8
+#: How many threads at most run the done-callbacks of futures the waiters settle.
+_CALLBACK_THREADS = 32
+_waiter_thread = threading.local()  # .on: this thread is an executor's waiter
+_callback_pool: cf.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _run_callbacks(fut: cf.Future[Any]) -> None:
+    """Run the done-callbacks of ``fut``, just settled by a waiter, on the callback pool
+    (started at its first use; its threads end when idle at exit)."""
+    global _callback_pool
+    with _pool_lock:
+        if _callback_pool is None:
+            _callback_pool = cf.ThreadPoolExecutor(
+                _CALLBACK_THREADS, thread_name_prefix="nbqup-callbacks"
+            )
+        pool = _callback_pool
+    pool.submit(cf.Future._invoke_callbacks, fut)  # type: ignore[attr-defined]
 
 
 class JobFuture(TrackedFuture):
@@ -109,6 +133,13 @@ class JobFuture(TrackedFuture):
         except RuntimeError:  # the queue closed: the future is told so
             pass
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _invoke_callbacks(self) -> None:
+        """The waiter hands the callbacks to the pool (see the module's docstring)."""
+        if self._done_callbacks and getattr(_waiter_thread, "on", False):  # type: ignore[attr-defined]
+            _run_callbacks(self)
+        else:
+            super()._invoke_callbacks()  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<JobFuture {self.job.id} {self._state.lower()}>"
@@ -225,6 +256,7 @@ class QueueExecutor(cf.Executor):
 
     def _wait_loop(self) -> None:
         """Settle futures as their jobs end, until this executor has none left."""
+        _waiter_thread.on = True
         while True:
             for job_id in self._next_ids():
                 if job_id is None:  # the queue closed

@@ -13,9 +13,11 @@ time its next start is allowed: the gate puts ``"!" + name`` on the scheduler's 
 heap (the queue's clock, no sleeps) and the scheduler calls :meth:`Gate.timer`.
 
 Rates are paced evenly, like a token bucket holding one token: starts are at least
-``period / count`` apart (``"60/min"``: one a second), and a start that comes late (by
-up to an interval, or 50 ms) keeps the pace (the next is due one interval after the
-planned time), so the long-run rate is the limit.  On top, no more than ``count`` starts
+``period / count`` apart (``"60/min"``: one a second), and a start that comes late by
+up to 50 ms (a thread's wake-up on a busy machine) keeps the pace (the next is due one
+interval after the planned time), so the long-run rate is the limit and consecutive
+starts are never closer than ``interval - 50 ms``; a start later than that restarts the
+pace from itself.  On top, no more than ``count`` starts
 fall within any ``period`` (a sliding window).  The rate's memory is the owner's: a new
 owner (a reopen, a takeover) starts the pacing afresh, which lets at most about one
 extra start through around a restart.
@@ -43,8 +45,8 @@ __all__ = ["GPU", "Gate", "Rate"]
 #: The name parked GPU jobs wait under (no limit name starts with "@").
 GPU = "@gpus"
 _EPS = 1e-6  # seconds of clock rounding forgiven (a ManualClock advanced by 0.1s steps)
-#: A start at most this late (or one interval, if longer) keeps the pace: the starts
-#: after it catch up (thread wake-ups on a busy machine take milliseconds).
+#: A start at most this late keeps the pace: the start after it catches up (thread
+#: wake-ups on a busy machine take milliseconds), never by more than this.
 _CATCH_UP = 0.05
 Entry = tuple[int, int, str]  # (-priority, sequence, job id), as on the ready heap
 
@@ -90,7 +92,7 @@ class _Pace:
 
     def started(self, now: float) -> None:
         late = now - self.next_at
-        keep = 0 <= late < max(self.interval, _CATCH_UP)
+        keep = 0 <= late < _CATCH_UP
         self.next_at = (self.next_at if keep else now) + self.interval
         self.starts.append(now)
 
@@ -289,6 +291,42 @@ class Gate:
             self._free_gpus = sorted([*self._free_gpus, *slots])
         if self.parked:
             self._wake()
+
+    def lend(self, job_id: str) -> tuple[str, ...]:
+        """A running job waits inside for another job (:mod:`nbqup.nested`): while it
+        does no work, its limits count it no more -- so the job it waits for may start
+        under the same full limit -- and the names are returned for :meth:`resume`.  Its
+        GPU slots stay held (its memory is on them)."""
+        held = self.holding.get(job_id)
+        if held is None or not held[0]:
+            return ()
+        names, slots = held
+        self.holding[job_id] = ((), slots)
+        for name in names:
+            self.running[name] -= 1
+            if not self.running[name]:
+                del self.running[name]
+        if self.parked:
+            self._wake()
+        return names
+
+    def may_resume(self, names: tuple[str, ...]) -> bool:
+        """Whether a job that lent ``names`` may count against them again now (the
+        concurrency has room; a rate does not count a resumption as a start)."""
+        for name in names:
+            concurrency = self._limits.get(name, (None, None))[0]
+            if concurrency is not None and self.running[name] >= concurrency:
+                return False
+        return True
+
+    def resume(self, job_id: str, names: tuple[str, ...]) -> None:
+        """The job's wait ended: it holds ``names`` again (see :meth:`lend`)."""
+        held = self.holding.get(job_id)
+        if held is None or not names:
+            return
+        for name in names:
+            self.running[name] += 1
+        self.holding[job_id] = (names, held[1])
 
     def timer(self, name: str) -> None:
         """A rate's next start is allowed now (the scheduler's due-time heap)."""

@@ -53,24 +53,29 @@ log = logging.getLogger("nbqup")
 GPUS_KEY = "@gpus"
 _TABLE = "limits"
 _UNITS = {
-    "s": 1.0, "sec": 1.0, "second": 1.0,
-    "m": 60.0, "min": 60.0, "minute": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
-    "d": 86400.0, "day": 86400.0,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
 }  # fmt: skip
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+?)s?\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 
 def parse_rate(text: Any) -> Rate:
-    """A rate from ``"60/min"``, ``"5/s"``, ``"1000/h"``, ``"10/5s"`` (units: s, min, h,
-    d and their long names); ValueError for anything else, or a count of 0."""
+    """A rate from ``"60/min"``, ``"5/s"``, ``"1000/h"``, ``"10/5s"``; the unit is one of
+    :data:`_UNITS` exactly (``"100/ms"`` is no rate); ValueError for anything else, or a
+    count of 0."""
     if not isinstance(text, str):
         raise TypeError(f"a rate must be a str like '60/min', got {text!r}")
     found = _RATE.match(text.lower())
-    unit = _UNITS.get(found.group(3)) if found else None
-    if found is None or unit is None:
+    if found is None:
         raise ValueError(
             f"malformed rate {text!r}: write it as COUNT/UNIT, e.g. '60/min', '5/s', '1000/h'"
+        )
+    unit = _UNITS.get(found.group(3))
+    if unit is None:
+        raise ValueError(
+            f"malformed rate {text!r}: unknown unit {found.group(3)!r} (units: {', '.join(_UNITS)})"
         )
     count, many = int(found.group(1)), float(found.group(2) or 1)
     if count <= 0 or many <= 0:
@@ -161,6 +166,7 @@ class LimitBook:
         self._seen: dict[str, dict[str, Any]] | None = None
         #: The executor places GPU jobs itself (Dask: ``resources={"GPU": n}``).
         self.gpus_elsewhere = gpus_elsewhere
+        self._owner = False  # set by owned(): then the GPU slots are this process's
         with state.lock:
             self._gate.set_gpus(gpus)
             self._gate.gpus_elsewhere = gpus_elsewhere
@@ -197,10 +203,15 @@ class LimitBook:
 
     def check(self, options: Mapping[str, Any]) -> None:
         """Refuse, at ``options()``, a limit the store does not know or more GPUs than the
-        queue has (ValueError, nothing recorded)."""
+        queue has (ValueError, nothing recorded).  Names are checked against the limits
+        read last; the table is read again only for a name not among them (one another
+        process just defined), so ``options(limits=...)`` stays cheap."""
         names = options.get("limits") or ()
         if names:
-            known = self.all()
+            known = self._seen or {}
+            if any(name not in known for name in names):
+                self.reload()
+                known = self._seen or {}
             unknown = [name for name in names if name not in known]
             if unknown:
                 have = ", ".join(map(repr, known)) or "none"
@@ -210,19 +221,30 @@ class LimitBook:
                 )
         wanted = options.get("gpus") or 0
         if wanted and not self.gpus_elsewhere:
-            have_gpus = len(self.gpus) or len(self._table().get(GPUS_KEY, {}).get("slots", ()))
+            have_gpus = self._gpu_count()
             if wanted > have_gpus:
                 raise ValueError(
                     f"a job asks for {wanted} GPU{'s' if wanted > 1 else ''} but the queue "
                     f"has {have_gpus} (JobQueue(..., gpus=[0, 1]) gives it some)"
                 )
 
+    def _gpu_count(self) -> int:
+        """How many GPU slots run this store's jobs: the owner's own; for a client, what
+        the owner recorded (its own ``gpus=`` if no owner ever did)."""
+        if self._owner:
+            return len(self.gpus)
+        found = self._table().get(GPUS_KEY)
+        if isinstance(found, dict) and isinstance(found.get("slots"), list):
+            return len(found["slots"])
+        return len(self.gpus)
+
     def owned(self) -> None:
-        """This process became the owner: record its GPU slots for clients to check
+        """This process became the owner: record its GPU slots (an empty list too, so a
+        store once run with GPUs does not keep promising them) for clients to check
         against, and load the limits."""
-        if self.gpus:
-            body = json.dumps({"slots": list(self.gpus)}).encode()
-            self._store.put_blob(_TABLE, GPUS_KEY, body)
+        self._owner = True
+        body = json.dumps({"slots": list(self.gpus)}).encode()
+        self._store.put_blob(_TABLE, GPUS_KEY, body)
         self.reload()
 
     def reload(self) -> None:

@@ -21,6 +21,12 @@ raises :class:`~nbqup.Deadlock` at once: a job waiting for itself, or for a job 
 for it -- inside it or through ``depends_on``, directly or through others.  The rule
 holds for the thread executor (where a job runs in its slot's thread); a process job
 cannot reach the queue object.
+
+Like its slot, a waiting job lends its limits (``options(limits=...)``): while it waits
+it counts against none, so a job under ``concurrency=1`` may wait for a child under the
+same limit, which runs meanwhile (:meth:`~nbqup.gate.Gate.lend`).  Once the wait is over
+it counts again, waiting first -- before it goes on working -- while the limit is full,
+so a limit still bounds the jobs that *work* at once.  GPU slots stay held.
 """
 
 from __future__ import annotations
@@ -69,9 +75,11 @@ class NestedWaits:
         once the job is no longer live here (or the queue closed).  The deadline is
         checked before each run here, not during one: ``wait(0)`` only looks."""
         me = (waiter, threading.get_ident())
+        gate = self._state.gate
         with self._state.lock:
             self._check_cycle(waiter, job_id)
             self._state.awaiting[me] = job_id
+            lent = gate.lend(waiter)  # its limits too: see the module's docstring
             if self._state.stopping:  # close(wait=True): the scheduler releases what it needs
                 self._state.sched.notify()
         try:
@@ -90,6 +98,9 @@ class NestedWaits:
                 self._run_here(claim)
         finally:
             with self._state.lock:
+                while lent and not gate.may_resume(lent) and not self._state.closed:
+                    self._state.done.wait()  # a job holding the limit ends
+                gate.resume(waiter, lent)
                 del self._state.awaiting[me]
 
     def release_awaited(self, now: float) -> float | None:

@@ -78,3 +78,20 @@ def outer(tag: str) -> Any:
     inner = QUEUES["q"].options(limits="api").submit(traced, tag, 0.0)
     IDS[tag] = inner.id
     return inner.result(timeout=30)
+
+
+def entered(tag: str, until: str) -> Any:
+    """``traced`` until ``until``, setting the event ``TAG-in`` once inside."""
+    event(f"{tag}-in").set()
+    return traced(tag, 0.0, until)
+
+
+def works_around_a_wait(tag: str, child_until: str) -> str:
+    """Work (traced), wait inside for an unlimited child that runs until ``child_until``,
+    then work again."""
+    traced(tag)
+    inner = QUEUES["q"].submit(traced, f"{tag}-child", 0.0, child_until)
+    IDS[f"{tag}-child"] = inner.id
+    inner.result(timeout=30)
+    traced(tag)
+    return tag

@@ -103,8 +103,24 @@ def test_a_callback_may_submit_again(jq: JobQueue) -> None:
 
     first = ex.submit(add, 1, 1)
     first.add_done_callback(chain)
-    assert called.wait(WAIT)  # the callback ran in the waiter thread, and submitted
+    assert called.wait(WAIT)  # the callback ran, and submitted
     assert chained[0].result(timeout=WAIT) == 12
+    ex.shutdown()
+
+
+def test_a_callback_may_wait_for_another_future_and_stalls_no_other(jq: JobQueue) -> None:
+    ex = jq.executor()
+    got: list[int] = []
+    called = threading.Event()
+
+    def wait_for_next(f: cf.Future[Any]) -> None:  # works under a ThreadPoolExecutor
+        got.append(ex.submit(add, f.result(), 1).result(timeout=WAIT))
+        called.set()
+
+    first = ex.submit(add, 1, 1)
+    first.add_done_callback(wait_for_next)
+    assert called.wait(WAIT) and got == [3]
+    assert ex.submit(add, 2, 2).result(timeout=WAIT) == 4  # the executor still settles
     ex.shutdown()
 
 

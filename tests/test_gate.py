@@ -89,6 +89,24 @@ def test_a_rate_spreads_starts_on_the_queue_clock(clock: ManualClock) -> None:
     assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
 
 
+def test_a_late_start_never_lets_the_next_one_through_early(clock: ManualClock) -> None:
+    with nbqup.JobQueue(None, workers=4, clock=clock) as jq:
+        jq.limit("api", rate="60/min")
+        t0 = clock.now()
+        first = jq.options(limits="api").submit(abs, -1)
+        assert jq.wait_turn(WAIT) and first.wait(WAIT)
+        clock.advance(1.9)  # the next submit comes late (a slow cell)
+        late, after = jq.options(limits="api").map(abs, [-2, -3])
+        assert jq.wait_turn(WAIT) and late.wait(WAIT)
+        clock.advance(0.1)
+        assert jq.wait_turn(WAIT)
+        assert after.status == "queued"  # 0.1 s after the late start: too soon
+        clock.advance(0.9)
+        assert jq.wait_turn(WAIT) and after.wait(WAIT)
+        starts = [job.record.started - t0 for job in (first, late, after)]
+    assert starts == pytest.approx([0.0, 1.9, 2.9])
+
+
 def test_a_rate_held_job_says_when_it_may_start() -> None:
     clock = ManualClock(1_700_000_000.0)  # 22:13:20 UTC
     with nbqup.JobQueue(None, workers=2, clock=clock) as jq:
@@ -171,6 +189,37 @@ def test_a_job_run_in_a_waiting_jobs_slot_obeys_the_limit_too() -> None:
         assert waiting.result(timeout=WAIT) == [] and holder.wait(WAIT)
         QUEUES.clear()
     assert most_at_once(TRACE, {"holder", "inner"}) == 1
+
+
+def test_a_limited_job_may_wait_for_a_child_under_the_same_full_limit() -> None:
+    from limitfns import QUEUES, outer
+
+    with nbqup.JobQueue(None, workers=2) as jq:
+        QUEUES["q"] = jq
+        jq.limit("api", concurrency=1)
+        parent = jq.options(limits="api").submit(outer, "child")  # it lends "api"
+        assert parent.result(timeout=WAIT) == []
+        QUEUES.clear()
+    assert most_at_once(TRACE) == 1
+
+
+def test_a_waiting_job_lends_its_limit_and_works_again_only_when_it_has_room() -> None:
+    from limitfns import IDS, QUEUES, entered, works_around_a_wait
+
+    with nbqup.JobQueue(None, workers=3) as jq:
+        QUEUES["q"] = jq
+        jq.limit("api", concurrency=1)
+        parent = jq.options(limits="api").submit(works_around_a_wait, "p", "c-go")
+        other = jq.options(limits="api").submit(entered, "h", "h-go")
+        assert event("h-in").wait(WAIT)  # it started while the parent waits
+        event("c-go").set()  # the parent's wait ends; "h" still holds the limit
+        assert jq.get(IDS["p-child"]).wait(WAIT) and jq.wait_turn(WAIT)
+        assert TRACE.count(("enter", "p")) == 1  # so it does not work again yet
+        event("h-go").set()
+        assert parent.result(timeout=WAIT) == "p" and other.wait(WAIT)
+        QUEUES.clear()
+    assert most_at_once(TRACE, {"p", "h"}) == 1  # the waiting job did no work meanwhile
+    assert TRACE.index(("exit", "h")) < len(TRACE) - 1 - TRACE[::-1].index(("enter", "p"))
 
 
 def test_close_waits_for_a_job_waiting_on_a_rate_held_job_and_ends() -> None:

@@ -36,6 +36,12 @@ def test_malformed_rates_are_refused(text: str) -> None:
         parse_rate(text)
 
 
+@pytest.mark.parametrize("text", ["100/ms", "5/hs", "60/mins", "1/ds"])
+def test_a_unit_is_matched_exactly_and_the_error_names_the_units(text: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown unit .*units: s, sec, second, seconds, m"):
+        parse_rate(text)
+
+
 def test_gpu_slots_from_a_count_or_ids() -> None:
     assert gpu_slots(2) == (0, 1) and gpu_slots([3, 1]) == (3, 1) and gpu_slots(0) == ()
     for bad in (-1, [0, 0], ["0"], [-1], True):
@@ -153,6 +159,42 @@ def test_a_client_sees_the_owners_gpus(tmp_path: Path) -> None:
         client.options(gpus=2)
         with pytest.raises(ValueError, match="has 2"):
             client.options(gpus=3)
+
+
+def test_a_store_once_run_with_gpus_refuses_gpu_jobs_after_a_reopen_without(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    nbqup.JobQueue(store, workers=1, gpus=2).close()
+    with nbqup.JobQueue(store, workers=1) as jq, nbqup.JobQueue(store, workers=0) as client:
+        for queue in (jq, client):  # the owner checks its own slots; a client its record
+            with pytest.raises(ValueError, match="has 0"):
+                queue.options(gpus=1).submit(abs, -1)
+        assert jq.jobs() == []
+
+
+def test_options_checks_limit_names_without_reading_the_table_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbqup.limits import LimitBook
+
+    reads = []
+    table = LimitBook._table
+    monkeypatch.setattr(LimitBook, "_table", lambda self: reads.append(1) or table(self))
+    store = tmp_path / "store"
+    with nbqup.JobQueue(store, workers=0) as jq, nbqup.JobQueue(store, workers=0) as client:
+        jq.limit("api", concurrency=2)
+        reads.clear()
+        for _ in range(20):
+            jq.options(limits="api")
+        assert reads == []
+        client.limit("other", rate="5/s")  # another process: the name is looked up
+        assert jq.options(limits=["api", "other"]).submit(abs, -1).record.limits == (
+            "api",
+            "other",
+        )
+        with pytest.raises(ValueError, match="unknown limit 'nope'"):
+            jq.options(limits="nope")
 
 
 def test_the_dashboard_shows_each_limit_running_and_waiting() -> None:
