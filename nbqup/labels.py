@@ -59,7 +59,8 @@ def job_label(rec: JobRecord) -> str:
 
 def short_path(path: str | os.PathLike[str] | None, cwd: str | None = None) -> str:
     """A store's path as a dashboard's title shows it: relative to the working directory
-    when under it, else with the home folder as ``~``; ``"memory"`` for no path.
+    when under it (but not under ``/``), else with the home folder as ``~``;
+    ``"memory"`` for no path.
 
     >>> short_path("/home/ann/exp/.nbqup", cwd="/home/ann/exp")
     '.nbqup'
@@ -73,7 +74,8 @@ def short_path(path: str | os.PathLike[str] | None, cwd: str | None = None) -> s
         cwd = cwd or os.getcwd()
     except OSError:  # the working directory was deleted
         cwd = None
-    if cwd is not None and (full == cwd or full.startswith(cwd.rstrip(os.sep) + os.sep)):
+    root = cwd is None or not cwd.rstrip(os.sep)  # "data/x" for "/data/x" is no shorter
+    if not root and cwd and (full == cwd or full.startswith(cwd.rstrip(os.sep) + os.sep)):
         return os.path.relpath(full, cwd)
     home = os.path.expanduser("~")
     if home not in ("", os.sep) and full.startswith(home.rstrip(os.sep) + os.sep):

@@ -55,6 +55,7 @@ def test_the_title_says_where_the_store_is_and_who_runs_it(monkeypatch: pytest.M
     assert short_path("/w/exp/.nbqup", cwd="/w/exp") == ".nbqup"
     assert short_path("/w/exp", cwd="/w/exp") == "."
     assert short_path("/w/other/.nbqup", cwd="/w/exp") == "/w/other/.nbqup"
+    assert short_path("/data/exp/.nbqup", cwd="/") == "/data/exp/.nbqup"  # not "data/exp/..."
     monkeypatch.setenv("HOME", "/home/ann")
     assert short_path("/home/ann/runs/s", cwd="/w/exp") == "~/runs/s"
     jq = Queue()
