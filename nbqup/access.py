@@ -22,7 +22,7 @@ from .clock import poll_until, wait_deadline, wait_left
 from .errors import SerializationError, StoreCorrupt
 from .keys import show_key
 from .records import FINAL, JobRecord, ScheduleRecord, Status, as_datetime, statuses
-from .runs import spell_out
+from .runs import history, spell_out
 from .steps import step_rows
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class JobAccess:
             if ctx is not None:
                 ctx.stop_reason = "cancelled"
                 return True
-            self._runtime.end(live, Status.CANCELLED, message="cancelled before it ran")
+            self._runtime.end(live, Status.CANCELLED, message=_unrun_cancel(live))
         self._runtime.settle()
         return True
 
@@ -405,3 +405,12 @@ class JobAccess:
         self, key: str, submissions: list[Submission], members: bool = True
     ) -> list[str]:
         return self._submissions.submit_group(key, submissions, members)
+
+
+def _unrun_cancel(rec: JobRecord) -> str:
+    """What a cancel says of a job that is not running: it never ran, or how its last run
+    ended (a crash, a failure a retry was to follow) before it could run again."""
+    runs = history(rec)
+    if not runs:
+        return "cancelled before it ran"
+    return f"cancelled before run {len(runs) + 1}: run {len(runs)} {runs[-1][2]}"

@@ -52,6 +52,8 @@ __all__ = ["JobsFrame", "readable"]
 #: Characters a text cell shows at most; longer text ends with "…".
 CELL_CHARS = 64
 _SEQUENCES = (tuple, list, set, frozenset)
+#: Types whose false values are blank (0 and False are not).
+_BLANKS = {str, type(None), *_SEQUENCES}
 
 
 class JobsFrame(pd.DataFrame):
@@ -93,7 +95,7 @@ def readable(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     ([['2.5s', ''], ['3m10s', 'boom']], 'empty columns not shown: tags')
     """
     rows, truncated = _shown_rows(df)
-    keep = [i for i in range(df.shape[1]) if not _empty(df.iloc[:, i])]
+    keep = [i for i in range(df.shape[1]) if not _empty(df.iloc[:, i], rows.iloc[:, i])]
     table = pd.DataFrame({n: _cells(rows.iloc[:, i]) for n, i in enumerate(keep)}, index=rows.index)
     table.columns = df.columns[keep]
     notes = []
@@ -103,7 +105,7 @@ def readable(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     hidden = [str(df.columns[i]) for i in sorted(set(range(df.shape[1])) - set(keep))]
     if hidden:
         notes.append("empty columns not shown: " + ", ".join(hidden))
-    zones = {str(df.iloc[:, i].dt.tz) for i in keep if len(df) and _is_aware(df.iloc[:, i])}
+    zones = {str(rows.iloc[:, i].dt.tz) for i in keep if len(df) and _is_aware(rows.iloc[:, i])}
     if zones:
         notes.append("times in " + ", ".join(sorted(zones)))
     return table, "; ".join(notes)
@@ -118,16 +120,30 @@ def _shown_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return pd.concat([df.iloc[:half], df.iloc[-half:]]), True
 
 
-def _empty(column: pd.Series) -> bool:
-    """True when every value is missing or blank (and there is at least one)."""
-    if column.empty:
-        return False
-    missing = column.isna()
-    if missing.all():
-        return True
+def _empty(column: pd.Series, shown: pd.Series) -> bool:
+    """True when every value is missing or blank (and there is at least one): decided on
+    the rows ``shown`` first, so that only a column blank there is read whole."""
+    return not column.empty and _all_blank(shown) and _all_blank(column)
+
+
+def _all_blank(column: pd.Series) -> bool:
+    """Whether every value is missing or blank, in C loops, not a Python one per row."""
     if column.dtype != object and not pd.api.types.is_string_dtype(column.dtype):
-        return False
-    return all(_blank(v) for v in column[~missing])
+        return bool(column.isna().all())
+    values = np.asarray(column, dtype=object)
+    try:
+        if not any(values):  # all false: None, "", (), but also 0 or False (not blank)
+            return set(map(type, values)) <= _BLANKS or all(map(_blank, values))
+    except (TypeError, ValueError):  # pd.NA or an array: no truth value
+        pass
+    missing = column.isna()
+    rest = np.asarray(column[~missing], dtype=object)
+    try:
+        if rest.astype(bool).any():  # a true value that is not missing is not blank
+            return False
+    except (TypeError, ValueError):
+        pass
+    return all(map(_blank, rest))
 
 
 def _blank(value: Any) -> bool:

@@ -194,6 +194,9 @@ class JobRecord:
     #: last run was given (``current_job().gpus``).
     gpus: int = 0
     gpu_slots: tuple[int, ...] = ()
+    #: Positional arguments as a row's label shows them (:func:`nbqup.labels.args_summary`):
+    #: a small number's or a short string's repr, ``"…"`` for any other value.
+    arg_reprs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the fields that differ from their defaults (compact to store)."""
@@ -204,7 +207,15 @@ class JobRecord:
         """Build a record from :meth:`to_dict` output; unknown fields are ignored."""
         known = {k: v for k, v in data.items() if k in _JOB_DEFAULTS}
         known["status"] = Status(known.get("status", Status.QUEUED))
-        for name in ("tags", "depends_on", "errors", "upstream", "limits", "gpu_slots"):
+        for name in (
+            "tags",
+            "depends_on",
+            "errors",
+            "upstream",
+            "limits",
+            "gpu_slots",
+            "arg_reprs",
+        ):
             if name in known:
                 known[name] = tuple(known[name])
         if "runs" in known:

@@ -23,6 +23,7 @@ from .argdata import TABLE as DATA
 from .errors import SerializationError, StoreWriteError
 from .handle import Job
 from .keys import show_key, stored_key
+from .labels import args_summary
 from .records import JobRecord, ScheduleRecord, Status, new_id
 from .schedules import RUN_FIELDS
 
@@ -184,6 +185,7 @@ class Submissions:
         now = self._shared.clock.now()
         sid = "s" + new_id(now)
         sub, _, fields, blobs, args_blob = self._call_payload(sub, sid, jobs_allowed=False)
+        fields.pop("arg_reprs", None)  # a job record's field: a schedule's runs go without
         name = options.get("name") or fields["fn_name"]
         first = trigger.next_after(now if sub.due is None else sub.due - 1e-6)
         key = options.get("key") or _schedule_key(sub.fn, fields["fn_name"], trigger, args_blob)
@@ -321,6 +323,8 @@ class Submissions:
             if digest not in self._known_data and not self._shared.store.has(DATA, digest):
                 blobs.append((DATA, digest, body))
         fields["kwargs"] = payload.kwargs_summary(sub.kwargs)
+        if sub.args:
+            fields["arg_reprs"] = args_summary(sub.args)
         return sub, ups, fields, blobs, args_blob
 
     def _upstream(self, sub: Submission) -> tuple[Submission, tuple[str, ...]]:

@@ -395,17 +395,28 @@ def _cell(
     bold: bool = False,
     right: bool = False,
     grow: bool = False,
+    fit: bool = False,
+    wrap: bool = False,
 ) -> str:
-    """A cell of a row's flex line: ``width`` px wide, or at least that wide and taking
-    the room left (``grow``: the last cell, cut short with an ellipsis)."""
+    """A cell of a row's flex line: ``width`` px wide; or at least that wide and as wide
+    as its text (``fit``: never cut); or taking a share of the room left (``grow``:
+    shrinking to ``width`` and then cut short with an ellipsis, or, with ``wrap``, going
+    on to a second line so that the end of a long label still shows)."""
     e = html.escape
-    flex = f"flex:1 1 {width}px;min-width:0;" if grow else f"flex:0 0 {width}px;"
-    style = flex + "overflow:hidden;text-overflow:ellipsis;" + ("text-align:right;" * right)
+    if grow:
+        least = width if wrap else 0
+        flex = f"flex:1 1 {width}px;min-width:{least}px;"
+    elif fit:
+        flex = f"flex:0 0 auto;min-width:{width}px;"
+    else:
+        flex = f"flex:0 0 {width}px;"
+    cut = "white-space:normal;overflow-wrap:anywhere;" if wrap else "text-overflow:ellipsis;"
+    style = flex + "overflow:hidden;" + cut + ("text-align:right;" * right)
     body = f"<b>{e(text)}</b>" if bold else e(text)
     return f'<span title="{e(title or text)}" style="{style}">{body}</span>'
 
 
-#: A row's line: its cells side by side; the last one takes the room left, or shrinks.
+#: A row's line: its cells side by side; the label and the last share the room left.
 ROW_LINE = "display:flex;align-items:center;gap:6px;white-space:nowrap;min-width:0"
 
 
@@ -413,11 +424,11 @@ def _row_html(rs: RowState) -> str:
     """One dashboard row: a single HTML widget, so a change costs one message."""
     return (
         f'<div style="{ROW_LINE}">'
-        + _cell(rs.label or rs.name, 190, title=rs.tooltip, bold=True)
+        + _cell(rs.label or rs.name, 190, title=rs.tooltip, bold=True, grow=True, wrap=True)
         + f'<span style="flex:0 0 72px">{_status_html(rs)}</span>'
         + _css_bar(rs)
         + _cell(rs.percent, 38, right=True)
-        + _cell(rs.elapsed, 58, right=True)
+        + _cell(rs.elapsed, 58, right=True, fit=True)  # "1m05s · 12 runs" whole
         + _cell(rs.message, 100, grow=True)
         + "</div>"
     )

@@ -40,7 +40,7 @@ def group_html(gs: GroupState) -> str:
     """The group's line: its key, the aggregate bar, its counts (one HTML widget)."""
     return (
         f'<div style="{ROW_LINE}">'
-        + _cell(f"▸ {gs.key}", 190, title=f"group {gs.key}", bold=True)
+        + _cell(f"▸ {gs.key}", 190, title=f"group {gs.key}", bold=True, grow=True, wrap=True)
         + '<span style="flex:0 0 72px">group</span>'
         + _css_bar(gs)
         + _cell(f"{gs.bar:.0%}", 38, right=True)

@@ -4,9 +4,10 @@ render as ipywidgets -- DOM elements of the widgets, not their text/HTML fallbac
 
 After the quickstart's cells the copy gets two more, the test's own: a 500-job group
 (``jq.map(..., key=)``) in a dashboard must be one row whose "Jobs" toggle expands it to
-its job rows; three keyed jobs of one function (held on events until the test lets one
+its job rows; three jobs of a sweep, one function (held on events until the test lets one
 finish, through a second client of the same kernel) must have rows a reader can tell
-apart, which stay in place when one finishes and keep their buttons whole at 800 px.
+apart (labels not cut), which stay in place when one finishes and keep their buttons
+and labels whole at 800 px.
 Then the kernel is restarted from the menu: the dashboards from before must read as
 static tables, not as broken widgets.  One JupyterLab, one browser and one kernel serve
 every test of the module (in order); the first saves docs/dashboard.png, the README's
@@ -106,19 +107,22 @@ grid = gq.map(abs, range(500), key="grid-500")
 print("grid done:", grid.wait(60))
 display(gq)
 """
-#: Three jobs of one function, keyed, each held until the test sets its event; a store
-#: in the working directory, so the title shows it relative.
+#: Three jobs of one function, a sweep told apart by its last argument, each held until
+#: the test sets its event; a store in the working directory, so the title shows it
+#: relative.
 LABELS_CELL = """\
 import threading
 gates = {k: threading.Event() for k in ("k0", "k1", "k2")}
-def work(k):
+def train(k, lr, batch, seed):
     import __main__
     __main__.gates[k].wait(120)
     return k
 lq = nbqup.JobQueue("labels-store", workers=3)
-keyed = [lq.options(key=k).submit(work, k) for k in gates]
+keyed = [lq.submit(train, k, lr=0.01, batch=64, seed=i) for i, k in enumerate(gates)]
 display(lq)
 """
+#: LABELS_CELL's rows, as labelled.
+SWEEP = [f"train('k{i}', lr=0.01, batch=64, seed={i})" for i in range(3)]
 
 
 def _with_cells(path: Path, *sources: str) -> None:
@@ -307,6 +311,16 @@ def _labels(board: Any) -> list[str]:
     return list(board.locator(".widget-html span[title] > b").all_inner_texts())
 
 
+def _clipped_labels(board: Any) -> list[str]:
+    """The rows' labels the page cuts short (``inner_text`` reads them whole all the same)."""
+    return list(
+        board.locator(".widget-html span[title]:has(> b)").evaluate_all(
+            "els => els.filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth)"
+            ".map(e => e.textContent)"
+        )
+    )
+
+
 @contextlib.contextmanager
 def _kernel_client(lab: Lab) -> Iterator[Any]:
     """A second client of the notebook's kernel: code run through it reaches the kernel
@@ -405,7 +419,7 @@ def test_a_500_job_group_is_one_row_that_expands(notebook: Any, lab: Lab) -> Non
             arg=board.element_handle(),
         )
         assert board.locator(".widget-button:has-text('Cancel')").count() == 50
-        assert "abs(…)" in _labels(board)
+        assert "abs(499)" in _labels(board)  # a group's items: their positional argument
 
 
 #: For each button of a live view: is its text cut short (wider than the button)?
@@ -427,22 +441,24 @@ def test_rows_are_labelled_stay_in_order_and_keep_their_buttons_whole(
         page.wait_for_function(
             "el => el.textContent.split('running').length > 3", arg=board.element_handle()
         )
-        assert _labels(board) == ["k0", "k1", "k2"]
-        tip = board.locator("span[title] > b", has_text="k1").locator("..")
-        assert "key k1" in tip.get_attribute("title") and "attempts 1" in tip.get_attribute("title")
+        assert _labels(board) == SWEEP
+        assert _clipped_labels(board) == []  # each reads whole, its seed too
+        tip = board.locator("span[title] > b", has_text="'k1'").locator("..")
+        assert "seed=1" in tip.get_attribute("title") and "attempts 1" in tip.get_attribute("title")
         with _kernel_client(lab) as kc:  # the last one finishes
             reply = kc.execute_interactive("gates['k2'].set(); keyed[2].wait(20)", timeout=30)
             assert reply["content"]["status"] == "ok"
         page.wait_for_function(
             "el => el.textContent.includes('succeeded')", arg=board.element_handle()
         )
-        assert _labels(board) == ["k0", "k1", "k2"]  # nothing moved
+        assert _labels(board) == SWEEP  # nothing moved
 
         page.set_viewport_size({"width": 800, "height": 1000})
         try:
             board.scroll_into_view_if_needed()
             buttons = page.evaluate(TRUNCATED)
             assert len(buttons) >= 3 * 3 and not [b for b, cut in buttons if cut], buttons
+            assert _clipped_labels(board) == []  # a label goes on to a second line instead
             board.screenshot(path=str(lab.log.parent / "narrow.png"))  # to look at
         finally:
             page.set_viewport_size({"width": 1280, "height": 1000})
@@ -478,6 +494,6 @@ def test_after_a_kernel_restart_the_old_dashboards_read_as_static_tables(
             )
             assert icons == 0
             assert "not live: as last shown before its kernel stopped" in old.inner_text()
-        assert _labels(_board(page, "labels-store")) == ["k0", "k1", "k2"]
+        assert _labels(_board(page, "labels-store")) == SWEEP
         assert "succeeded" in _board(page, "labels-store").inner_text()
         board.screenshot(path=str(lab.log.parent / "restarted.png"))

@@ -5,6 +5,7 @@ owning process, an interpreter exit, retries, close(wait=False) and a cancel -- 
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from children import kill, read_line, start, wait_for_log
 from jobfns import EVENTS, block, boom, cooperative_loop, flaky
 
 from nbqup import JobQueue
-from nbqup.clock import ManualClock
+from nbqup.clock import ManualClock, poll_until
 from nbqup.codec import encode
 from nbqup.records import JOB_FIELDS, JobRecord, Status
 from nbqup.runs import end_final, end_run, history, run_time, start_run, unstart_run
@@ -222,3 +223,14 @@ def test_the_row_shows_the_total_run_time_and_the_number_of_runs() -> None:
     assert row_state(rec, now=30.0).elapsed == "8.5s · 2 runs"
     once = JobRecord(id="k", name="f", created=0.0, status=Status.RUNNING, started=0.0)
     assert row_state(once, now=65.0).elapsed == "1m05s"
+
+
+def test_a_cancel_between_runs_says_how_the_last_run_ended(name: str) -> None:
+    with JobQueue(None, workers=1) as jq:
+        job = jq.options(retries=1, retry_delay=3600).submit(flaky, name, 1)
+        assert poll_until(lambda: outcomes(job) == ["failed"], time.monotonic() + WAIT)
+        assert job.status != "running" and job.cancel() and job.wait(WAIT)
+        assert job.status == "cancelled" and outcomes(job) == ["failed"]
+        assert job.message == "cancelled before run 2: run 1 failed"  # not "before it ran"
+        never = jq.after("1h").submit(boom)
+        assert never.cancel() and never.wait(WAIT) and never.message == "cancelled before it ran"

@@ -313,14 +313,14 @@ def test_records_written_by_other_nbqup_versions_read_back(store: Store) -> None
 def test_the_order_of_stored_fields_only_ever_grows() -> None:
     """Stored records are positional: moving or dropping a field would misread every
     record written before.  New fields go at the end (and into this list)."""
-    assert JOB_FIELDS[:45] == (
+    assert JOB_FIELDS[:46] == (
         "id", "name", "created", "status", "scheduled_for", "started", "finished",
         "attempts", "crashes", "fn", "fn_name", "task_type", "has_args", "args_ref", "key",
         "tags", "priority", "retries", "retry_delay", "retry_backoff", "retry_jitter",
         "timeout", "max_crashes", "run_base", "depends_on", "schedule", "error", "errors",
         "message", "progress", "has_result", "result_repr", "has_checkpoint",
         "output_attempt", "kwargs", "python", "pickler", "version", "cache", "upstream",
-        "group", "runs", "limits", "gpus", "gpu_slots",
+        "group", "runs", "limits", "gpus", "gpu_slots", "arg_reprs",
     )  # fmt: skip
 
 
@@ -638,7 +638,7 @@ def test_unrolled_to_dict_and_copy_match_the_field_by_field_versions() -> None:
         has_result=True, result_repr="1", has_checkpoint=True, output_attempt=2,
         kwargs={"n": 1}, python="3.11", pickler="3.1", version=2, cache="c0ffee",
         upstream=("j0",), group="g0", runs=((1.0, 2.0, "failed"), (2.0, None, "running")),
-        limits=("api",), gpus=1, gpu_slots=(0,),
+        limits=("api",), gpus=1, gpu_slots=(0,), arg_reprs=("3",),
     )  # fmt: skip
     assert all(
         getattr(every_field_set, f.name) != _JOB_DEFAULTS[f.name]
