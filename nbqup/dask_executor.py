@@ -55,26 +55,31 @@ class DaskExecutor(Executor):
         self.client = Client(spec) if self._own else spec
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
+        """Run one call and wait for it (a nested wait; the queue's own jobs go through
+        :mod:`nbqup.dask_dispatch`, many at a time)."""
         try:
             self._wait_for_cluster(ctx)
             task = call.task(ctx.job)
-            tag = f"nbqup-{call.job_id}-{task.attempts}-{secrets.token_hex(3)}"
-            future = self.client.submit(_run_task, task, tag, key=tag, pure=False)
+            tag = task_tag(task)
+            (future,) = self.submit_many([task], [tag])
         except Exception as exc:
             return Outcome.raised(exc)
         try:
-            return self._follow(future, tag, ctx)
+            return self.follow(future, tag, ctx)
         except Exception as exc:  # the cluster or the connection failed, not the job
-            error = ClusterLost(f"the Dask cluster failed while running job {call.job_id}: {exc!r}")
-            return Outcome.stopped(error, crashed=True)
+            return lost(call.job_id, exc)
 
-    def _follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
+    def submit_many(self, tasks: list[remote.Task], tags: list[str]) -> list[Any]:
+        """Submit tasks to the cluster in one message; their futures, keyed by tag."""
+        return list(self.client.map(_run_task, tasks, tags, key=tags, pure=False))
+
+    def follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
         """Wait for the task; talk to it only if it runs on past the first wait.
 
         The channel (two scheduler queues) and the stop event cost scheduler round trips
         each, so a short task never makes them: what it held back comes with its result.
         """
-        from distributed import Event, Queue, wait
+        from distributed import Queue, wait
 
         stopping: Outcome | None = None
         channel: list[Any] = []  # the task's queues up and down, once it runs on
@@ -83,7 +88,7 @@ class DaskExecutor(Executor):
             if stopping is None:
                 stopping = must_stop(ctx)
                 if stopping is not None:  # cancelled or timed out: ask the task to stop
-                    Event(tag + "-stop", client=self.client).set()
+                    ask_to_stop(self.client, tag)
             if channel:
                 _drain(channel[0], receiver)
             if future.done():
@@ -114,6 +119,24 @@ class DaskExecutor(Executor):
     def close(self, wait: bool = True) -> None:
         if self._own:
             self.client.close()
+
+
+def task_tag(task: remote.Task) -> str:
+    """A unique Dask key for one submission of a task (also names its channel)."""
+    return f"nbqup-{task.job_id}-{task.attempts}-{secrets.token_hex(3)}"
+
+
+def lost(job_id: str, exc: BaseException) -> Outcome:
+    """The outcome of a run whose cluster or connection failed (not the job): a crash."""
+    error = ClusterLost(f"the Dask cluster failed while running job {job_id}: {exc!r}")
+    return Outcome.stopped(error, crashed=True)
+
+
+def ask_to_stop(client: Any, tag: str) -> None:
+    """Set a task's stop event: it stops at its next ``progress`` or ``checkpoint``."""
+    from distributed import Event
+
+    Event(tag + "-stop", client=client).set()
 
 
 #: Name suffixes of a task's scheduler queues: messages up, replies down.

@@ -42,6 +42,8 @@ from . import closing, display_hooks
 from .access import JobAccess
 from .clock import Clock, SystemClock
 from .commits import GroupCommit
+from .dask_dispatch import DaskDispatch
+from .dask_executor import DaskExecutor
 from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
@@ -164,8 +166,13 @@ class JobQueue:
         self._scheduler = Scheduler(
             shared, self._turns, schedules, runtime, nested, recovery, trouble
         )
+        dispatch = None
+        if isinstance(self._executor, DaskExecutor):  # many tasks in flight from one thread
+            dispatch = DaskDispatch(
+                shared, runtime, slots, self._executor, trouble, self.workers
+            ).run
         self._threads = OwnerThreads(
-            state, runtime, slots, self._scheduler, self._turns, self.workers
+            state, runtime, slots, self._scheduler, self._turns, self.workers, dispatch
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
 
