@@ -242,7 +242,7 @@ class DaskDispatch:
             return
         with self._state.lock:
             for flight, future in zip(flights, futures, strict=True):
-                flight.future, flight.since = future, None
+                flight.future, flight.since, flight.followed = future, None, False
                 self._flights[flight.tag] = flight
         # after: a callback finds its flight; from the client's loop, in one hop there
         self._client.loop.add_callback(self._watch, futures)
@@ -295,10 +295,9 @@ class DaskDispatch:
         outcome: Outcome | None
         try:
             outcome = self._executor.follow(flight.future, flight.tag, flight.ctx)
-        except ClusterLost:
-            outcome = None
-        except Exception as exc:
-            outcome = lost(flight.ctx.job.id, exc)
+        except Exception as exc:  # ClusterLost, FuturesCancelledError, a lost connection
+            cancelled = isinstance(exc, ClusterLost) or flight.future.status == "cancelled"
+            outcome = None if cancelled else lost(flight.ctx.job.id, exc)
         with self._state.lock:
             self._followed.append((flight, outcome))
             self._state.work.notify_all()
