@@ -10,9 +10,11 @@ checkpoints come here (a checkpoint is acknowledged once it is durable here), an
 (each costs scheduler round trips): its outcome comes back with its result.  Printed output and
 ``display(...)`` come back with the outcome.
 
-If the cluster goes away, runs in flight count as crashed (run again without using a
-retry) and the worker slots wait for the client to reconnect; jobs that were running when
-this process died are resumed by the next open, as always.
+The queue's own jobs are submitted many at a time by :mod:`nbqup.dask_dispatch`, which
+uses :meth:`DaskExecutor.submit_many` and :meth:`DaskExecutor.follow`; :meth:`~DaskExecutor.run`
+runs one call and waits for it.  If the cluster goes away, a run followed here counts as
+crashed (run again without using a retry); jobs that were running when this process died
+are resumed by the next open, as always.
 """
 
 from __future__ import annotations

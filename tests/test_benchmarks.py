@@ -187,3 +187,12 @@ def test_gridsearch_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["fits"] == 10  # the same scores on every backend is asserted inside
     assert min(figures[f"{b}_s"] for b in ("loky", "threading", "nbqup", "nbqup_cached")) > 0
+
+
+@pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed")
+@pytest.mark.timeout(120)
+def test_dask_benchmark_runs(tmp_path: Path) -> None:
+    """nbqup's Dask executor against client.map on one LocalCluster (issue 18)."""
+    figures = _figures(tmp_path, "benchmarks.dask", "--jobs", "40", "--rounds", "1")
+    assert set(figures["40"]["median_jobs_per_s"]) == {"client.map", "nbqup"}
+    assert figures["40"]["ratio"] > 0
