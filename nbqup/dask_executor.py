@@ -20,6 +20,7 @@ are resumed by the next open, as always.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from typing import Any
@@ -123,9 +124,15 @@ class DaskExecutor(Executor):
             self.client.close()
 
 
+#: Keys of this process's submissions differ from those of another process (a queue
+#: reopened elsewhere) by this, and from each other by a counter.
+_PROCESS = secrets.token_hex(3)
+_submissions = itertools.count()
+
+
 def task_tag(task: remote.Task) -> str:
     """A unique Dask key for one submission of a task (also names its channel)."""
-    return f"nbqup-{task.job_id}-{task.attempts}-{secrets.token_hex(3)}"
+    return f"nbqup-{task.job_id}-{task.attempts}-{_PROCESS}{next(_submissions)}"
 
 
 def lost(job_id: str, exc: BaseException) -> Outcome:
