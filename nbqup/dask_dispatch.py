@@ -163,7 +163,10 @@ class DaskDispatch:
     def _room(self) -> int:
         """How many more tasks fit in the window (lock held)."""
         window = max(self._floor, PER_THREAD * self._threads)
-        return window - len(self._flights) - len(self._waiting)
+        room = window - len(self._flights) - len(self._waiting)
+        # Refill in batches of a quarter window at least (fewer commits and submissions);
+        # three quarters still in flight keep the cluster busy meanwhile.
+        return room if room * 4 >= window or not self._flights else 0
 
     def _ending(self) -> bool:
         return bool(self._state.ending)
