@@ -3,6 +3,7 @@ process SIGKILLed mid-task, the notebook process SIGKILLed mid-sweep, the window
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -46,16 +47,22 @@ def plain(n: int) -> int:
     return n
 
 
-@pytest.fixture
-def worker_processes() -> Iterator[Any]:
-    """2 worker processes x 1 thread; Dask gives up on a task at the first worker lost
-    with it (``allowed-failures: 0``), so that nbqup sees the crash."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+@contextlib.contextmanager
+def tiny_cluster(processes: bool) -> Iterator[Any]:
+    """A client of a LocalCluster of 2 workers x 1 thread."""
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None
+    )
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[Any]:
+    """Worker processes; Dask gives up on a task at the first worker lost with it
+    (``allowed-failures: 0``), so that nbqup sees the crash."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), tiny_cluster(True) as c:
+        yield c
 
 
 @pytest.mark.timeout(60)
@@ -98,10 +105,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-    )
-    with cluster, distributed.Client(cluster) as c:
+    with tiny_cluster(False) as c:
         yield c
 
 
