@@ -10,14 +10,17 @@ checkpoints come here (a checkpoint is acknowledged once it is durable here), an
 (each costs scheduler round trips): its outcome comes back with its result.  Printed output and
 ``display(...)`` come back with the outcome.
 
-If the cluster goes away, runs in flight count as crashed (run again without using a
-retry) and the worker slots wait for the client to reconnect; jobs that were running when
-this process died are resumed by the next open, as always.
+The queue's own jobs are submitted many at a time by :mod:`nbqup.dask_dispatch`, which
+uses :meth:`DaskExecutor.submit_many` and :meth:`DaskExecutor.follow`; :meth:`~DaskExecutor.run`
+runs one call and waits for it.  If the cluster goes away, a run followed here counts as
+crashed (run again without using a retry); jobs that were running when this process died
+are resumed by the next open, as always.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from typing import Any
@@ -55,28 +58,50 @@ class DaskExecutor(Executor):
         self.client = Client(spec) if self._own else spec
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
+        """Run one call and wait for it (a nested wait; the queue's own jobs go through
+        :mod:`nbqup.dask_dispatch`, many at a time)."""
         try:
             self._wait_for_cluster(ctx)
             task = call.task(ctx.job)
-            tag = f"nbqup-{call.job_id}-{task.attempts}-{secrets.token_hex(3)}"
-            # options(gpus=n): Dask places it on a worker started with GPU resources
-            wanted = {"GPU": ctx.gpu_request} if ctx.gpu_request else None
-            future = self.client.submit(_run_task, task, tag, key=tag, pure=False, resources=wanted)
+            tag = task_tag(task)
+            (future,) = self.submit_many([task], [tag], [ctx.gpu_request])
         except Exception as exc:
             return Outcome.raised(exc)
         try:
-            return self._follow(future, tag, ctx)
+            return self.follow(future, tag, ctx)
         except Exception as exc:  # the cluster or the connection failed, not the job
-            error = ClusterLost(f"the Dask cluster failed while running job {call.job_id}: {exc!r}")
-            return Outcome.stopped(error, crashed=True)
+            return lost(call.job_id, exc)
 
-    def _follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
+    def submit_many(
+        self, tasks: list[remote.Task], tags: list[str], gpus: list[int] | None = None
+    ) -> list[Any]:
+        """Submit tasks to the cluster in one message; their futures, keyed by tag.  A
+        task asking for GPUs (``gpus[i]``, from ``options(gpus=n)``) goes on its own,
+        with ``resources={"GPU": n}``: Dask places it on a worker started with them."""
+        wanted = gpus or [0] * len(tasks)
+        plain = [i for i, n in enumerate(wanted) if not n]
+        futures: list[Any] = [None] * len(tasks)
+        if plain:
+            mapped = self.client.map(
+                _run_task, [tasks[i] for i in plain], [tags[i] for i in plain],
+                key=[tags[i] for i in plain], pure=False,
+            )  # fmt: skip
+            for i, future in zip(plain, mapped, strict=True):
+                futures[i] = future
+        for i, n in enumerate(wanted):
+            if n:
+                futures[i] = self.client.submit(
+                    _run_task, tasks[i], tags[i], key=tags[i], pure=False, resources={"GPU": n}
+                )
+        return futures
+
+    def follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
         """Wait for the task; talk to it only if it runs on past the first wait.
 
         The channel (two scheduler queues) and the stop event cost scheduler round trips
         each, so a short task never makes them: what it held back comes with its result.
         """
-        from distributed import Event, Queue, wait
+        from distributed import Queue, wait
 
         stopping: Outcome | None = None
         channel: list[Any] = []  # the task's queues up and down, once it runs on
@@ -85,7 +110,7 @@ class DaskExecutor(Executor):
             if stopping is None:
                 stopping = must_stop(ctx)
                 if stopping is not None:  # cancelled or timed out: ask the task to stop
-                    Event(tag + "-stop", client=self.client).set()
+                    ask_to_stop(self.client, tag)
             if channel:
                 _drain(channel[0], receiver)
             if future.done():
@@ -116,6 +141,30 @@ class DaskExecutor(Executor):
     def close(self, wait: bool = True) -> None:
         if self._own:
             self.client.close()
+
+
+#: Keys of this process's submissions differ from those of another process (a queue
+#: reopened elsewhere) by this, and from each other by a counter.
+_PROCESS = secrets.token_hex(3)
+_submissions = itertools.count()
+
+
+def task_tag(task: remote.Task) -> str:
+    """A unique Dask key for one submission of a task (also names its channel)."""
+    return f"nbqup-{task.job_id}-{task.attempts}-{_PROCESS}{next(_submissions)}"
+
+
+def lost(job_id: str, exc: BaseException) -> Outcome:
+    """The outcome of a run whose cluster or connection failed (not the job): a crash."""
+    error = ClusterLost(f"the Dask cluster failed while running job {job_id}: {exc!r}")
+    return Outcome.stopped(error, crashed=True)
+
+
+def ask_to_stop(client: Any, tag: str) -> None:
+    """Set a task's stop event: it stops at its next ``progress`` or ``checkpoint``."""
+    from distributed import Event
+
+    Event(tag + "-stop", client=client).set()
 
 
 #: Name suffixes of a task's scheduler queues: messages up, replies down.

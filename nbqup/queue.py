@@ -30,6 +30,7 @@ from . import closing, display_hooks
 from .access import JobAccess
 from .clock import Clock, SystemClock
 from .commits import GroupCommit
+from .dask_dispatch import dispatcher
 from .errors import StoreFailed
 from .executors import Executor, make_executor
 from .finished import FinishedJobs
@@ -144,22 +145,17 @@ class JobQueue:
         slots = self._slots = WorkerSlots(shared, runtime, self._executor, trouble, self._handle)
         nested = self._nested = NestedWaits(state, runtime, slots, self._executor)
         access = self._access = JobAccess(
-            shared,
-            runtime,
-            nested,
-            recovery,
-            schedules,
-            submissions,
-            name=self.__repr__,
-            check_open=self._check_open,
-        )
+            shared, runtime, nested, recovery, schedules, submissions,
+            name=self.__repr__, check_open=self._check_open,
+        )  # fmt: skip
         recovery.serve(access)
         self._turns = Turns(state, self.workers, name=self.__repr__)
         self._scheduler = Scheduler(
             shared, self._turns, schedules, runtime, nested, recovery, trouble
         )
+        dispatch = dispatcher(shared, runtime, slots, self._executor, trouble, self.workers)
         self._threads = OwnerThreads(
-            state, runtime, slots, self._scheduler, self._turns, self.workers
+            state, runtime, slots, self._scheduler, self._turns, self.workers, dispatch
         )
         self.store.backend.on_failure(trouble.store_failed)  # see nbqup.trouble
         self._limits = access.limits = LimitBook(

@@ -155,17 +155,49 @@ class WorkerSlots:
         self._state.runners[job_id] = threading.current_thread()
         return rec, ctx, self._shared.writer.add([rec.copy()]), rec.attempts
 
+    def claim_ready(self) -> Claim | None:
+        """Claim the next ready job, or None (the caller holds the lock): how a dispatcher
+        that runs many jobs from one thread (:mod:`nbqup.dask_dispatch`) takes them."""
+        job_id = self._pop_ready()
+        return None if job_id is None else self.claim(job_id)
+
     def launch(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]:
         """Make a claimed job's running mark durable and load its call (None: it could
         not be loaded, and has failed)."""
-        rec, ctx, ticket, attempt = claim
-        job_id = rec.id
+        return self.launch_all([claim])[0]
+
+    def launch_all(self, claims: list[Claim]) -> list[tuple[JobRecord, JobContext, Call | None]]:
+        """:meth:`launch` claimed jobs, their running marks made durable in one commit."""
         try:
-            # Durable before the job runs (a job that kills its process is counted next
+            # Durable before the jobs run (a job that kills its process is counted next
             # time); this also commits what earlier attempts wrote (their logs).
-            self._shared.writer.flush(ticket)
+            tickets = {ticket for _, _, ticket, _ in claims}
+            self._shared.writer.flush(max(tickets))
+            for ticket in tickets:
+                error = self._shared.writer.failed(ticket)
+                if error is not None:
+                    raise error
             self._shared.write_trouble.ok()
             self._runtime.settle()
+        except (StoreFailed, StoreWriteError):
+            for rec, ctx, _, _ in claims:
+                self._unstart(rec, ctx)  # the store refused: the jobs did not start
+            raise
+        launched: list[tuple[JobRecord, JobContext, Call | None]] = []
+        try:
+            for claim in claims:
+                launched.append(self._load(claim))
+        except (StoreFailed, StoreWriteError):
+            for rec, ctx, _, _ in claims[len(launched) :]:
+                self._unstart(rec, ctx)
+            raise
+        return launched
+
+    def _load(self, claim: Claim) -> tuple[JobRecord, JobContext, Call | None]:
+        """A launched job's earlier output and its call (None: it failed to load)."""
+        rec, ctx, _, attempt = claim
+        job_id = rec.id
+        try:
             if rec.output_attempt:  # keep earlier runs' output, mark where this one starts
                 earlier = self._shared.store.get_blob("logs", job_id)
                 if earlier:
@@ -178,7 +210,6 @@ class WorkerSlots:
                     ctx.outputs = RichOutputs(payload.loads(shown))
             call = self._load_call(rec)
         except (StoreFailed, StoreWriteError):
-            self._unstart(rec, ctx)  # the store refused: the job did not start
             raise
         except Exception as exc:
             self.finish(job_id, ctx, Outcome.raised(exc))

@@ -1,6 +1,7 @@
 """The owner's threads: started once the store is owned, stopped by ``close()``.
 
-An owner runs ``workers`` worker slots (:mod:`nbqup.slots`) and one scheduler thread
+An owner runs ``workers`` worker slots (:mod:`nbqup.slots`) -- or, with a Dask executor,
+one dispatcher thread in their place (:mod:`nbqup.dask_dispatch`) -- and one scheduler thread
 (:mod:`nbqup.scheduler`), all daemon threads, and routes what jobs print to their logs
 (:mod:`nbqup.capture`) while they run.  :meth:`OwnerThreads.stop` is the first half of
 ``close()``: it marks the queue stopping and wakes every sleeper; with ``wait=True`` it
@@ -12,6 +13,7 @@ at once (:meth:`~nbqup.runtime.Runtime.abandon`) without waiting for their threa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import capture
@@ -38,6 +40,7 @@ class OwnerThreads:
         scheduler: Scheduler,
         turns: Turns,
         workers: int,
+        dispatch: Callable[[], None] | None = None,
     ) -> None:
         self._state = state
         self._runtime = runtime
@@ -45,6 +48,7 @@ class OwnerThreads:
         self._scheduler = scheduler
         self._turns = turns
         self._workers = workers
+        self._dispatch = dispatch  # one thread in place of the slots (nbqup.dask_dispatch)
         self._threads: list[threading.Thread] = []
         self._capturing = False
 
@@ -52,10 +56,15 @@ class OwnerThreads:
         """Start ``workers`` worker slots, then the scheduler."""
         capture.install(current_log, current_outputs)
         self._capturing = True
-        self._threads = [
-            threading.Thread(target=self._slots.run, name=f"nbqup-worker-{i}", daemon=True)
-            for i in range(self._workers)
-        ]
+        if self._dispatch is not None:
+            self._threads = [
+                threading.Thread(target=self._dispatch, name="nbqup-dask", daemon=True)
+            ]
+        else:
+            self._threads = [
+                threading.Thread(target=self._slots.run, name=f"nbqup-worker-{i}", daemon=True)
+                for i in range(self._workers)
+            ]
         self._threads.append(
             threading.Thread(target=self._scheduler.run, name="nbqup-scheduler", daemon=True)
         )

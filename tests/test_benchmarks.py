@@ -197,3 +197,12 @@ def test_limits_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["rate"]["jobs"] == 20 and figures["rate"]["achieved_per_s"] > 0
     assert figures["beside"]["parked"] == 5 and len(figures["beside"]["ratios"]) == 1
+
+
+@pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed")
+@pytest.mark.timeout(120)
+def test_dask_benchmark_runs(tmp_path: Path) -> None:
+    """nbqup's Dask executor against client.map on one LocalCluster (issue 18)."""
+    figures = _figures(tmp_path, "benchmarks.dask", "--jobs", "40", "--rounds", "1")
+    assert set(figures["40"]["median_jobs_per_s"]) == {"client.map", "nbqup"}
+    assert figures["40"]["ratio"] > 0
