@@ -387,6 +387,10 @@ def render_html(state: QueueState) -> str:
     return f"<div>{_counts_html(state)}</div>{table}"
 
 
+#: A cell cut short: one line, an ellipsis where it is cut.
+_CUT = "white-space:nowrap;text-overflow:ellipsis;"
+
+
 def _cell(
     text: str,
     width: int,
@@ -405,12 +409,14 @@ def _cell(
     e = html.escape
     if grow:
         least = width if wrap else 0
-        flex = f"flex:1 1 {width}px;min-width:{least}px;"
+        # ``width:0``: a cut cell adds nothing to the line's least width, else a long
+        # message widens the widget past its box and runs under the row's buttons
+        flex = f"flex:1 1 {width}px;min-width:{least}px;" + ("" if wrap else "width:0;")
     elif fit:
         flex = f"flex:0 0 auto;min-width:{width}px;"
     else:
         flex = f"flex:0 0 {width}px;"
-    cut = "white-space:normal;overflow-wrap:anywhere;" if wrap else "text-overflow:ellipsis;"
+    cut = "white-space:normal;overflow-wrap:anywhere;" if wrap else _CUT
     style = flex + "overflow:hidden;" + cut + ("text-align:right;" * right)
     body = f"<b>{e(text)}</b>" if bold else e(text)
     return f'<span title="{e(title or text)}" style="{style}">{body}</span>'
