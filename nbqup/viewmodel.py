@@ -86,9 +86,9 @@ class RowState:
 
     @property
     def tooltip(self) -> str:
-        """The row's tooltip: label, id, key and attempts, one a line."""
-        key = _one_line(self.key, 200) if self.key else "none"
-        return f"{self.label or self.name}\nid {self.id}\nkey {key}\nattempts {self.attempts}"
+        """The row's tooltip: label, id, key (when it has one) and attempts, one a line."""
+        key = f"\nkey {_one_line(self.key, 200)}" if self.key else ""
+        return f"{self.label or self.name}\nid {self.id}{key}\nattempts {self.attempts}"
 
     @property
     def final(self) -> bool:

@@ -111,6 +111,11 @@ def test_three_keyed_jobs_of_one_function_have_distinct_labels_and_tooltips() ->
     assert all(f">k{i}</td>" in page for i in range(3))
 
 
+def test_the_tooltip_of_a_job_without_a_key_leaves_the_key_out() -> None:
+    (row,) = queue_state(Queue([rec(7)], {})).rows
+    assert row.tooltip == "work()\nid job0007\nattempts 0"
+
+
 def test_rows_stay_in_creation_order_when_a_job_finishes() -> None:
     recs = [rec(i, key=f"k{i}", status=Status.RUNNING, started=990.0) for i in range(3)]
     jq = Queue(recs, {})
