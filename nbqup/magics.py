@@ -29,6 +29,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from .labels import short_path
 from .queue import JobQueue
 
 __all__ = [
@@ -237,17 +238,18 @@ class NbqupMagics(Magics):
         jq = open_queue(where, args.workers, args.executor)
         if self.shell is not None:  # the notebook's variable, as if `jq = JobQueue(...)`
             self.shell.user_ns[name] = jq
+        shown = short_path(where)  # as the dashboard's header shows it
         role = "runs its jobs" if jq.is_owner else "is a client (another process runs the jobs)"
         if reused:
             note = "" if jq.workers == args.workers else "; close it to change its workers"
             print(
-                f"nbqup: {where} was already open here ({jq.workers} workers{note}); "
+                f"nbqup: {shown} was already open here ({jq.workers} workers{note}); "
                 f"using it as `{name}`"
             )
         else:
             unfinished = sum(1 for r in jq.snapshot(limit=1_000_000) if not r.status.final)
             print(
-                f"nbqup: opened {where}: {jq.workers} workers, {unfinished} unfinished; "
+                f"nbqup: opened {shown}: {jq.workers} workers, {unfinished} unfinished; "
                 f"{role}; it is `{name}`"
             )
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,19 @@ def test_open_reuses_a_queue_already_open_on_the_path(
     assert magics.current_queue() is not first
     shell.run_line_magic("nbqup", f"open {tmp_path / 's'}")  # switch back
     assert magics.current_queue() is first
+
+
+def test_open_prints_the_path_as_the_dashboard_header_does(
+    shell: InteractiveShell,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shell.run_line_magic("nbqup", f"open {tmp_path / 'exp' / '.nbqup'} -w 0")
+    assert capsys.readouterr().out.startswith(f"nbqup: opened {os.path.join('exp', '.nbqup')}: ")
+    shell.run_line_magic("nbqup", "open exp/.nbqup -w 0")
+    assert capsys.readouterr().out.startswith(f"nbqup: {os.path.join('exp', '.nbqup')} was already")
 
 
 def test_open_binds_the_queue_to_jq_or_the_name_given(
