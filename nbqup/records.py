@@ -262,6 +262,9 @@ class ScheduleRecord:
     fn_name: str = ""
     task_type: str | None = None
     has_args: bool = False
+    #: The positional arguments as each run's label shows them (``JobRecord.arg_reprs``);
+    #: ``()`` in a record written before schedules kept them (its runs read ``fn(…)``).
+    arg_reprs: tuple[str, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: Validated job options given to every run (retries, timeout, tags, ...).
     options: dict[str, Any] = field(default_factory=dict)
@@ -280,7 +283,10 @@ class ScheduleRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduleRecord:
-        return cls(**{k: v for k, v in data.items() if k in _SCHEDULE_DEFAULTS})
+        known = {k: v for k, v in data.items() if k in _SCHEDULE_DEFAULTS}
+        if "arg_reprs" in known:
+            known["arg_reprs"] = tuple(known["arg_reprs"])
+        return cls(**known)
 
     def copy(self) -> ScheduleRecord:
         return dataclasses.replace(self, kwargs=dict(self.kwargs), options=dict(self.options))

@@ -286,6 +286,7 @@ class Schedules:
             task_type=srec.task_type,
             has_args=srec.has_args,
             args_ref=srec.id if srec.has_args else None,
+            arg_reprs=srec.arg_reprs,
             kwargs=dict(srec.kwargs),
             schedule=srec.id,
             python=srec.python,

@@ -185,7 +185,6 @@ class Submissions:
         now = self._shared.clock.now()
         sid = "s" + new_id(now)
         sub, _, fields, blobs, args_blob = self._call_payload(sub, sid, jobs_allowed=False)
-        fields.pop("arg_reprs", None)  # a job record's field: a schedule's runs go without
         name = options.get("name") or fields["fn_name"]
         first = trigger.next_after(now if sub.due is None else sub.due - 1e-6)
         key = options.get("key") or _schedule_key(sub.fn, fields["fn_name"], trigger, args_blob)

@@ -26,12 +26,14 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-from jobfns import CALLS, EVENTS, LOOKS, boom, cooperative_loop, record
+from jobfns import CALLS, EVENTS, LOOKS, add, boom, cooperative_loop, record
 
 import nbqup
 from nbqup import Job, JobQueue, Schedule, Status
 from nbqup.clock import ManualClock
+from nbqup.labels import job_label
 from nbqup.missed import MAX_CATCHUP
+from nbqup.records import ScheduleRecord
 
 WAIT = 20  # seconds: a generous bound for what should take milliseconds
 HOUR = 3600.0
@@ -207,6 +209,20 @@ def test_every_runs_on_a_fixed_cadence_each_run_its_own_job(clock: ManualClock, 
         assert [j.id for j in jq.jobs()] == [j.id for j in jobs]
         assert sch.runs == 3
         assert jq.schedules() == [sch]
+
+
+def test_runs_of_a_schedule_keep_its_argument_summary(clock: ManualClock, tmp_path: Path) -> None:
+    with JobQueue(tmp_path / "s", workers=1, clock=clock) as jq:
+        sch = jq.every("1h").submit(add, 3)
+        clock.advance(HOUR)
+        (job,) = until(sch.jobs, "a run")
+        assert job.result(timeout=WAIT) == 3
+        assert job.record.arg_reprs == ("3",) and job_label(job.record) == "add(3)"
+    # a schedule written before schedules kept the summary reads, its runs as ``add(…)``
+    old = sch.record.to_dict()
+    del old["arg_reprs"]
+    assert ScheduleRecord.from_dict(old).arg_reprs == ()
+    assert ScheduleRecord.from_dict(sch.record.to_dict()) == sch.record
 
 
 def test_task_schedules(clock: ManualClock, name: str) -> None:
