@@ -106,6 +106,33 @@ class DaskExecutor(Executor):
                 future.add_done_callback(functools.partial(self._unneeded, tuple(needs)))
         return futures
 
+    def task(self, call: Call, job: Any) -> remote.Task:
+        """``call.task(job)``, but each big argument is read from the store only to be
+        scattered to the cluster, once: the task's pickle of it is left empty, and the task
+        is counted as needing it from now on (it stays there until the task is done)."""
+        source = call.data_source
+
+        def read(digest: str) -> bytes | None:
+            with self._shipped_lock:
+                entry = self._shipped.get(digest)
+                if entry is not None:
+                    entry[1] += 1  # submit_many counts no empty pickle again
+                    return b""
+            blob = None if source is None else source(digest)
+            if blob is None:
+                return None
+            future = self.client.scatter(blob, hash=False, broadcast=False)
+            with self._shipped_lock:
+                entry = self._shipped.setdefault(digest, [future, 0])
+                entry[1] += 1
+            return b""
+
+        call.data_source = read
+        try:
+            return call.task(job)
+        finally:
+            call.data_source = source
+
     def _ship(self, tasks: list[remote.Task]) -> list[dict[str, Any]]:
         """Each task's big arguments as ``{hash: future}``: each pickle is scattered to
         the cluster once, while tasks need it, not sent with every task.  A worker then
@@ -118,9 +145,12 @@ class DaskExecutor(Executor):
                 for digest, blob in task.data:
                     entry = self._shipped.get(digest)
                     if entry is None:
+                        if not blob:  # counted by task(), yet released: cannot be
+                            raise LookupError(f"argument data {digest} left the cluster")
                         future = self.client.scatter(blob, hash=False, broadcast=False)
                         entry = self._shipped[digest] = [future, 0]
-                    entry[1] += 1
+                    if blob:  # an empty one was counted by task()
+                        entry[1] += 1
                     needs[digest] = entry[0]
                 out.append(needs)
         return out
