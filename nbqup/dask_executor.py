@@ -113,18 +113,11 @@ class DaskExecutor(Executor):
         source = call.data_source
 
         def read(digest: str) -> bytes | None:
-            with self._shipped_lock:
-                entry = self._shipped.get(digest)
-                if entry is not None:
-                    entry[1] += 1  # submit_many counts no empty pickle again
-                    return b""
-            blob = None if source is None else source(digest)
-            if blob is None:
-                return None
-            future = self.client.scatter(blob, hash=False, broadcast=False)
-            with self._shipped_lock:
-                entry = self._shipped.setdefault(digest, [future, 0])
-                entry[1] += 1
+            if self._shipped_future(digest, b"") is None:
+                blob = None if source is None else source(digest)
+                if blob is None:
+                    return None
+                self._shipped_future(digest, blob)
             return b""
 
         call.data_source = read
@@ -136,24 +129,38 @@ class DaskExecutor(Executor):
     def _ship(self, tasks: list[remote.Task]) -> list[dict[str, Any]]:
         """Each task's big arguments as ``{hash: future}``: each pickle is scattered to
         the cluster once, while tasks need it, not sent with every task.  A worker then
-        fetches it once (Dask keeps it) however many of its tasks use it."""
-        out: list[dict[str, Any]] = []
+        fetches it once (Dask keeps it) however many of its tasks use it.  (An empty
+        pickle: :meth:`task` scattered it and counted the task already.)"""
         with self._shipped_lock:
             self._drop_unneeded({h for task in tasks for h, _ in task.data})
-            for task in tasks:
-                needs: dict[str, Any] = {}
-                for digest, blob in task.data:
-                    entry = self._shipped.get(digest)
-                    if entry is None:
-                        if not blob:  # counted by task(), yet released: cannot be
-                            raise LookupError(f"argument data {digest} left the cluster")
-                        future = self.client.scatter(blob, hash=False, broadcast=False)
-                        entry = self._shipped[digest] = [future, 0]
-                    if blob:  # an empty one was counted by task()
-                        entry[1] += 1
-                    needs[digest] = entry[0]
-                out.append(needs)
+        out: list[dict[str, Any]] = []
+        for task in tasks:
+            needs: dict[str, Any] = {}
+            for digest, blob in task.data:
+                future = self._shipped_future(digest, blob, count=bool(blob))
+                if future is None:  # counted by task(), yet released: cannot be
+                    raise LookupError(f"argument data {digest} left the cluster")
+                needs[digest] = future
+            out.append(needs)
         return out
+
+    def _shipped_future(self, digest: str, blob: bytes, count: bool = True) -> Any:
+        """The future of a big argument's pickle on the cluster, counting one more task
+        needing it (unless not ``count``); scattered now if it is not there and ``blob``
+        is not empty (else None).  Never scatters with the lock held: the client's loop
+        takes it too (:meth:`_unneeded`)."""
+        with self._shipped_lock:
+            entry = self._shipped.get(digest)
+            if entry is not None:
+                entry[1] += count
+                return entry[0]
+        if not blob:
+            return None
+        future = self.client.scatter(blob, hash=False, broadcast=False)
+        with self._shipped_lock:
+            entry = self._shipped.setdefault(digest, [future, 0])
+            entry[1] += 1
+            return entry[0]
 
     def _unneeded(self, digests: tuple[str, ...], _future: Any) -> None:
         """A task is done: it no longer holds its big arguments on the cluster."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,15 @@ def weighted(x: Any, i: int) -> float:
     return float(x[i])
 
 
+def scattered_keys(dask_scheduler: Any) -> int:
+    return sum(str(key).startswith("bytes-") for key in dask_scheduler.tasks)
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-    )
-    with cluster, distributed.Client(cluster) as c:
+    """A client of its own LocalCluster: 2 workers x 1 thread, in this process."""
+    options = {"n_workers": 2, "threads_per_worker": 1, "processes": False}
+    with distributed.Client(dashboard_address=None, **options) as c:
         yield c
 
 
@@ -50,8 +54,13 @@ def test_twenty_jobs_sharing_an_array_scatter_it_once(
     with JobQueue(tmp_path / "s", workers=2, executor=client) as jq:
         jobs = [jq.submit(weighted, x, i) for i in range(20)]
         assert [job.result(timeout=WAIT) for job in jobs] == [float(i) for i in range(20)]
+        assert client.run_on_scheduler(scattered_keys) == 1  # kept for the next jobs
     assert len(scattered) == 1  # once, not with each of the 20 tasks
     assert x.nbytes <= scattered[0] < x.nbytes + 4096
+    deadline = time.monotonic() + WAIT  # released by messages the scheduler gets soon after
+    while client.run_on_scheduler(scattered_keys) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.run_on_scheduler(scattered_keys) == 0  # the cluster let it go at close
     with JobQueue(tmp_path / "s", workers=2, executor=client) as again:  # a new executor
         assert again.submit(weighted, x, 7).result(timeout=WAIT) == 7.0
     assert len(scattered) == 2
