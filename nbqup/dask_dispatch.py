@@ -224,7 +224,7 @@ class DaskDispatch:
                         self._fns.clear()
                     self._fns[call.fn_hash] = blob
                     call.fn_source = functools.partial(bytes, blob)
-                task = call.task(ctx.job)
+                task = self._executor.task(call, ctx.job)
             except Exception as exc:  # the function or arguments would not pickle
                 self._slots.finish(rec.id, ctx, Outcome.raised(exc), settle=False)
                 continue

@@ -20,8 +20,10 @@ are resumed by the next open, as always.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -56,6 +58,9 @@ class DaskExecutor(Executor):
             ) from exc
         self._own = not isinstance(spec, Client)
         self.client = Client(spec) if self._own else spec
+        #: hash -> [Dask future of the big argument's pickle, tasks not yet done needing it]
+        self._shipped: dict[str, list[Any]] = {}
+        self._shipped_lock = threading.Lock()
 
     def run(self, call: Call, ctx: JobContext) -> Outcome:
         """Run one call and wait for it (a nested wait; the queue's own jobs go through
@@ -79,21 +84,98 @@ class DaskExecutor(Executor):
         task asking for GPUs (``gpus[i]``, from ``options(gpus=n)``) goes on its own,
         with ``resources={"GPU": n}``: Dask places it on a worker started with them."""
         wanted = gpus or [0] * len(tasks)
+        data = self._ship(tasks)
+        tasks = [task._replace(data=()) if task.data else task for task in tasks]
         plain = [i for i, n in enumerate(wanted) if not n]
         futures: list[Any] = [None] * len(tasks)
         if plain:
             mapped = self.client.map(
                 _run_task, [tasks[i] for i in plain], [tags[i] for i in plain],
-                key=[tags[i] for i in plain], pure=False,
+                [data[i] for i in plain], key=[tags[i] for i in plain], pure=False,
             )  # fmt: skip
             for i, future in zip(plain, mapped, strict=True):
                 futures[i] = future
         for i, n in enumerate(wanted):
             if n:
                 futures[i] = self.client.submit(
-                    _run_task, tasks[i], tags[i], key=tags[i], pure=False, resources={"GPU": n}
-                )
+                    _run_task, tasks[i], tags[i], data[i], key=tags[i], pure=False,
+                    resources={"GPU": n},
+                )  # fmt: skip
+        for future, needs in zip(futures, data, strict=True):
+            if needs:
+                future.add_done_callback(functools.partial(self._unneeded, tuple(needs)))
         return futures
+
+    def task(self, call: Call, job: Any) -> remote.Task:
+        """``call.task(job)``, but each big argument is read from the store only to be
+        scattered to the cluster, once: the task's pickle of it is left empty, and the task
+        is counted as needing it from now on (it stays there until the task is done)."""
+        source = call.data_source
+
+        def read(digest: str) -> bytes | None:
+            if self._shipped_future(digest, b"") is None:
+                blob = None if source is None else source(digest)
+                if blob is None:
+                    return None
+                self._shipped_future(digest, blob)
+            return b""
+
+        call.data_source = read
+        try:
+            return call.task(job)
+        finally:
+            call.data_source = source
+
+    def _ship(self, tasks: list[remote.Task]) -> list[dict[str, Any]]:
+        """Each task's big arguments as ``{hash: future}``: each pickle is scattered to
+        the cluster once, while tasks need it, not sent with every task.  A worker then
+        fetches it once (Dask keeps it) however many of its tasks use it.  (An empty
+        pickle: :meth:`task` scattered it and counted the task already.)"""
+        with self._shipped_lock:
+            self._drop_unneeded({h for task in tasks for h, _ in task.data})
+        out: list[dict[str, Any]] = []
+        for task in tasks:
+            needs: dict[str, Any] = {}
+            for digest, blob in task.data:
+                future = self._shipped_future(digest, blob, count=bool(blob))
+                if future is None:  # counted by task(), yet released: cannot be
+                    raise LookupError(f"argument data {digest} left the cluster")
+                needs[digest] = future
+            out.append(needs)
+        return out
+
+    def _shipped_future(self, digest: str, blob: bytes, count: bool = True) -> Any:
+        """The future of a big argument's pickle on the cluster, counting one more task
+        needing it (unless not ``count``); scattered now if it is not there and ``blob``
+        is not empty (else None).  Never scatters with the lock held: the client's loop
+        takes it too (:meth:`_unneeded`)."""
+        with self._shipped_lock:
+            entry = self._shipped.get(digest)
+            if entry is not None:
+                entry[1] += count
+                return entry[0]
+        if not blob:
+            return None
+        future = self.client.scatter(blob, hash=False, broadcast=False)
+        with self._shipped_lock:
+            entry = self._shipped.setdefault(digest, [future, 0])
+            entry[1] += 1
+            return entry[0]
+
+    def _unneeded(self, digests: tuple[str, ...], _future: Any) -> None:
+        """A task is done: it no longer holds its big arguments on the cluster."""
+        with self._shipped_lock:
+            for digest in digests:
+                entry = self._shipped.get(digest)
+                if entry is not None:
+                    entry[1] -= 1
+
+    def _drop_unneeded(self, keep: set[str]) -> None:
+        """Release the pickles no task needs any more (but those about to be used again:
+        a sweep submitted batch after batch ships its data once)."""
+        for digest, (_, users) in list(self._shipped.items()):
+            if users <= 0 and digest not in keep:
+                del self._shipped[digest]
 
     def follow(self, future: Any, tag: str, ctx: JobContext) -> Outcome:
         """Wait for the task; talk to it only if it runs on past the first wait.
@@ -139,6 +221,8 @@ class DaskExecutor(Executor):
             time.sleep(0.5)
 
     def close(self, wait: bool = True) -> None:
+        with self._shipped_lock:
+            self._shipped.clear()  # the cluster forgets them once nothing holds them
         if self._own:
             self.client.close()
 
@@ -228,10 +312,15 @@ class _TaskLink:
 _captured = False
 
 
-def _run_task(task: remote.Task, tag: str) -> list[tuple[Any, ...]]:
+def _run_task(
+    task: remote.Task, tag: str, data: dict[str, bytes] | None = None
+) -> list[tuple[Any, ...]]:
     """The Dask task: run the job; return the messages it held back (its last progress
-    report, its output) and how it ended (:func:`nbqup.remote.held`)."""
+    report, its output) and how it ended (:func:`nbqup.remote.held`).  ``data`` is the
+    task's big arguments' pickles by hash, scattered once (Dask resolves the futures)."""
     global _captured
+    if data:
+        task = task._replace(data=tuple(data.items()))
     if not _captured and not capture.routing():
         # A worker process of its own: route its jobs' print/display for good.  (In the
         # queue's own process the queue has installed the routing already.)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from . import argdata
 from .cache import cache_option
 from .groups import Group, check_group_key
 from .handle import Job, Schedule
@@ -278,7 +279,8 @@ class Submitter:
         due = self._due()
         subs = [Submission(fn, args, kwargs, self._options, due) for args, kwargs in calls]
         queue = self._queue
-        ids = queue.submit_many(subs) if key is None else queue.submit_group(key, subs)
+        with argdata.remembering({}):  # a big object given to every item: pickled once
+            ids = queue.submit_many(subs) if key is None else queue.submit_group(key, subs)
         return Group(self._queue, (Job(self._queue, job_id) for job_id in ids), key)
 
 

@@ -206,3 +206,15 @@ def test_dask_benchmark_runs(tmp_path: Path) -> None:
     figures = _figures(tmp_path, "benchmarks.dask", "--jobs", "40", "--rounds", "1")
     assert set(figures["40"]["median_jobs_per_s"]) == {"client.map", "nbqup"}
     assert figures["40"]["ratio"] > 0
+
+
+@pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed")
+@pytest.mark.timeout(120)
+def test_dask_shared_argument_benchmark_runs(tmp_path: Path) -> None:
+    """The shared-argument case (issue 18): one DataFrame to every job, against scatter."""
+    figures = _figures(
+        tmp_path, "benchmarks.dask", "--jobs", "0", "--shared-mb", "0.2", "--shared-jobs", "6",
+        "--rounds", "1",
+    )  # fmt: skip
+    assert set(figures["shared"]["median_seconds"]) == {"scatter", "nbqup"}
+    assert figures["shared"]["jobs"] == 6 and figures["shared"]["ratio"] > 0
