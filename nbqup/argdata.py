@@ -32,11 +32,11 @@ import io
 import pickle
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
+import zict
 
 __all__ = ["BIG", "CACHE_BYTES", "TABLE", "Memo", "dumps", "loads", "refs", "remembering"]
 
@@ -171,29 +171,19 @@ def loads(
         _reading.fetch = before
 
 
-_cache: OrderedDict[str, bytes] = OrderedDict()
-_cache_bytes = 0
-_cache_lock = threading.Lock()
+#: The big objects' pickles read back in this process, least recently used out first
+#: once they weigh more than :data:`CACHE_BYTES` (zict's LRU is thread-safe).
+_cache: zict.LRU[str, bytes] = zict.LRU(CACHE_BYTES, {}, weight=lambda _, blob: len(blob))
 
 
 def _read(digest: str, fetch: Callable[[str], bytes | None]) -> bytes:
     """A big object's pickle: kept in this process, or fetched (and kept)."""
-    global _cache_bytes
-    with _cache_lock:
-        blob = _cache.get(digest)
-        if blob is not None:
-            _cache.move_to_end(digest)
-            return blob
+    blob = _cache.get(digest)
+    if blob is not None:
+        return blob
     fetched = fetch(digest)
     if fetched is None:
         raise LookupError(f"argument data {digest} is missing from the store")
     blob = bytes(fetched)
-    if len(blob) <= CACHE_BYTES:
-        with _cache_lock:
-            if digest not in _cache:
-                _cache[digest] = blob
-                _cache_bytes += len(blob)
-            while _cache_bytes > CACHE_BYTES:
-                _, dropped = _cache.popitem(last=False)
-                _cache_bytes -= len(dropped)
+    _cache[digest] = blob  # one heavier than the whole cache is let go at once
     return blob
